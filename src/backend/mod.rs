@@ -1,0 +1,267 @@
+//! The op set every model is written against, and the backends that implement it.
+//!
+//! Models call `Backend` methods only; they never touch storage. Each op validates shapes and
+//! returns `Error::Shape` instead of panicking. Activations are f32 (the CPU backend's only
+//! activation dtype); weights passed to `linear`/`embedding` may be f32, f16 or bf16.
+//!
+//! Layout conventions: tensors are contiguous and row-major. Attention takes
+//! `[batch, heads, seq, head_dim]`.
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Pointwise activation, also used as a fused GEMM epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    /// Exact GELU: x·Φ(x) with erf (HF "gelu").
+    Gelu,
+    /// tanh approximation (HF "gelu_pytorch_tanh", "gelu_new").
+    GeluTanh,
+    /// x·σ(1.702x) (HF "quick_gelu", CLIP).
+    QuickGelu,
+    Relu,
+    /// x·σ(x) (HF "silu").
+    Silu,
+}
+
+impl Activation {
+    /// Parse an HF `hidden_act` string.
+    pub fn from_hf(name: &str) -> Option<Activation> {
+        Some(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+            "quick_gelu" => Activation::QuickGelu,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            _ => return None,
+        })
+    }
+}
+
+/// Additive attention bias.
+#[derive(Clone, Copy, Debug)]
+pub enum AttnBias<'a> {
+    None,
+    /// SAM's decomposed relative position bias: for a query q and a key at grid cell
+    /// (kh, kw) of a `k_h × k_w` key grid, bias = rel_h[b, h, q, kh] + rel_w[b, h, q, kw].
+    /// `rel_h` is `[B, H, Nq, k_h]`, `rel_w` is `[B, H, Nq, k_w]`, and Nk = k_h·k_w.
+    DecomposedRelPos { rel_h: &'a Tensor, rel_w: &'a Tensor, k_h: usize, k_w: usize },
+}
+
+/// Parameters of `Backend::attention`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnParams<'a> {
+    /// Softmax scale, usually 1/sqrt(head_dim).
+    pub scale: f32,
+    /// Causal mask: query i sits at absolute position `kv_len - Nq + i` and sees keys `0..=pos`.
+    pub causal: bool,
+    /// Only the first `kv_len` keys are valid (a KV cache larger than the sequence); `None` = all.
+    pub kv_len: Option<usize>,
+    pub bias: AttnBias<'a>,
+}
+
+impl<'a> AttnParams<'a> {
+    pub fn new(head_dim: usize) -> Self {
+        AttnParams { scale: 1.0 / (head_dim as f32).sqrt(), causal: false, kv_len: None, bias: AttnBias::None }
+    }
+}
+
+/// Which backend the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Auto,
+    Cpu,
+    Cuda,
+    Wgpu,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BackendKind::Auto),
+            "cpu" => Ok(BackendKind::Cpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            "wgpu" => Ok(BackendKind::Wgpu),
+            _ => Err(Error::arg("--backend", format!("`{s}`: expected auto, cpu, cuda or wgpu"))),
+        }
+    }
+}
+
+/// A compute backend. New variants (CUDA, wgpu) implement the same methods.
+#[derive(Debug)]
+pub enum Backend {
+    Cpu(cpu::CpuBackend),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Backend::Cpu($b) => $e,
+        }
+    };
+}
+
+impl Backend {
+    /// Create the requested backend. `Auto` picks the fastest one available (today: the CPU).
+    pub fn new(kind: BackendKind) -> Result<Backend> {
+        match kind {
+            BackendKind::Auto | BackendKind::Cpu => Ok(Backend::Cpu(cpu::CpuBackend::new())),
+            BackendKind::Cuda => Err(Error::BackendUnavailable {
+                backend: "cuda".into(),
+                reason: "this build of visword has no CUDA backend yet; use --backend cpu".into(),
+            }),
+            BackendKind::Wgpu => Err(Error::BackendUnavailable {
+                backend: "wgpu".into(),
+                reason: "this build of visword has no wgpu backend yet; use --backend cpu".into(),
+            }),
+        }
+    }
+
+    pub fn cpu() -> Backend {
+        Backend::Cpu(cpu::CpuBackend::new())
+    }
+
+    pub fn name(&self) -> &'static str {
+        dispatch!(self, _b => "cpu")
+    }
+
+    /// Move a host tensor (any dtype) onto the backend. Free on the CPU.
+    pub fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        dispatch!(self, _b => Ok(t.clone()))
+    }
+
+    /// Upload a weight, possibly converting to the backend's preferred weight dtype.
+    pub fn upload_weight(&self, t: &Tensor) -> Result<Tensor> {
+        dispatch!(self, _b => Ok(t.clone()))
+    }
+
+    /// Host copy of a backend tensor.
+    pub fn to_host(&self, t: &Tensor) -> Result<Tensor> {
+        dispatch!(self, _b => Ok(t.clone()))
+    }
+
+    /// Host f32 values of a backend tensor.
+    pub fn to_vec_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        self.to_host(t)?.to_f32_vec()
+    }
+
+    /// y = act(x · wᵀ + bias) (+ residual). x: [.., K] f32; w: [N, K] f32/f16/bf16; bias: [N];
+    /// residual: same shape as y, added after the activation.
+    pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+        dispatch!(self, b => b.linear(x, w, bias, act, residual))
+    }
+
+    /// Batched matmul: a [.., M, K] · b [.., K, N] (or b [.., N, K] when `trans_b`). b may have
+    /// no batch dims (shared by every batch) or the same batch dims as a.
+    pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+        dispatch!(self, be => be.matmul(a, b, trans_b))
+    }
+
+    /// LayerNorm over the last dim.
+    pub fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        dispatch!(self, be => be.layer_norm(x, w, b, eps))
+    }
+
+    /// LayerNorm over the channel dim of an NCHW tensor (SAM's LayerNorm2d).
+    pub fn layer_norm_channels(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        dispatch!(self, be => be.layer_norm_channels(x, w, b, eps))
+    }
+
+    /// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w.
+    pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        dispatch!(self, be => be.rms_norm(x, w, eps))
+    }
+
+    /// Softmax over the last dim.
+    pub fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        dispatch!(self, be => be.softmax(x))
+    }
+
+    /// Pointwise activation.
+    pub fn activate(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        dispatch!(self, be => be.activate(x, act))
+    }
+
+    /// silu(gate) · up, elementwise (SwiGLU).
+    pub fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        dispatch!(self, be => be.silu_mul(gate, up))
+    }
+
+    /// a + b with numpy broadcasting.
+    pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        dispatch!(self, be => be.binary(a, b, cpu::BinaryOp::Add))
+    }
+
+    /// a − b with numpy broadcasting.
+    pub fn sub(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        dispatch!(self, be => be.binary(a, b, cpu::BinaryOp::Sub))
+    }
+
+    /// a · b with numpy broadcasting.
+    pub fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        dispatch!(self, be => be.binary(a, b, cpu::BinaryOp::Mul))
+    }
+
+    /// x · s + t.
+    pub fn affine(&self, x: &Tensor, s: f32, t: f32) -> Result<Tensor> {
+        dispatch!(self, be => be.affine(x, s, t))
+    }
+
+    /// Attention: q [B, H, Nq, D]; k, v [B, Hkv, Nk, D] with H a multiple of Hkv (GQA).
+    /// Returns [B, H, Nq, D]. Never materialises more than a block of scores.
+    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
+        dispatch!(self, be => be.attention(q, k, v, p))
+    }
+
+    /// Rotary embedding, HF "rotate_half" layout: x [B, H, N, D]; cos, sin [max_pos, D/2];
+    /// token i uses row `pos_offset + i`.
+    pub fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
+        dispatch!(self, be => be.rope(x, cos, sin, pos_offset))
+    }
+
+    /// Rows of `table` [V, D] (any float dtype) for `ids` → [ids.len(), D] f32. Errors on an
+    /// id ≥ V.
+    pub fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        dispatch!(self, be => be.embedding(table, ids))
+    }
+
+    /// Permute dimensions (a copy).
+    pub fn permute(&self, x: &Tensor, dims: &[usize]) -> Result<Tensor> {
+        dispatch!(self, be => be.permute(x, dims))
+    }
+
+    /// `len` entries of dim `dim` starting at `start` (a copy).
+    pub fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        dispatch!(self, be => be.narrow(x, dim, start, len))
+    }
+
+    /// Concatenate along `dim`.
+    pub fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
+        dispatch!(self, be => be.concat(xs, dim))
+    }
+
+    /// Zero-pad the last two dims of an [.., H, W] tensor: (top, bottom, left, right).
+    pub fn pad2d(&self, x: &Tensor, top: usize, bottom: usize, left: usize, right: usize) -> Result<Tensor> {
+        dispatch!(self, be => be.pad2d(x, top, bottom, left, right))
+    }
+
+    /// 2-D convolution, NCHW: x [B, Cin, H, W], w [Cout, Cin, kh, kw], symmetric zero padding.
+    pub fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+        dispatch!(self, be => be.conv2d(x, w, bias, stride, padding))
+    }
+
+    /// Transposed 2-D convolution with kernel == stride and no padding (SAM's upscaler):
+    /// x [B, Cin, H, W], w [Cin, Cout, k, k] → [B, Cout, H·k, W·k].
+    pub fn conv_transpose2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
+        dispatch!(self, be => be.conv_transpose2d(x, w, bias, stride))
+    }
+
+    /// Write `new` [B, H, n, D] into `cache` [B, H, max, D] at positions `pos..pos+n`, in place.
+    pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
+        dispatch!(self, be => be.write_kv(cache, new, pos))
+    }
+}

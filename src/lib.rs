@@ -1,0 +1,17 @@
+//! visword: an inference engine for referring image segmentation with multimodal LLMs.
+//!
+//! Layers, bottom up: `tensor`/`dtype` (data), `weights` (mmap'd safetensors), `backend` (the op
+//! set and its CPU/GPU implementations), `models` (CLIP, DINOv2, Llama, SAM written once against
+//! the op set), `gguf` (import of llama.cpp checkpoints), `cli` (the `visword` commands).
+
+pub mod backend;
+pub mod dtype;
+pub mod error;
+pub mod tensor;
+pub mod weights;
+
+pub use backend::{Activation, AttnBias, AttnParams, Backend, BackendKind};
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use tensor::Tensor;
+pub use weights::{VarView, Weights};
