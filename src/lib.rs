@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod dtype;
 pub mod error;
+pub mod image_io;
 pub mod tensor;
 pub mod weights;
 

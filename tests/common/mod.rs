@@ -1,0 +1,117 @@
+//! Shared test support: the tolerance policy, fixture loading, a seeded RNG.
+//!
+//! Tolerance policy: |x − ref| ≤ atol + rtol·|ref| elementwise. f32 ops: 1e-5 / 1e-5; whole f32
+//! models against transformers: 1e-4 / 1e-3 (reduction order differs over many layers); bf16
+//! weights: ~1e-2 relative. On failure the report names the count, max and mean error and the
+//! worst index, so a failing run says where to look.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use visword::{Tensor, Weights};
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
+
+/// Open `tests/fixtures/<name>` as weights (file or directory).
+pub fn fixture(name: &str) -> Weights {
+    let p = fixtures_dir().join(name);
+    Weights::open(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+}
+
+/// Reference tensor `name` from a fixture file, as f32.
+pub fn ref_f32(w: &Weights, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let t = w.get(name).unwrap_or_else(|e| panic!("reference tensor {name}: {e}"));
+    (t.to_f32_vec().unwrap(), t.shape().to_vec())
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Tol {
+    pub atol: f32,
+    pub rtol: f32,
+}
+
+pub const F32_OP: Tol = Tol { atol: 1e-5, rtol: 1e-5 };
+pub const F32_MODEL: Tol = Tol { atol: 1e-4, rtol: 1e-3 };
+
+/// Error summary of `got` against `want`.
+pub struct Report {
+    pub n: usize,
+    pub bad: usize,
+    pub max_abs: f32,
+    pub mean_abs: f32,
+    pub worst: usize,
+}
+
+pub fn compare(got: &[f32], want: &[f32], tol: Tol) -> Report {
+    assert_eq!(got.len(), want.len(), "length mismatch: got {} want {}", got.len(), want.len());
+    let mut r = Report { n: got.len(), bad: 0, max_abs: 0.0, mean_abs: 0.0, worst: 0 };
+    let mut sum = 0f64;
+    let mut worst_excess = f32::NEG_INFINITY;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        let lim = tol.atol + tol.rtol * w.abs();
+        let d = if g.is_nan() != w.is_nan() { f32::INFINITY } else if g.is_nan() { 0.0 } else { d };
+        sum += d as f64;
+        if d > r.max_abs {
+            r.max_abs = d;
+        }
+        if d > lim {
+            r.bad += 1;
+        }
+        if d - lim > worst_excess {
+            worst_excess = d - lim;
+            r.worst = i;
+        }
+    }
+    r.mean_abs = (sum / got.len().max(1) as f64) as f32;
+    r
+}
+
+/// Assert `got` matches `want` under `tol`, printing a report on failure.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: Tol) {
+    let r = compare(got, want, tol);
+    if r.bad > 0 {
+        panic!(
+            "{what}: {} of {} elements out of tolerance (atol {}, rtol {}); max |err| {:.3e}, mean |err| {:.3e}; worst at [{}]: got {} want {}",
+            r.bad, r.n, tol.atol, tol.rtol, r.max_abs, r.mean_abs, r.worst, got[r.worst], want[r.worst]
+        );
+    }
+    eprintln!("{what}: ok ({} elements, max |err| {:.3e}, mean {:.3e})", r.n, r.max_abs, r.mean_abs);
+}
+
+/// Assert a tensor matches a reference tensor (shape and values).
+#[track_caller]
+pub fn assert_tensor_close(what: &str, got: &Tensor, want: &Tensor, tol: Tol) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_close(what, &got.to_f32_vec().unwrap(), &want.to_f32_vec().unwrap(), tol);
+}
+
+/// A small seeded RNG (SplitMix64) for test inputs; print the seed in the test.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+    pub fn tensor(&mut self, shape: &[usize]) -> Tensor {
+        Tensor::from_f32(self.vec(shape.iter().product()), shape.to_vec()).unwrap()
+    }
+}
