@@ -52,8 +52,11 @@ impl Drop for TempDir {
     }
 }
 
+/// Rewrites a checkpoint's tensors (drop one, change a shape, convert dtypes).
+type Rewrite<'a> = &'a dyn Fn(&Weights) -> Vec<(String, Tensor)>;
+
 /// Copy a fixture's files into a temp dir, optionally rewriting its weights.
-fn copy_fixture(name: &str, tag: &str, rewrite: Option<&dyn Fn(&Weights) -> Vec<(String, Tensor)>>) -> TempDir {
+fn copy_fixture(name: &str, tag: &str, rewrite: Option<Rewrite>) -> TempDir {
     let t = TempDir::new(tag);
     for e in std::fs::read_dir(dir(name)).unwrap() {
         let p = e.unwrap().path();

@@ -231,7 +231,7 @@ fn parse_rope(o: &Obj) -> Result<(f64, RopeScaling)> {
     };
     let p = Obj { map: params, path };
     let theta = p.f64_opt("rope_theta")?.or(top_theta).unwrap_or(10000.0);
-    if !(theta > 0.0) {
+    if theta.is_nan() || theta <= 0.0 {
         return Err(cfg_err(path, format!("rope_theta must be positive, found {theta}")));
     }
     if let Some(f) = p.f64_opt("partial_rotary_factor")?.or(o.f64_opt("partial_rotary_factor")?) {
@@ -242,7 +242,7 @@ fn parse_rope(o: &Obj) -> Result<(f64, RopeScaling)> {
     let rope_type = p.str_opt("rope_type")?.or(p.str_opt("type")?).unwrap_or("default");
     let factor = |key: &str| -> Result<f64> {
         let v = p.f64_opt(key)?.ok_or_else(|| cfg_err(path, format!("rope type `{rope_type}` needs `{key}`")))?;
-        if !(v > 0.0) {
+        if v.is_nan() || v <= 0.0 {
             return Err(cfg_err(path, format!("rope `{key}` must be positive, found {v}")));
         }
         Ok(v)
