@@ -5,9 +5,11 @@
 //! the op set), `gguf` (import of llama.cpp checkpoints), `cli` (the `visword` commands).
 
 pub mod backend;
+pub mod cli;
 pub mod dtype;
 pub mod error;
 pub mod image_io;
+pub mod models;
 pub mod tensor;
 pub mod weights;
 
