@@ -1,0 +1,3 @@
+//! The `visword` subcommands. Each module has an `Args` (clap) and a `run`.
+
+pub mod inspect;
