@@ -221,6 +221,26 @@ impl Tensor {
         Tensor::from_cpu(data, dtype, self.shape.clone())
     }
 
+    /// Mutable f32 elements of a CPU tensor, copying the data first if it is shared or mapped.
+    pub fn f32_mut(&mut self) -> Result<&mut [f32]> {
+        if self.dtype != DType::F32 {
+            return Err(Error::shape("f32_mut", format!("tensor is {}, not f32", self.dtype)));
+        }
+        let Storage::Cpu(arc) = &mut self.storage;
+        if Arc::get_mut(arc).map(|d| matches!(d, CpuData::F32(_))) != Some(true) {
+            let owned = match &**arc {
+                CpuData::F32(v) => v.clone(),
+                CpuData::Mapped { map, start, end } => bytemuck::cast_slice::<u8, f32>(&map[*start..*end]).to_vec(),
+                _ => return Err(Error::shape("f32_mut", "tensor data is not f32")),
+            };
+            *arc = Arc::new(CpuData::F32(owned));
+        }
+        match Arc::get_mut(arc) {
+            Some(CpuData::F32(v)) => Ok(v),
+            _ => Err(Error::shape("f32_mut", "tensor data is not uniquely owned")),
+        }
+    }
+
     pub fn device_name(&self) -> &'static str {
         match self.storage {
             Storage::Cpu(_) => "cpu",

@@ -1,3 +1,4 @@
-//! The `visword` subcommands (argument structs and their `run` functions).
+//! The `visword` subcommands. Each module has an `Args` (clap) and a `run`.
 
+pub mod inspect;
 pub mod sam;

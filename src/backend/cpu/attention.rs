@@ -1,0 +1,81 @@
+//! Attention, flash-style in the sense that matters on a CPU: queries are processed in blocks of
+//! `BLOCK_Q`, so at most `BLOCK_Q × Nk` scores exist per task (a 4096-token SAM global layer
+//! never materialises its 4096² score matrix). Each block is two small GEMMs (Q·Kᵀ, P·V) around a
+//! row softmax, with the optional bias, causal mask and GQA head mapping applied in between.
+
+use rayon::prelude::*;
+
+use super::check_f32;
+use super::elementwise::softmax_row;
+use super::matmul::sgemm_serial;
+use crate::backend::{AttnBias, AttnParams};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const BLOCK_Q: usize = 32;
+
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
+    let (qs, ks) = (q.shape(), k.shape());
+    if qs.len() != 4 || ks.len() != 4 || k.shape() != v.shape() || qs[0] != ks[0] || qs[3] != ks[3] || ks[1] == 0 || qs[1] % ks[1] != 0 {
+        return Err(Error::shape("attention", format!("q {qs:?}, k {ks:?}, v {:?}: need [B, H, N, D] with H a multiple of Hkv", v.shape())));
+    }
+    let (b, h, nq, d) = (qs[0], qs[1], qs[2], qs[3]);
+    let (hkv, nk_all) = (ks[1], ks[2]);
+    let nk = p.kv_len.unwrap_or(nk_all);
+    if nk > nk_all {
+        return Err(Error::shape("attention", format!("kv_len {nk} > {nk_all} keys")));
+    }
+    if p.causal && nq > nk {
+        return Err(Error::shape("attention", format!("causal attention with {nq} queries but {nk} keys")));
+    }
+    let bias = match p.bias {
+        AttnBias::None => None,
+        AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => {
+            if k_h * k_w != nk || rel_h.shape() != [b, h, nq, k_h] || rel_w.shape() != [b, h, nq, k_w] {
+                return Err(Error::shape(
+                    "attention",
+                    format!("rel_h {:?} / rel_w {:?} do not fit {nq} queries over a {k_h}×{k_w} key grid of {nk}", rel_h.shape(), rel_w.shape()),
+                ));
+            }
+            Some((check_f32("attention", rel_h)?, check_f32("attention", rel_w)?, k_h, k_w))
+        }
+    };
+    let (qv, kv, vv) = (check_f32("attention", q)?, check_f32("attention", k)?, check_f32("attention", v)?);
+    let group = h / hkv;
+    let mut out = vec![0f32; b * h * nq * d];
+    out.par_chunks_mut(nq * d).enumerate().for_each(|(bh, o_head)| {
+        let (bi, hi) = (bh / h, bh % h);
+        let kvh = bi * hkv + hi / group;
+        let kh = &kv[kvh * nk_all * d..][..nk * d];
+        let vh = &vv[kvh * nk_all * d..][..nk * d];
+        let qh = &qv[bh * nq * d..][..nq * d];
+        o_head.par_chunks_mut(BLOCK_Q * d).enumerate().for_each(|(blk, o)| {
+            let q0 = blk * BLOCK_Q;
+            let bq = (nq - q0).min(BLOCK_Q);
+            // Keys visible to this block: causal blocks stop at the last query's position.
+            let visible = if p.causal { nk - nq + q0 + bq } else { nk };
+            let mut s = vec![0f32; bq * visible];
+            sgemm_serial(bq, visible, d, &qh[q0 * d..], d, 1, kh, 1, d, &mut s, false);
+            for (r, row) in s.chunks_mut(visible).enumerate() {
+                let qi = q0 + r;
+                row.iter_mut().for_each(|x| *x *= p.scale);
+                if let Some((rh, rw, kgh, kgw)) = bias {
+                    let rh = &rh[(bh * nq + qi) * kgh..][..kgh];
+                    let rw = &rw[(bh * nq + qi) * kgw..][..kgw];
+                    for (y, rhv) in rh.iter().enumerate() {
+                        for (x, rwv) in rw.iter().enumerate() {
+                            row[y * kgw + x] += rhv + rwv;
+                        }
+                    }
+                }
+                if p.causal {
+                    let pos = nk - nq + qi;
+                    row[pos + 1..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                }
+                softmax_row(row);
+            }
+            sgemm_serial(bq, d, visible, &s, visible, 1, vh, d, 1, &mut o[..bq * d], false);
+        });
+    });
+    Tensor::from_f32(out, vec![b, h, nq, d])
+}

@@ -1,0 +1,333 @@
+//! GEMM and GEMV.
+//!
+//! * M > `GEMV_MAX_M`: the `gemm` crate (packed, register-blocked, multi-threaded) on f32; half
+//!   weights are widened to f32 once per call (prefill amortises that over M rows).
+//! * M ≤ `GEMV_MAX_M` (decode): our own GEMV that streams each weight row once, in its stored
+//!   dtype, with AVX2/FMA dot products and rows split across threads. Napkin math: a decode
+//!   step of SmolLM2-135M reads 0.54 GB of f32 weights (0.27 GB bf16); at ~28 GB/s that is a
+//!   ~19 ms (~10 ms) floor, so the kernel must be bandwidth-bound, not compute-bound.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::check_f32;
+use super::elementwise::act_scalar;
+use crate::backend::Activation;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Largest M that takes the GEMV path.
+pub const GEMV_MAX_M: usize = 4;
+
+/// c[m×n] (+)= a[m×k] · b[k×n], with arbitrary row/column strides for a and b; c row-major.
+/// Multi-threaded; call `sgemm_serial` from inside a parallel region.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, c: &mut [f32], accumulate: bool) {
+    gemm_impl(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, accumulate, gemm::Parallelism::Rayon(rayon::current_num_threads()))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_serial(m: usize, n: usize, k: usize, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, c: &mut [f32], accumulate: bool) {
+    gemm_impl(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, accumulate, gemm::Parallelism::None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl(m: usize, n: usize, k: usize, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, c: &mut [f32], accumulate: bool, par: gemm::Parallelism) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Every index the kernel can touch must be inside the slices.
+    let last = |rs: usize, cs: usize, r: usize, cc: usize| if r == 0 || cc == 0 { 0 } else { (r - 1) * rs + (cc - 1) * cs + 1 };
+    assert!(last(a_rs, a_cs, m, k) <= a.len() && last(b_rs, b_cs, k, n) <= b.len() && m * n <= c.len(), "sgemm operand out of bounds");
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].iter_mut().for_each(|v| *v = 0.0);
+        }
+        return;
+    }
+    // SAFETY: the assert above proves every (row, col) the kernel reads or writes lies inside
+    // the given slices; c is uniquely borrowed, a and b are shared borrows that outlive the call.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            c.as_mut_ptr(), 1, n as isize, accumulate,
+            a.as_ptr(), a_cs as isize, a_rs as isize,
+            b.as_ptr(), b_cs as isize, b_rs as isize,
+            1.0, 1.0, false, false, false, par,
+        );
+    }
+}
+
+/// y = act(x · wᵀ + bias) + residual.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+    if w.dims() != 2 || x.dims() == 0 {
+        return Err(Error::shape("linear", format!("x {:?}, weight {:?}: weight must be [N, K]", x.shape(), w.shape())));
+    }
+    let (n, k) = (w.dim(0), w.dim(1));
+    if *x.shape().last().unwrap_or(&0) != k {
+        return Err(Error::shape("linear", format!("x {:?} has last dim ≠ K = {k} of weight {:?}", x.shape(), w.shape())));
+    }
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().unwrap_or(&mut 0) = n;
+    if let Some(b) = bias {
+        if b.numel() != n {
+            return Err(Error::shape("linear", format!("bias has {} elements, expected {n}", b.numel())));
+        }
+    }
+    if let Some(r) = residual {
+        if r.shape() != out_shape.as_slice() {
+            return Err(Error::shape("linear", format!("residual {:?} ≠ output {out_shape:?}", r.shape())));
+        }
+    }
+    let xs = check_f32("linear", x)?;
+    let m = xs.len() / k.max(1);
+    let mut out = vec![0f32; m * n];
+    if m <= GEMV_MAX_M {
+        match w.dtype() {
+            DType::F32 => gemv(xs, m, k, w.as_f32()?, n, &mut out),
+            DType::F16 => gemv(xs, m, k, w.as_f16()?, n, &mut out),
+            DType::BF16 => gemv(xs, m, k, w.as_bf16()?, n, &mut out),
+            dt => return Err(Error::shape("linear", format!("weight dtype {dt} is not a float type"))),
+        }
+    } else {
+        let wf;
+        let wv: &[f32] = if w.dtype() == DType::F32 {
+            w.as_f32()?
+        } else {
+            wf = widen(w)?;
+            &wf
+        };
+        sgemm(m, n, k, xs, k, 1, wv, 1, k, &mut out, false);
+    }
+    epilogue(&mut out, n, bias.map(|b| b.as_f32()).transpose()?, act, residual.map(|r| r.as_f32()).transpose()?);
+    Tensor::from_f32(out, out_shape)
+}
+
+fn widen(w: &Tensor) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; w.numel()];
+    match w.dtype() {
+        DType::F16 => out.par_chunks_mut(65536).zip(w.as_f16()?.par_chunks(65536)).for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, s)| *o = s.to_f32())),
+        DType::BF16 => out.par_chunks_mut(65536).zip(w.as_bf16()?.par_chunks(65536)).for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, s)| *o = s.to_f32())),
+        dt => return Err(Error::shape("linear", format!("weight dtype {dt} is not a float type"))),
+    }
+    Ok(out)
+}
+
+fn epilogue(out: &mut [f32], n: usize, bias: Option<&[f32]>, act: Activation, residual: Option<&[f32]>) {
+    if bias.is_none() && act == Activation::None && residual.is_none() {
+        return;
+    }
+    out.par_chunks_mut(n).enumerate().for_each(|(row, o)| {
+        if let Some(b) = bias {
+            o.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        }
+        if act != Activation::None {
+            o.iter_mut().for_each(|v| *v = act_scalar(*v, act));
+        }
+        if let Some(r) = residual {
+            o.iter_mut().zip(&r[row * n..(row + 1) * n]).for_each(|(o, r)| *o += r);
+        }
+    });
+}
+
+/// A weight element type the GEMV can stream.
+pub trait WeightElem: Copy + Send + Sync {
+    fn dot(w: &[Self], x: &[f32]) -> f32;
+}
+
+impl WeightElem for f32 {
+    fn dot(w: &[f32], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if simd::has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2+FMA (checked at run time); slices have equal length.
+            return unsafe { simd::dot_f32(w, x) };
+        }
+        w.iter().zip(x).map(|(a, b)| a * b).sum()
+    }
+}
+
+impl WeightElem for bf16 {
+    fn dot(w: &[bf16], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if simd::has_avx2_fma() {
+            // SAFETY: as above.
+            return unsafe { simd::dot_bf16(w, x) };
+        }
+        w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
+    }
+}
+
+impl WeightElem for f16 {
+    fn dot(w: &[f16], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if simd::has_avx2_fma() && std::is_x86_feature_detected!("f16c") {
+            // SAFETY: as above, plus F16C checked.
+            return unsafe { simd::dot_f16(w, x) };
+        }
+        w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
+    }
+}
+
+/// out[m×n] = x[m×k] · w[n×k]ᵀ, streaming w once.
+pub fn gemv<W: WeightElem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, out: &mut [f32]) {
+    // Each task covers a band of output rows for every x row; ~64 KB of weights per task.
+    let rows = (16384 / k.max(1)).clamp(1, 256);
+    let tasks = n.div_ceil(rows);
+    let ptr = SendPtr(out.as_mut_ptr());
+    (0..tasks).into_par_iter().for_each(|t| {
+        let ptr = &ptr;
+        let (lo, hi) = (t * rows, ((t + 1) * rows).min(n));
+        for j in lo..hi {
+            let wr = &w[j * k..(j + 1) * k];
+            for i in 0..m {
+                let v = W::dot(wr, &x[i * k..(i + 1) * k]);
+                // SAFETY: (i, j) is written by exactly one task (j lies in this task's band)
+                // and i·n + j < m·n = out.len().
+                unsafe { *ptr.0.add(i * n + j) = v };
+            }
+        }
+    });
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only to write disjoint elements from parallel tasks (see gemv).
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+/// a [.., M, K] · b [.., K, N] (or [.., N, K] when trans_b); b may be 2-D and shared.
+pub fn batched_matmul(a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.len() < 2 || sb.len() < 2 {
+        return Err(Error::shape("matmul", format!("{sa:?} · {sb:?}: need at least 2 dims")));
+    }
+    let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (kb, n) = if trans_b { (sb[sb.len() - 1], sb[sb.len() - 2]) } else { (sb[sb.len() - 2], sb[sb.len() - 1]) };
+    let batch: usize = sa[..sa.len() - 2].iter().product();
+    let shared = sb.len() == 2;
+    if kb != k || (!shared && sb[..sb.len() - 2] != sa[..sa.len() - 2]) {
+        return Err(Error::shape("matmul", format!("{sa:?} · {sb:?} (trans_b = {trans_b})")));
+    }
+    let bf;
+    let bv: &[f32] = if b.dtype() == DType::F32 { check_f32("matmul", b)? } else { bf = b.to_f32_vec()?; &bf };
+    let av = check_f32("matmul", a)?;
+    let (b_rs, b_cs) = if trans_b { (1, k) } else { (n, 1) };
+    let mut out = vec![0f32; batch * m * n];
+    if shared {
+        // One big GEMM: rows of all batches stacked.
+        sgemm(batch * m, n, k, av, k, 1, bv, b_rs, b_cs, &mut out, false);
+    } else if batch >= rayon::current_num_threads() && m * n * k < 1 << 24 {
+        out.par_chunks_mut(m * n).enumerate().for_each(|(i, o)| {
+            sgemm_serial(m, n, k, &av[i * m * k..][..m * k], k, 1, &bv[i * k * n..][..k * n], b_rs, b_cs, o, false)
+        });
+    } else {
+        for (i, o) in out.chunks_mut(m * n).enumerate() {
+            sgemm(m, n, k, &av[i * m * k..][..m * k], k, 1, &bv[i * k * n..][..k * n], b_rs, b_cs, o, false);
+        }
+    }
+    let mut shape = sa[..sa.len() - 2].to_vec();
+    shape.extend([m, n]);
+    Tensor::from_f32(out, shape)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    pub fn has_avx2_fma() -> bool {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Four independent accumulators hide the FMA latency.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 8 * j)), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        while i < n {
+            s += *wp.add(i) * *xp.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_bf16(p: *const bf16) -> __m256 {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(load_bf16(wp.add(i + 8 * j)), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(load_bf16(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        while i < n {
+            s += (*wp.add(i)).to_f32() * *xp.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        let ld = |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        while i + 32 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(ld(wp.add(i + 8 * j)), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(ld(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        while i < n {
+            s += (*wp.add(i)).to_f32() * *xp.add(i);
+            i += 1;
+        }
+        s
+    }
+}

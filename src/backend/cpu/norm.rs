@@ -1,0 +1,86 @@
+//! LayerNorm, LayerNorm over channels (NCHW), RMSNorm. f64-free: one pass for the mean, one for
+//! the variance (two-pass is as accurate as PyTorch's Welford for these widths).
+
+use rayon::prelude::*;
+
+use super::{check_f32, rows_per_task};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+fn last_dim(op: &'static str, x: &Tensor, w: &Tensor) -> Result<usize> {
+    let d = *x.shape().last().ok_or_else(|| Error::shape(op, "scalar input"))?;
+    if w.numel() != d {
+        return Err(Error::shape(op, format!("weight has {} elements, last dim is {d}", w.numel())));
+    }
+    Ok(d)
+}
+
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    let d = last_dim("layer_norm", x, w)?;
+    if b.numel() != d {
+        return Err(Error::shape("layer_norm", format!("bias has {} elements, last dim is {d}", b.numel())));
+    }
+    let (xs, ws, bs) = (check_f32("layer_norm", x)?, check_f32("layer_norm", w)?, check_f32("layer_norm", b)?);
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(d * rows_per_task(d)).zip(xs.par_chunks(d * rows_per_task(d))).for_each(|(o, x)| {
+        for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let mean = x.iter().sum::<f32>() / d as f32;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let r = 1.0 / (var + eps).sqrt();
+            for i in 0..d {
+                o[i] = (x[i] - mean) * r * ws[i] + bs[i];
+            }
+        }
+    });
+    Tensor::from_f32(out, x.shape().to_vec())
+}
+
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let d = last_dim("rms_norm", x, w)?;
+    let (xs, ws) = (check_f32("rms_norm", x)?, check_f32("rms_norm", w)?);
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(d * rows_per_task(d)).zip(xs.par_chunks(d * rows_per_task(d))).for_each(|(o, x)| {
+        for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            for i in 0..d {
+                o[i] = ws[i] * (x[i] * r);
+            }
+        }
+    });
+    Tensor::from_f32(out, x.shape().to_vec())
+}
+
+/// x [B, C, H, W]: normalise each (b, h, w) over C.
+pub fn layer_norm_channels(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    let s = x.shape();
+    if s.len() != 4 || w.numel() != s[1] || b.numel() != s[1] {
+        return Err(Error::shape("layer_norm_channels", format!("x {:?}, weight {:?}, bias {:?}", s, w.shape(), b.shape())));
+    }
+    let (c, hw) = (s[1], s[2] * s[3]);
+    let (xs, ws, bs) = (check_f32("layer_norm_channels", x)?, check_f32("layer_norm_channels", w)?, check_f32("layer_norm_channels", b)?);
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(c * hw).zip(xs.par_chunks(c * hw)).for_each(|(o, x)| {
+        let mut mean = vec![0f32; hw];
+        let mut var = vec![0f32; hw];
+        for ch in 0..c {
+            for p in 0..hw {
+                mean[p] += x[ch * hw + p];
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= c as f32);
+        for ch in 0..c {
+            for p in 0..hw {
+                let d = x[ch * hw + p] - mean[p];
+                var[p] += d * d;
+            }
+        }
+        let r: Vec<f32> = var.iter().map(|v| 1.0 / (v / c as f32 + eps).sqrt()).collect();
+        for ch in 0..c {
+            for p in 0..hw {
+                o[ch * hw + p] = (x[ch * hw + p] - mean[p]) * r[p] * ws[ch] + bs[ch];
+            }
+        }
+    });
+    Tensor::from_f32(out, s.to_vec())
+}
