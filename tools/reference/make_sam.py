@@ -29,6 +29,11 @@ and its image_embeddings):
   relpos_* get_rel_pos with a table whose length differs from 2·size − 1 (the interpolation
         path), for q = k = 5 and for q = 3, k = 5
 
+It also writes tests/fixtures/sam_1024/: a 16-wide SamModel with the released checkpoints'
+geometry (1024 input → 64×64 grid, window 14 padded to 70, one global 64×64 layer, 256×256
+masks; no absolute position table, to stay small), run on pixel values given by an exact formula (see formula_pixels) with two points and
+a box; the reference keeps strided subsets of image_embeddings and pred_masks, and iou_scores.
+
 Run from the repository root:  python3 tools/reference/make_sam.py
 Deterministic: torch.manual_seed(0) and numpy seed 0; re-running gives identical files.
 """
@@ -43,6 +48,7 @@ from transformers import SamConfig, SamModel, SamProcessor
 from transformers.models.sam.image_processing_sam import SamImageProcessor
 
 OUT = os.path.join("tests", "fixtures", "sam_tiny")
+OUT_1024 = os.path.join("tests", "fixtures", "sam_1024")
 
 
 def tiny_config() -> SamConfig:
@@ -68,6 +74,62 @@ def tiny_config() -> SamConfig:
         iou_head_hidden_dim=24,
     )
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+
+
+def narrow_1024_config() -> SamConfig:
+    """The released checkpoints' geometry (1024 input, 64×64 grid, window 14 padded to 70,
+    a 64×64 global layer, 256×256 masks) at a tiny width."""
+    vision = dict(
+        hidden_size=16,
+        output_channels=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=1024,
+        patch_size=16,
+        window_size=14,
+        global_attn_indexes=[1],
+        mlp_dim=24,
+        num_pos_feats=8,
+        # A 64×64×16 absolute position table alone would be 256 KB; the tiny model covers it.
+        use_abs_pos=False,
+    )
+    prompt = dict(hidden_size=16, image_size=1024, patch_size=16, mask_input_channels=8)
+    decoder = dict(hidden_size=16, mlp_dim=20, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16)
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+
+
+def formula_pixels(size: int) -> torch.Tensor:
+    """[1, 3, size, size] values ((7x + 13y + 29c) mod 256 − 128) / 64: exact in f32, so the
+    Rust test rebuilds the same input instead of reading 12 MB from a fixture."""
+    c, y, x = torch.meshgrid(torch.arange(3), torch.arange(size), torch.arange(size), indexing="ij")
+    return (((7 * x + 13 * y + 29 * c) % 256 - 128).float() / 64.0).unsqueeze(0)
+
+
+def make_1024(gen: torch.Generator) -> None:
+    model = SamModel(narrow_1024_config()).eval()
+    randomize(model, gen)
+    os.makedirs(OUT_1024, exist_ok=True)
+    model.save_pretrained(OUT_1024, safe_serialization=True)
+    pixel_values = formula_pixels(1024)
+    points = torch.tensor([[[[300.0, 200.0], [700.5, 650.0]]]])
+    labels = torch.tensor([[[1, 0]]])
+    boxes = torch.tensor([[[100.0, 120.0, 900.0, 1000.0]]])
+    with torch.no_grad():
+        emb = model.get_image_embeddings(pixel_values)
+        out = model(pixel_values=pixel_values, input_points=points, input_labels=labels, input_boxes=boxes)
+    ref = {
+        "input_points": points,
+        "input_labels": labels.float(),
+        "input_boxes": boxes,
+        # Strided subsets keep the fixture small while covering the whole grid / mask.
+        "image_embeddings_stride4": emb[:, :, ::4, ::4],
+        "image_embeddings_shape": torch.tensor(emb.shape, dtype=torch.float32),
+        "pred_masks_stride8": out.pred_masks[..., ::8, ::8],
+        "pred_masks_shape": torch.tensor(out.pred_masks.shape, dtype=torch.float32),
+        "iou_scores": out.iou_scores,
+    }
+    ref = {k: v.detach().to(torch.float32).clone().contiguous() for k, v in ref.items()}
+    save_file(ref, os.path.join(OUT_1024, "reference.safetensors"))
 
 
 def randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
@@ -206,8 +268,10 @@ def main() -> None:
 
     ref = {k: v.detach().to(torch.float32).clone().contiguous() for k, v in ref.items()}
     save_file(ref, os.path.join(OUT, "reference.safetensors"))
-    total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
-    print(f"wrote {OUT}: {sorted(os.listdir(OUT))}, {total} bytes")
+    make_1024(gen)
+    for out in (OUT, OUT_1024):
+        total = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+        print(f"wrote {out}: {sorted(os.listdir(out))}, {total} bytes")
 
 
 if __name__ == "__main__":

@@ -183,10 +183,10 @@ impl SamConfig {
         let p = &self.prompt_encoder_config;
         let d = &self.mask_decoder_config;
         let bad = |msg: String| Err(Error::config(path, msg));
-        if v.patch_size == 0 || v.image_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || v.image_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!("vision_config.image_size {} is not a positive multiple of patch_size {}", v.image_size, v.patch_size));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad(format!("vision_config.hidden_size {} is not divisible by num_attention_heads {}", v.hidden_size, v.num_attention_heads));
         }
         if let Some(&i) = v.global_attn_indexes.iter().find(|&&i| i >= v.num_hidden_layers) {
@@ -207,16 +207,16 @@ impl SamConfig {
                 p.image_size, p.patch_size, v.grid()
             ));
         }
-        if p.mask_input_channels < 4 || p.mask_input_channels % 4 != 0 {
+        if p.mask_input_channels < 4 || !p.mask_input_channels.is_multiple_of(4) {
             return bad(format!("prompt_encoder_config.mask_input_channels {} must be a positive multiple of 4", p.mask_input_channels));
         }
         if p.num_point_embeddings < 4 {
             return bad(format!("prompt_encoder_config.num_point_embeddings {} must be at least 4", p.num_point_embeddings));
         }
-        if d.hidden_size % 8 != 0 {
+        if !d.hidden_size.is_multiple_of(8) {
             return bad(format!("mask_decoder_config.hidden_size {} must be a multiple of 8", d.hidden_size));
         }
-        if d.attention_downsample_rate == 0 || d.num_attention_heads == 0 || (d.hidden_size / d.attention_downsample_rate) % d.num_attention_heads != 0 || d.hidden_size % d.num_attention_heads != 0 {
+        if d.attention_downsample_rate == 0 || d.num_attention_heads == 0 || !(d.hidden_size / d.attention_downsample_rate).is_multiple_of(d.num_attention_heads) || !d.hidden_size.is_multiple_of(d.num_attention_heads) {
             return bad(format!(
                 "mask_decoder_config: hidden_size {} / attention_downsample_rate {} must be divisible by num_attention_heads {}",
                 d.hidden_size, d.attention_downsample_rate, d.num_attention_heads
