@@ -1,3 +1,4 @@
 //! The `visword` subcommands. Each module has an `Args` (clap) and a `run`.
 
 pub mod inspect;
+pub mod convert;
