@@ -87,6 +87,9 @@ fn put_value(b: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// An edit of a GGUF's (metadata, tensors).
+type Edit<'a> = &'a dyn Fn(&mut Vec<(String, Value)>, &mut Vec<RawTensor>);
+
 struct RawTensor {
     name: String,
     ty: u32,
@@ -482,7 +485,7 @@ fn convert_fails(dir: &Path, gguf: &Path, needle: &str) -> Error {
 #[test]
 fn bad_llama_files_fail_cleanly() {
     let dir = scratch("badllama");
-    let edit = |name: &str, f: &dyn Fn(&mut Vec<(String, Value)>, &mut Vec<RawTensor>)| {
+    let edit = |name: &str, f: Edit| {
         let (mut kvs, mut tensors) = tiny_parts();
         f(&mut kvs, &mut tensors);
         write(&dir, name, &gguf_bytes(&kvs, &tensors))

@@ -95,7 +95,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>, 
         return Err(format!("ggml type {} is not supported for import (supported: {SUPPORTED_NAMES})", ty.name));
     }
     let want = ty.bytes_for(numel as u64);
-    if numel as u64 % ty.block != 0 || want != Some(bytes.len() as u64) {
+    if !(numel as u64).is_multiple_of(ty.block) || want != Some(bytes.len() as u64) {
         return Err(format!("{numel} {} weights do not fill the {} bytes given", ty.name, bytes.len()));
     }
     let mut out = vec![0f32; numel];

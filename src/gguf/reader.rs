@@ -52,7 +52,7 @@ fn min_value_size(ty: u32) -> u64 {
     match ty {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
-        4 | 5 | 6 => 4,
+        4..=6 => 4,
         10..=12 => 8,
         STRING => 8,
         _ => 12, // array: element type + count

@@ -4,7 +4,8 @@
     python3 tools/reference/make_gguf_fixtures.py            # synthetic fixtures (always)
     VISWORD_SMOLLM2_GGUF=path python3 tools/reference/make_gguf_fixtures.py   # + real-model reference
 
-Needs numpy, torch, transformers (5.x), tokenizers and the `gguf` package. Writes:
+Needs numpy, torch, transformers (5.x), accelerate (transformers wants it to load GGUF files),
+tokenizers and the `gguf` package. Writes:
 
 * quants.gguf + quants_reference.safetensors: one small tensor per supported ggml type (F32, F16,
   BF16, Q8_0, Q4_0, Q4_1; 1-D to 3-D shapes, one all-zero block), quantized by `gguf.quants.quantize`
