@@ -10,6 +10,7 @@ pub mod dtype;
 pub mod error;
 pub mod gguf;
 pub mod image_io;
+pub mod models;
 pub mod tensor;
 pub mod weights;
 

@@ -14,12 +14,15 @@ struct Cli {
 enum Command {
     /// List the tensors of a safetensors checkpoint.
     Inspect(cli::inspect::Args),
+    /// Segment with SAM from point and box prompts.
+    Sam(cli::sam::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let res = match &cli.command {
         Command::Inspect(a) => cli::inspect::run(a),
+        Command::Sam(a) => cli::sam::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e}");

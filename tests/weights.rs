@@ -144,3 +144,21 @@ fn atomic_write_leaves_nothing_on_failure() {
     let leftovers: Vec<_> = std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
 }
+
+#[test]
+fn synthetic_weights_are_deterministic_and_shaped_as_asked() {
+    let w = Weights::synthetic(42, DType::BF16);
+    let be = Backend::cpu();
+    let vv = VarView::new(&w, &be).pp("layers.0");
+    let a = vv.get("fc.weight", &[8, 16]).unwrap();
+    assert_eq!((a.shape(), a.dtype()), (&[8usize, 16][..], DType::BF16));
+    let b = vv.get("fc.weight", &[8, 16]).unwrap();
+    assert_eq!(a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+    let c = vv.get("other.weight", &[8, 16]).unwrap().to_f32_vec().unwrap();
+    assert_ne!(a.to_f32_vec().unwrap(), c, "different names give different values");
+    let norm = vv.get_f32("norm.weight", &[16]).unwrap().to_f32_vec().unwrap();
+    assert!(norm.iter().all(|v| (0.85..=1.15).contains(v)), "norm weights sit near 1");
+    let other_seed = Weights::synthetic(43, DType::BF16);
+    let d = VarView::new(&other_seed, &be).pp("layers.0").get("fc.weight", &[8, 16]).unwrap();
+    assert_ne!(a.to_f32_vec().unwrap(), d.to_f32_vec().unwrap());
+}
