@@ -1,4 +1,5 @@
 //! The `visword` subcommands. Each module has an `Args` (clap) and a `run`.
 
+pub mod convert;
 pub mod inspect;
 pub mod sam;
