@@ -1,1 +1,6 @@
+//! The `visword` subcommands. Each module has an `Args` (clap) and a `run`.
+
+pub mod convert;
 pub mod generate;
+pub mod inspect;
+pub mod sam;
