@@ -257,7 +257,7 @@ fn streaming_decode_handles_split_characters() {
     let tok = Tokenizer::from_dir(&dir("llama_gqa")).unwrap();
     let text = "Größe ✓ 日本語 naïve café, then <|im_end|> plain";
     let ids = tok.encode(text, false).unwrap();
-    // Byte-level BPE with a 300-entry vocabulary: most non-ASCII characters span several tokens.
+    // Byte-level BPE with a 272-entry vocabulary: most non-ASCII characters span several tokens.
     assert!(ids.len() > text.chars().count() / 2);
     let mut s = tok.stream();
     let mut out = String::new();
@@ -337,7 +337,7 @@ fn generate_command_dumps_logits_and_ids() {
     for bad in [
         Args { prompt: Some(String::new()), ..args(&path) },
         Args { prompt: None, ..args(&path) },
-        Args { input_ids: Some(vec![1, 300]), ..args(&path) },
+        Args { input_ids: Some(vec![1, 272]), ..args(&path) },
         Args { input_ids: Some(vec![1; 161]), ..args(&path) },
         Args { backend: "tpu".into(), prompt: Some("hi".into()), ..args(&path) },
     ] {
@@ -401,7 +401,8 @@ fn bad_inputs_give_typed_errors() {
     let max = model.config.max_position_embeddings;
     let is_arg = |r: visword::Result<visword::models::llama::Output>| matches!(r, Err(Error::InvalidArgument { .. }));
     let mut cache = model.new_cache(&be, max).unwrap();
-    assert!(is_arg(model.forward(&be, Input::Ids(&[1, 300, 2]), &mut cache, Logits::Last, false)), "id = vocab");
+    let vocab = model.config.vocab_size as u32;
+    assert!(is_arg(model.forward(&be, Input::Ids(&[1, vocab, 2]), &mut cache, Logits::Last, false)), "id = vocab");
     assert!(is_arg(model.forward(&be, Input::Ids(&[u32::MAX]), &mut cache, Logits::Last, false)), "huge id");
     assert!(is_arg(model.forward(&be, Input::Ids(&[]), &mut cache, Logits::Last, false)), "empty prompt");
     let long = vec![5u32; max + 1];
@@ -418,5 +419,54 @@ fn bad_inputs_give_typed_errors() {
     model.forward(&be, Input::Ids(&[1, 2, 3]), &mut small, Logits::None, false).unwrap();
     model.forward(&be, Input::Ids(&[4]), &mut small, Logits::Last, false).unwrap();
     assert!(is_arg(model.forward(&be, Input::Ids(&[5]), &mut small, Logits::Last, false)), "past a full cache");
-    assert!(matches!(model.embed(&be, &[299, 300]), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(model.embed(&be, &[vocab - 1, vocab]), Err(Error::InvalidArgument { .. })));
+}
+
+fn smollm2_gguf() -> Option<PathBuf> {
+    let p = std::env::var_os("VISWORD_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipping: {} not found (run tools/fetch_smollm2.sh or set VISWORD_SMOLLM2_GGUF)", p.display());
+        None
+    }
+}
+
+/// SmolLM2-135M-Instruct converted from its GGUF: the chat prompt tokenizes as in transformers,
+/// logits match transformers on the same converted weights (tests/fixtures/smollm2), and greedy
+/// decoding answers the question.
+#[test]
+fn smollm2_answers_like_transformers() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    let t = TempDir::new("smollm2");
+    let out = t.0.join("hf");
+    visword::gguf::convert::convert_llama(&gguf, &out, DType::F32).unwrap();
+    let be = Backend::cpu();
+    let model = Llama::load(&out, &be).unwrap();
+    let tok = Tokenizer::from_dir(&out).unwrap();
+    let r = Weights::open(fixtures_dir().join("smollm2").join("reference.safetensors")).unwrap();
+
+    let msgs = [visword::models::chat_template::ChatMessage::new("user", "What is the capital of France?")];
+    let ids = tok.encode(&tok.apply_chat_template(&msgs, true).unwrap(), false).unwrap();
+    assert_eq!(ids, ref_ids(&r, "input_ids"));
+
+    let mut cache = model.new_cache(&be, ids.len() + 24).unwrap();
+    let out = model.forward(&be, Input::Ids(&ids), &mut cache, Logits::All, false).unwrap();
+    let logits = be.to_vec_f32(&out.logits.unwrap()).unwrap();
+    let vocab = model.config.vocab_size;
+    let rows: Vec<f32> = r.get("logits_rows").unwrap().as_i64().unwrap().iter().flat_map(|&i| logits[i as usize * vocab..][..vocab].to_vec()).collect();
+    let (want, _) = ref_f32(&r, "logits");
+    assert_close("smollm2 logits", &rows, &want, F32_MODEL);
+
+    cache.clear();
+    let mut stop = model.config.eos_token_ids.clone();
+    stop.extend(tok.eos_token_id());
+    let params = greedy(24, stop);
+    let g = generate(&model, &be, Input::Ids(&ids), &mut cache, &params, &mut |_| Ok(())).unwrap();
+    assert_eq!(g.tokens, ref_ids(&r, "generated_ids"));
+    let answer = tok.decode(&g.tokens, true).unwrap();
+    assert_eq!(answer, "The capital of France is Paris.");
+    eprintln!("smollm2: {answer:?}; prefill {:.0} tok/s, decode {:.1} tok/s", g.prefill_tokens_per_sec(), g.decode_tokens_per_sec());
 }

@@ -8,11 +8,11 @@ Run from anywhere (torch + transformers 5.x, tokenizers, safetensors on the CPU)
 Writes, deterministically (fixed seeds, no network):
 
 * tests/fixtures/llama_gqa/   GQA (6 heads, 2 KV heads), head_dim 12, hidden 72 and intermediate
-  52 (not multiples of 8/16/32), untied lm_head, llama3 rope scaling with an
+  44 (not multiples of 8/16/32), untied lm_head, llama3 rope scaling with an
   original_max_position_embeddings small enough that all three llama3 frequency bands occur.
   config.json is rewritten in the transformers-4 layout (`rope_theta` + `rope_scaling`), and the
   references are computed from the model *reloaded* from that rewritten directory, so the test also
-  proves the old layout means the same thing. It carries a tiny byte-level BPE tokenizer (vocab 300)
+  proves the old layout means the same thing. It carries a tiny byte-level BPE tokenizer (vocab 272)
   with SmolLM2's ChatML chat template, so the whole prompt → chat template → tokens → generate path
   can be checked.
 * tests/fixtures/llama_tied/  MHA with an explicit head_dim (4 heads × 16 ≠ hidden 48), tied
@@ -41,6 +41,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+VOCAB_GQA = 272
 
 SMOLLM2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -59,18 +60,18 @@ CORPUS = [
 
 
 def make_tokenizer():
-    """A byte-level BPE with 3 special tokens + 256 bytes + 41 merges = 300 entries."""
+    """A byte-level BPE with 3 special tokens + 256 bytes + 13 merges = 272 entries."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300,
+        vocab_size=VOCAB_GQA,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 20, trainer)
-    assert tok.get_vocab_size() == 300, tok.get_vocab_size()
+    assert tok.get_vocab_size() == VOCAB_GQA, tok.get_vocab_size()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
@@ -148,9 +149,9 @@ def make_gqa():
     d = fresh_dir("llama_gqa")
     torch.manual_seed(1)
     cfg = LlamaConfig(
-        vocab_size=300,
+        vocab_size=VOCAB_GQA,
         hidden_size=72,
-        intermediate_size=52,
+        intermediate_size=44,
         num_hidden_layers=2,
         num_attention_heads=6,
         num_key_value_heads=2,
@@ -188,7 +189,7 @@ def make_gqa():
     tok.save_pretrained(d)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     prompt_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    input_ids = [(i * 37 + 11) % 300 for i in range(20)]
+    input_ids = [(i * 37 + 11) % VOCAB_GQA for i in range(20)]
     refs = references(d, input_ids, list(prompt_ids), [2, 0])
     refs["chat_prompt_text"] = torch.tensor(
         list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False).encode()), dtype=torch.uint8
