@@ -18,6 +18,8 @@ enum Command {
     Sam(cli::sam::Args),
     /// Convert a Llama-architecture GGUF file into an HF-style directory.
     Convert(cli::convert::Args),
+    /// Generate text with a Llama-architecture model (chat template applied).
+    Generate(cli::generate::Args),
 }
 
 fn main() {
@@ -26,6 +28,7 @@ fn main() {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Sam(a) => cli::sam::run(a),
         Command::Convert(a) => cli::convert::run(a),
+        Command::Generate(a) => cli::generate::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e}");
