@@ -5,9 +5,12 @@
 //! the op set), `gguf` (import of llama.cpp checkpoints), `cli` (the `visword` commands).
 
 pub mod backend;
+pub mod cli;
 pub mod dtype;
 pub mod error;
 pub mod image_io;
+pub mod models;
+pub mod preprocess;
 pub mod tensor;
 pub mod weights;
 

@@ -1,0 +1,3 @@
+//! The `visword` subcommands (argument structs and their `run` functions).
+
+pub mod embed;
