@@ -339,3 +339,23 @@ fn embed_command_errors_are_typed() {
     assert!(matches!(embed::run(&a), Err(Error::Output { .. })), "unwritable output");
     assert!(!d.join("o.safetensors").exists());
 }
+
+/// bf16 and f16 checkpoints load (norms, biases and positions widened to f32; matmul weights
+/// kept in their dtype) and stay close to the f32 reference: the weights' rounding (2^-9 relative
+/// for bf16) is the only new error.
+#[test]
+fn half_precision_checkpoints_run() {
+    let be = Backend::cpu();
+    let reference = fixture("clip_quick/reference.safetensors");
+    for dtype in [visword::DType::BF16, visword::DType::F16] {
+        let d = edited_copy("clip_quick", &format!("{dtype}"), |t| {
+            for (_, x) in t.iter_mut() {
+                *x = x.to_dtype(dtype).unwrap();
+            }
+        });
+        let model = ClipVisionModel::load(&d, &be).unwrap();
+        let out = model.forward(&be, &get(&reference, "native.pixel_values"), false).unwrap();
+        let tol = if dtype == visword::DType::BF16 { common::Tol { atol: 5e-2, rtol: 2e-2 } } else { common::Tol { atol: 5e-3, rtol: 2e-3 } };
+        assert_tensor_close(&format!("{dtype} last_hidden_state"), &out.last_hidden_state, &get(&reference, "native.last_hidden_state"), tol);
+    }
+}

@@ -126,3 +126,26 @@ pub fn run(args: &Args) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn parses_negative_layers_and_a_positional_image() {
+        let cli = Cli::try_parse_from(["embed", "--model", "m", "cat.png", "-o", "f.safetensors", "--layer", "-2"]).unwrap();
+        assert_eq!(cli.args.layer, Some(-2));
+        assert_eq!(cli.args.image.as_deref(), Some(std::path::Path::new("cat.png")));
+        assert_eq!(cli.args.backend, "auto");
+        let cli = Cli::try_parse_from(["embed", "--model", "m", "--pixel-values", "px.safetensors", "--dump", "d.safetensors"]).unwrap();
+        assert!(cli.args.image.is_none() && cli.args.output.is_none());
+        assert!(Cli::try_parse_from(["embed", "cat.png"]).is_err(), "--model is required");
+    }
+}
