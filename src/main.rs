@@ -1,1 +1,31 @@
-fn main() {}
+//! The `visword` command line. User errors print one line and exit non-zero (no backtrace).
+
+use clap::{Parser, Subcommand};
+use visword::cli;
+
+#[derive(Parser, Debug)]
+#[command(name = "visword", version, about = "Referring image segmentation with multimodal LLMs and SAM-superpixel visual words")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the tensors of a safetensors checkpoint.
+    Inspect(cli::inspect::Args),
+    /// Segment with SAM from point and box prompts.
+    Sam(cli::sam::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match &cli.command {
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::Sam(a) => cli::sam::run(a),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

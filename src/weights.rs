@@ -43,6 +43,8 @@ pub struct Weights {
     /// Header `__metadata__` of the first file.
     pub metadata: HashMap<String, String>,
     origin: PathBuf,
+    /// Synthetic weights: every requested tensor exists and is generated from its name.
+    synthetic: Option<(u64, DType)>,
 }
 
 fn st_err(path: &Path, msg: impl Into<String>) -> Error {
@@ -117,7 +119,7 @@ impl Weights {
     }
 
     fn open_files(paths: &[PathBuf], origin: &Path) -> Result<Weights> {
-        let mut w = Weights { files: Vec::new(), tensors: BTreeMap::new(), metadata: HashMap::new(), origin: origin.to_path_buf() };
+        let mut w = Weights { files: Vec::new(), tensors: BTreeMap::new(), metadata: HashMap::new(), origin: origin.to_path_buf(), synthetic: None };
         for (fi, path) in paths.iter().enumerate() {
             let file = File::open(path).map_err(|e| Error::io(path, e))?;
             // SAFETY: the file is opened read-only and mapped privately; the project never
@@ -139,6 +141,45 @@ impl Weights {
         Ok(w)
     }
 
+    /// Random weights for benchmarks: every tensor a model asks for exists, with the shape it
+    /// asks for, generated deterministically from `seed` and its name (norm weights near 1,
+    /// everything else small), stored as `dtype`.
+    pub fn synthetic(seed: u64, dtype: DType) -> Weights {
+        Weights {
+            files: Vec::new(),
+            tensors: BTreeMap::new(),
+            metadata: HashMap::new(),
+            origin: PathBuf::from("<random weights>"),
+            synthetic: Some((seed, dtype)),
+        }
+    }
+
+    pub fn is_synthetic(&self) -> bool {
+        self.synthetic.is_some()
+    }
+
+    fn synthesize(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (seed, dtype) = self.synthetic.unwrap_or((0, DType::F32));
+        let mut h = seed ^ 0xcbf29ce484222325;
+        for b in name.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+        let n = numel(shape);
+        let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
+        let is_norm = name.ends_with("weight") && shape.len() == 1;
+        let scale = if shape.len() == 1 { 0.02 } else { 1.0 / fan_in.sqrt() };
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                h ^= h << 13;
+                h ^= h >> 7;
+                h ^= h << 17;
+                let u = ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                if is_norm { 1.0 + 0.1 * u } else { u * scale }
+            })
+            .collect();
+        Tensor::from_f32(v, shape.to_vec())?.to_dtype(if shape.len() >= 2 { dtype } else { DType::F32 })
+    }
+
     pub fn origin(&self) -> &Path {
         &self.origin
     }
@@ -156,7 +197,7 @@ impl Weights {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.synthetic.is_some() || self.tensors.contains_key(name)
     }
 
     pub fn file_of(&self, name: &str) -> Option<&Path> {
@@ -307,7 +348,7 @@ impl<'a> VarView<'a> {
     /// Host copy, shape-checked, any float dtype.
     pub fn get_host(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = self.full_name(name);
-        let t = self.weights.get(&full)?;
+        let t = if self.weights.is_synthetic() { self.weights.synthesize(&full, shape)? } else { self.weights.get(&full)? };
         if t.shape() != shape {
             return Err(Error::TensorShape { name: full, expected: shape.to_vec(), got: t.shape().to_vec() });
         }

@@ -1,3 +1,5 @@
-//! The `visword` subcommands (argument structs and their `run` functions).
+//! The `visword` subcommands. Each module has an `Args` (clap) and a `run`.
 
 pub mod embed;
+pub mod inspect;
+pub mod sam;

@@ -1,5 +1,6 @@
-//! Models written once against the `Backend` op set, shaped like their checkpoints.
+//! Models written once against the backend op set, shaped like their checkpoints.
 
 pub mod clip;
 pub mod dinov2;
+pub mod sam;
 pub mod vit;

@@ -1,0 +1,284 @@
+//! SAM's mask decoder (`mask_decoder.*`): a two-way transformer between the prompt tokens and
+//! the image embedding, then per-mask-token hypernetwork MLPs that weight the upscaled image
+//! features into mask logits, and an MLP head that predicts each mask's IoU.
+//!
+//! Every prompt (point set / box) is a batch entry: tokens `[P, T, C]`, image keys `[P, E·E, C]`
+//! (the keys diverge per prompt after the first block, so they are not shared).
+
+use crate::backend::{Activation, AttnParams, Backend};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::weights::VarView;
+
+use super::config::SamMaskDecoderConfig;
+
+type Linear = (Tensor, Tensor);
+
+fn lin(vv: &VarView, out: usize, inp: usize) -> Result<Linear> {
+    Ok((vv.get("weight", &[out, inp])?, vv.get_f32("bias", &[out])?))
+}
+
+fn norm(vv: &VarView, d: usize) -> Result<Linear> {
+    Ok((vv.get_f32("weight", &[d])?, vv.get_f32("bias", &[d])?))
+}
+
+/// `SamAttention`: projections to `hidden / downsample` channels split over the heads.
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    inner: usize,
+}
+
+impl Attention {
+    fn load(vv: &VarView, hidden: usize, downsample: usize, heads: usize) -> Result<Attention> {
+        let inner = hidden / downsample;
+        Ok(Attention {
+            q: lin(&vv.pp("q_proj"), inner, hidden)?,
+            k: lin(&vv.pp("k_proj"), inner, hidden)?,
+            v: lin(&vv.pp("v_proj"), inner, hidden)?,
+            out: lin(&vv.pp("out_proj"), hidden, inner)?,
+            heads,
+            inner,
+        })
+    }
+
+    /// q [B, Nq, C], k/v [B, Nk, C] → [B, Nq, C] (+ `residual`, fused into the output projection).
+    fn forward(&self, be: &Backend, q: &Tensor, k: &Tensor, v: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let (b, nq, nk) = (q.dim(0), q.dim(1), k.dim(1));
+        let hd = self.inner / self.heads;
+        let split = |x: &Tensor, w: &Linear, n: usize| -> Result<Tensor> {
+            let y = be.linear(x, &w.0, Some(&w.1), Activation::None, None)?;
+            be.permute(&y.reshape(&[b, n, self.heads, hd])?, &[0, 2, 1, 3])
+        };
+        let qh = split(q, &self.q, nq)?;
+        let kh = split(k, &self.k, nk)?;
+        let vh = split(v, &self.v, nk)?;
+        let o = be.attention(&qh, &kh, &vh, &AttnParams::new(hd))?;
+        let o = be.permute(&o, &[0, 2, 1, 3])?.reshape(&[b, nq, self.inner])?;
+        be.linear(&o, &self.out.0, Some(&self.out.1), Activation::None, residual)
+    }
+}
+
+struct TwoWayBlock {
+    self_attn: Attention,
+    ln1: Linear,
+    cross_t2i: Attention,
+    ln2: Linear,
+    mlp1: Linear,
+    mlp2: Linear,
+    ln3: Linear,
+    ln4: Linear,
+    cross_i2t: Attention,
+    /// The first block's self-attention sees the tokens without their positional part and
+    /// replaces them (no residual).
+    skip_first_layer_pe: bool,
+}
+
+/// `SamFeedForward`: proj_in → ReLU → (layers → ReLU)* → proj_out.
+struct FeedForward {
+    proj_in: Linear,
+    layers: Vec<Linear>,
+    proj_out: Linear,
+}
+
+impl FeedForward {
+    fn load(vv: &VarView, inp: usize, hidden: usize, out: usize, depth: usize) -> Result<FeedForward> {
+        Ok(FeedForward {
+            proj_in: lin(&vv.pp("proj_in"), hidden, inp)?,
+            layers: (0..depth.saturating_sub(2)).map(|i| lin(&vv.pp("layers").pp(i), hidden, hidden)).collect::<Result<_>>()?,
+            proj_out: lin(&vv.pp("proj_out"), out, hidden)?,
+        })
+    }
+
+    fn forward(&self, be: &Backend, x: &Tensor) -> Result<Tensor> {
+        let mut h = be.linear(x, &self.proj_in.0, Some(&self.proj_in.1), Activation::Relu, None)?;
+        for l in &self.layers {
+            h = be.linear(&h, &l.0, Some(&l.1), Activation::Relu, None)?;
+        }
+        be.linear(&h, &self.proj_out.0, Some(&self.proj_out.1), Activation::None, None)
+    }
+}
+
+pub struct MaskDecoder {
+    /// iou_token ‖ mask_tokens: [1 + M, C].
+    output_tokens: Tensor,
+    blocks: Vec<TwoWayBlock>,
+    final_attn: Attention,
+    ln_final: Linear,
+    upscale_conv1: Linear,
+    upscale_ln: Linear,
+    upscale_conv2: Linear,
+    hypernetworks: Vec<FeedForward>,
+    iou_head: FeedForward,
+    hidden: usize,
+    num_mask_tokens: usize,
+    eps: f32,
+    act: Activation,
+}
+
+/// Output of the decoder for one image.
+#[derive(Clone, Debug)]
+pub struct DecoderOutput {
+    /// `[1, P, M, 4E, 4E]` low-resolution mask logits.
+    pub pred_masks: Tensor,
+    /// `[1, P, M]` predicted IoU of each mask.
+    pub iou_scores: Tensor,
+}
+
+impl MaskDecoder {
+    pub fn load(vv: &VarView, cfg: &SamMaskDecoderConfig, act: Activation) -> Result<MaskDecoder> {
+        let c = cfg.hidden_size;
+        let m = cfg.num_multimask_outputs + 1;
+        let iou = vv.pp("iou_token").get_f32("weight", &[1, c])?;
+        let masks = vv.pp("mask_tokens").get_f32("weight", &[m, c])?;
+        let output_tokens = vv.backend().concat(&[&iou, &masks], 0)?;
+        let t = vv.pp("transformer");
+        let (heads, ds) = (cfg.num_attention_heads, cfg.attention_downsample_rate);
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let b = t.pp("layers").pp(i);
+            blocks.push(TwoWayBlock {
+                self_attn: Attention::load(&b.pp("self_attn"), c, 1, heads)?,
+                ln1: norm(&b.pp("layer_norm1"), c)?,
+                cross_t2i: Attention::load(&b.pp("cross_attn_token_to_image"), c, ds, heads)?,
+                ln2: norm(&b.pp("layer_norm2"), c)?,
+                mlp1: lin(&b.pp("mlp").pp("lin1"), cfg.mlp_dim, c)?,
+                mlp2: lin(&b.pp("mlp").pp("lin2"), c, cfg.mlp_dim)?,
+                ln3: norm(&b.pp("layer_norm3"), c)?,
+                ln4: norm(&b.pp("layer_norm4"), c)?,
+                cross_i2t: Attention::load(&b.pp("cross_attn_image_to_token"), c, ds, heads)?,
+                skip_first_layer_pe: i == 0,
+            });
+        }
+        let conv_t = |name: &str, cin: usize, cout: usize| -> Result<Linear> {
+            let p = vv.pp(name);
+            Ok((p.get_f32("weight", &[cin, cout, 2, 2])?, p.get_f32("bias", &[cout])?))
+        };
+        Ok(MaskDecoder {
+            output_tokens,
+            blocks,
+            final_attn: Attention::load(&t.pp("final_attn_token_to_image"), c, ds, heads)?,
+            ln_final: norm(&t.pp("layer_norm_final_attn"), c)?,
+            upscale_conv1: conv_t("upscale_conv1", c, c / 4)?,
+            upscale_ln: norm(&vv.pp("upscale_layer_norm"), c / 4)?,
+            upscale_conv2: conv_t("upscale_conv2", c / 4, c / 8)?,
+            hypernetworks: (0..m)
+                .map(|i| FeedForward::load(&vv.pp("output_hypernetworks_mlps").pp(i), c, c, c / 8, 3))
+                .collect::<Result<_>>()?,
+            iou_head: FeedForward::load(&vv.pp("iou_prediction_head"), c, cfg.iou_head_hidden_dim, m, cfg.iou_head_depth)?,
+            hidden: c,
+            num_mask_tokens: m,
+            eps: cfg.layer_norm_eps as f32,
+            act,
+        })
+    }
+
+    /// `image_embeddings` [1, C, E, E]; `image_pe` [E·E, C]; `sparse` [P, N, C] or None (then
+    /// P = 1); `dense` [1, C, E, E] or the broadcastable [1, C, 1, 1].
+    pub fn forward(
+        &self,
+        be: &Backend,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        sparse: Option<&Tensor>,
+        dense: &Tensor,
+        multimask: bool,
+    ) -> Result<DecoderOutput> {
+        let c = self.hidden;
+        let sh = image_embeddings.shape();
+        if sh.len() != 4 || sh[0] != 1 || sh[1] != c || sh[2] != sh[3] || sh[2] * sh[3] != image_pe.dim(0) {
+            return Err(Error::arg(
+                "image_embeddings",
+                format!("shape {sh:?}, expected [1, {c}, E, E] with E·E = {}", image_pe.dim(0)),
+            ));
+        }
+        let e = sh[2];
+        let hw = e * e;
+        let p = sparse.map_or(1, |s| s.dim(0));
+
+        // Tokens: [iou, mask tokens.., sparse prompt tokens..] per prompt.
+        let out_tokens = self.output_tokens.reshape(&[1, self.num_mask_tokens + 1, c])?;
+        let out_tokens = be.concat(&vec![&out_tokens; p], 0)?;
+        let tokens = match sparse {
+            Some(s) => be.concat(&[&out_tokens, s], 1)?,
+            None => out_tokens,
+        };
+        // Image keys: embedding + dense prompt, channels-last, one copy per prompt.
+        let src = be.add(image_embeddings, dense)?;
+        let src = be.permute(&src, &[0, 2, 3, 1])?.reshape(&[1, hw, c])?;
+        let mut keys = be.concat(&vec![&src; p], 0)?;
+        let key_pe = image_pe.reshape(&[1, hw, c])?;
+
+        let mut queries = tokens.clone();
+        for blk in &self.blocks {
+            (queries, keys) = self.block_forward(be, blk, &queries, &keys, &tokens, &key_pe)?;
+        }
+        let q = be.add(&queries, &tokens)?;
+        let k = be.add(&keys, &key_pe)?;
+        let queries = self.final_attn.forward(be, &q, &k, &keys, Some(&queries))?;
+        // transformers builds this LayerNorm with the default eps (1e-5), not the config's.
+        let queries = be.layer_norm(&queries, &self.ln_final.0, &self.ln_final.1, 1e-5)?;
+
+        // Upscale the image features: [P, C, E, E] → [P, C/8, 4E, 4E].
+        let img = be.permute(&keys, &[0, 2, 1])?.reshape(&[p, c, e, e])?;
+        let up = be.conv_transpose2d(&img, &self.upscale_conv1.0, Some(&self.upscale_conv1.1), 2)?;
+        let up = be.layer_norm_channels(&up, &self.upscale_ln.0, &self.upscale_ln.1, 1e-6)?;
+        let up = be.activate(&up, Activation::Gelu)?;
+        let up = be.conv_transpose2d(&up, &self.upscale_conv2.0, Some(&self.upscale_conv2.1), 2)?;
+        let up = be.activate(&up, Activation::Gelu)?;
+        let side = 4 * e;
+        let up = up.reshape(&[p, c / 8, side * side])?;
+
+        // One hypernetwork per mask token → [P, M, C/8]; masks = hyper · upscaled.
+        let m = self.num_mask_tokens;
+        let mut hyper = Vec::with_capacity(m);
+        for (i, mlp) in self.hypernetworks.iter().enumerate() {
+            let tok = be.narrow(&queries, 1, 1 + i, 1)?;
+            hyper.push(mlp.forward(be, &tok)?);
+        }
+        let hyper = be.concat(&hyper.iter().collect::<Vec<_>>(), 1)?;
+        let masks = be.matmul(&hyper, &up, false)?.reshape(&[1, p, m, side, side])?;
+        let iou = self.iou_head.forward(be, &be.narrow(&queries, 1, 0, 1)?)?.reshape(&[1, p, m])?;
+
+        // Multimask: the M − 1 ambiguity-aware masks; otherwise the single-mask token 0.
+        let (start, len) = if multimask { (1, m - 1) } else { (0, 1) };
+        Ok(DecoderOutput { pred_masks: be.narrow(&masks, 2, start, len)?, iou_scores: be.narrow(&iou, 2, start, len)? })
+    }
+
+    fn block_forward(
+        &self,
+        be: &Backend,
+        blk: &TwoWayBlock,
+        queries: &Tensor,
+        keys: &Tensor,
+        query_pe: &Tensor,
+        key_pe: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let eps = self.eps;
+        let queries = if blk.skip_first_layer_pe {
+            blk.self_attn.forward(be, queries, queries, queries, None)?
+        } else {
+            let q = be.add(queries, query_pe)?;
+            blk.self_attn.forward(be, &q, &q, queries, Some(queries))?
+        };
+        let queries = be.layer_norm(&queries, &blk.ln1.0, &blk.ln1.1, eps)?;
+
+        let q = be.add(&queries, query_pe)?;
+        let k = be.add(keys, key_pe)?;
+        let queries = blk.cross_t2i.forward(be, &q, &k, keys, Some(&queries))?;
+        let queries = be.layer_norm(&queries, &blk.ln2.0, &blk.ln2.1, eps)?;
+
+        let h = be.linear(&queries, &blk.mlp1.0, Some(&blk.mlp1.1), self.act, None)?;
+        let queries = be.linear(&h, &blk.mlp2.0, Some(&blk.mlp2.1), Activation::None, Some(&queries))?;
+        let queries = be.layer_norm(&queries, &blk.ln3.0, &blk.ln3.1, eps)?;
+
+        let q = be.add(&queries, query_pe)?;
+        let k = be.add(keys, key_pe)?;
+        let keys = blk.cross_i2t.forward(be, &k, &q, &queries, Some(keys))?;
+        let keys = be.layer_norm(&keys, &blk.ln4.0, &blk.ln4.1, eps)?;
+        Ok((queries, keys))
+    }
+}

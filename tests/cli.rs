@@ -1,0 +1,116 @@
+//! The `visword` binary on bad input: a non-zero exit, one `error:` line naming what is wrong,
+//! no panic or backtrace, and no output file left behind.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::fixtures_dir;
+
+fn visword(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_visword")).args(args).env("RUST_BACKTRACE", "1").output().expect("run visword");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("visword-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Assert a user error: exit 1, an `error:` line mentioning every `needles`, no panic.
+#[track_caller]
+fn assert_user_error(args: &[&str], needles: &[&str]) {
+    let (code, _out, err) = visword(args);
+    assert_eq!(code, 1, "visword {args:?} should fail with exit 1; stderr: {err}");
+    assert!(err.starts_with("error: "), "stderr should be one error line: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "no panic expected: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error for {args:?} should mention `{n}`: {err}");
+    }
+}
+
+#[test]
+fn inspect_lists_a_checkpoint_and_rejects_bad_files() {
+    let (code, out, _) = visword(&["inspect", fixtures_dir().join("sam_tiny").to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("vision_encoder.patch_embed.projection.weight"), "{out}");
+    assert!(out.contains("parameters"));
+    let d = tmp("inspect");
+    let bad = d.join("bad.safetensors");
+    std::fs::write(&bad, b"\xff\xff\xff\xff\xff\xff\xff\x7f{}").unwrap();
+    assert_user_error(&["inspect", bad.to_str().unwrap()], &["bad.safetensors", "runs past the end"]);
+    assert_user_error(&["inspect", d.join("missing").to_str().unwrap()], &["missing"]);
+}
+
+#[test]
+fn sam_bad_inputs() {
+    let d = tmp("sam");
+    let model = fixtures_dir().join("sam_tiny");
+    let image = model.join("image.png");
+    let out = d.join("mask.png");
+    let (m, i, o) = (model.to_str().unwrap(), image.to_str().unwrap(), out.to_str().unwrap());
+    assert_user_error(&["sam", "--model", d.join("nope").to_str().unwrap(), i, "--point", "1,1", "-o", o], &["nope"]);
+    assert_user_error(&["sam", "--model", m, i, "--point", "100000,1", "-o", o], &["point"]);
+    assert_user_error(&["sam", "--model", m, i, "--box", "1,1,100000,5", "-o", o], &["box"]);
+    let empty = d.join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    assert_user_error(&["sam", "--model", m, empty.to_str().unwrap(), "--point", "1,1", "-o", o], &["empty.png"]);
+    let corrupt = d.join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    assert_user_error(&["sam", "--model", m, corrupt.to_str().unwrap(), "--point", "1,1", "-o", o], &["corrupt.png"]);
+    assert!(!out.exists(), "a failed run must not leave a mask behind");
+}
+
+#[test]
+fn png_header_claiming_a_huge_image_is_refused_before_decoding() {
+    let d = tmp("huge");
+    // A valid PNG signature and IHDR claiming 100000×100000, with no pixel data.
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(100000u32.to_be_bytes());
+    ihdr.extend(100000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
+        png.extend(0u32.to_be_bytes());
+        png.extend(chunk);
+        png.extend(crc32(chunk).to_be_bytes());
+    }
+    let p = d.join("huge.png");
+    std::fs::write(&p, &png).unwrap();
+    let model = fixtures_dir().join("sam_tiny");
+    let out = d.join("m.png");
+    assert_user_error(&["sam", "--model", model.to_str().unwrap(), p.to_str().unwrap(), "--point", "1,1", "-o", out.to_str().unwrap()], &["huge.png", "over the limit"]);
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+#[test]
+fn unknown_backend_and_unavailable_backend_are_clear() {
+    let model = fixtures_dir().join("sam_tiny");
+    let image = model.join("image.png");
+    let out = std::env::temp_dir().join(format!("visword-cli-be-{}.png", std::process::id()));
+    let args = |be: &'static str| vec!["sam".to_string(), "--model".into(), model.display().to_string(), image.display().to_string(), "--point".into(), "1,1".into(), "-o".into(), out.display().to_string(), "--backend".into(), be.into()];
+    let a: Vec<String> = args("tpu");
+    let (code, _, err) = visword(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert_ne!(code, 0);
+    assert!(err.contains("tpu"), "{err}");
+    let a: Vec<String> = args("wgpu");
+    let (code, _, err) = visword(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("wgpu"), "{err}");
+}

@@ -1,0 +1,334 @@
+//! Every CPU op against a naive f64 reference on seeded random inputs, with shape sweeps that
+//! include size 1 and sizes not divisible by the SIMD width or block size.
+
+mod common;
+
+use common::{assert_close, Rng, Tol, F32_OP};
+use visword::{Activation, AttnBias, AttnParams, Backend, DType, Tensor};
+
+fn be() -> Backend {
+    Backend::cpu()
+}
+
+/// Accumulation over K terms in f32: allow error growing with K.
+fn tol_k(k: usize) -> Tol {
+    Tol { atol: 2e-6 * (k as f32).sqrt().max(1.0), rtol: 1e-5 }
+}
+
+fn naive_linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    let mut o = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            o[i * n + j] = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum::<f64>() as f32;
+        }
+    }
+    o
+}
+
+#[test]
+fn linear_matches_reference_for_every_weight_dtype_and_epilogue() {
+    let mut rng = Rng::new(1);
+    eprintln!("seed 1");
+    for &(m, k, n) in &[(1, 1, 1), (1, 37, 5), (2, 64, 17), (4, 100, 33), (5, 19, 7), (7, 130, 65), (33, 257, 40)] {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let x = rng.tensor(&[m, k]);
+            let w = rng.tensor(&[n, k]).to_dtype(dtype).unwrap();
+            let b = rng.tensor(&[n]);
+            let r = rng.tensor(&[m, n]);
+            let wf = w.to_f32_vec().unwrap();
+            let base = naive_linear(x.as_f32().unwrap(), m, k, &wf, n);
+            for act in [Activation::None, Activation::Gelu, Activation::QuickGelu, Activation::Silu] {
+                let got = be().linear(&x, &w, Some(&b), act, Some(&r)).unwrap();
+                let want: Vec<f32> = base
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let z = (v + b.as_f32().unwrap()[i % n]) as f64;
+                        let a = match act {
+                            Activation::None => z,
+                            Activation::Gelu => 0.5 * z * (1.0 + erf(z / 2f64.sqrt())),
+                            Activation::QuickGelu => z / (1.0 + (-1.702 * z).exp()),
+                            Activation::Silu => z / (1.0 + (-z).exp()),
+                            _ => unreachable!(),
+                        };
+                        (a + r.as_f32().unwrap()[i] as f64) as f32
+                    })
+                    .collect();
+                assert_close(&format!("linear {m}x{k}x{n} {dtype} {act:?}"), got.as_f32().unwrap(), &want, tol_k(k));
+            }
+        }
+    }
+}
+
+fn erf(x: f64) -> f64 {
+    // Series/continued fraction is overkill here: use a high-precision rational approximation
+    // (W. J. Cody), accurate to ~1e-15 — far below f32 resolution.
+    let t = 1.0 / (1.0 + 0.5 * x.abs());
+    let y = 1.0
+        - t * (-x * x - 1.26551223
+            + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
+    if x >= 0.0 { y } else { -y }
+}
+
+#[test]
+fn batched_matmul_plain_transposed_and_shared() {
+    let mut rng = Rng::new(2);
+    for &(bt, m, k, n) in &[(1, 1, 1, 1), (3, 5, 7, 9), (2, 33, 17, 65), (4, 8, 64, 8)] {
+        let a = rng.tensor(&[bt, m, k]);
+        let b = rng.tensor(&[bt, k, n]);
+        let got = be().matmul(&a, &b, false).unwrap();
+        let (av, bv) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+        let mut want = vec![0f32; bt * m * n];
+        for i in 0..bt {
+            for r in 0..m {
+                for c in 0..n {
+                    want[(i * m + r) * n + c] = (0..k).map(|t| av[(i * m + r) * k + t] as f64 * bv[(i * k + t) * n + c] as f64).sum::<f64>() as f32;
+                }
+            }
+        }
+        assert_close("matmul", got.as_f32().unwrap(), &want, tol_k(k));
+        let bt_t = be().permute(&b, &[0, 2, 1]).unwrap();
+        let got_t = be().matmul(&a, &bt_t, true).unwrap();
+        assert_close("matmul trans_b", got_t.as_f32().unwrap(), &want, tol_k(k));
+        // Shared 2-D right operand.
+        let b0 = be().narrow(&b, 0, 0, 1).unwrap().reshape(&[k, n]).unwrap();
+        let got_s = be().matmul(&a, &b0, false).unwrap();
+        for i in 0..bt {
+            let single = be().matmul(&be().narrow(&a, 0, i, 1).unwrap(), &b0.reshape(&[1, k, n]).unwrap(), false).unwrap();
+            assert_close("matmul shared", &got_s.as_f32().unwrap()[i * m * n..][..m * n], single.as_f32().unwrap(), F32_OP);
+        }
+    }
+    assert!(be().matmul(&rng.tensor(&[2, 3]), &rng.tensor(&[4, 5]), false).is_err());
+}
+
+/// f64 attention reference with every feature.
+#[allow(clippy::too_many_arguments)]
+fn naive_attention(q: &[f32], k: &[f32], v: &[f32], b: usize, h: usize, hkv: usize, nq: usize, nk_all: usize, nk: usize, d: usize, scale: f32, causal: bool, rel: Option<(&[f32], &[f32], usize, usize)>) -> Vec<f32> {
+    let mut out = vec![0f32; b * h * nq * d];
+    for bi in 0..b {
+        for hi in 0..h {
+            let kvh = bi * hkv + hi / (h / hkv);
+            for i in 0..nq {
+                let qr = &q[((bi * h + hi) * nq + i) * d..][..d];
+                let mut s: Vec<f64> = (0..nk)
+                    .map(|j| {
+                        let kr = &k[(kvh * nk_all + j) * d..][..d];
+                        let mut x = qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64;
+                        if let Some((rh, rw, kh, kw)) = rel {
+                            x += rh[((bi * h + hi) * nq + i) * kh + j / kw] as f64 + rw[((bi * h + hi) * nq + i) * kw + j % kw] as f64;
+                        }
+                        if causal && j > nk - nq + i {
+                            x = f64::NEG_INFINITY;
+                        }
+                        x
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                s.iter_mut().for_each(|x| *x = (*x - m).exp());
+                let z: f64 = s.iter().sum();
+                for t in 0..d {
+                    out[((bi * h + hi) * nq + i) * d + t] = (s.iter().enumerate().map(|(j, p)| p * v[(kvh * nk_all + j) * d + t] as f64).sum::<f64>() / z) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_reference_noncausal_causal_gqa_kvlen_relpos() {
+    let mut rng = Rng::new(3);
+    // (b, h, hkv, nq, nk_all, kv_len, d, causal)
+    let cases = [
+        (1, 1, 1, 1, 1, 1, 1, false),
+        (2, 3, 3, 5, 5, 5, 8, false),
+        (1, 4, 2, 33, 33, 33, 12, true),
+        (1, 6, 2, 1, 40, 17, 64, true),
+        (1, 2, 1, 7, 50, 20, 80, true),
+        (1, 2, 2, 70, 70, 70, 128, false),
+    ];
+    for &(b, h, hkv, nq, nk_all, kv_len, d, causal) in &cases {
+        let (q, k, v) = (rng.tensor(&[b, h, nq, d]), rng.tensor(&[b, hkv, nk_all, d]), rng.tensor(&[b, hkv, nk_all, d]));
+        let mut p = AttnParams::new(d);
+        p.causal = causal;
+        p.kv_len = Some(kv_len);
+        let got = be().attention(&q, &k, &v, &p).unwrap();
+        let want = naive_attention(q.as_f32().unwrap(), k.as_f32().unwrap(), v.as_f32().unwrap(), b, h, hkv, nq, nk_all, kv_len, d, p.scale, causal, None);
+        assert_close(&format!("attention {b}x{h}/{hkv}x{nq}x{kv_len}x{d} causal={causal}"), got.as_f32().unwrap(), &want, tol_k(d));
+    }
+    // SAM decomposed relative positions on a 5×7 key grid (35 keys, not a block multiple).
+    let (b, h, kh, kw, d) = (2, 3, 5, 7, 16);
+    let n = kh * kw;
+    let (q, k, v) = (rng.tensor(&[b, h, n, d]), rng.tensor(&[b, h, n, d]), rng.tensor(&[b, h, n, d]));
+    let (rh, rw) = (rng.tensor(&[b, h, n, kh]), rng.tensor(&[b, h, n, kw]));
+    let mut p = AttnParams::new(d);
+    p.bias = AttnBias::DecomposedRelPos { rel_h: &rh, rel_w: &rw, k_h: kh, k_w: kw };
+    let got = be().attention(&q, &k, &v, &p).unwrap();
+    let want = naive_attention(q.as_f32().unwrap(), k.as_f32().unwrap(), v.as_f32().unwrap(), b, h, h, n, n, n, d, p.scale, false, Some((rh.as_f32().unwrap(), rw.as_f32().unwrap(), kh, kw)));
+    assert_close("attention rel-pos", got.as_f32().unwrap(), &want, tol_k(d));
+    // Shape errors are reported, not panicked on.
+    assert!(be().attention(&q, &rng.tensor(&[b, 2, n, d]), &rng.tensor(&[b, 2, n, d]), &AttnParams::new(d)).is_err());
+}
+
+#[test]
+fn norms_softmax_rope() {
+    let mut rng = Rng::new(4);
+    for &(rows, d) in &[(1, 1), (3, 7), (17, 576), (2, 1030)] {
+        let x = rng.tensor(&[rows, d]);
+        let (w, b) = (rng.tensor(&[d]), rng.tensor(&[d]));
+        let xv = x.as_f32().unwrap();
+        let (wv, bv) = (w.as_f32().unwrap(), b.as_f32().unwrap());
+        let mut ln = vec![0f32; rows * d];
+        let mut rms = vec![0f32; rows * d];
+        let mut sm = vec![0f32; rows * d];
+        for r in 0..rows {
+            let row: Vec<f64> = xv[r * d..][..d].iter().map(|&v| v as f64).collect();
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / d as f64;
+            let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = row.iter().map(|v| (v - mx).exp()).sum();
+            for i in 0..d {
+                ln[r * d + i] = ((row[i] - mean) / (var + 1e-5).sqrt() * wv[i] as f64 + bv[i] as f64) as f32;
+                rms[r * d + i] = (row[i] / (ms + 1e-6).sqrt() * wv[i] as f64) as f32;
+                sm[r * d + i] = ((row[i] - mx).exp() / z) as f32;
+            }
+        }
+        let tol = Tol { atol: 1e-5, rtol: 1e-4 };
+        assert_close("layer_norm", be().layer_norm(&x, &w, &b, 1e-5).unwrap().as_f32().unwrap(), &ln, tol);
+        assert_close("rms_norm", be().rms_norm(&x, &w, 1e-6).unwrap().as_f32().unwrap(), &rms, tol);
+        assert_close("softmax", be().softmax(&x).unwrap().as_f32().unwrap(), &sm, F32_OP);
+    }
+    // LayerNorm over channels == LayerNorm of the NHWC permutation.
+    let x = rng.tensor(&[2, 5, 3, 4]);
+    let (w, b) = (rng.tensor(&[5]), rng.tensor(&[5]));
+    let got = be().layer_norm_channels(&x, &w, &b, 1e-6).unwrap();
+    let nhwc = be().permute(&x, &[0, 2, 3, 1]).unwrap();
+    let want = be().permute(&be().layer_norm(&nhwc, &w, &b, 1e-6).unwrap(), &[0, 3, 1, 2]).unwrap();
+    assert_close("layer_norm_channels", got.as_f32().unwrap(), want.as_f32().unwrap(), F32_OP);
+    // RoPE against the rotate_half formula.
+    let (bsz, h, n, d) = (1, 2, 5, 6);
+    let x = rng.tensor(&[bsz, h, n, d]);
+    let (cos, sin) = (rng.tensor(&[10, d / 2]), rng.tensor(&[10, d / 2]));
+    let got = be().rope(&x, &cos, &sin, 3).unwrap();
+    let (xv, cv, sv) = (x.as_f32().unwrap(), cos.as_f32().unwrap(), sin.as_f32().unwrap());
+    let mut want = vec![0f32; xv.len()];
+    for hh in 0..h {
+        for t in 0..n {
+            for i in 0..d {
+                let j = i % (d / 2);
+                let rot = if i < d / 2 { -xv[(hh * n + t) * d + i + d / 2] } else { xv[(hh * n + t) * d + i - d / 2] };
+                want[(hh * n + t) * d + i] = xv[(hh * n + t) * d + i] * cv[(3 + t) * (d / 2) + j] + rot * sv[(3 + t) * (d / 2) + j];
+            }
+        }
+    }
+    assert_close("rope", got.as_f32().unwrap(), &want, F32_OP);
+    assert!(be().rope(&x, &cos, &sin, 8).is_err(), "positions past the table must be an error");
+}
+
+#[test]
+fn layout_ops_and_broadcasting() {
+    let mut rng = Rng::new(5);
+    let x = rng.tensor(&[2, 3, 4]);
+    let xv = x.as_f32().unwrap().to_vec();
+    let p = be().permute(&x, &[2, 0, 1]).unwrap();
+    assert_eq!(p.shape(), &[4, 2, 3]);
+    for a in 0..2 {
+        for b in 0..3 {
+            for c in 0..4 {
+                assert_eq!(p.as_f32().unwrap()[(c * 2 + a) * 3 + b], xv[(a * 3 + b) * 4 + c]);
+            }
+        }
+    }
+    let n = be().narrow(&x, 1, 1, 2).unwrap();
+    assert_eq!(n.shape(), &[2, 2, 4]);
+    assert_eq!(n.as_f32().unwrap()[4..8], xv[8..12]);
+    let c = be().concat(&[&be().narrow(&x, 1, 0, 1).unwrap(), &n], 1).unwrap();
+    assert_eq!(c.as_f32().unwrap(), &xv[..]);
+    // Broadcasting: [2,3,4] + [3,1] and [4].
+    let y = rng.tensor(&[3, 1]);
+    let s = be().add(&x, &y).unwrap();
+    for i in 0..24 {
+        assert_eq!(s.as_f32().unwrap()[i], xv[i] + y.as_f32().unwrap()[(i / 4) % 3]);
+    }
+    let z = rng.tensor(&[4]);
+    let m = be().mul(&x, &z).unwrap();
+    for i in 0..24 {
+        assert_eq!(m.as_f32().unwrap()[i], xv[i] * z.as_f32().unwrap()[i % 4]);
+    }
+    assert!(be().add(&x, &rng.tensor(&[5])).is_err());
+    let padded = be().pad2d(&x, 1, 0, 2, 1).unwrap();
+    assert_eq!(padded.shape(), &[2, 4, 7]);
+    assert_eq!(padded.as_f32().unwrap()[7 + 2], xv[0]);
+    // Embedding: f32 and bf16 tables, out-of-range id is an argument error.
+    let table = rng.tensor(&[10, 3]);
+    let e = be().embedding(&table.to_dtype(DType::BF16).unwrap(), &[9, 0]).unwrap();
+    assert_eq!(e.shape(), &[2, 3]);
+    assert!((e.as_f32().unwrap()[0] - table.as_f32().unwrap()[27]).abs() < 1e-2);
+    assert!(be().embedding(&table, &[10]).is_err());
+    // write_kv then read back.
+    let mut cache = Tensor::zeros(vec![1, 2, 6, 3]);
+    let new = rng.tensor(&[1, 2, 2, 3]);
+    be().write_kv(&mut cache, &new, 4).unwrap();
+    assert_eq!(&cache.as_f32().unwrap()[12..18], &new.as_f32().unwrap()[..6]);
+    assert!(be().write_kv(&mut cache, &new, 5).is_err());
+}
+
+#[test]
+fn conv2d_and_transposed_conv_match_direct_loops() {
+    let mut rng = Rng::new(6);
+    for &(b, cin, h, w, cout, k, stride, pad) in &[(1, 1, 1, 1, 1, 1, 1, 0), (2, 3, 7, 9, 5, 3, 1, 1), (1, 4, 8, 8, 6, 2, 2, 0), (1, 3, 10, 6, 2, 4, 4, 0)] {
+        let x = rng.tensor(&[b, cin, h, w]);
+        let wt = rng.tensor(&[cout, cin, k, k]);
+        let bias = rng.tensor(&[cout]);
+        let got = be().conv2d(&x, &wt, Some(&bias), stride, pad).unwrap();
+        let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        assert_eq!(got.shape(), &[b, cout, oh, ow]);
+        let (xv, wv) = (x.as_f32().unwrap(), wt.as_f32().unwrap());
+        let mut want = vec![0f32; b * cout * oh * ow];
+        for bi in 0..b {
+            for co in 0..cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = bias.as_f32().unwrap()[co] as f64;
+                        for ci in 0..cin {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = ((oy * stride + ky) as isize - pad as isize, (ox * stride + kx) as isize - pad as isize);
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        s += xv[((bi * cin + ci) * h + iy as usize) * w + ix as usize] as f64 * wv[((co * cin + ci) * k + ky) * k + kx] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        want[((bi * cout + co) * oh + oy) * ow + ox] = s as f32;
+                    }
+                }
+            }
+        }
+        assert_close("conv2d", got.as_f32().unwrap(), &want, tol_k(cin * k * k));
+    }
+    // Transposed conv, kernel = stride = 2.
+    let (b, cin, h, w, cout, k) = (2, 3, 4, 5, 4, 2);
+    let x = rng.tensor(&[b, cin, h, w]);
+    let wt = rng.tensor(&[cin, cout, k, k]);
+    let bias = rng.tensor(&[cout]);
+    let got = be().conv_transpose2d(&x, &wt, Some(&bias), k).unwrap();
+    let (xv, wv) = (x.as_f32().unwrap(), wt.as_f32().unwrap());
+    let mut want = vec![0f32; b * cout * h * k * w * k];
+    for bi in 0..b {
+        for co in 0..cout {
+            for y in 0..h * k {
+                for xx in 0..w * k {
+                    let mut s = bias.as_f32().unwrap()[co] as f64;
+                    for ci in 0..cin {
+                        s += xv[((bi * cin + ci) * h + y / k) * w + xx / k] as f64 * wv[((ci * cout + co) * k + y % k) * k + xx % k] as f64;
+                    }
+                    want[((bi * cout + co) * h * k + y) * w * k + xx] = s as f32;
+                }
+            }
+        }
+    }
+    assert_close("conv_transpose2d", got.as_f32().unwrap(), &want, F32_OP);
+}
