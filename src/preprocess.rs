@@ -12,6 +12,7 @@
 //! their backend bit for bit (tests/model_clip.rs), and the two backends differ from each other
 //! by at most one 8-bit level in a few pixels.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use image::RgbImage;
@@ -202,7 +203,8 @@ impl ImageProcessor {
         if rh == 0 || rw == 0 {
             return Err(Error::arg("image", format!("a {w}×{h} image resizes to {rw}×{rh}: too thin to preprocess")));
         }
-        let mut pixels = Pixels { h, w, data: img.as_raw().clone() };
+        // Borrow the decoded image; each step below makes its own (smaller) buffer.
+        let mut pixels = Pixels { h, w, data: Cow::Borrowed(img.as_raw().as_slice()) };
         if (rh, rw) != (h, w) {
             pixels = resize(&pixels, rh, rw, self.resample, self.flavor);
         }
@@ -310,10 +312,10 @@ fn channel_stats(path: &Path, json: &serde_json::Value, name: &str, default: [f3
 }
 
 /// An 8-bit RGB image, interleaved row-major (`[h, w, 3]`).
-struct Pixels {
+struct Pixels<'a> {
     h: usize,
     w: usize,
-    data: Vec<u8>,
+    data: Cow<'a, [u8]>,
 }
 
 /// Fixed-point filter taps for one axis: output i reads `len[i]` inputs from `start[i]`.
@@ -396,7 +398,7 @@ fn taps(in_size: usize, out_size: usize, resample: Resample, flavor: Flavor) -> 
 
 /// Apply `t` along one axis of an interleaved image, with 8-bit rounding and clamping.
 /// `horizontal`: rows stay, columns are resampled.
-fn pass(src: &Pixels, t: &Taps, horizontal: bool) -> Pixels {
+fn pass(src: &Pixels, t: &Taps, horizontal: bool) -> Pixels<'static> {
     let (oh, ow) = if horizontal { (src.h, t.start.len()) } else { (t.start.len(), src.w) };
     let mut data = vec![0u8; oh * ow * 3];
     let half = if t.precision > 0 { 1i64 << (t.precision - 1) } else { 0 };
@@ -418,12 +420,12 @@ fn pass(src: &Pixels, t: &Taps, horizontal: bool) -> Pixels {
             }
         }
     });
-    Pixels { h: oh, w: ow, data }
+    Pixels { h: oh, w: ow, data: Cow::Owned(data) }
 }
 
 /// Resize to `h × w`: horizontal pass, then vertical; an axis whose size doesn't change is not
 /// touched (as in both reference implementations).
-fn resize(src: &Pixels, h: usize, w: usize, resample: Resample, flavor: Flavor) -> Pixels {
+fn resize(src: &Pixels, h: usize, w: usize, resample: Resample, flavor: Flavor) -> Pixels<'static> {
     let mut cur = None;
     if w != src.w {
         cur = Some(pass(src, &taps(src.w, w, resample, flavor), true));
@@ -432,7 +434,7 @@ fn resize(src: &Pixels, h: usize, w: usize, resample: Resample, flavor: Flavor) 
         let s = cur.as_ref().unwrap_or(src);
         cur = Some(pass(s, &taps(s.h, h, resample, flavor), false));
     }
-    cur.unwrap_or_else(|| Pixels { h: src.h, w: src.w, data: src.data.clone() })
+    cur.unwrap_or_else(|| Pixels { h: src.h, w: src.w, data: Cow::Owned(src.data.to_vec()) })
 }
 
 /// Where a centered window of `out` cells takes its data along an axis of `in_` cells:
@@ -450,7 +452,7 @@ fn crop_axis(in_: usize, out: usize, flavor: Flavor) -> (usize, usize, usize) {
     (0, before, in_)
 }
 
-fn center_crop(src: &Pixels, h: usize, w: usize, flavor: Flavor) -> Pixels {
+fn center_crop(src: &Pixels, h: usize, w: usize, flavor: Flavor) -> Pixels<'static> {
     let (sy, dy, ny) = crop_axis(src.h, h, flavor);
     let (sx, dx, nx) = crop_axis(src.w, w, flavor);
     let mut data = vec![0u8; h * w * 3];
@@ -459,7 +461,7 @@ fn center_crop(src: &Pixels, h: usize, w: usize, flavor: Flavor) -> Pixels {
         let d = ((dy + y) * w + dx) * 3;
         data[d..d + nx * 3].copy_from_slice(&src.data[s..s + nx * 3]);
     }
-    Pixels { h, w, data }
+    Pixels { h, w, data: Cow::Owned(data) }
 }
 
 #[cfg(test)]

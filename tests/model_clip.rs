@@ -324,6 +324,12 @@ fn embed_command_errors_are_typed() {
     assert!(matches!(embed::run(&a), Err(Error::InvalidArgument { .. })), "3-d pixel_values");
     save_safetensors(&d.join("px.safetensors"), &[("pixel_values".into(), Tensor::zeros(vec![1, 4, 30, 30]))], None).unwrap();
     assert!(matches!(embed::run(&a), Err(Error::InvalidArgument { .. })), "4 channels");
+    save_safetensors(&d.join("px.safetensors"), &[("pixel_values".into(), Tensor::zeros(vec![1, 3, 30, 30]))], None).unwrap();
+    a.max_pixels = 899;
+    assert!(matches!(embed::run(&a), Err(Error::InvalidArgument { arg, .. }) if arg == "--pixel-values"), "over the pixel limit");
+    a.max_pixels = 900;
+    embed::run(&a).unwrap();
+    std::fs::remove_file(d.join("o.safetensors")).unwrap();
 
     let mut a = args("clip_quick");
     a.image = Some(image_path());
@@ -337,6 +343,7 @@ fn embed_command_errors_are_typed() {
     a.backend = "cpu".into();
     a.output = Some(d.join("no_such_dir").join("o.safetensors"));
     assert!(matches!(embed::run(&a), Err(Error::Output { .. })), "unwritable output");
+    // None of the failed runs left an output behind.
     assert!(!d.join("o.safetensors").exists());
 }
 

@@ -53,8 +53,9 @@ pub struct Args {
     pub max_pixels: u64,
 }
 
-/// Read `pixel_values` from a safetensors file as an f32 `[B, C, H, W]` host tensor.
-pub fn read_pixel_values(path: &std::path::Path) -> Result<Tensor> {
+/// Read `pixel_values` from a safetensors file as an f32 `[B, C, H, W]` host tensor, refusing
+/// more than `max_pixels` per image (as for image files).
+pub fn read_pixel_values(path: &std::path::Path, max_pixels: u64) -> Result<Tensor> {
     let w = Weights::open(path)?;
     let t = w.get("pixel_values")?;
     if !t.dtype().is_float() {
@@ -62,6 +63,10 @@ pub fn read_pixel_values(path: &std::path::Path) -> Result<Tensor> {
     }
     if t.dims() != 4 {
         return Err(Error::arg("--pixel-values", format!("{}: `pixel_values` has shape {:?}, expected [1, 3, H, W]", path.display(), t.shape())));
+    }
+    let (h, w_) = (t.dim(2) as u64, t.dim(3) as u64);
+    if h * w_ > max_pixels {
+        return Err(Error::arg("--pixel-values", format!("{}: {h}×{w_} = {} pixels, over the limit of {max_pixels}", path.display(), h * w_)));
     }
     // An owned copy: the mapping is dropped with `w`.
     Tensor::from_f32(t.to_f32_vec()?, t.shape().to_vec())
@@ -79,7 +84,7 @@ pub fn run(args: &Args) -> Result<()> {
     let pixel_values = match (&args.pixel_values, &args.image) {
         (Some(_), Some(_)) => return Err(Error::arg("IMAGE", "give an image or --pixel-values, not both")),
         (None, None) => return Err(Error::arg("IMAGE", "no input: give an image or --pixel-values FILE")),
-        (Some(p), None) => read_pixel_values(p)?,
+        (Some(p), None) => read_pixel_values(p, args.max_pixels)?,
         (None, Some(img)) => ImageProcessor::for_model_dir(&args.model)?.preprocess_file(img, args.max_pixels)?,
     };
     let px = be.upload(&pixel_values)?;

@@ -4,7 +4,9 @@
 Usage:  python3 tools/reference/make_vision.py [--source PATH/TO/chelsea.png]
 
 Needs torch, transformers 5.24, safetensors, pillow and torchvision (the default image processor
-backend of transformers 5 is torchvision; the PIL backend is recorded too, for comparison).
+backend of transformers 5 is torchvision; the PIL backend is recorded too, for comparison). With
+torch 2.11 that is `pip install pillow` and `pip install --no-deps torchvision==0.26.0` (its
+matching release; --no-deps keeps the installed torch).
 
 What it writes (all f32, deterministic: every model is seeded and the input is a committed image):
 
