@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod dtype;
 pub mod error;
+pub mod gguf;
 pub mod image_io;
 pub mod models;
 pub mod preprocess;

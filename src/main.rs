@@ -16,6 +16,8 @@ enum Command {
     Inspect(cli::inspect::Args),
     /// Segment with SAM from point and box prompts.
     Sam(cli::sam::Args),
+    /// Convert a Llama-architecture GGUF file into an HF-style directory.
+    Convert(cli::convert::Args),
 }
 
 fn main() {
@@ -23,6 +25,7 @@ fn main() {
     let res = match &cli.command {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Sam(a) => cli::sam::run(a),
+        Command::Convert(a) => cli::convert::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e}");

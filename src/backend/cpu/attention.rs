@@ -12,7 +12,7 @@ use crate::backend::{AttnBias, AttnParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-const BLOCK_Q: usize = 32;
+const BLOCK_Q: usize = 128;
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
     let (qs, ks) = (q.shape(), k.shape());
