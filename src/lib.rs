@@ -11,6 +11,7 @@ pub mod error;
 pub mod gguf;
 pub mod image_io;
 pub mod models;
+pub mod preprocess;
 pub mod tensor;
 pub mod weights;
 

@@ -1,6 +1,7 @@
 //! The `visword` subcommands. Each module has an `Args` (clap) and a `run`.
 
 pub mod convert;
+pub mod embed;
 pub mod generate;
 pub mod inspect;
 pub mod sam;
