@@ -20,6 +20,8 @@ enum Command {
     Convert(cli::convert::Args),
     /// Generate text with a Llama-architecture model (chat template applied).
     Generate(cli::generate::Args),
+    /// Vision features (CLIP / DINOv2) of an image.
+    Embed(cli::embed::Args),
 }
 
 fn main() {
@@ -29,6 +31,7 @@ fn main() {
         Command::Sam(a) => cli::sam::run(a),
         Command::Convert(a) => cli::convert::run(a),
         Command::Generate(a) => cli::generate::run(a),
+        Command::Embed(a) => cli::embed::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e}");
