@@ -28,16 +28,26 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let res = match &cli.command {
+    // Run the command on a worker of the thread pool, so the many small parallel regions of a
+    // decode step are split between this thread and the others instead of waking the pool from
+    // outside and sleeping until it finishes.
+    let res = match rayon::ThreadPoolBuilder::new().build() {
+        Ok(pool) => pool.install(|| run(&cli)),
+        Err(_) => run(&cli),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> visword::Result<()> {
+    match &cli.command {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Sam(a) => cli::sam::run(a),
         Command::Convert(a) => cli::convert::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Embed(a) => cli::embed::run(a),
         Command::Bench(a) => cli::bench::run(a),
-    };
-    if let Err(e) = res {
-        eprintln!("error: {e}");
-        std::process::exit(1);
     }
 }

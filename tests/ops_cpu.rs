@@ -332,3 +332,24 @@ fn conv2d_and_transposed_conv_match_direct_loops() {
     }
     assert_close("conv_transpose2d", got.as_f32().unwrap(), &want, F32_OP);
 }
+
+#[test]
+fn linear_many_equals_separate_linears() {
+    let mut rng = Rng::new(9);
+    for &(m, k) in &[(1, 37), (3, 576), (6, 20)] {
+        for dtype in [DType::F32, DType::BF16] {
+            let x = rng.tensor(&[m, k]);
+            let ws: Vec<Tensor> = [5, 64, 3].iter().map(|&n| rng.tensor(&[n, k]).to_dtype(dtype).unwrap()).collect();
+            let refs: Vec<&Tensor> = ws.iter().collect();
+            let got = be().linear_many(&x, &refs).unwrap();
+            assert_eq!(got.len(), 3);
+            for (g, w) in got.iter().zip(&ws) {
+                let want = be().linear(&x, w, None, Activation::None, None).unwrap();
+                assert_eq!(g.shape(), want.shape());
+                assert_close("linear_many", g.as_f32().unwrap(), want.as_f32().unwrap(), F32_OP);
+            }
+        }
+    }
+    // A weight whose K disagrees is an error, not a panic.
+    assert!(be().linear_many(&rng.tensor(&[1, 8]), &[&rng.tensor(&[4, 8]), &rng.tensor(&[4, 9])]).is_err());
+}

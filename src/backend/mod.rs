@@ -155,6 +155,12 @@ impl Backend {
         dispatch!(self, b => b.linear(x, w, bias, act, residual))
     }
 
+    /// x · wᵢᵀ for several weights that share the input (fused Q/K/V or gate/up projections
+    /// without concatenating the stored weights). No bias or activation.
+    pub fn linear_many(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        dispatch!(self, b => b.linear_many(x, ws))
+    }
+
     /// Batched matmul: a [.., M, K] · b [.., K, N] (or b [.., N, K] when `trans_b`). b may have
     /// no batch dims (shared by every batch) or the same batch dims as a.
     pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {

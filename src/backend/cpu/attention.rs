@@ -43,13 +43,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<T
     let (qv, kv, vv) = (check_f32("attention", q)?, check_f32("attention", k)?, check_f32("attention", v)?);
     let group = h / hkv;
     let mut out = vec![0f32; b * h * nq * d];
-    out.par_chunks_mut(nq * d).enumerate().for_each(|(bh, o_head)| {
+    // Small problems (decode: one query over a short cache) run on the calling thread: waking
+    // the pool would cost more than the work.
+    let parallel = b * h * nq * nk * d > 1 << 20;
+    let head = |bh: usize, o_head: &mut [f32]| {
         let (bi, hi) = (bh / h, bh % h);
         let kvh = bi * hkv + hi / group;
         let kh = &kv[kvh * nk_all * d..][..nk * d];
         let vh = &vv[kvh * nk_all * d..][..nk * d];
         let qh = &qv[bh * nq * d..][..nq * d];
-        o_head.par_chunks_mut(BLOCK_Q * d).enumerate().for_each(|(blk, o)| {
+        let block = |blk: usize, o: &mut [f32]| {
             let q0 = blk * BLOCK_Q;
             let bq = (nq - q0).min(BLOCK_Q);
             // Keys visible to this block: causal blocks stop at the last query's position.
@@ -75,7 +78,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<T
                 softmax_row(row);
             }
             sgemm_serial(bq, d, visible, &s, visible, 1, vh, d, 1, &mut o[..bq * d], false);
-        });
-    });
+        };
+        if parallel {
+            o_head.par_chunks_mut(BLOCK_Q * d).enumerate().for_each(|(blk, o)| block(blk, o));
+        } else {
+            o_head.chunks_mut(BLOCK_Q * d).enumerate().for_each(|(blk, o)| block(blk, o));
+        }
+    };
+    if parallel {
+        out.par_chunks_mut(nq * d).enumerate().for_each(|(bh, o)| head(bh, o));
+    } else {
+        out.chunks_mut(nq * d).enumerate().for_each(|(bh, o)| head(bh, o));
+    }
     Tensor::from_f32(out, vec![b, h, nq, d])
 }

@@ -1,8 +1,6 @@
 //! Pointwise ops: activations, broadcasting binary ops, softmax, RoPE.
 
-use rayon::prelude::*;
-
-use super::{check_f32, rows_per_task};
+use super::{check_f32, for_chunks, rows_per_task};
 use crate::backend::Activation;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -34,7 +32,7 @@ pub fn act_inplace(v: &mut [f32], act: Activation) {
     if act == Activation::None {
         return;
     }
-    v.par_chunks_mut(16384).for_each(|c| c.iter_mut().for_each(|x| *x = act_scalar(*x, act)));
+    for_chunks(v, 16384, |_, c| c.iter_mut().for_each(|x| *x = act_scalar(*x, act)));
 }
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -49,7 +47,8 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     }
     let (g, u) = (check_f32("silu_mul", gate)?, check_f32("silu_mul", up)?);
     let mut out = vec![0f32; g.len()];
-    out.par_chunks_mut(16384).zip(g.par_chunks(16384).zip(u.par_chunks(16384))).for_each(|(o, (g, u))| {
+    for_chunks(&mut out, 16384, |ci, o| {
+        let (g, u) = (&g[ci * 16384..], &u[ci * 16384..]);
         for i in 0..o.len() {
             o[i] = act_scalar(g[i], Activation::Silu) * u[i];
         }
@@ -95,7 +94,8 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     };
     if a.shape() == b.shape() {
         let mut out = vec![0f32; av.len()];
-        out.par_chunks_mut(16384).zip(av.par_chunks(16384).zip(bv.par_chunks(16384))).for_each(|(o, (x, y))| {
+        for_chunks(&mut out, 16384, |ci, o| {
+            let (x, y) = (&av[ci * 16384..], &bv[ci * 16384..]);
             for i in 0..o.len() {
                 o[i] = f(x[i], y[i]);
             }
@@ -108,7 +108,7 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let last = *shape.last().unwrap_or(&1);
     let n: usize = shape.iter().product();
     let mut out = vec![0f32; n];
-    out.par_chunks_mut(last.max(1)).enumerate().for_each(|(row, o)| {
+    for_chunks(&mut out, last, |row, o| {
         // Offsets of this row's first element.
         let (mut ia, mut ib, mut r) = (0usize, 0usize, row);
         for d in (0..shape.len().saturating_sub(1)).rev() {
@@ -132,7 +132,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     if d == 0 {
         return Tensor::from_f32(out, x.shape().to_vec());
     }
-    out.par_chunks_mut(d * rows_per_task(d)).for_each(|c| c.chunks_mut(d).for_each(softmax_row));
+    for_chunks(&mut out, d * rows_per_task(d), |_, c| c.chunks_mut(d).for_each(softmax_row));
     Tensor::from_f32(out, x.shape().to_vec())
 }
 
@@ -168,7 +168,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result
     }
     let (xs, cs, ss) = (check_f32("rope", x)?, check_f32("rope", cos)?, check_f32("rope", sin)?);
     let mut out = vec![0f32; xs.len()];
-    out.par_chunks_mut(d * n).zip(xs.par_chunks(d * n)).for_each(|(o, x)| {
+    for_chunks(&mut out, d * n, |ci, o| {
+        let x = &xs[ci * d * n..][..d * n];
         for t in 0..n {
             let (c, sn) = (&cs[(pos_offset + t) * h..][..h], &ss[(pos_offset + t) * h..][..h]);
             let (xr, or) = (&x[t * d..][..d], &mut o[t * d..][..d]);

@@ -54,7 +54,7 @@ pub fn permute(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
         return Tensor::from_f32(out, out_shape);
     }
     let nd = out_shape.len();
-    out.par_chunks_mut(last).enumerate().for_each(|(row, o)| {
+    super::for_chunks(&mut out, last, |row, o| {
         let (mut off, mut r) = (0usize, row);
         for d in (0..nd - 1).rev() {
             off += (r % out_shape[d]) * src_st[d];

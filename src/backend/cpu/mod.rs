@@ -27,6 +27,9 @@ impl CpuBackend {
     pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
         matmul::linear(x, w, bias, act, residual)
     }
+    pub fn linear_many(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        matmul::linear_many(x, ws)
+    }
     pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
         matmul::batched_matmul(a, b, trans_b)
     }
@@ -83,6 +86,25 @@ impl CpuBackend {
     }
     pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
         layout::write_kv(cache, new, pos)
+    }
+}
+
+/// Below this many output elements an op runs on the calling thread: waking the pool costs
+/// more than the work (a decode step has hundreds of 576-wide ops).
+pub(crate) const SERIAL_MAX: usize = 1 << 15;
+
+/// `f(chunk_index, chunk)` over `chunk`-sized pieces of `out`, in parallel only when `out` is
+/// large enough to pay for it.
+pub(crate) fn for_chunks<F>(out: &mut [f32], chunk: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    use rayon::prelude::*;
+    let chunk = chunk.max(1);
+    if out.len() <= SERIAL_MAX {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     }
 }
 

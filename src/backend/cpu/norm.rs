@@ -1,9 +1,7 @@
 //! LayerNorm, LayerNorm over channels (NCHW), RMSNorm. f64-free: one pass for the mean, one for
 //! the variance (two-pass is as accurate as PyTorch's Welford for these widths).
 
-use rayon::prelude::*;
-
-use super::{check_f32, rows_per_task};
+use super::{check_f32, for_chunks, rows_per_task};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -22,7 +20,9 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
     }
     let (xs, ws, bs) = (check_f32("layer_norm", x)?, check_f32("layer_norm", w)?, check_f32("layer_norm", b)?);
     let mut out = vec![0f32; xs.len()];
-    out.par_chunks_mut(d * rows_per_task(d)).zip(xs.par_chunks(d * rows_per_task(d))).for_each(|(o, x)| {
+    let rows = rows_per_task(d);
+    for_chunks(&mut out, d * rows, |ci, o| {
+        let x = &xs[ci * d * rows..][..o.len()];
         for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
             let mean = x.iter().sum::<f32>() / d as f32;
             let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
@@ -39,7 +39,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     let d = last_dim("rms_norm", x, w)?;
     let (xs, ws) = (check_f32("rms_norm", x)?, check_f32("rms_norm", w)?);
     let mut out = vec![0f32; xs.len()];
-    out.par_chunks_mut(d * rows_per_task(d)).zip(xs.par_chunks(d * rows_per_task(d))).for_each(|(o, x)| {
+    let rows = rows_per_task(d);
+    for_chunks(&mut out, d * rows, |ci, o| {
+        let x = &xs[ci * d * rows..][..o.len()];
         for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
             let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
             let r = 1.0 / (ms + eps).sqrt();
@@ -60,7 +62,8 @@ pub fn layer_norm_channels(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Resu
     let (c, hw) = (s[1], s[2] * s[3]);
     let (xs, ws, bs) = (check_f32("layer_norm_channels", x)?, check_f32("layer_norm_channels", w)?, check_f32("layer_norm_channels", b)?);
     let mut out = vec![0f32; xs.len()];
-    out.par_chunks_mut(c * hw).zip(xs.par_chunks(c * hw)).for_each(|(o, x)| {
+    for_chunks(&mut out, c * hw, |ci, o| {
+        let x = &xs[ci * c * hw..][..c * hw];
         let mut mean = vec![0f32; hw];
         let mut var = vec![0f32; hw];
         for ch in 0..c {

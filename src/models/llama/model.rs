@@ -284,9 +284,21 @@ impl Llama {
         let (h, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let a = &layer.self_attn;
         let normed = be.rms_norm(x, &layer.input_layernorm, eps)?;
-        let q = to_heads(be, &a.q_proj.forward(be, &normed, Activation::None, None)?, n, h, d)?;
-        let k = to_heads(be, &a.k_proj.forward(be, &normed, Activation::None, None)?, n, hkv, d)?;
-        let v = to_heads(be, &a.v_proj.forward(be, &normed, Activation::None, None)?, n, hkv, d)?;
+        let (q, k, v) = if a.q_proj.bias.is_none() && a.k_proj.bias.is_none() && a.v_proj.bias.is_none() {
+            // One pass over the three weights (one parallel region per token, not three).
+            let mut qkv = be.linear_many(&normed, &[&a.q_proj.weight, &a.k_proj.weight, &a.v_proj.weight])?.into_iter();
+            let mut next = || qkv.next().ok_or_else(|| Error::shape("linear_many", "missing output"));
+            (next()?, next()?, next()?)
+        } else {
+            (
+                a.q_proj.forward(be, &normed, Activation::None, None)?,
+                a.k_proj.forward(be, &normed, Activation::None, None)?,
+                a.v_proj.forward(be, &normed, Activation::None, None)?,
+            )
+        };
+        let q = to_heads(be, &q, n, h, d)?;
+        let k = to_heads(be, &k, n, hkv, d)?;
+        let v = to_heads(be, &v, n, hkv, d)?;
         let q = be.rope(&q, &self.cos, &self.sin, pos)?;
         let k = be.rope(&k, &self.cos, &self.sin, pos)?;
         be.write_kv(k_cache, &k, pos)?;
@@ -298,7 +310,13 @@ impl Llama {
 
         let normed = be.rms_norm(&x, &layer.post_attention_layernorm, eps)?;
         let m = &layer.mlp;
-        let act = if c.hidden_act == Activation::Silu {
+        let act = if c.hidden_act == Activation::Silu && m.gate_proj.bias.is_none() && m.up_proj.bias.is_none() {
+            let gu = be.linear_many(&normed, &[&m.gate_proj.weight, &m.up_proj.weight])?;
+            match gu.as_slice() {
+                [gate, up] => be.silu_mul(gate, up)?,
+                _ => return Err(Error::shape("linear_many", "expected two outputs")),
+            }
+        } else if c.hidden_act == Activation::Silu {
             let gate = m.gate_proj.forward(be, &normed, Activation::None, None)?;
             let up = m.up_proj.forward(be, &normed, Activation::None, None)?;
             be.silu_mul(&gate, &up)?
