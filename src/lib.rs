@@ -2,9 +2,11 @@
 //!
 //! Layers, bottom up: `tensor`/`dtype` (data), `weights` (mmap'd safetensors), `backend` (the op
 //! set and its CPU/GPU implementations), `models` (CLIP, DINOv2, Llama, SAM written once against
-//! the op set), `gguf` (import of llama.cpp checkpoints), `cli` (the `visword` commands).
+//! the op set), `gguf` (import of llama.cpp checkpoints), `bench` (stage timings on random
+//! weights), `cli` (the `visword` commands).
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod dtype;
 pub mod error;

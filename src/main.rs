@@ -22,6 +22,8 @@ enum Command {
     Generate(cli::generate::Args),
     /// Vision features (CLIP / DINOv2) of an image.
     Embed(cli::embed::Args),
+    /// Time a LISA-style stack on random weights and compare the projectors.
+    Bench(cli::bench::Args),
 }
 
 fn main() {
@@ -46,5 +48,6 @@ fn run(cli: &Cli) -> visword::Result<()> {
         Command::Convert(a) => cli::convert::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Embed(a) => cli::embed::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     }
 }

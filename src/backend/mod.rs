@@ -270,4 +270,10 @@ impl Backend {
     pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
         dispatch!(self, be => be.write_kv(cache, new, pos))
     }
+
+    /// Block until every op queued so far has finished, so a host clock brackets real work
+    /// (benchmarks). The CPU runs ops synchronously: nothing to wait for.
+    pub fn synchronize(&self) -> Result<()> {
+        dispatch!(self, _b => Ok(()))
+    }
 }

@@ -1,5 +1,6 @@
 //! The `visword` subcommands. Each module has an `Args` (clap) and a `run`.
 
+pub mod bench;
 pub mod convert;
 pub mod embed;
 pub mod generate;

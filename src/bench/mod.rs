@@ -1,0 +1,179 @@
+//! `visword bench`: a LISA-style referring-segmentation stack on random weights at a preset
+//! sized for the machine, timed stage by stage, with the projectors compared side by side.
+//!
+//! One iteration runs the two image encoders once, then each projector's path (projector →
+//! LLM prefill → greedy decode → SAM mask decoder) on the same features; the first iteration is
+//! an untimed warm-up, and every stage reports the median of the timed ones. Encoder times are
+//! shared by the rows (the work is identical); a row's peak memory is the larger of the encoders'
+//! peak and its own path's peak.
+
+pub mod machine;
+pub mod presets;
+pub mod projector;
+pub mod report;
+pub mod stack;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::backend::{Backend, BackendKind};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+use projector::{Projector, ProjectorKind};
+use report::{median, BenchReport, RunReport, StagesMs};
+use stack::Stack;
+
+/// Seed of the random weights and inputs (fixed: runs are comparable across machines).
+const SEED: u64 = 0x5eed;
+/// Decode steps of the warm-up iteration: enough to touch the decode path.
+const WARMUP_DECODE_TOKENS: usize = 2;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// None: the backend's default preset.
+    pub preset: Option<String>,
+    pub backend: BackendKind,
+    /// Timed iterations (at least 1).
+    pub runs: usize,
+    pub decode_tokens: usize,
+    /// None: the preset's dtype.
+    pub weight_dtype: Option<DType>,
+    /// rayon pool size; None: all cores.
+    pub threads: Option<usize>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Samples of one projector row across the timed iterations.
+#[derive(Default)]
+struct Samples {
+    vision: Vec<f64>,
+    sam: Vec<f64>,
+    projector: Vec<f64>,
+    prefill: Vec<f64>,
+    decode: Vec<f64>,
+    mask: Vec<f64>,
+    peak: Option<u64>,
+}
+
+pub fn run(opts: &Options) -> Result<BenchReport> {
+    if opts.runs == 0 {
+        return Err(Error::arg("--runs", "must be at least 1"));
+    }
+    if opts.threads == Some(0) {
+        return Err(Error::arg("--threads", "must be at least 1"));
+    }
+    // Check the name before creating a backend or any weights.
+    if let Some(name) = &opts.preset {
+        presets::preset(name)?;
+    }
+    let be = Backend::new(opts.backend)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.unwrap_or(0))
+        .build()
+        .map_err(|e| Error::arg("--threads", format!("cannot start the thread pool: {e}")))?;
+    pool.install(|| run_with(opts, &be))
+}
+
+fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
+    let preset = presets::preset(opts.preset.as_deref().unwrap_or(presets::default_preset_name(be)))?;
+    let dtype = opts.weight_dtype.unwrap_or(preset.weight_dtype);
+    let kinds = ProjectorKind::ALL;
+    let iterations = 1 + opts.runs;
+    let bar = progress_bar(opts.progress, (4 + iterations * (1 + kinds.len())) as u64);
+
+    let stack = Stack::build(&preset, be, dtype, SEED, &|part| {
+        bar.set_message(format!("random weights: {part}"));
+        bar.inc(1);
+    })?;
+    let projectors = kinds.iter().map(|&k| Projector::new(be, k, stack.grid)).collect::<Result<Vec<_>>>()?;
+    let mut samples: Vec<Samples> = kinds.iter().map(|_| Samples::default()).collect();
+
+    for it in 0..iterations {
+        let warmup = it == 0;
+        let label = if warmup { "warm-up".to_string() } else { format!("run {it}/{}", opts.runs) };
+        let decode_tokens = if warmup { opts.decode_tokens.min(WARMUP_DECODE_TOKENS) } else { opts.decode_tokens };
+
+        bar.set_message(format!("{label}: encoders"));
+        machine::reset_peak_memory();
+        let enc = stack.encode(be)?;
+        let enc_peak = machine::peak_memory_bytes();
+        bar.inc(1);
+
+        for (p, s) in projectors.iter().zip(samples.iter_mut()) {
+            bar.set_message(format!("{label}: {}", p.kind.name()));
+            machine::reset_peak_memory();
+            let t = stack.run_path(be, &enc, p, decode_tokens)?;
+            let peak = enc_peak.max(machine::peak_memory_bytes());
+            bar.inc(1);
+            if warmup {
+                continue;
+            }
+            s.vision.push(enc.vision_ms);
+            s.sam.push(enc.sam_ms);
+            s.projector.push(t.projector_ms);
+            s.prefill.push(t.prefill_ms);
+            s.decode.extend(t.decode_ms_per_token);
+            s.mask.push(t.mask_decoder_ms);
+            s.peak = s.peak.max(peak);
+        }
+    }
+    bar.finish_and_clear();
+
+    let mut runs: Vec<RunReport> = kinds
+        .iter()
+        .zip(&samples)
+        .map(|(&kind, s)| {
+            // Microsecond resolution is all a wall clock around a stage can claim.
+            let us = |x: f64| (x * 1e3).round() / 1e3;
+            let m = |v: &[f64]| us(median(v).unwrap_or(0.0));
+            let stages_ms = StagesMs {
+                vision_encoder: m(&s.vision),
+                sam_encoder: m(&s.sam),
+                superpixels: None,
+                projector: m(&s.projector),
+                prefill: m(&s.prefill),
+                decode_per_token: median(&s.decode).map(us),
+                mask_decoder: m(&s.mask),
+            };
+            let (visual_tokens, prompt_tokens) = stack.token_counts(kind);
+            RunReport {
+                projector: kind.name(),
+                visual_tokens,
+                prompt_tokens,
+                end_to_end_ms: us(stages_ms.end_to_end(opts.decode_tokens)),
+                stages_ms,
+                peak_memory_bytes: s.peak,
+                speedup_vs_mlp: None,
+                prefill_speedup_vs_mlp: None,
+            }
+        })
+        .collect();
+    report::fill_speedups(&mut runs);
+
+    Ok(BenchReport {
+        backend: be.name().to_string(),
+        preset: preset.name.to_string(),
+        models: preset.summary.to_string(),
+        threads: rayon::current_num_threads(),
+        cpu_model: machine::cpu_model(),
+        weight_dtype: dtype.to_string(),
+        text_tokens: stack.text_tokens(),
+        decode_tokens: opts.decode_tokens,
+        timed_runs: opts.runs,
+        warmup_runs: 1,
+        runs,
+    })
+}
+
+fn progress_bar(visible: bool, len: u64) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}

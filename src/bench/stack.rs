@@ -1,0 +1,249 @@
+//! The benchmarked LISA-style stack on random weights, and its timed stages.
+//!
+//! ```text
+//! image 336² ─ vision encoder ─ [576, C] ─ projector ─ [S, d] ─┐
+//!   text prefix ids ─ embed ─────────────────────────────────── concat ─ LLM prefill ─ N greedy decode steps
+//!   text suffix ids ─ embed ───────────────────────────────────┘
+//! image 1024² ─ SAM image encoder ─ [1, 256, 64, 64] ─ prompt encoder + mask decoder (one prompt) ─ 256² mask logits
+//! ```
+//! Each timed stage ends with `Backend::synchronize` (and so starts on a drained backend), so a
+//! GPU backend's queued work is counted in the stage that queued it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::models::clip::{ClipVisionConfig, ClipVisionModel};
+use crate::models::dinov2::{Dinov2Config, Dinov2Model};
+use crate::models::generate::argmax;
+use crate::models::llama::{Input, Llama, LlamaConfig, Logits};
+use crate::models::sam::{PointPrompt, Prompts, Sam, SamConfig};
+use crate::models::vit::{self, VisionTower};
+use crate::tensor::Tensor;
+use crate::weights::{VarView, Weights};
+
+use super::presets::{Preset, VisionKind, SAM_IMAGE, VISION_IMAGE, VISION_PATCH};
+use super::projector::{MlpProjector, Projector, ProjectorKind};
+
+/// Text around the image in LISA's llava_v1 prompt: BOS + system sentence + "USER: " before the
+/// image, the segmentation question + " ASSISTANT:" after (about 28 + 14 Llama tokens).
+pub const PREFIX_TOKENS: usize = 28;
+pub const SUFFIX_TOKENS: usize = 14;
+
+/// Wall time of `f`, with the backend drained after it.
+fn timed<T>(be: &Backend, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let start = Instant::now();
+    let v = f()?;
+    be.synchronize()?;
+    Ok((v, start.elapsed().as_secs_f64() * 1e3))
+}
+
+/// Deterministic pseudo-random values in [lo, hi) (xorshift; inputs only, never weights).
+fn pseudo_random(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+/// Fixed token ids in `16..vocab`, away from the low special ids (`vocab` ≥ 1).
+fn pseudo_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
+    let low = 16.min(vocab - 1);
+    pseudo_random(seed, n, low as f32, vocab as f32).into_iter().map(|x| (x as usize).min(vocab - 1) as u32).collect()
+}
+
+/// The encoders' outputs of one image, with their times.
+pub struct Encoded {
+    pub vision_ms: f64,
+    pub sam_ms: f64,
+    /// Patch features `[N, C]`.
+    features: Tensor,
+    /// SAM image embeddings `[1, 256, 64, 64]`.
+    image_embeddings: Tensor,
+}
+
+/// Times of one projector's path through the LLM and the mask decoder.
+pub struct PathTimes {
+    pub projector_ms: f64,
+    pub prefill_ms: f64,
+    /// None when no decode step was asked for.
+    pub decode_ms_per_token: Option<f64>,
+    pub mask_decoder_ms: f64,
+}
+
+pub struct Stack {
+    vision: VisionTower,
+    feature_layer: i64,
+    sam: Sam,
+    llm: Llama,
+    mlp: MlpProjector,
+    /// Side of the vision patch grid (24).
+    pub grid: usize,
+    vision_pixels: Tensor,
+    sam_pixels: Tensor,
+    prefix_ids: Vec<u32>,
+    suffix_ids: Vec<u32>,
+    prompts: Prompts,
+}
+
+impl Stack {
+    /// Build every component over one set of random weights (components live under distinct
+    /// names, as in a LISA checkpoint). `step` is called as each component starts.
+    pub fn build(preset: &Preset, be: &Backend, dtype: DType, seed: u64, step: &dyn Fn(&str)) -> Result<Stack> {
+        let origin = format!("<preset {}>", preset.name);
+        let path = Path::new(&origin);
+        let weights = Weights::synthetic(seed, dtype);
+        let root = VarView::new(&weights, be);
+
+        step("vision encoder");
+        let tower = root.pp("vision_tower");
+        let (vision, width) = match preset.vision_kind {
+            VisionKind::Clip => {
+                let cfg = ClipVisionConfig::from_model_config(path, &preset.vision_config)?;
+                check_geometry(path, cfg.image_size, cfg.patch_size)?;
+                let w = cfg.hidden_size;
+                (VisionTower::Clip(ClipVisionModel::new(cfg, &tower)?), w)
+            }
+            VisionKind::Dinov2 => {
+                let cfg = Dinov2Config::from_json(path, &preset.vision_config)?;
+                check_geometry(path, cfg.image_size, cfg.patch_size)?;
+                let w = cfg.hidden_size;
+                (VisionTower::Dinov2(Dinov2Model::new(cfg, &tower)?), w)
+            }
+        };
+
+        step("SAM");
+        let sam_cfg: SamConfig = serde_json::from_value(preset.sam_config.clone())
+            .map_err(|e| Error::config(path, format!("invalid SAM config: {e}")))?;
+        sam_cfg.validate(path)?;
+        let sam = Sam::from_weights(sam_cfg, &weights, be)?;
+
+        step("LLM");
+        let llm_json = preset.llm_config.as_object().ok_or_else(|| Error::config(path, "the LLM config is not a JSON object"))?;
+        let llm = Llama::from_weights(LlamaConfig::from_json(llm_json, path)?, &root)?;
+
+        step("projector");
+        let d = llm.config.hidden_size;
+        let mlp = MlpProjector::load(&root.pp("model.mm_projector"), width, d)?;
+
+        let vocab = llm.config.vocab_size;
+        let vision_pixels = be.upload(&Tensor::from_f32(pseudo_random(seed ^ 1, 3 * VISION_IMAGE * VISION_IMAGE, -2.0, 2.0), vec![1, 3, VISION_IMAGE, VISION_IMAGE])?)?;
+        let sam_pixels = be.upload(&Tensor::from_f32(pseudo_random(seed ^ 2, 3 * SAM_IMAGE * SAM_IMAGE, -2.0, 2.0), vec![1, 3, SAM_IMAGE, SAM_IMAGE])?)?;
+        let centre = SAM_IMAGE as f32 / 2.0;
+        Ok(Stack {
+            vision,
+            feature_layer: preset.feature_layer,
+            sam,
+            llm,
+            mlp,
+            grid: VISION_IMAGE / VISION_PATCH,
+            vision_pixels,
+            sam_pixels,
+            prefix_ids: pseudo_ids(seed ^ 3, PREFIX_TOKENS, vocab),
+            suffix_ids: pseudo_ids(seed ^ 4, SUFFIX_TOKENS, vocab),
+            prompts: Prompts { points: vec![vec![PointPrompt { x: centre, y: centre, label: 1 }]], ..Default::default() },
+        })
+    }
+
+    pub fn text_tokens(&self) -> usize {
+        self.prefix_ids.len() + self.suffix_ids.len()
+    }
+
+    /// The vision encoder's feature-layer patch tokens and SAM's image embeddings.
+    pub fn encode(&self, be: &Backend) -> Result<Encoded> {
+        let (features, vision_ms) = timed(be, || {
+            let seq = self.vision.feature_layer(be, &self.vision_pixels, self.feature_layer)?;
+            let patches = vit::patch_tokens(be, &seq)?;
+            let (n, c) = (patches.dim(1), patches.dim(2));
+            patches.reshape(&[n, c])
+        })?;
+        if features.dim(0) != self.grid * self.grid {
+            return Err(Error::shape("bench", format!("vision encoder gave {} patch tokens, expected {}", features.dim(0), self.grid * self.grid)));
+        }
+        let (image_embeddings, sam_ms) = timed(be, || self.sam.image_embeddings(be, &self.sam_pixels))?;
+        Ok(Encoded { vision_ms, sam_ms, features, image_embeddings })
+    }
+
+    /// Projector → prefill → `decode_tokens` greedy steps (never stopping at eos) → mask decoder.
+    pub fn run_path(&self, be: &Backend, enc: &Encoded, projector: &Projector, decode_tokens: usize) -> Result<PathTimes> {
+        let (visual, projector_ms) = timed(be, || projector.forward(be, &self.mlp, &enc.features))?;
+        let prompt_len = self.text_tokens() + visual.dim(0);
+        // Allocated outside the timed region: a serving loop keeps its cache.
+        let mut cache = self.llm.new_cache(be, prompt_len + decode_tokens + 1)?;
+
+        let (mut token, prefill_ms) = timed(be, || {
+            let prefix = self.llm.embed(be, &self.prefix_ids)?;
+            let suffix = self.llm.embed(be, &self.suffix_ids)?;
+            let embeds = be.concat(&[&prefix, &visual, &suffix], 0)?;
+            let out = self.llm.forward(be, Input::Embeds(&embeds), &mut cache, Logits::Last, false)?;
+            next_token(be, out.logits)
+        })?;
+
+        let (_, decode_ms) = timed(be, || {
+            for _ in 0..decode_tokens {
+                let out = self.llm.forward(be, Input::Ids(&[token]), &mut cache, Logits::Last, false)?;
+                token = next_token(be, out.logits)?;
+            }
+            Ok(())
+        })?;
+        let decode_ms_per_token = (decode_tokens > 0).then(|| decode_ms / decode_tokens as f64);
+
+        let (_, mask_decoder_ms) = timed(be, || self.sam.predict(be, &enc.image_embeddings, &self.prompts, false))?;
+        Ok(PathTimes { projector_ms, prefill_ms, decode_ms_per_token, mask_decoder_ms })
+    }
+
+    /// Visual and whole-prompt token counts for a projector.
+    pub fn token_counts(&self, kind: ProjectorKind) -> (usize, usize) {
+        let visual = kind.visual_tokens(self.grid);
+        (visual, visual + self.text_tokens())
+    }
+}
+
+/// Greedy choice from last-position logits (the one host read per token, as in a real decoder).
+fn next_token(be: &Backend, logits: Option<Tensor>) -> Result<u32> {
+    let logits = logits.ok_or_else(|| Error::shape("bench", "the LLM returned no logits"))?;
+    argmax(&be.to_vec_f32(&logits)?)
+}
+
+/// The benchmark's token counts assume the 336 px / 14 px geometry; a preset must keep it.
+fn check_geometry(path: &Path, image: usize, patch: usize) -> Result<()> {
+    if image != VISION_IMAGE || patch != VISION_PATCH {
+        return Err(Error::config(path, format!("vision encoder is {image} px / {patch} px patches; the benchmark needs {VISION_IMAGE} / {VISION_PATCH}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::presets::preset;
+    use serde_json::json;
+
+    /// The DINOv2 tower goes through the same stages (the 7B preset that uses it is too large to
+    /// build here): a tiny DINOv2 at 336 px in place of the tiny preset's CLIP.
+    #[test]
+    fn dinov2_stack_runs_every_stage() {
+        let mut p = preset("tiny").unwrap();
+        p.vision_kind = VisionKind::Dinov2;
+        p.vision_config = json!({
+            "model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": VISION_IMAGE, "patch_size": VISION_PATCH,
+        });
+        let be = Backend::cpu();
+        let stack = Stack::build(&p, &be, DType::BF16, 7, &|_| {}).unwrap();
+        let enc = stack.encode(&be).unwrap();
+        assert_eq!(enc.features.shape(), &[576, 32]);
+        assert_eq!(enc.image_embeddings.shape(), &[1, 32, 64, 64]);
+        let pool = Projector::new(&be, ProjectorKind::Pool(3), stack.grid).unwrap();
+        let t = stack.run_path(&be, &enc, &pool, 2).unwrap();
+        assert!(t.prefill_ms > 0.0 && t.mask_decoder_ms > 0.0 && t.decode_ms_per_token.is_some());
+        assert_eq!(stack.token_counts(ProjectorKind::Pool(3)), (64, 64 + PREFIX_TOKENS + SUFFIX_TOKENS));
+    }
+}

@@ -1,0 +1,101 @@
+//! `visword bench` through the binary: the JSON report's shape and token counts at the real
+//! geometry (576 patch tokens, 2×2 and 3×3 pooling), and user errors for bad options. Uses the
+//! `tiny` preset (real geometry, tiny widths): about a second per run.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn visword(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_visword")).args(args).output().expect("run visword");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Run with `--json` and parse stdout, which must be exactly one JSON object.
+fn bench_json(extra: &[&str]) -> Value {
+    let mut args = vec!["bench", "--preset", "tiny", "--json", "--runs", "1"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = visword(&args);
+    assert_eq!(code, 0, "visword {args:?} failed: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {out}"));
+    assert!(v.is_object());
+    v
+}
+
+#[test]
+fn tiny_json_report_has_every_stage_and_the_real_token_counts() {
+    let v = bench_json(&[]);
+    assert_eq!(v["backend"], "cpu");
+    assert_eq!(v["preset"], "tiny");
+    let text = v["text_tokens"].as_u64().unwrap();
+    assert!(text > 0);
+    let runs = v["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|r| r["projector"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mlp", "pool2", "pool3"]);
+    for (r, visual) in runs.iter().zip([576u64, 144, 64]) {
+        let name = r["projector"].as_str().unwrap();
+        assert_eq!(r["visual_tokens"].as_u64(), Some(visual), "{name}");
+        assert_eq!(r["prompt_tokens"].as_u64(), Some(visual + text), "{name}");
+        let stages = r["stages_ms"].as_object().unwrap();
+        for stage in ["vision_encoder", "sam_encoder", "projector", "prefill", "decode_per_token", "mask_decoder"] {
+            let ms = stages[stage].as_f64().unwrap_or_else(|| panic!("{name}: stage {stage} missing: {r}"));
+            assert!(ms > 0.0, "{name}: stage {stage} took {ms} ms");
+        }
+        assert!(stages["superpixels"].is_null(), "superpixels is not part of the pipeline yet: {r}");
+        let sum: f64 = ["vision_encoder", "sam_encoder", "projector", "prefill", "mask_decoder"]
+            .iter()
+            .map(|s| stages[*s].as_f64().unwrap())
+            .sum::<f64>()
+            + 16.0 * stages["decode_per_token"].as_f64().unwrap();
+        let e2e = r["end_to_end_ms"].as_f64().unwrap();
+        assert!((e2e - sum).abs() < 0.01, "{name}: end_to_end {e2e} vs sum of stages {sum}");
+        assert!(r["speedup_vs_mlp"].as_f64().unwrap() > 0.0);
+        // Linux always has VmHWM; elsewhere the field is null.
+        if cfg!(target_os = "linux") {
+            assert!(r["peak_memory_bytes"].as_u64().unwrap() > 0);
+        }
+    }
+    assert_eq!(runs[0]["speedup_vs_mlp"].as_f64(), Some(1.0));
+}
+
+#[test]
+fn weight_dtype_and_prefill_only() {
+    let v = bench_json(&["--weight-dtype", "bf16", "--decode-tokens", "0", "--threads", "1"]);
+    assert_eq!(v["weight_dtype"], "bf16");
+    assert_eq!(v["threads"], 1);
+    for r in v["runs"].as_array().unwrap() {
+        assert!(r["stages_ms"]["decode_per_token"].is_null(), "no decode steps were asked for: {r}");
+        assert!(r["stages_ms"]["prefill"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn table_marks_absent_stages() {
+    let (code, out, err) = visword(&["bench", "--preset", "tiny", "--runs", "1", "--decode-tokens", "2"]);
+    assert_eq!(code, 0, "{err}");
+    for needle in ["backend:", "preset:   tiny", "threads:", "cpu:", "weights:  f32", "superpixels", "pool3"] {
+        assert!(out.contains(needle), "table lacks `{needle}`:\n{out}");
+    }
+    let mlp = out.lines().find(|l| l.starts_with("mlp ")).expect("an mlp row");
+    assert!(mlp.contains('—') && mlp.contains("1.00×"), "{mlp}");
+}
+
+#[track_caller]
+fn assert_user_error(args: &[&str], needles: &[&str]) {
+    let (code, out, err) = visword(args);
+    assert_eq!(code, 1, "visword {args:?} should fail with exit 1; stderr: {err}");
+    assert!(out.is_empty(), "nothing on stdout for a failed run: {out}");
+    assert!(err.starts_with("error: ") && !err.contains("panicked"), "one error line expected: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error for {args:?} should mention `{n}`: {err}");
+    }
+}
+
+#[test]
+fn bad_options_are_user_errors() {
+    assert_user_error(&["bench", "--preset", "huge", "--json"], &["huge", "tiny", "cpu", "lisa-7b", "dinov2-lisa-7b"]);
+    assert_user_error(&["bench", "--preset", "tiny", "--weight-dtype", "int4"], &["--weight-dtype", "int4"]);
+    assert_user_error(&["bench", "--preset", "tiny", "--runs", "0"], &["--runs"]);
+    assert_user_error(&["bench", "--preset", "tiny", "--threads", "0"], &["--threads"]);
+    assert_user_error(&["bench", "--preset", "tiny", "--backend", "tpu"], &["--backend", "tpu"]);
+}
