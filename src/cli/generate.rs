@@ -55,9 +55,13 @@ pub struct Args {
     /// auto, cpu, cuda or wgpu.
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// Keep generating past end-of-sequence tokens (fixed-length runs for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    let started = std::time::Instant::now();
     let be = Backend::new(BackendKind::from_str(&args.backend)?)?;
     let model = Llama::load(&args.model, &be)?;
     let tokenizer = if args.input_ids.is_some() && !args.model.join("tokenizer.json").exists() {
@@ -93,8 +97,8 @@ pub fn run(args: &Args) -> Result<()> {
                 args.top_p.or(cfg.generation.top_p).unwrap_or(1.0),
             )?
         };
-        let mut stop_tokens = cfg.eos_token_ids.clone();
-        if let Some(eos) = tokenizer.as_ref().and_then(|t| t.eos_token_id()) {
+        let mut stop_tokens = if args.ignore_eos { Vec::new() } else { cfg.eos_token_ids.clone() };
+        if let Some(eos) = tokenizer.as_ref().and_then(|t| t.eos_token_id()).filter(|_| !args.ignore_eos) {
             if !stop_tokens.contains(&eos) {
                 stop_tokens.push(eos);
             }
@@ -106,7 +110,9 @@ pub fn run(args: &Args) -> Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         let mut stream = tokenizer.as_ref().map(|t| t.stream());
+        let mut first_token_ms: Option<f64> = None;
         let mut emit = |id: u32| -> Result<()> {
+            first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
             let piece = match stream.as_mut() {
                 Some(s) => s.push(id)?,
                 None => Some(format!("{id} ")),
@@ -128,7 +134,8 @@ pub fn run(args: &Args) -> Result<()> {
             StopReason::ContextFull => "context full".to_string(),
         };
         eprintln!(
-            "prefill: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | stopped on {why} | seed {seed} | backend {}",
+            "first token after {:.0} ms | prefill: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | stopped on {why} | seed {seed} | backend {}",
+            first_token_ms.unwrap_or(0.0),
             gen.prompt_tokens,
             gen.prefill_tokens_per_sec(),
             gen.tokens.len(),

@@ -166,6 +166,11 @@ pub trait WeightElem: Copy + Send + Sync {
 impl WeightElem for f32 {
     fn dot(w: &[f32], x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
+        if simd::has_avx512() {
+            // SAFETY: the CPU supports AVX-512F (checked at run time); slices have equal length.
+            return unsafe { simd::dot_f32_512(w, x) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if simd::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2+FMA (checked at run time); slices have equal length.
             return unsafe { simd::dot_f32(w, x) };
@@ -177,6 +182,11 @@ impl WeightElem for f32 {
 impl WeightElem for bf16 {
     fn dot(w: &[bf16], x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
+        if simd::has_avx512() {
+            // SAFETY: as above.
+            return unsafe { simd::dot_bf16_512(w, x) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if simd::has_avx2_fma() {
             // SAFETY: as above.
             return unsafe { simd::dot_bf16(w, x) };
@@ -187,6 +197,11 @@ impl WeightElem for bf16 {
 
 impl WeightElem for f16 {
     fn dot(w: &[f16], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if simd::has_avx512() {
+            // SAFETY: as above (AVX-512F includes the 512-bit half→float conversion).
+            return unsafe { simd::dot_f16_512(w, x) };
+        }
         #[cfg(target_arch = "x86_64")]
         if simd::has_avx2_fma() && std::is_x86_feature_detected!("f16c") {
             // SAFETY: as above, plus F16C checked.
@@ -313,6 +328,52 @@ pub fn batched_matmul(a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
 mod simd {
     use half::{bf16, f16};
     use std::arch::x86_64::*;
+
+    pub fn has_avx512() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+    }
+
+    /// 512-bit dot product: `load` widens 16 weights to f32; four accumulators (64 weights per
+    /// iteration) keep enough loads in flight to stream from DRAM.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot512<W>(w: *const W, x: *const f32, n: usize, load: impl Fn(*const W) -> __m512, scalar: impl Fn(*const W) -> f32) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(load(w.add(i + 16 * j)), _mm512_loadu_ps(x.add(i + 16 * j)), *a);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(load(w.add(i)), _mm512_loadu_ps(x.add(i)), acc[0]);
+            i += 16;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+        while i < n {
+            s += scalar(w.add(i)) * *x.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_f32_512(w: &[f32], x: &[f32]) -> f32 {
+        dot512(w.as_ptr(), x.as_ptr(), w.len().min(x.len()), |p| _mm512_loadu_ps(p), |p| *p)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_bf16_512(w: &[bf16], x: &[f32]) -> f32 {
+        let load = |p: *const bf16| _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)), 16));
+        dot512(w.as_ptr(), x.as_ptr(), w.len().min(x.len()), load, |p| (*p).to_f32())
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_f16_512(w: &[f16], x: &[f32]) -> f32 {
+        let load = |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        dot512(w.as_ptr(), x.as_ptr(), w.len().min(x.len()), load, |p| (*p).to_f32())
+    }
 
     pub fn has_avx2_fma() -> bool {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
