@@ -311,6 +311,7 @@ fn generate_command_dumps_logits_and_ids() {
         input_ids: None,
         dump: Some(dump.to_path_buf()),
         backend: "cpu".into(),
+        ignore_eos: false,
     };
     // --input-ids: logits over the ids, greedy ids after them.
     let ids = ref_ids(&r, "input_ids");

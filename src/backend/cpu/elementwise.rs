@@ -32,7 +32,7 @@ pub fn act_inplace(v: &mut [f32], act: Activation) {
     if act == Activation::None {
         return;
     }
-    for_chunks(v, 16384, |_, c| c.iter_mut().for_each(|x| *x = act_scalar(*x, act)));
+    for_chunks(v, 16384, |_, c| super::vmath::act_slice(c, act));
 }
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -49,8 +49,10 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let mut out = vec![0f32; g.len()];
     for_chunks(&mut out, 16384, |ci, o| {
         let (g, u) = (&g[ci * 16384..], &u[ci * 16384..]);
-        for i in 0..o.len() {
-            o[i] = act_scalar(g[i], Activation::Silu) * u[i];
+        o.copy_from_slice(&g[..o.len()]);
+        super::vmath::act_slice(o, Activation::Silu);
+        for (o, u) in o.iter_mut().zip(u) {
+            *o *= u;
         }
     });
     Tensor::from_f32(out, gate.shape().to_vec())
@@ -143,11 +145,7 @@ pub fn softmax_row(r: &mut [f32]) {
         r.iter_mut().for_each(|v| *v = 0.0);
         return;
     }
-    let mut s = 0f32;
-    for v in r.iter_mut() {
-        *v = (*v - m).exp();
-        s += *v;
-    }
+    let s = super::vmath::exp_shifted_sum(r, m);
     let inv = 1.0 / s;
     r.iter_mut().for_each(|v| *v *= inv);
 }

@@ -11,7 +11,6 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::check_f32;
-use super::elementwise::act_scalar;
 use crate::backend::Activation;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -150,7 +149,7 @@ fn epilogue(out: &mut [f32], n: usize, bias: Option<&[f32]>, act: Activation, re
             o.iter_mut().zip(b).for_each(|(o, b)| *o += b);
         }
         if act != Activation::None {
-            o.iter_mut().for_each(|v| *v = act_scalar(*v, act));
+            super::vmath::act_slice(o, act);
         }
         if let Some(r) = residual {
             o.iter_mut().zip(&r[row * n..(row + 1) * n]).for_each(|(o, r)| *o += r);

@@ -9,6 +9,7 @@ mod elementwise;
 mod layout;
 mod matmul;
 mod norm;
+mod vmath;
 
 pub use elementwise::BinaryOp;
 
