@@ -12,9 +12,9 @@ use std::path::Path;
 
 use crate::backend::{Activation, Backend};
 use crate::error::{Error, Result};
-use crate::models::vit::{self, LayerNorm, Linear, PatchEmbed, SelfAttention, VisionOutput};
+use crate::models::vit::{self, Embeddings, LayerNorm, Linear, PatchEmbed, PositionTable, SelfAttention, VisionOutput};
 use crate::tensor::Tensor;
-use crate::weights::{VarView, Weights};
+use crate::weights::VarView;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipVisionConfig {
@@ -125,10 +125,7 @@ pub struct ClipVisionModel {
     /// When true, inputs of another size get bicubically interpolated positions (HF's
     /// `interpolate_pos_encoding=True`); when false they are refused, as HF refuses them.
     pub interpolate_pos_encoding: bool,
-    class_embedding: Tensor,
-    patch_embedding: PatchEmbed,
-    position_embedding: Tensor,
-    position_table: Vec<f32>,
+    embeddings: Embeddings,
     pre_layrnorm: LayerNorm,
     layers: Vec<EncoderLayer>,
     post_layernorm: LayerNorm,
@@ -139,28 +136,25 @@ impl ClipVisionModel {
     pub fn load(dir: &Path, be: &Backend) -> Result<ClipVisionModel> {
         let (path, json) = vit::read_config(dir)?;
         let cfg = ClipVisionConfig::from_model_config(&path, &json)?;
-        let weights = Weights::open(dir)?;
-        let vv = VarView::new(&weights, be);
-        let prefix = if weights.contains("vision_model.embeddings.class_embedding") { "vision_model" } else { "" };
-        let vv = if prefix.is_empty() { vv } else { vv.pp(prefix) };
-        Self::new(cfg, &vv)
+        vit::with_weights(dir, be, "vision_model", "embeddings.class_embedding", |vv| Self::new(cfg, vv))
     }
 
     /// Build from weights scoped at the tower's root (the level holding `embeddings`).
     pub fn new(cfg: ClipVisionConfig, vv: &VarView) -> Result<ClipVisionModel> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let emb = vv.pp("embeddings");
-        let positions = cfg.grid() * cfg.grid() + 1;
-        let class_embedding = emb.get_f32("class_embedding", &[d])?.reshape(&[1, 1, d])?;
-        let patch_embedding = PatchEmbed {
-            weight: emb.get("patch_embedding.weight", &[d, cfg.num_channels, cfg.patch_size, cfg.patch_size])?,
-            bias: None,
-            patch: cfg.patch_size,
-            channels: cfg.num_channels,
+        let g = cfg.grid();
+        let embeddings = Embeddings {
+            class_token: emb.get_f32("class_embedding", &[d])?.reshape(&[1, 1, d])?,
+            patches: PatchEmbed {
+                weight: emb.get("patch_embedding.weight", &[d, cfg.num_channels, cfg.patch_size, cfg.patch_size])?,
+                bias: None,
+                patch: cfg.patch_size,
+                channels: cfg.num_channels,
+            },
+            positions: PositionTable::load(&emb, "position_embedding.weight", &[g * g + 1, d], g, d)?,
+            image_size: cfg.image_size,
         };
-        let table = emb.get_host("position_embedding.weight", &[positions, d])?;
-        let position_table = table.to_f32_vec()?;
-        let position_embedding = vv.backend().upload(&Tensor::from_f32(position_table.clone(), vec![1, positions, d])?)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::load(&vv.pp("encoder.layers").pp(i), &cfg))
             .collect::<Result<Vec<_>>>()?;
@@ -169,10 +163,7 @@ impl ClipVisionModel {
             post_layernorm: LayerNorm::load(vv, "post_layernorm", d, eps)?,
             config: cfg,
             interpolate_pos_encoding: false,
-            class_embedding,
-            patch_embedding,
-            position_embedding,
-            position_table,
+            embeddings,
             layers,
         })
     }
@@ -181,59 +172,18 @@ impl ClipVisionModel {
         self.layers.len()
     }
 
-    /// Position embeddings `[1, 1 + gh·gw, D]` for an `h × w` input, as HF: the table itself at
-    /// the native size, otherwise (only with `interpolate_pos_encoding`) the patch part resized
-    /// bicubically to the new grid.
-    fn positions(&self, be: &Backend, h: usize, w: usize) -> Result<Tensor> {
-        let c = &self.config;
-        if !self.interpolate_pos_encoding {
-            if h != c.image_size || w != c.image_size {
-                return Err(Error::arg(
-                    "pixel_values",
-                    format!("input is {h}×{w} but the model takes {0}×{0} (enable interpolate_pos_encoding for other sizes)", c.image_size),
-                ));
-            }
-            return Ok(self.position_embedding.clone());
-        }
-        let (g, d) = (c.grid(), c.hidden_size);
-        let (gh, gw) = (h / c.patch_size, w / c.patch_size);
-        if gh * gw == g * g && h == w {
-            return Ok(self.position_embedding.clone());
-        }
-        let mut table = self.position_table[..d].to_vec();
-        table.extend(vit::interpolate_bicubic(&self.position_table[d..], g, d, gh, gw));
-        be.upload(&Tensor::from_f32(table, vec![1, 1 + gh * gw, d])?)
-    }
-
     /// Embeddings followed by `pre_layrnorm`: HF's `hidden_states[0]`. Returns the patch grid too.
+    /// Positions are resized for other input sizes only with `interpolate_pos_encoding`.
     fn embed(&self, be: &Backend, pixel_values: &Tensor) -> Result<(Tensor, (usize, usize))> {
-        vit::check_pixel_values(pixel_values, self.config.num_channels, self.config.patch_size)?;
-        let s = pixel_values.shape();
-        let (b, h, w) = (s[0], s[2], s[3]);
-        let pos = self.positions(be, h, w)?;
-        let (patches, gh, gw) = self.patch_embedding.forward(be, pixel_values)?;
-        let cls: Vec<&Tensor> = std::iter::repeat_n(&self.class_embedding, b).collect();
-        let cls = be.concat(&cls, 0)?;
-        let x = be.add(&be.concat(&[&cls, &patches], 1)?, &pos)?;
-        Ok((self.pre_layrnorm.forward(be, &x)?, (gh, gw)))
+        let (x, grid) = self.embeddings.forward(be, pixel_values, self.interpolate_pos_encoding)?;
+        Ok((self.pre_layrnorm.forward(be, &x)?, grid))
     }
 
     /// The full forward pass. `output_hidden_states` keeps every hidden state (HF semantics:
     /// index 0 is the pre-layernormed embeddings, index i the output of layer i).
     pub fn forward(&self, be: &Backend, pixel_values: &Tensor, output_hidden_states: bool) -> Result<VisionOutput> {
-        let (mut x, grid) = self.embed(be, pixel_values)?;
-        let mut hidden_states = Vec::new();
-        for layer in &self.layers {
-            let next = layer.forward(be, &x)?;
-            if output_hidden_states {
-                hidden_states.push(std::mem::replace(&mut x, next));
-            } else {
-                x = next;
-            }
-        }
-        if output_hidden_states {
-            hidden_states.push(x.clone());
-        }
+        let (x, grid) = self.embed(be, pixel_values)?;
+        let (x, hidden_states) = vit::run_layers(&self.layers, x, output_hidden_states, |l, x| l.forward(be, x))?;
         let (b, d) = (x.dim(0), x.dim(2));
         let cls = be.narrow(&x, 1, 0, 1)?.reshape(&[b, d])?;
         let pooler_output = self.post_layernorm.forward(be, &cls)?;
@@ -245,10 +195,7 @@ impl ClipVisionModel {
     /// is the penultimate layer's output.
     pub fn feature_layer(&self, be: &Backend, pixel_values: &Tensor, layer: i64) -> Result<Tensor> {
         let stop = vit::resolve_layer(layer, self.layers.len())?;
-        let (mut x, _) = self.embed(be, pixel_values)?;
-        for l in &self.layers[..stop] {
-            x = l.forward(be, &x)?;
-        }
-        Ok(x)
+        let (x, _) = self.embed(be, pixel_values)?;
+        Ok(vit::run_layers(&self.layers[..stop], x, false, |l, x| l.forward(be, x))?.0)
     }
 }

@@ -13,9 +13,9 @@ use std::path::Path;
 use crate::backend::{Activation, Backend};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::models::vit::{self, LayerNorm, Linear, PatchEmbed, SelfAttention, VisionOutput};
+use crate::models::vit::{self, Embeddings, LayerNorm, Linear, PatchEmbed, PositionTable, SelfAttention, VisionOutput};
 use crate::tensor::{CpuData, Tensor};
-use crate::weights::{VarView, Weights};
+use crate::weights::VarView;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dinov2Config {
@@ -217,10 +217,7 @@ impl Layer {
 #[derive(Debug)]
 pub struct Dinov2Model {
     pub config: Dinov2Config,
-    cls_token: Tensor,
-    patch_embeddings: PatchEmbed,
-    position_embeddings: Tensor,
-    position_table: Vec<f32>,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     layernorm: LayerNorm,
 }
@@ -231,10 +228,7 @@ impl Dinov2Model {
     pub fn load(dir: &Path, be: &Backend) -> Result<Dinov2Model> {
         let (path, json) = vit::read_config(dir)?;
         let cfg = Dinov2Config::from_json(&path, &json)?;
-        let weights = Weights::open(dir)?;
-        let vv = VarView::new(&weights, be);
-        let vv = if weights.contains("dinov2.embeddings.cls_token") { vv.pp("dinov2") } else { vv };
-        Self::new(cfg, &vv)
+        vit::with_weights(dir, be, "dinov2", "embeddings.cls_token", |vv| Self::new(cfg, vv))
     }
 
     /// Build from weights scoped at the model's root (the level holding `embeddings`).
@@ -242,23 +236,22 @@ impl Dinov2Model {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let (g, p) = (cfg.grid(), cfg.patch_size);
         let emb = vv.pp("embeddings");
-        let table = emb.get_host("position_embeddings", &[1, g * g + 1, d])?;
-        let position_table = table.to_f32_vec()?;
-        let position_embeddings = vv.backend().upload(&Tensor::from_f32(position_table.clone(), vec![1, g * g + 1, d])?)?;
         let proj = emb.pp("patch_embeddings.projection");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(&vv.pp("encoder.layer").pp(i), &cfg))
             .collect::<Result<Vec<_>>>()?;
         Ok(Dinov2Model {
-            cls_token: emb.get_f32("cls_token", &[1, 1, d])?,
-            patch_embeddings: PatchEmbed {
-                weight: proj.get("weight", &[d, cfg.num_channels, p, p])?,
-                bias: Some(proj.get_f32("bias", &[d])?),
-                patch: p,
-                channels: cfg.num_channels,
+            embeddings: Embeddings {
+                class_token: emb.get_f32("cls_token", &[1, 1, d])?,
+                patches: PatchEmbed {
+                    weight: proj.get("weight", &[d, cfg.num_channels, p, p])?,
+                    bias: Some(proj.get_f32("bias", &[d])?),
+                    patch: p,
+                    channels: cfg.num_channels,
+                },
+                positions: PositionTable::load(&emb, "position_embeddings", &[1, g * g + 1, d], g, d)?,
+                image_size: cfg.image_size,
             },
-            position_embeddings,
-            position_table,
             layers,
             layernorm: LayerNorm::load(vv, "layernorm", d, eps)?,
             config: cfg,
@@ -269,52 +262,19 @@ impl Dinov2Model {
         self.layers.len()
     }
 
-    /// Position embeddings for an `h × w` input, as HF's `interpolate_pos_encoding`: the table
-    /// itself when the input has the table's patch count and is square, otherwise the patch part
-    /// resized bicubically to `(h / patch, w / patch)`.
-    fn positions(&self, be: &Backend, h: usize, w: usize) -> Result<Tensor> {
-        let c = &self.config;
-        let (g, d) = (c.grid(), c.hidden_size);
-        let (gh, gw) = (h / c.patch_size, w / c.patch_size);
-        if gh * gw == g * g && h == w {
-            return Ok(self.position_embeddings.clone());
-        }
-        let mut table = self.position_table[..d].to_vec();
-        table.extend(vit::interpolate_bicubic(&self.position_table[d..], g, d, gh, gw));
-        be.upload(&Tensor::from_f32(table, vec![1, 1 + gh * gw, d])?)
-    }
-
-    /// CLS + patch embeddings + positions: HF's `hidden_states[0]`.
+    /// CLS + patch embeddings + positions (always resized to the input's patch grid): HF's
+    /// `hidden_states[0]`.
     fn embed(&self, be: &Backend, pixel_values: &Tensor) -> Result<(Tensor, (usize, usize))> {
-        vit::check_pixel_values(pixel_values, self.config.num_channels, self.config.patch_size)?;
-        let s = pixel_values.shape();
-        let (b, h, w) = (s[0], s[2], s[3]);
-        let pos = self.positions(be, h, w)?;
-        let (patches, gh, gw) = self.patch_embeddings.forward(be, pixel_values)?;
-        let cls: Vec<&Tensor> = std::iter::repeat_n(&self.cls_token, b).collect();
-        let cls = be.concat(&cls, 0)?;
-        let x = be.add(&be.concat(&[&cls, &patches], 1)?, &pos)?;
-        Ok((x, (gh, gw)))
+        self.embeddings.forward(be, pixel_values, true)
     }
 
     /// The full forward pass: `last_hidden_state` is the final-layernormed sequence and
     /// `pooler_output` its CLS row; `hidden_states` (when asked) are the un-normed embeddings and
     /// layer outputs, as HF returns them.
     pub fn forward(&self, be: &Backend, pixel_values: &Tensor, output_hidden_states: bool) -> Result<VisionOutput> {
-        let (mut x, grid) = self.embed(be, pixel_values)?;
-        let mut hidden_states = Vec::new();
-        for layer in &self.layers {
-            let next = layer.forward(be, &x)?;
-            if output_hidden_states {
-                hidden_states.push(std::mem::replace(&mut x, next));
-            } else {
-                x = next;
-            }
-        }
+        let (x, grid) = self.embed(be, pixel_values)?;
+        let (x, hidden_states) = vit::run_layers(&self.layers, x, output_hidden_states, |l, x| l.forward(be, x))?;
         let last_hidden_state = self.layernorm.forward(be, &x)?;
-        if output_hidden_states {
-            hidden_states.push(x);
-        }
         let (b, d) = (last_hidden_state.dim(0), last_hidden_state.dim(2));
         let pooler_output = be.narrow(&last_hidden_state, 1, 0, 1)?.reshape(&[b, d])?;
         Ok(VisionOutput { last_hidden_state, pooler_output, hidden_states, grid })
@@ -324,10 +284,7 @@ impl Dinov2Model {
     /// needs; negative indices count from the end.
     pub fn feature_layer(&self, be: &Backend, pixel_values: &Tensor, layer: i64) -> Result<Tensor> {
         let stop = vit::resolve_layer(layer, self.layers.len())?;
-        let (mut x, _) = self.embed(be, pixel_values)?;
-        for l in &self.layers[..stop] {
-            x = l.forward(be, &x)?;
-        }
-        Ok(x)
+        let (x, _) = self.embed(be, pixel_values)?;
+        Ok(vit::run_layers(&self.layers[..stop], x, false, |l, x| l.forward(be, x))?.0)
     }
 }

@@ -1,6 +1,7 @@
 //! Pieces shared by the ViT-style vision encoders (CLIP's vision tower, DINOv2): linear and
-//! layer-norm modules, the patch embedding, multi-head self-attention, bicubic interpolation of a
-//! position-embedding table, the outputs struct and HF-style hidden-state indexing.
+//! layer-norm modules, the class-token + patch + position embedding step (with bicubic
+//! interpolation of the position table), multi-head self-attention, running the layer stack, the
+//! outputs struct and HF-style hidden-state indexing.
 //!
 //! Everything here is written against the `Backend` op set; the one piece of host math is the
 //! position-table interpolation, done once per input size on weights, never on activations.
@@ -10,7 +11,7 @@ use std::path::Path;
 use crate::backend::{Activation, AttnParams, Backend};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use crate::weights::VarView;
+use crate::weights::{VarView, Weights};
 
 /// `y = act(x·Wᵀ + b) (+ residual)`, weights in their stored dtype, bias in f32.
 #[derive(Debug)]
@@ -72,6 +73,101 @@ impl PatchEmbed {
         let y = y.reshape(&[b, d, gh * gw])?;
         Ok((be.permute(&y, &[0, 2, 1])?, gh, gw))
     }
+}
+
+/// A learned position table `[1, 1 + grid², D]` (the class token's position first), kept on the
+/// host as well so that other input sizes can get a resized copy.
+#[derive(Debug)]
+pub struct PositionTable {
+    /// The table as stored, on the backend: the positions of a native-size input.
+    pub native: Tensor,
+    host: Vec<f32>,
+    grid: usize,
+    dim: usize,
+}
+
+impl PositionTable {
+    /// Load `name` (stored as `shape`, which holds `1 + grid²` rows of `dim`).
+    pub fn load(vv: &VarView, name: &str, shape: &[usize], grid: usize, dim: usize) -> Result<PositionTable> {
+        let host = vv.get_host(name, shape)?.to_f32_vec()?;
+        let native = vv.backend().upload(&Tensor::from_f32(host.clone(), vec![1, 1 + grid * grid, dim])?)?;
+        Ok(PositionTable { native, host, grid, dim })
+    }
+
+    /// Positions `[1, 1 + gh·gw, D]` for an `h × w` input, as HF's `interpolate_pos_encoding`: the
+    /// table itself when the input has the table's patch count and is square, otherwise the patch
+    /// part resized bicubically to `(h / patch, w / patch)` (the class position kept as is).
+    pub fn for_input(&self, be: &Backend, h: usize, w: usize, patch: usize) -> Result<Tensor> {
+        let (g, d) = (self.grid, self.dim);
+        let (gh, gw) = (h / patch, w / patch);
+        if gh * gw == g * g && h == w {
+            return Ok(self.native.clone());
+        }
+        let mut table = self.host[..d].to_vec();
+        table.extend(interpolate_bicubic(&self.host[d..], g, d, gh, gw));
+        be.upload(&Tensor::from_f32(table, vec![1, 1 + gh * gw, d])?)
+    }
+}
+
+/// The embedding step both encoders share: patch embeddings with the class token in front, plus
+/// positions.
+#[derive(Debug)]
+pub struct Embeddings {
+    /// `[1, 1, D]`.
+    pub class_token: Tensor,
+    pub patches: PatchEmbed,
+    pub positions: PositionTable,
+    /// The square input size the position table was trained for.
+    pub image_size: usize,
+}
+
+impl Embeddings {
+    /// `[B, C, H, W]` → (`[B, 1 + gh·gw, D]`, (gh, gw)). With `resize_positions` off, an input
+    /// other than `image_size × image_size` is refused, as HF refuses it without
+    /// `interpolate_pos_encoding`.
+    pub fn forward(&self, be: &Backend, pixel_values: &Tensor, resize_positions: bool) -> Result<(Tensor, (usize, usize))> {
+        check_pixel_values(pixel_values, self.patches.channels, self.patches.patch)?;
+        let s = pixel_values.shape();
+        let (b, h, w) = (s[0], s[2], s[3]);
+        let pos = if resize_positions {
+            self.positions.for_input(be, h, w, self.patches.patch)?
+        } else if h == self.image_size && w == self.image_size {
+            self.positions.native.clone()
+        } else {
+            return Err(Error::arg(
+                "pixel_values",
+                format!("input is {h}×{w} but the model takes {0}×{0} (enable interpolate_pos_encoding for other sizes)", self.image_size),
+            ));
+        };
+        let (patches, gh, gw) = self.patches.forward(be, pixel_values)?;
+        let cls: Vec<&Tensor> = std::iter::repeat_n(&self.class_token, b).collect();
+        let cls = be.concat(&cls, 0)?;
+        let x = be.add(&be.concat(&[&cls, &patches], 1)?, &pos)?;
+        Ok((x, (gh, gw)))
+    }
+}
+
+/// Run `layers` in turn on `x`, each by `forward`. Returns the last output and, with
+/// `keep_hidden`, HF's `hidden_states`: every layer's input, then the last output.
+pub fn run_layers<L>(
+    layers: &[L],
+    mut x: Tensor,
+    keep_hidden: bool,
+    forward: impl Fn(&L, &Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let mut hidden_states = Vec::new();
+    for layer in layers {
+        let next = forward(layer, &x)?;
+        if keep_hidden {
+            hidden_states.push(std::mem::replace(&mut x, next));
+        } else {
+            x = next;
+        }
+    }
+    if keep_hidden {
+        hidden_states.push(x.clone());
+    }
+    Ok((x, hidden_states))
 }
 
 /// Check `pixel_values` is `[B, channels, H, W]` f32 with at least one whole patch each way.
@@ -205,6 +301,16 @@ pub fn read_config(dir: &Path) -> Result<(std::path::PathBuf, serde_json::Value)
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let json = serde_json::from_str(&text).map_err(|e| Error::config(&path, format!("not valid JSON: {e}")))?;
     Ok((path, json))
+}
+
+/// Open the weights of model directory `dir` and build from them with `build`, given a view at the
+/// level holding `probe`: under `prefix` when the checkpoint is a wrapper's (has `{prefix}.{probe}`),
+/// else at the root.
+pub fn with_weights<T>(dir: &Path, be: &Backend, prefix: &str, probe: &str, build: impl FnOnce(&VarView) -> Result<T>) -> Result<T> {
+    let weights = Weights::open(dir)?;
+    let vv = VarView::new(&weights, be);
+    let vv = if weights.contains(&format!("{prefix}.{probe}")) { vv.pp(prefix) } else { vv };
+    build(&vv)
 }
 
 /// The `model_type` of a config (at the top level).
