@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::files::{smollm2_gguf, TempDir};
 use common::{fixtures_dir, Rng};
 use serde_json::Value as Json;
 use visword::gguf::{convert_llama, GgufFile, Value};
@@ -15,14 +16,6 @@ use visword::{DType, Error, Weights};
 
 fn fixture(name: &str) -> PathBuf {
     fixtures_dir().join("gguf").join(name)
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gguf-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn read_json(p: &Path) -> Json {
@@ -193,7 +186,7 @@ fn dequantization_matches_gguf_py() {
 
 #[test]
 fn tiny_llama_converts_like_transformers() {
-    let dir = scratch("tiny");
+    let dir = TempDir::new("gguf-tiny");
     let out = dir.join("hf");
     let s = convert_llama(fixture("tiny_llama.gguf"), &out, DType::F32).unwrap();
     assert!(!s.tie_word_embeddings);
@@ -243,7 +236,6 @@ fn tiny_llama_converts_like_transformers() {
     assert!(tc["chat_template"].as_str().unwrap().contains("<|im_start|>"));
     let gc = read_json(&out.join("generation_config.json"));
     assert_eq!((gc["bos_token_id"].clone(), gc["eos_token_id"].clone()), (1.into(), 2.into()));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Encode every fixture string with the converted tokenizer.json (Rust `tokenizers`) and
@@ -263,7 +255,7 @@ fn check_token_ids(out: &Path, tokens: &Json) {
 
 #[test]
 fn tiny_llama_half_precision_outputs() {
-    let dir = scratch("half");
+    let dir = TempDir::new("gguf-half");
     let want = Weights::open(fixture("tiny_llama_reference.safetensors")).unwrap();
     for dtype in [DType::F16, DType::BF16] {
         let out = dir.join(format!("hf-{dtype}"));
@@ -278,26 +270,13 @@ fn tiny_llama_half_precision_outputs() {
             assert_exact(&format!("{name} as {dtype}"), &g.to_f32_vec().unwrap(), &w.to_f32_vec().unwrap());
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn smollm2_path() -> Option<PathBuf> {
-    let p = std::env::var_os("VISWORD_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} not found (run tools/fetch_smollm2.sh or set VISWORD_SMOLLM2_GGUF)", p.display());
-        None
-    }
 }
 
 #[test]
 fn smollm2_converts_like_transformers() {
-    let Some(gguf) = smollm2_path() else { return };
+    let Some(gguf) = smollm2_gguf() else { return };
     let reference = read_json(&fixture("smollm2_reference.json"));
-    let dir = scratch("smollm2");
+    let dir = TempDir::new("gguf-smollm2");
     let out = dir.join("hf");
     let s = convert_llama(&gguf, &out, DType::F32).unwrap();
     assert!(s.tie_word_embeddings);
@@ -341,7 +320,6 @@ fn smollm2_converts_like_transformers() {
     assert_eq!(tc["add_bos_token"], false);
     assert_eq!(tc["model_max_length"], 8192);
     assert!(tc["chat_template"].as_str().unwrap().contains("<|im_start|>"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,7 +327,7 @@ fn smollm2_converts_like_transformers() {
 
 #[test]
 fn malformed_headers_are_typed_errors() {
-    let dir = scratch("malformed");
+    let dir = TempDir::new("gguf-malformed");
     let f32s = |n: usize| vec![0u8; 4 * n];
     let ok = || vec![raw_tensor("a", 0, &[4], f32s(4))];
     let kv = |k: &str, v: Value| vec![(k.to_string(), v)];
@@ -428,14 +406,13 @@ fn malformed_headers_are_typed_errors() {
     open_err(&write(&dir, "overlap.gguf", &gguf_bytes(&[], &t)), "`a` and `b` overlap");
     let t = vec![raw_tensor("a", 0, &[4], f32s(4)), raw_tensor("a", 0, &[4], f32s(4))];
     open_err(&write(&dir, "duptensor.gguf", &gguf_bytes(&[], &t)), "tensor `a` appears twice");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Every prefix of a real file, and seeded random byte corruptions of its header: each opens or
 /// fails with a typed error; none panics or reads out of bounds.
 #[test]
 fn truncated_and_corrupted_files_never_panic() {
-    let dir = scratch("fuzz");
+    let dir = TempDir::new("gguf-fuzz");
     let bytes = std::fs::read(fixture("tiny_llama.gguf")).unwrap();
     let header_end = GgufFile::open(fixture("tiny_llama.gguf")).unwrap().tensors().iter().map(|t| t.start).min().unwrap();
     let p = dir.join("cut.gguf");
@@ -466,7 +443,6 @@ fn truncated_and_corrupted_files_never_panic() {
         }
     }
     eprintln!("{failures} of 400 corrupted headers rejected");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A conversion that fails must leave neither the output directory nor a temporary sibling.
@@ -484,7 +460,7 @@ fn convert_fails(dir: &Path, gguf: &Path, needle: &str) -> Error {
 
 #[test]
 fn bad_llama_files_fail_cleanly() {
-    let dir = scratch("badllama");
+    let dir = TempDir::new("gguf-badllama");
     let edit = |name: &str, f: Edit| {
         let (mut kvs, mut tensors) = tiny_parts();
         f(&mut kvs, &mut tensors);
@@ -539,12 +515,11 @@ fn bad_llama_files_fail_cleanly() {
     let mut b = std::fs::read(fixture("tiny_llama.gguf")).unwrap();
     b.truncate(b.len() - 100);
     convert_fails(&dir, &write(&dir, "cut.gguf", &b), "past the end");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn output_location_is_checked_and_never_clobbered() {
-    let dir = scratch("outdir");
+    let dir = TempDir::new("gguf-outdir");
     let gguf = fixture("tiny_llama.gguf");
     let e = convert_llama(&gguf, dir.join("no/such/parent/out"), DType::F32).unwrap_err();
     assert!(matches!(&e, Error::Output { msg, .. } if msg.contains("does not exist")), "{e}");
@@ -565,5 +540,4 @@ fn output_location_is_checked_and_never_clobbered() {
     for f in &s.files {
         assert!(empty.join(f).is_file(), "{f}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

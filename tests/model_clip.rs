@@ -5,56 +5,18 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::files::TempDir;
+use common::vision::{check_run, edited_copy, get, PIXELS_EXACT};
 use common::{assert_close, assert_tensor_close, fixture, fixtures_dir, F32_MODEL};
 use visword::cli::embed;
 use visword::models::clip::ClipVisionModel;
-use visword::models::vit::{self, VisionTower};
+use visword::models::vit::VisionTower;
 use visword::preprocess::{Flavor, ImageProcessor};
 use visword::weights::save_safetensors;
 use visword::{Backend, Error, Tensor, Weights};
 
-/// Preprocessing reproduces the backend it targets bit for bit on the test photo (both are
-/// integer resamplers; the only float step is the final normalisation, done in the same order).
-/// Allow a few ulps anyway.
-const PIXELS_EXACT: common::Tol = common::Tol { atol: 1e-5, rtol: 1e-6 };
-
 fn image_path() -> PathBuf {
     fixtures_dir().join("images").join("chelsea_120x80.png")
-}
-
-fn get(w: &Weights, name: &str) -> Tensor {
-    w.get(name).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("visword-clip-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Compare a forward pass against run `run` of a fixture's reference.
-fn check_run(model: &ClipVisionModel, reference: &Weights, run: &str) {
-    let be = Backend::cpu();
-    let px = get(reference, &format!("{run}.pixel_values"));
-    let out = model.forward(&be, &px, true).unwrap();
-    let n = model.num_layers();
-    assert_eq!(out.hidden_states.len(), n + 1);
-    for (i, h) in out.hidden_states.iter().enumerate() {
-        assert_tensor_close(&format!("{run}.hidden_states.{i}"), h, &get(reference, &format!("{run}.hidden_states.{i}")), F32_MODEL);
-    }
-    assert_tensor_close(&format!("{run}.last_hidden_state"), &out.last_hidden_state, &get(reference, &format!("{run}.last_hidden_state")), F32_MODEL);
-    assert_tensor_close(&format!("{run}.pooler_output"), &out.pooler_output, &get(reference, &format!("{run}.pooler_output")), F32_MODEL);
-
-    // The feature-layer path stops early and must give exactly the same hidden state.
-    for k in [-(n as i64) - 1, -2, -1, 0, 1] {
-        let f = model.feature_layer(&be, &px, k).unwrap();
-        let idx = vit::resolve_layer(k, n).unwrap();
-        assert_eq!(f.shape(), out.hidden_states[idx].shape());
-        assert_eq!(f.to_f32_vec().unwrap(), out.hidden_states[idx].to_f32_vec().unwrap(), "feature_layer({k})");
-    }
-    assert!(matches!(model.feature_layer(&be, &px, n as i64 + 1), Err(Error::InvalidArgument { .. })));
 }
 
 #[test]
@@ -131,7 +93,7 @@ fn processor_cases_match_both_backends() {
 
 #[test]
 fn processor_config_errors_are_typed() {
-    let d = scratch("ppcfg");
+    let d = TempDir::new("clip-ppcfg");
     let base = ImageProcessor::clip(224);
     for (i, bad) in [
         r#"{"resample": 1}"#,
@@ -157,7 +119,7 @@ fn processor_config_errors_are_typed() {
 
 #[test]
 fn image_errors_are_typed() {
-    let d = scratch("images");
+    let d = TempDir::new("clip-images");
     let p = ImageProcessor::clip(30);
     assert!(matches!(p.preprocess_file(&d.join("missing.png"), 1 << 20), Err(Error::Io { .. })));
     let empty = d.join("empty.png");
@@ -189,35 +151,21 @@ fn bad_pixel_values_are_refused() {
     }
 }
 
-/// Copy a fixture directory, letting `edit` change the tensors before they are written back.
-fn edited_copy(name: &str, tag: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> PathBuf {
-    let src = fixtures_dir().join(name);
-    let d = scratch(tag);
-    for f in ["config.json", "preprocessor_config.json"] {
-        std::fs::copy(src.join(f), d.join(f)).unwrap();
-    }
-    let w = Weights::open(src.join("model.safetensors")).unwrap();
-    let mut tensors: Vec<(String, Tensor)> = w.names().map(|n| (n.to_string(), Tensor::from_f32(get(&w, n).to_f32_vec().unwrap(), get(&w, n).shape().to_vec()).unwrap())).collect();
-    edit(&mut tensors);
-    save_safetensors(&d.join("model.safetensors"), &tensors, None).unwrap();
-    d
-}
-
 #[test]
 fn bad_model_directories_give_typed_errors() {
     let be = Backend::cpu();
     assert!(matches!(ClipVisionModel::load(Path::new("/nonexistent/model"), &be), Err(Error::Config { .. })));
 
-    let d = scratch("noconfig");
+    let d = TempDir::new("clip-noconfig");
     assert!(matches!(ClipVisionModel::load(&d, &be), Err(Error::Io { path, .. }) if path.ends_with("config.json")));
 
-    let d = edited_copy("clip_quick", "missing", |t| t.retain(|(n, _)| n != "encoder.layers.1.mlp.fc2.bias"));
+    let d = edited_copy("clip_quick", "clip-missing", |t| t.retain(|(n, _)| n != "encoder.layers.1.mlp.fc2.bias"));
     match ClipVisionModel::load(&d, &be) {
         Err(Error::MissingTensor { name, .. }) => assert_eq!(name, "encoder.layers.1.mlp.fc2.bias"),
         other => panic!("expected MissingTensor, got {other:?}"),
     }
 
-    let d = edited_copy("clip_quick", "shape", |t| {
+    let d = edited_copy("clip_quick", "clip-shape", |t| {
         for (n, x) in t.iter_mut() {
             if n == "encoder.layers.0.mlp.fc1.weight" {
                 *x = x.reshape(&[36, 70]).unwrap();
@@ -232,7 +180,7 @@ fn bad_model_directories_give_typed_errors() {
         other => panic!("expected TensorShape, got {other:?}"),
     }
 
-    let d = scratch("badcfg");
+    let d = TempDir::new("clip-badcfg");
     for (i, cfg) in [
         r#"{"model_type": "clip_vision_model", "hidden_size": 36, "num_attention_heads": 5}"#,
         r#"{"model_type": "clip_vision_model", "hidden_act": "swish_gelu"}"#,
@@ -269,7 +217,7 @@ fn args(model: &str) -> embed::Args {
 
 #[test]
 fn embed_command_dumps_hf_fields_and_features() {
-    let d = scratch("embed");
+    let d = TempDir::new("clip-embed");
     let reference = fixture("clip_quick/reference.safetensors");
     let pv = d.join("px.safetensors");
     save_safetensors(&pv, &[("pixel_values".into(), get(&reference, "native.pixel_values"))], None).unwrap();
@@ -308,7 +256,7 @@ fn embed_command_dumps_hf_fields_and_features() {
 
 #[test]
 fn embed_command_errors_are_typed() {
-    let d = scratch("embed_err");
+    let d = TempDir::new("clip-embed_err");
     let mut a = args("clip_quick");
     a.output = Some(d.join("o.safetensors"));
     assert!(matches!(embed::run(&a), Err(Error::InvalidArgument { .. })), "no input");
@@ -355,7 +303,7 @@ fn half_precision_checkpoints_run() {
     let be = Backend::cpu();
     let reference = fixture("clip_quick/reference.safetensors");
     for dtype in [visword::DType::BF16, visword::DType::F16] {
-        let d = edited_copy("clip_quick", &format!("{dtype}"), |t| {
+        let d = edited_copy("clip_quick", &format!("clip-{dtype}"), |t| {
             for (_, x) in t.iter_mut() {
                 *x = x.to_dtype(dtype).unwrap();
             }

@@ -4,72 +4,39 @@
 
 mod common;
 
-use std::path::PathBuf;
-
+use common::files::TempDir;
+use common::vision::{check_run, edited_copy, get, PIXELS_EXACT};
 use common::{assert_close, assert_tensor_close, fixture, fixtures_dir, F32_MODEL};
 use visword::cli::embed;
 use visword::models::dinov2::Dinov2Model;
-use visword::models::vit::{self, VisionTower};
+use visword::models::vit::VisionTower;
 use visword::preprocess::{Flavor, ImageProcessor};
 use visword::weights::save_safetensors;
 use visword::{Backend, Error, Tensor, Weights};
 
-/// See tests/model_clip.rs: preprocessing is exact against the backend it targets.
-const PIXELS_EXACT: common::Tol = common::Tol { atol: 1e-5, rtol: 1e-6 };
-
-fn get(w: &Weights, name: &str) -> Tensor {
-    w.get(name).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("visword-dinov2-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn check_run(model: &Dinov2Model, reference: &Weights, run: &str) {
-    let be = Backend::cpu();
-    let px = get(reference, &format!("{run}.pixel_values"));
-    let out = model.forward(&be, &px, true).unwrap();
-    let n = model.num_layers();
-    assert_eq!(out.hidden_states.len(), n + 1);
-    for (i, h) in out.hidden_states.iter().enumerate() {
-        assert_tensor_close(&format!("{run}.hidden_states.{i}"), h, &get(reference, &format!("{run}.hidden_states.{i}")), F32_MODEL);
-    }
-    assert_tensor_close(&format!("{run}.last_hidden_state"), &out.last_hidden_state, &get(reference, &format!("{run}.last_hidden_state")), F32_MODEL);
-    assert_tensor_close(&format!("{run}.pooler_output"), &out.pooler_output, &get(reference, &format!("{run}.pooler_output")), F32_MODEL);
-    let s = px.shape();
-    assert_eq!(out.grid, (s[2] / model.config.patch_size, s[3] / model.config.patch_size));
-
-    for k in [-(n as i64) - 1, -2, -1, 0, 1] {
-        let f = model.feature_layer(&be, &px, k).unwrap();
-        let idx = vit::resolve_layer(k, n).unwrap();
-        assert_eq!(f.to_f32_vec().unwrap(), out.hidden_states[idx].to_f32_vec().unwrap(), "feature_layer({k})");
-    }
+/// Load fixture `name` and compare it with its reference at the native size ("native") and at
+/// a size that needs the position table interpolated ("interp").
+fn check_native_and_interpolated(name: &str) -> Dinov2Model {
+    let model = Dinov2Model::load(&fixtures_dir().join(name), &Backend::cpu()).unwrap();
+    let reference = fixture(&format!("{name}/reference.safetensors"));
+    check_run(&model, &reference, "native");
+    check_run(&model, &reference, "interp");
+    model
 }
 
 #[test]
 fn dinov2_with_layer_scale_matches_transformers_native_and_interpolated() {
-    let be = Backend::cpu();
-    let model = Dinov2Model::load(&fixtures_dir().join("dinov2_small"), &be).unwrap();
-    assert!(!model.config.use_swiglu_ffn);
-    let reference = fixture("dinov2_small/reference.safetensors");
-    check_run(&model, &reference, "native");
     // 35×42 → a 5×6 grid from the 4×4 table: bicubic position interpolation.
-    check_run(&model, &reference, "interp");
+    let model = check_native_and_interpolated("dinov2_small");
+    assert!(!model.config.use_swiglu_ffn);
 }
 
 #[test]
 fn dinov2_swiglu_matches_transformers_native_and_interpolated() {
-    let be = Backend::cpu();
-    let model = Dinov2Model::load(&fixtures_dir().join("dinov2_swiglu"), &be).unwrap();
+    // 28×21 → a 4×3 grid: a non-square, smaller grid.
+    let model = check_native_and_interpolated("dinov2_swiglu");
     assert!(model.config.use_swiglu_ffn);
     assert_eq!(model.config.swiglu_hidden(), 56);
-    let reference = fixture("dinov2_swiglu/reference.safetensors");
-    check_run(&model, &reference, "native");
-    // 28×21 → a 4×3 grid: a non-square, smaller grid.
-    check_run(&model, &reference, "interp");
 }
 
 /// transformers 5 names the projections q/k/v/o_proj and gate/up/down_proj in memory; a
@@ -101,7 +68,7 @@ fn dinov2_accepts_transformers5_tensor_names() {
             tensors.push((renamed, t));
         }
     }
-    let d = scratch("renamed");
+    let d = TempDir::new("dinov2-renamed");
     std::fs::copy(src.join("config.json"), d.join("config.json")).unwrap();
     save_safetensors(&d.join("model.safetensors"), &tensors, None).unwrap();
     let model = Dinov2Model::load(&d, &be).unwrap();
@@ -123,14 +90,14 @@ fn dinov2_processor_matches_transformers_on_a_photo() {
         assert_tensor_close(&format!("{name} pixel_values (PIL)"), &px, &get(&reference, "image.pil"), PIXELS_EXACT);
     }
     // Without a preprocessor_config.json a DINOv2 directory gets the published processor.
-    let d = scratch("nopp");
+    let d = TempDir::new("dinov2-nopp");
     std::fs::copy(fixtures_dir().join("dinov2_small/config.json"), d.join("config.json")).unwrap();
     assert_eq!(ImageProcessor::for_model_dir(&d).unwrap(), ImageProcessor::dinov2());
 }
 
 #[test]
 fn embed_defaults_to_the_normed_last_hidden_state_for_dinov2() {
-    let d = scratch("embed");
+    let d = TempDir::new("dinov2-embed");
     let reference = fixture("dinov2_small/reference.safetensors");
     let pv = d.join("px.safetensors");
     save_safetensors(&pv, &[("pixel_values".into(), get(&reference, "interp.pixel_values"))], None).unwrap();
@@ -161,27 +128,15 @@ fn embed_defaults_to_the_normed_last_hidden_state_for_dinov2() {
     assert_eq!(feats.metadata.get("layer").map(String::as_str), Some("last_hidden_state"));
 }
 
-fn edited_copy(tag: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> PathBuf {
-    let src = fixtures_dir().join("dinov2_small");
-    let d = scratch(tag);
-    std::fs::copy(src.join("config.json"), d.join("config.json")).unwrap();
-    let w = Weights::open(src.join("model.safetensors")).unwrap();
-    let mut tensors: Vec<(String, Tensor)> =
-        w.names().map(|n| (n.to_string(), Tensor::from_f32(get(&w, n).to_f32_vec().unwrap(), get(&w, n).shape().to_vec()).unwrap())).collect();
-    edit(&mut tensors);
-    save_safetensors(&d.join("model.safetensors"), &tensors, None).unwrap();
-    d
-}
-
 #[test]
 fn bad_inputs_give_typed_errors() {
     let be = Backend::cpu();
-    let d = edited_copy("missing", |t| t.retain(|(n, _)| n != "encoder.layer.2.layer_scale2.lambda1"));
+    let d = edited_copy("dinov2_small", "dinov2-missing", |t| t.retain(|(n, _)| n != "encoder.layer.2.layer_scale2.lambda1"));
     match Dinov2Model::load(&d, &be) {
         Err(Error::MissingTensor { name, .. }) => assert_eq!(name, "encoder.layer.2.layer_scale2.lambda1"),
         other => panic!("expected MissingTensor, got {other:?}"),
     }
-    let d = edited_copy("shape", |t| {
+    let d = edited_copy("dinov2_small", "dinov2-shape", |t| {
         for (n, x) in t.iter_mut() {
             if n == "embeddings.position_embeddings" {
                 *x = Tensor::zeros(vec![1, 10, 36]);
@@ -190,7 +145,7 @@ fn bad_inputs_give_typed_errors() {
     });
     assert!(matches!(Dinov2Model::load(&d, &be), Err(Error::TensorShape { name, .. }) if name == "embeddings.position_embeddings"));
 
-    let d = scratch("cfg");
+    let d = TempDir::new("dinov2-cfg");
     for (i, cfg) in [
         r#"{"model_type": "dinov2", "hidden_size": 36, "num_attention_heads": 5}"#,
         r#"{"model_type": "dinov2", "image_size": [28, 21]}"#,

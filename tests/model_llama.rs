@@ -9,6 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::files::{smollm2_gguf, TempDir};
 use common::{assert_close, fixtures_dir, ref_f32, Tol, F32_MODEL};
 use visword::models::generate::{generate, GenerateParams, Sampling, StopReason};
 use visword::models::llama::{Input, Llama, LlamaConfig, Logits};
@@ -34,41 +35,23 @@ fn load(name: &str, be: &Backend) -> Llama {
     Llama::load(&dir(name), be).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// A scratch directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("visword_llama_{tag}_{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Rewrites a checkpoint's tensors (drop one, change a shape, convert dtypes).
 type Rewrite<'a> = &'a dyn Fn(&Weights) -> Vec<(String, Tensor)>;
 
 /// Copy a fixture's files into a temp dir, optionally rewriting its weights.
 fn copy_fixture(name: &str, tag: &str, rewrite: Option<Rewrite>) -> TempDir {
-    let t = TempDir::new(tag);
+    let t = TempDir::new(&format!("llama-{tag}"));
     for e in std::fs::read_dir(dir(name)).unwrap() {
         let p = e.unwrap().path();
         let fname = p.file_name().unwrap().to_owned();
         if fname == "model.safetensors" && rewrite.is_some() {
             continue;
         }
-        std::fs::copy(&p, t.0.join(fname)).unwrap();
+        std::fs::copy(&p, t.path().join(fname)).unwrap();
     }
     if let Some(f) = rewrite {
         let w = Weights::open(dir(name).join("model.safetensors")).unwrap();
-        save_safetensors(&t.0.join("model.safetensors"), &f(&w), None).unwrap();
+        save_safetensors(&t.path().join("model.safetensors"), &f(&w), None).unwrap();
     }
     t
 }
@@ -286,7 +269,7 @@ fn half_precision_weights_load_and_agree() {
             all_tensors(w).into_iter().map(|(n, t)| (n, t.to_dtype(dtype).unwrap())).collect()
         };
         let t = copy_fixture("llama_gqa", &format!("{dtype}"), Some(&convert));
-        let model = Llama::load(&t.0, &be).unwrap();
+        let model = Llama::load(t.path(), &be).unwrap();
         let mut cache = model.new_cache(&be, ids.len()).unwrap();
         let out = model.forward(&be, Input::Ids(&ids), &mut cache, Logits::All, false).unwrap();
         assert_close(&format!("llama_gqa {dtype} logits"), &be.to_vec_f32(&out.logits.unwrap()).unwrap(), &want, tol);
@@ -297,7 +280,7 @@ fn half_precision_weights_load_and_agree() {
 fn generate_command_dumps_logits_and_ids() {
     use visword::cli::generate::{run, Args};
     let r = reference("llama_gqa");
-    let t = TempDir::new("cli");
+    let t = TempDir::new("llama-cli");
     let args = |dump: &Path| Args {
         model: dir("llama_gqa"),
         prompt: None,
@@ -315,7 +298,7 @@ fn generate_command_dumps_logits_and_ids() {
     };
     // --input-ids: logits over the ids, greedy ids after them.
     let ids = ref_ids(&r, "input_ids");
-    let path = t.0.join("ids.safetensors");
+    let path = t.path().join("ids.safetensors");
     run(&Args { input_ids: Some(ids.clone()), max_new_tokens: 3, ..args(&path) }).unwrap();
     let d = Weights::open(&path).unwrap();
     let (want, shape) = ref_f32(&r, "logits");
@@ -327,14 +310,14 @@ fn generate_command_dumps_logits_and_ids() {
     assert_eq!(ref_ids(&d, "generated_ids").len(), 3);
 
     // --prompt through the chat template: the same prompt ids and greedy ids as transformers.
-    let path = t.0.join("prompt.safetensors");
+    let path = t.path().join("prompt.safetensors");
     run(&Args { prompt: Some("What is the capital of France?".into()), ..args(&path) }).unwrap();
     let d = Weights::open(&path).unwrap();
     assert_eq!(ref_ids(&d, "input_ids"), ref_ids(&r, "prompt_ids"));
     assert_eq!(ref_ids(&d, "generated_ids"), ref_ids(&r, "generated_ids"));
 
     // Bad arguments are typed errors and leave no output behind.
-    let path = t.0.join("bad.safetensors");
+    let path = t.path().join("bad.safetensors");
     for bad in [
         Args { prompt: Some(String::new()), ..args(&path) },
         Args { prompt: None, ..args(&path) },
@@ -357,15 +340,15 @@ fn bad_model_directories_give_typed_errors() {
     assert!(matches!(Llama::load(&missing, &be), Err(Error::Config { .. })), "missing directory");
 
     let t = copy_fixture("llama_tied", "noconfig", None);
-    std::fs::remove_file(t.0.join("config.json")).unwrap();
-    match Llama::load(&t.0, &be) {
+    std::fs::remove_file(t.path().join("config.json")).unwrap();
+    match Llama::load(t.path(), &be) {
         Err(Error::Config { path, .. }) => assert!(path.ends_with("config.json"), "{path:?}"),
         other => panic!("missing config.json: {:?}", other.err()),
     }
 
     let t = copy_fixture("llama_tied", "badjson", None);
-    std::fs::write(t.0.join("config.json"), "{\"hidden_size\": 48, ").unwrap();
-    match Llama::load(&t.0, &be) {
+    std::fs::write(t.path().join("config.json"), "{\"hidden_size\": 48, ").unwrap();
+    match Llama::load(t.path(), &be) {
         Err(Error::Config { path, msg }) => assert!(path.ends_with("config.json") && msg.contains("JSON"), "{path:?}: {msg}"),
         other => panic!("corrupt config.json: {:?}", other.err()),
     }
@@ -374,7 +357,7 @@ fn bad_model_directories_give_typed_errors() {
         all_tensors(w).into_iter().filter(|(n, _)| n != "model.layers.1.mlp.up_proj.weight").collect()
     };
     let t = copy_fixture("llama_tied", "missing", Some(&drop_one));
-    match Llama::load(&t.0, &be) {
+    match Llama::load(t.path(), &be) {
         Err(Error::MissingTensor { name, .. }) => assert_eq!(name, "model.layers.1.mlp.up_proj.weight"),
         other => panic!("missing tensor: {:?}", other.err()),
     }
@@ -386,7 +369,7 @@ fn bad_model_directories_give_typed_errors() {
             .collect()
     };
     let t = copy_fixture("llama_tied", "shape", Some(&reshape_one));
-    match Llama::load(&t.0, &be) {
+    match Llama::load(t.path(), &be) {
         Err(Error::TensorShape { name, expected, got }) => {
             assert_eq!(name, "model.layers.0.self_attn.k_proj.weight");
             assert_eq!((expected, got), (vec![64, 48], vec![32, 96]));
@@ -423,26 +406,14 @@ fn bad_inputs_give_typed_errors() {
     assert!(matches!(model.embed(&be, &[vocab - 1, vocab]), Err(Error::InvalidArgument { .. })));
 }
 
-fn smollm2_gguf() -> Option<PathBuf> {
-    let p = std::env::var_os("VISWORD_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} not found (run tools/fetch_smollm2.sh or set VISWORD_SMOLLM2_GGUF)", p.display());
-        None
-    }
-}
-
 /// SmolLM2-135M-Instruct converted from its GGUF: the chat prompt tokenizes as in transformers,
 /// logits match transformers on the same converted weights (tests/fixtures/smollm2), and greedy
 /// decoding answers the question.
 #[test]
 fn smollm2_answers_like_transformers() {
     let Some(gguf) = smollm2_gguf() else { return };
-    let t = TempDir::new("smollm2");
-    let out = t.0.join("hf");
+    let t = TempDir::new("llama-smollm2");
+    let out = t.path().join("hf");
     visword::gguf::convert::convert_llama(&gguf, &out, DType::F32).unwrap();
     let be = Backend::cpu();
     let model = Llama::load(&out, &be).unwrap();

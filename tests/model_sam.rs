@@ -10,6 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::files::TempDir;
 use common::{assert_close, fixtures_dir, ref_f32, Tol, F32_MODEL};
 use visword::cli::sam::{run, Args};
 use visword::models::sam::image_encoder::get_rel_pos;
@@ -230,30 +231,9 @@ fn released_geometry_1024_input() {
 
 // ---- error paths -------------------------------------------------------------------------
 
-/// A scratch directory under the system temp dir, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("visword_sam_{}_{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Copy the fixture checkpoint with `edit` applied to its tensor list.
-fn edited_checkpoint(name: &str, edit: impl Fn(&mut Vec<(String, Tensor)>)) -> Scratch {
-    let dir = Scratch::new(name);
+fn edited_checkpoint(name: &str, edit: impl Fn(&mut Vec<(String, Tensor)>)) -> TempDir {
+    let dir = TempDir::new(&format!("sam-{name}"));
     std::fs::copy(model_dir().join("config.json"), dir.path().join("config.json")).unwrap();
     let w = Weights::open(model_dir().join("model.safetensors")).unwrap();
     let mut tensors: Vec<(String, Tensor)> = w.names().map(|n| (n.to_string(), w.get(n).unwrap())).collect();
@@ -320,7 +300,7 @@ fn rel_pos_table_of_another_length_is_interpolated() {
 fn missing_model_dir_and_bad_config_are_typed_errors() {
     let be = Backend::cpu();
     assert!(matches!(Sam::load(Path::new("/nonexistent/sam"), &be), Err(Error::Config { .. })));
-    let dir = Scratch::new("badcfg");
+    let dir = TempDir::new("sam-badcfg");
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "sam", "vision_config": {}}"#).unwrap();
     std::fs::copy(model_dir().join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
     match Sam::load(dir.path(), &be) {
@@ -370,7 +350,7 @@ fn cli_args(image: Option<PathBuf>, out: PathBuf) -> Args {
 
 #[test]
 fn cli_writes_a_mask_of_the_image_size() {
-    let dir = Scratch::new("cli");
+    let dir = TempDir::new("sam-cli");
     let img_path = dir.path().join("in.png");
     let (w, h) = (93u32, 61u32);
     let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 2) as u8, (y * 4) as u8, ((x + y) % 256) as u8]));
@@ -397,7 +377,7 @@ fn cli_with_pixel_values_matches_the_reference() {
     // Case b (one foreground point and a box, single mask) through the CLI, coordinates in the
     // model input frame.
     let r = reference();
-    let dir = Scratch::new("cli_pv");
+    let dir = TempDir::new("sam-cli_pv");
     let pv = dir.path().join("pv.safetensors");
     save_safetensors(&pv, &[("pixel_values".into(), ref_tensor(&r, "pixel_values"))], None).unwrap();
     let dump = dir.path().join("dump.safetensors");
@@ -416,7 +396,7 @@ fn cli_with_pixel_values_matches_the_reference() {
 
 #[test]
 fn cli_rejects_points_outside_the_image_and_bad_arguments() {
-    let dir = Scratch::new("cli_bad");
+    let dir = TempDir::new("sam-cli_bad");
     let img_path = dir.path().join("in.png");
     image::RgbImage::from_pixel(40, 30, image::Rgb([10, 200, 30])).save(&img_path).unwrap();
     let out = dir.path().join("mask.png");

@@ -1,4 +1,5 @@
-//! Shared test support: the tolerance policy, fixture loading, a seeded RNG.
+//! Shared test support: the tolerance policy, fixture loading, a seeded RNG; scratch directories
+//! in `files`, the vision-encoder checks in `vision`.
 //!
 //! Tolerance policy: |x − ref| ≤ atol + rtol·|ref| elementwise. f32 ops: 1e-5 / 1e-5; whole f32
 //! models against transformers: 1e-4 / 1e-3 (reduction order differs over many layers); bf16
@@ -6,6 +7,9 @@
 //! worst index, so a failing run says where to look.
 
 #![allow(dead_code)]
+
+pub mod files;
+pub mod vision;
 
 use std::path::{Path, PathBuf};
 
