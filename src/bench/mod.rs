@@ -152,6 +152,7 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
     report::fill_speedups(&mut runs);
 
     Ok(BenchReport {
+        commit: env!("VISWORD_BUILD_COMMIT").to_string(),
         backend: be.name().to_string(),
         preset: preset.name.to_string(),
         models: preset.summary.to_string(),

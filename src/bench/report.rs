@@ -35,6 +35,8 @@ pub struct RunReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub backend: String,
+    /// The git commit visword was built from (`-dirty` with uncommitted changes).
+    pub commit: String,
     pub preset: String,
     pub models: String,
     pub threads: usize,
@@ -113,6 +115,7 @@ impl BenchReport {
     pub fn render_table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!("backend:  {}\n", self.backend));
+        out.push_str(&format!("commit:   {}\n", self.commit));
         out.push_str(&format!("preset:   {} ({}, random weights)\n", self.preset, self.models));
         out.push_str(&format!("threads:  {}\n", self.threads));
         out.push_str(&format!("cpu:      {}\n", self.cpu_model.as_deref().unwrap_or("unknown")));

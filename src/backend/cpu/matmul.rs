@@ -398,84 +398,83 @@ mod simd {
         _mm_cvtss_f32(s)
     }
 
-    /// Four independent accumulators hide the FMA latency.
+    /// 256-bit dot product for CPUs without AVX-512: `load` widens 8 weights to f32; four
+    /// accumulators hide the FMA latency.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    unsafe fn dot256<W>(w: *const W, x: *const f32, n: usize, load: impl Fn(*const W) -> __m256, scalar: impl Fn(*const W) -> f32) -> f32 {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
             for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 8 * j)), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+                *a = _mm256_fmadd_ps(load(w.add(i + 8 * j)), _mm256_loadu_ps(x.add(i + 8 * j)), *a);
             }
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(load(w.add(i)), _mm256_loadu_ps(x.add(i)), acc[0]);
             i += 8;
         }
         let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
         while i < n {
-            s += *wp.add(i) * *xp.add(i);
+            s += scalar(w.add(i)) * *x.add(i);
             i += 1;
         }
         s
     }
 
-    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn load_bf16(p: *const bf16) -> __m256 {
-        let h = _mm_loadu_si128(p as *const __m128i);
-        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+        dot256(w.as_ptr(), x.as_ptr(), w.len().min(x.len()), |p| _mm256_loadu_ps(p), |p| *p)
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(load_bf16(wp.add(i + 8 * j)), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(load_bf16(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
-            i += 8;
-        }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        while i < n {
-            s += (*wp.add(i)).to_f32() * *xp.add(i);
-            i += 1;
-        }
-        s
+        let load = |p: *const bf16| _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16));
+        dot256(w.as_ptr(), x.as_ptr(), w.len().min(x.len()), load, |p| (*p).to_f32())
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        let ld = |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-        while i + 32 <= n {
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(ld(wp.add(i + 8 * j)), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+        let load = |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        dot256(w.as_ptr(), x.as_ptr(), w.len().min(x.len()), load, |p| (*p).to_f32())
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::simd;
+    use half::{bf16, f16};
+
+    /// Both SIMD widths against a scalar f64 dot, on lengths around every unroll boundary.
+    #[test]
+    fn simd_dots_match_scalar_for_every_width_and_dtype() {
+        let mut s = 12345u64;
+        let mut rnd = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for n in [0, 1, 7, 8, 15, 16, 31, 32, 33, 63, 64, 65, 100, 576, 1000] {
+            let x: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let exact = |w: &dyn Fn(usize) -> f32| (0..n).map(|i| w(i) as f64 * x[i] as f64).sum::<f64>() as f32;
+            let (e32, eb, eh) = (exact(&|i| w[i]), exact(&|i| wb[i].to_f32()), exact(&|i| wh[i].to_f32()));
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * (1.0 + b.abs()) * (n as f32).sqrt().max(1.0);
+            // SAFETY: each kernel runs only when the CPU reports its features.
+            unsafe {
+                if simd::has_avx2_fma() && std::is_x86_feature_detected!("f16c") {
+                    assert!(close(simd::dot_f32(&w, &x), e32), "avx2 f32 n={n}");
+                    assert!(close(simd::dot_bf16(&wb, &x), eb), "avx2 bf16 n={n}");
+                    assert!(close(simd::dot_f16(&wh, &x), eh), "avx2 f16 n={n}");
+                }
+                if simd::has_avx512() {
+                    assert!(close(simd::dot_f32_512(&w, &x), e32), "avx512 f32 n={n}");
+                    assert!(close(simd::dot_bf16_512(&wb, &x), eb), "avx512 bf16 n={n}");
+                    assert!(close(simd::dot_f16_512(&wh, &x), eh), "avx512 f16 n={n}");
+                }
             }
-            i += 32;
         }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(ld(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
-            i += 8;
-        }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        while i < n {
-            s += (*wp.add(i)).to_f32() * *xp.add(i);
-            i += 1;
-        }
-        s
     }
 }
