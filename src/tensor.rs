@@ -104,7 +104,7 @@ impl Tensor {
         let mut shape = shape.to_vec();
         if let Some(pos) = shape.iter().position(|&d| d == usize::MAX) {
             let rest: usize = shape.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| *d).product();
-            if rest == 0 || self.numel() % rest != 0 {
+            if rest == 0 || !self.numel().is_multiple_of(rest) {
                 return Err(Error::shape("reshape", format!("{:?} -> {:?}", self.shape, shape)));
             }
             shape[pos] = self.numel() / rest;

@@ -215,7 +215,7 @@ impl Weights {
             .ok_or_else(|| Error::MissingTensor { name: name.to_string(), path: self.origin.clone() })?;
         let f = &self.files[info.file];
         let bytes = &f.map[info.start..info.end];
-        let aligned = (bytes.as_ptr() as usize) % info.dtype.size() == 0;
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(info.dtype.size());
         let data = if aligned {
             CpuData::Mapped { map: f.map.clone(), start: info.start, end: info.end }
         } else {

@@ -249,13 +249,13 @@ fn layout_ops_and_broadcasting() {
     // Broadcasting: [2,3,4] + [3,1] and [4].
     let y = rng.tensor(&[3, 1]);
     let s = be().add(&x, &y).unwrap();
-    for i in 0..24 {
-        assert_eq!(s.as_f32().unwrap()[i], xv[i] + y.as_f32().unwrap()[(i / 4) % 3]);
+    for (i, v) in xv.iter().enumerate() {
+        assert_eq!(s.as_f32().unwrap()[i], v + y.as_f32().unwrap()[(i / 4) % 3]);
     }
     let z = rng.tensor(&[4]);
     let m = be().mul(&x, &z).unwrap();
-    for i in 0..24 {
-        assert_eq!(m.as_f32().unwrap()[i], xv[i] * z.as_f32().unwrap()[i % 4]);
+    for (i, v) in xv.iter().enumerate() {
+        assert_eq!(m.as_f32().unwrap()[i], v * z.as_f32().unwrap()[i % 4]);
     }
     assert!(be().add(&x, &rng.tensor(&[5])).is_err());
     let padded = be().pad2d(&x, 1, 0, 2, 1).unwrap();

@@ -102,7 +102,8 @@ fn sharded_index() {
 fn malformed_files_are_typed_errors() {
     let d = tmpdir("bad");
     let ok_header = r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type Case = (&'static str, Box<dyn Fn(&Path)>, &'static str);
+    let cases: Vec<Case> = vec![
         ("short", Box::new(|p: &Path| std::fs::write(p, [1u8, 2, 3]).unwrap()), "shorter than the 8-byte header"),
         ("header_past_end", Box::new(|p: &Path| {
             let mut b = 1_000_000u64.to_le_bytes().to_vec();

@@ -153,7 +153,7 @@ pub fn softmax_row(r: &mut [f32]) {
 /// HF rotate_half RoPE: out[..i] = x[i]·cos − x[i+h]·sin, out[i+h] = x[i+h]·cos + x[i]·sin.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
     let s = x.shape();
-    if s.len() != 4 || s[3] % 2 != 0 {
+    if s.len() != 4 || !s[3].is_multiple_of(2) {
         return Err(Error::shape("rope", format!("x must be [B, H, N, D] with even D, got {s:?}")));
     }
     let (n, d) = (s[2], s[3]);
