@@ -114,3 +114,27 @@ fn unknown_backend_and_unavailable_backend_are_clear() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("wgpu"), "{err}");
 }
+
+#[test]
+fn generate_and_embed_bad_inputs() {
+    let d = tmp("gen");
+    let llama = fixtures_dir().join("llama_tied");
+    let m = llama.to_str().unwrap();
+    let dump = d.join("dump.safetensors");
+    let dp = dump.to_str().unwrap();
+    // Token ids past the 300-token vocabulary, and 200 ids past the 128-token context.
+    assert_user_error(&["generate", "--model", m, "--input-ids", "1,2,300", "--max-new-tokens", "2", "--dump", dp], &["300", "vocabulary"]);
+    let long: Vec<String> = (0..200).map(|i| (i % 250).to_string()).collect();
+    assert_user_error(&["generate", "--model", m, "--input-ids", &long.join(","), "--max-new-tokens", "1"], &["200", "context"]);
+    assert_user_error(&["generate", "--model", d.join("none").to_str().unwrap(), "--input-ids", "1"], &["none"]);
+    assert!(!dump.exists(), "a failed generate must not leave its dump behind");
+    // embed: a missing image and a corrupt one.
+    let clip = fixtures_dir().join("clip_quick");
+    let out = d.join("feats.safetensors");
+    let (c, o) = (clip.to_str().unwrap(), out.to_str().unwrap());
+    assert_user_error(&["embed", "--model", c, d.join("missing.png").to_str().unwrap(), "-o", o], &["missing.png"]);
+    let bad = d.join("bad.jpg");
+    std::fs::write(&bad, b"\xff\xd8\xff\xe0 not a jpeg").unwrap();
+    assert_user_error(&["embed", "--model", c, bad.to_str().unwrap(), "-o", o], &["bad.jpg"]);
+    assert!(!out.exists());
+}
