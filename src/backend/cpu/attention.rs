@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::check_f32;
 use super::elementwise::softmax_row;
-use super::matmul::sgemm_serial;
+use super::matmul::{sgemm_serial, WeightElem};
 use crate::backend::{AttnBias, AttnParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -58,7 +58,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<T
             // Keys visible to this block: causal blocks stop at the last query's position.
             let visible = if p.causal { nk - nq + q0 + bq } else { nk };
             let mut s = vec![0f32; bq * visible];
-            sgemm_serial(bq, visible, d, &qh[q0 * d..], d, 1, kh, 1, d, &mut s, false);
+            if bq == 1 {
+                // Decode: one query; plain dot products beat a GEMM call's setup.
+                let qr = &qh[q0 * d..][..d];
+                for (j, sj) in s.iter_mut().enumerate() {
+                    *sj = <f32 as WeightElem>::dot(&kh[j * d..][..d], qr);
+                }
+            } else {
+                sgemm_serial(bq, visible, d, &qh[q0 * d..], d, 1, kh, 1, d, &mut s, false);
+            }
             for (r, row) in s.chunks_mut(visible).enumerate() {
                 let qi = q0 + r;
                 row.iter_mut().for_each(|x| *x *= p.scale);
@@ -77,7 +85,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<T
                 }
                 softmax_row(row);
             }
-            sgemm_serial(bq, d, visible, &s, visible, 1, vh, d, 1, &mut o[..bq * d], false);
+            if bq == 1 {
+                let o = &mut o[..d];
+                o.iter_mut().for_each(|v| *v = 0.0);
+                for (j, &pj) in s.iter().enumerate() {
+                    for (ov, vv) in o.iter_mut().zip(&vh[j * d..][..d]) {
+                        *ov += pj * vv;
+                    }
+                }
+            } else {
+                sgemm_serial(bq, d, visible, &s, visible, 1, vh, d, 1, &mut o[..bq * d], false);
+            }
         };
         if parallel {
             o_head.par_chunks_mut(BLOCK_Q * d).enumerate().for_each(|(blk, o)| block(blk, o));
