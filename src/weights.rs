@@ -420,8 +420,3 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::io::BufWriter<File
     }
     Ok(())
 }
-
-/// Number of elements of every tensor (for `visword inspect`).
-pub fn param_count(w: &Weights) -> usize {
-    w.infos().map(|i| numel(&i.shape)).sum()
-}

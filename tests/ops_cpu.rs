@@ -258,6 +258,12 @@ fn layout_ops_and_broadcasting() {
         assert_eq!(m.as_f32().unwrap()[i], v * z.as_f32().unwrap()[i % 4]);
     }
     assert!(be().add(&x, &rng.tensor(&[5])).is_err());
+    let d = be().sub(&x, &y).unwrap();
+    let a = be().affine(&x, -2.0, 0.5).unwrap();
+    for (i, v) in xv.iter().enumerate() {
+        assert_eq!(d.as_f32().unwrap()[i], v - y.as_f32().unwrap()[(i / 4) % 3]);
+        assert_eq!(a.as_f32().unwrap()[i], v * -2.0 + 0.5);
+    }
     let padded = be().pad2d(&x, 1, 0, 2, 1).unwrap();
     assert_eq!(padded.shape(), &[2, 4, 7]);
     assert_eq!(padded.as_f32().unwrap()[7 + 2], xv[0]);

@@ -1,11 +1,12 @@
 //! GEMM and GEMV.
 //!
-//! * M > `GEMV_MAX_M`: the `gemm` crate (packed, register-blocked, multi-threaded) on f32; half
-//!   weights are widened to f32 once per call (prefill amortises that over M rows).
+//! * M > `GEMV_MAX_M`: the `gemm` crate's packed AVX-512 kernels on f32, with the weight rows
+//!   split across threads; half weights are widened 256 rows at a time into a per-thread buffer.
 //! * M ≤ `GEMV_MAX_M` (decode): our own GEMV that streams each weight row once, in its stored
-//!   dtype, with AVX2/FMA dot products and rows split across threads. Napkin math: a decode
-//!   step of SmolLM2-135M reads 0.54 GB of f32 weights (0.27 GB bf16); at ~28 GB/s that is a
-//!   ~19 ms (~10 ms) floor, so the kernel must be bandwidth-bound, not compute-bound.
+//!   dtype, with AVX-512 (or AVX2/FMA) dot products, software prefetch, and rows split across
+//!   threads. Napkin math: a decode step of SmolLM2-135M reads 0.54 GB of f32 weights (0.27 GB
+//!   bf16); at the ~24 GB/s this class of machine copies, that is a ~22 ms (~11 ms) floor, so the
+//!   kernel must be bandwidth-bound, not compute-bound.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
