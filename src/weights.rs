@@ -336,6 +336,20 @@ impl<'a> VarView<'a> {
         self.weights.contains(&self.full_name(name))
     }
 
+    /// The shape `name` is stored with, for tensors whose size a model reads from the checkpoint
+    /// (e.g. SAM's relative-position tables). Synthetic weights store nothing, so they report
+    /// `expected`, the shape the model would ask for.
+    pub fn stored_shape(&self, name: &str, expected: &[usize]) -> Result<Vec<usize>> {
+        if self.weights.is_synthetic() {
+            return Ok(expected.to_vec());
+        }
+        let full = self.full_name(name);
+        match self.weights.info(&full) {
+            Some(info) => Ok(info.shape.clone()),
+            None => Err(Error::MissingTensor { name: full, path: self.weights.origin().to_path_buf() }),
+        }
+    }
+
     /// The tensor in its stored dtype, shape-checked, on the backend.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_host(name, shape)?;

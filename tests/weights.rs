@@ -69,6 +69,8 @@ fn round_trip_every_dtype_zero_copy() {
         }
         other => panic!("expected a shape error, got {other:?}"),
     }
+    assert_eq!(vv.stored_shape("f32", &[1]).unwrap(), vec![3, 5], "stored shape, whatever was expected");
+    assert!(matches!(vv.stored_shape("missing", &[1]), Err(Error::MissingTensor { .. })));
     match vv.get("missing", &[1]) {
         Err(e @ Error::MissingTensor { .. }) => assert!(e.to_string().contains("a.missing")),
         other => panic!("expected a missing-tensor error, got {other:?}"),
@@ -159,6 +161,7 @@ fn synthetic_weights_are_deterministic_and_shaped_as_asked() {
     assert_ne!(a.to_f32_vec().unwrap(), c, "different names give different values");
     let norm = vv.get_f32("norm.weight", &[16]).unwrap().to_f32_vec().unwrap();
     assert!(norm.iter().all(|v| (0.85..=1.15).contains(v)), "norm weights sit near 1");
+    assert_eq!(vv.stored_shape("anything", &[7, 3]).unwrap(), vec![7, 3], "synthetic weights report the asked shape");
     let other_seed = Weights::synthetic(43, DType::BF16);
     let d = VarView::new(&other_seed, &be).pp("layers.0").get("fc.weight", &[8, 16]).unwrap();
     assert_ne!(a.to_f32_vec().unwrap(), d.to_f32_vec().unwrap());

@@ -1,7 +1,8 @@
 //! Attention, flash-style in the sense that matters on a CPU: queries are processed in blocks of
 //! `BLOCK_Q`, so at most `BLOCK_Q × Nk` scores exist per task (a 4096-token SAM global layer
 //! never materialises its 4096² score matrix). Each block is two small GEMMs (Q·Kᵀ, P·V) around a
-//! row softmax, with the optional bias, causal mask and GQA head mapping applied in between.
+//! row softmax, with the optional bias, causal mask and GQA head mapping applied in between; a
+//! single query (decode) uses plain dot products instead of GEMM calls.
 
 use rayon::prelude::*;
 

@@ -102,18 +102,12 @@ fn norm(vv: &VarView, d: usize) -> Result<(Tensor, Tensor)> {
 
 /// Load a relative-position table of any length with `dim` columns and expand it for side `size`.
 fn rel_table(vv: &VarView, name: &str, dim: usize, size: usize) -> Result<Tensor> {
-    let full = vv.full_name(name);
-    let len = match vv.weights().info(&full) {
-        Some(info) => {
-            if info.shape.len() != 2 || info.shape[1] != dim || info.shape[0] == 0 {
-                return Err(Error::TensorShape { name: full, expected: vec![2 * size - 1, dim], got: info.shape.clone() });
-            }
-            info.shape[0]
-        }
-        // Random weights have no stored shape: take the length the grid needs.
-        None if vv.weights().is_synthetic() => 2 * size - 1,
-        None => return Err(Error::MissingTensor { name: full, path: vv.weights().origin().to_path_buf() }),
-    };
+    let expected = [2 * size - 1, dim];
+    let shape = vv.stored_shape(name, &expected)?;
+    if shape.len() != 2 || shape[1] != dim || shape[0] == 0 {
+        return Err(Error::TensorShape { name: vv.full_name(name), expected: expected.to_vec(), got: shape });
+    }
+    let len = shape[0];
     let table = vv.get_host(name, &[len, dim])?.to_f32_vec()?;
     let expanded = get_rel_pos(&table, len, dim, size, size)?;
     vv.backend().upload(&Tensor::from_f32(expanded, vec![size, size, dim])?)
