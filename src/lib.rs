@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod image_io;
 pub mod models;
 pub mod preprocess;
+pub mod superpixels;
 pub mod tensor;
 pub mod weights;
 

@@ -9,7 +9,6 @@
 
 pub mod machine;
 pub mod presets;
-pub mod projector;
 pub mod report;
 pub mod stack;
 
@@ -19,7 +18,7 @@ use crate::backend::{Backend, BackendKind};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
-use projector::{Projector, ProjectorKind};
+use crate::models::projector::ProjectorKind;
 use report::{median, BenchReport, RunReport, StagesMs};
 use stack::Stack;
 
@@ -78,15 +77,15 @@ pub fn run(opts: &Options) -> Result<BenchReport> {
 fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
     let preset = presets::preset(opts.preset.as_deref().unwrap_or(presets::default_preset_name(be)))?;
     let dtype = opts.weight_dtype.unwrap_or(preset.weight_dtype);
-    let kinds = ProjectorKind::ALL;
+    let kinds = [ProjectorKind::Mlp, ProjectorKind::Pool(2), ProjectorKind::Pool(3)];
     let iterations = 1 + opts.runs;
-    let bar = progress_bar(opts.progress, (4 + iterations * (1 + kinds.len())) as u64);
+    let bar = progress_bar(opts.progress, (3 + iterations * (1 + kinds.len())) as u64);
 
     let stack = Stack::build(&preset, be, dtype, SEED, &|part| {
         bar.set_message(format!("random weights: {part}"));
         bar.inc(1);
     })?;
-    let projectors = kinds.iter().map(|&k| Projector::new(be, k, stack.grid)).collect::<Result<Vec<_>>>()?;
+    let projectors = kinds.iter().map(|&k| stack.projector(be, k)).collect::<Result<Vec<_>>>()?;
     let mut samples: Vec<Samples> = kinds.iter().map(|_| Samples::default()).collect();
 
     for it in 0..iterations {

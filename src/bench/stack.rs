@@ -25,7 +25,7 @@ use crate::tensor::Tensor;
 use crate::weights::{VarView, Weights};
 
 use super::presets::{Preset, VisionKind, SAM_IMAGE, VISION_IMAGE, VISION_PATCH};
-use super::projector::{MlpProjector, Projector, ProjectorKind};
+use crate::models::projector::{Projector, ProjectorDims, ProjectorKind, SvpConfig};
 
 /// Text around the image in LISA's llava_v1 prompt: BOS + system sentence + "USER: " before the
 /// image, the segmentation question + " ASSISTANT:" after (about 28 + 14 Llama tokens).
@@ -83,7 +83,9 @@ pub struct Stack {
     feature_layer: i64,
     sam: Sam,
     llm: Llama,
-    mlp: MlpProjector,
+    weights: Weights,
+    /// Vision feature width C.
+    vision_width: usize,
     /// Side of the vision patch grid (24).
     pub grid: usize,
     vision_pixels: Tensor,
@@ -129,10 +131,6 @@ impl Stack {
         let llm_json = preset.llm_config.as_object().ok_or_else(|| Error::config(path, "the LLM config is not a JSON object"))?;
         let llm = Llama::from_weights(LlamaConfig::from_json(llm_json, path)?, &root)?;
 
-        step("projector");
-        let d = llm.config.hidden_size;
-        let mlp = MlpProjector::load(&root.pp("model.mm_projector"), width, d)?;
-
         let vocab = llm.config.vocab_size;
         let vision_pixels = be.upload(&Tensor::from_f32(pseudo_random(seed ^ 1, 3 * VISION_IMAGE * VISION_IMAGE, -2.0, 2.0), vec![1, 3, VISION_IMAGE, VISION_IMAGE])?)?;
         let sam_pixels = be.upload(&Tensor::from_f32(pseudo_random(seed ^ 2, 3 * SAM_IMAGE * SAM_IMAGE, -2.0, 2.0), vec![1, 3, SAM_IMAGE, SAM_IMAGE])?)?;
@@ -142,7 +140,8 @@ impl Stack {
             feature_layer: preset.feature_layer,
             sam,
             llm,
-            mlp,
+            weights,
+            vision_width: width,
             grid: VISION_IMAGE / VISION_PATCH,
             vision_pixels,
             sam_pixels,
@@ -150,6 +149,12 @@ impl Stack {
             suffix_ids: pseudo_ids(seed ^ 4, SUFFIX_TOKENS, vocab),
             prompts: Prompts { points: vec![vec![PointPrompt { x: centre, y: centre, label: 1 }]], ..Default::default() },
         })
+    }
+
+    /// A projector over the stack's random weights (`model.mm_projector.*`, `model.svp.*`).
+    pub fn projector(&self, be: &Backend, kind: ProjectorKind) -> Result<Projector> {
+        let dims = ProjectorDims { vision_width: self.vision_width, llm_width: self.llm.config.hidden_size, grid: self.grid };
+        Projector::load(be, &VarView::new(&self.weights, be).pp("model"), kind, dims, &SvpConfig::default())
     }
 
     pub fn text_tokens(&self) -> usize {
@@ -173,7 +178,7 @@ impl Stack {
 
     /// Projector → prefill → `decode_tokens` greedy steps (never stopping at eos) → mask decoder.
     pub fn run_path(&self, be: &Backend, enc: &Encoded, projector: &Projector, decode_tokens: usize) -> Result<PathTimes> {
-        let (visual, projector_ms) = timed(be, || projector.forward(be, &self.mlp, &enc.features))?;
+        let (visual, projector_ms) = timed(be, || projector.forward(be, &enc.features, None))?;
         let prompt_len = self.text_tokens() + visual.dim(0);
         // Allocated outside the timed region: a serving loop keeps its cache.
         let mut cache = self.llm.new_cache(be, prompt_len + decode_tokens + 1)?;
@@ -201,7 +206,7 @@ impl Stack {
 
     /// Visual and whole-prompt token counts for a projector.
     pub fn token_counts(&self, kind: ProjectorKind) -> (usize, usize) {
-        let visual = kind.visual_tokens(self.grid);
+        let visual = kind.fixed_visual_tokens(self.grid).unwrap_or(0);
         (visual, visual + self.text_tokens())
     }
 }
@@ -241,7 +246,7 @@ mod tests {
         let enc = stack.encode(&be).unwrap();
         assert_eq!(enc.features.shape(), &[576, 32]);
         assert_eq!(enc.image_embeddings.shape(), &[1, 32, 64, 64]);
-        let pool = Projector::new(&be, ProjectorKind::Pool(3), stack.grid).unwrap();
+        let pool = stack.projector(&be, ProjectorKind::Pool(3)).unwrap();
         let t = stack.run_path(&be, &enc, &pool, 2).unwrap();
         assert!(t.prefill_ms > 0.0 && t.mask_decoder_ms > 0.0 && t.decode_ms_per_token.is_some());
         assert_eq!(stack.token_counts(ProjectorKind::Pool(3)), (64, 64 + PREFIX_TOKENS + SUFFIX_TOKENS));

@@ -5,6 +5,7 @@ pub mod clip;
 pub mod dinov2;
 pub mod generate;
 pub mod llama;
+pub mod projector;
 pub mod sam;
 pub mod tokenizer;
 pub mod vit;
