@@ -187,6 +187,19 @@ impl ImageProcessor {
         }
     }
 
+    /// The rectangle of a `height × width` image the processed pixels show, in original pixels:
+    /// `[x0, y0, x1, y1)` (f64). Resizing scales, the centre crop cuts (or pads, then the
+    /// rectangle reaches past the image); superpixels are built over this view (docs/svp.md §1).
+    pub fn view_rect(&self, height: usize, width: usize) -> [f64; 4] {
+        let (rh, rw) = self.resized_size(height, width);
+        let (ch, cw) = if self.do_center_crop { self.crop_size } else { (rh, rw) };
+        let (sy, dy, _) = crop_axis(rh, ch, self.flavor);
+        let (sx, dx, _) = crop_axis(rw, cw, self.flavor);
+        let (y0, x0) = (sy as f64 - dy as f64, sx as f64 - dx as f64);
+        let (fy, fx) = (height as f64 / rh as f64, width as f64 / rw as f64);
+        [x0 * fx, y0 * fy, (x0 + cw as f64) * fx, (y0 + ch as f64) * fy]
+    }
+
     /// Decode `path` (refusing images over `max_pixels`) and preprocess it.
     pub fn preprocess_file(&self, path: &Path, max_pixels: u64) -> Result<Tensor> {
         let img = crate::image_io::load_rgb(path, max_pixels)?;

@@ -9,8 +9,15 @@
 //! ```
 
 pub mod config;
+pub mod frame;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::models::sam::Sam;
+use crate::tensor::Tensor;
 
 pub use config::SuperpixelConfig;
+pub use frame::Frame;
 
 /// The superpixels of one image.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,4 +36,11 @@ pub struct Superpixels {
     /// Per superpixel: centroid (cx, cy), box (x0, y0, x1, y1) and area fraction, normalised to
     /// the view (docs/svp.md §2.10).
     pub geometry: Vec<[f32; 7]>,
+}
+
+/// SAM's automatic mask generation on `image_embeddings` ([1, C, E, E], from `sam`) and the
+/// label map, geometry and coverage on a `grid × grid` patch grid over the frame's view.
+pub fn generate(be: &Backend, sam: &Sam, image_embeddings: &Tensor, frame: &Frame, grid: usize, cfg: &SuperpixelConfig) -> Result<Superpixels> {
+    let _ = (be, sam, image_embeddings, frame, grid, cfg);
+    Err(Error::arg("superpixels", "superpixel generation is not available in this build yet"))
 }
