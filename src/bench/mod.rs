@@ -8,6 +8,7 @@
 //! peak and its own path's peak.
 
 pub mod machine;
+pub mod photos;
 pub mod presets;
 pub mod report;
 pub mod stack;
@@ -41,11 +42,16 @@ pub struct Options {
     pub threads: Option<usize>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Superpixel point grid side (None: the preset's).
+    pub points_per_side: Option<usize>,
 }
 
 /// Samples of one projector row across the timed iterations.
 #[derive(Default)]
 struct Samples {
+    visual_tokens: Vec<f64>,
+    prompt_tokens: Vec<f64>,
+    superpixels: Vec<f64>,
     vision: Vec<f64>,
     sam: Vec<f64>,
     projector: Vec<f64>,
@@ -77,14 +83,19 @@ pub fn run(opts: &Options) -> Result<BenchReport> {
 fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
     let preset = presets::preset(opts.preset.as_deref().unwrap_or(presets::default_preset_name(be)))?;
     let dtype = opts.weight_dtype.unwrap_or(preset.weight_dtype);
-    let kinds = [ProjectorKind::Mlp, ProjectorKind::Pool(2), ProjectorKind::Pool(3)];
+    let kinds = ProjectorKind::ALL;
     let iterations = 1 + opts.runs;
     let bar = progress_bar(opts.progress, (3 + iterations * (1 + kinds.len())) as u64);
 
-    let stack = Stack::build(&preset, be, dtype, SEED, &|part| {
+    let mut stack = Stack::build(&preset, be, dtype, SEED, &|part| {
         bar.set_message(format!("random weights: {part}"));
         bar.inc(1);
     })?;
+    if let Some(n) = opts.points_per_side {
+        let cfg = crate::superpixels::SuperpixelConfig { points_per_side: n, ..preset.superpixels.clone() };
+        cfg.validate("--points-per-side")?;
+        stack.set_superpixel_config(cfg);
+    }
     let projectors = kinds.iter().map(|&k| stack.projector(be, k)).collect::<Result<Vec<_>>>()?;
     let mut samples: Vec<Samples> = kinds.iter().map(|_| Samples::default()).collect();
 
@@ -95,7 +106,8 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
 
         bar.set_message(format!("{label}: encoders"));
         machine::reset_peak_memory();
-        let enc = stack.encode(be)?;
+        // Each iteration takes the next photo, so the timed runs cover them all in turn.
+        let enc = stack.encode(be, it)?;
         let enc_peak = machine::peak_memory_bytes();
         bar.inc(1);
 
@@ -108,6 +120,9 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
             if warmup {
                 continue;
             }
+            s.visual_tokens.push(t.visual_tokens as f64);
+            s.prompt_tokens.push(t.prompt_tokens as f64);
+            s.superpixels.extend(t.superpixels_ms);
             s.vision.push(enc.vision_ms);
             s.sam.push(enc.sam_ms);
             s.projector.push(t.projector_ms);
@@ -129,13 +144,15 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
             let stages_ms = StagesMs {
                 vision_encoder: m(&s.vision),
                 sam_encoder: m(&s.sam),
-                superpixels: None,
+                superpixels: median(&s.superpixels).map(us),
                 projector: m(&s.projector),
                 prefill: m(&s.prefill),
                 decode_per_token: median(&s.decode).map(us),
                 mask_decoder: m(&s.mask),
             };
-            let (visual_tokens, prompt_tokens) = stack.token_counts(kind);
+            // svp's count varies with the photo: the median over the timed runs.
+            let count = |v: &[f64]| median(v).unwrap_or(0.0).round() as usize;
+            let (visual_tokens, prompt_tokens) = (count(&s.visual_tokens), count(&s.prompt_tokens));
             RunReport {
                 projector: kind.name(),
                 visual_tokens,
@@ -159,6 +176,7 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
         cpu_model: machine::cpu_model(),
         weight_dtype: dtype.to_string(),
         text_tokens: stack.text_tokens(),
+        photos: stack.photo_count(),
         decode_tokens: opts.decode_tokens,
         timed_runs: opts.runs,
         warmup_runs: 1,

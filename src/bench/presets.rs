@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::superpixels::SuperpixelConfig;
 
 /// Vision encoder input side and patch (CLIP ViT-L/14-336 geometry).
 pub const VISION_IMAGE: usize = 336;
@@ -43,6 +44,17 @@ pub struct Preset {
     /// `config.json` of `LlamaForCausalLM`.
     pub llm_config: Value,
     pub weight_dtype: DType,
+    /// Superpixel generation on the preset's SAM (`random_weight_superpixels`).
+    pub superpixels: SuperpixelConfig,
+}
+
+/// Superpixel thresholds for SAM with random weights. Its IoU head predicts noise and its masks
+/// are smooth blobs, so the trained-model defaults (IoU ≥ 0.86, stability ≥ 0.92) would reject
+/// every mask and leave one "rest" region; these keep the masks the geometry filters (area, box
+/// NMS, level selection, merging) accept, so the svp row pays for, and counts, as many visual
+/// words as a real photo gives a trained SAM. The point grid stays the default 32×32.
+pub fn random_weight_superpixels() -> SuperpixelConfig {
+    SuperpixelConfig { pred_iou_thresh: -1000.0, stability_thresh: 0.5, ..SuperpixelConfig::default() }
 }
 
 /// The preset the backend can run in reasonable time: the small one on the CPU, the real LISA-7B
@@ -137,6 +149,7 @@ fn tiny() -> Preset {
         sam_config: sam(32, 2, 2, &[1], 32, 64, 2),
         llm_config: llama(64, 2, 4, 2, 128, 4096, true, 2048, 10000.0),
         weight_dtype: DType::F32,
+        superpixels: random_weight_superpixels(),
     }
 }
 
@@ -151,6 +164,7 @@ fn cpu() -> Preset {
         sam_config: sam(384, 6, 6, &[2, 5], 256, 2048, 8),
         llm_config: llama(576, 30, 9, 3, 1536, 49152, true, 8192, 100000.0),
         weight_dtype: DType::BF16,
+        superpixels: random_weight_superpixels(),
     }
 }
 
@@ -173,6 +187,7 @@ fn lisa_7b() -> Preset {
         sam_config: sam_vit_h(),
         llm_config: llama_2_7b(),
         weight_dtype: DType::BF16,
+        superpixels: random_weight_superpixels(),
     }
 }
 
@@ -200,6 +215,7 @@ fn dinov2_lisa_7b() -> Preset {
         sam_config: sam_vit_h(),
         llm_config: llama_2_7b(),
         weight_dtype: DType::BF16,
+        superpixels: random_weight_superpixels(),
     }
 }
 

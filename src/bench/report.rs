@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-/// Median time of each stage, in milliseconds. `None` for a stage that did not run: the
-/// superpixel stage is not part of the pipeline yet, and `decode_per_token` with 0 decode tokens.
+/// Median time of each stage, in milliseconds. `None` for a stage that did not run:
+/// `superpixels` outside the svp row, `decode_per_token` with 0 decode tokens.
 #[derive(Clone, Debug, Serialize)]
 pub struct StagesMs {
     pub vision_encoder: f64,
@@ -18,6 +18,7 @@ pub struct StagesMs {
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     pub projector: String,
+    /// Median over the timed runs (svp's count depends on the photo).
     pub visual_tokens: usize,
     /// Visual tokens plus the text around them.
     pub prompt_tokens: usize,
@@ -43,6 +44,8 @@ pub struct BenchReport {
     pub cpu_model: Option<String>,
     pub weight_dtype: String,
     pub text_tokens: usize,
+    /// Photos the timed runs cycle through.
+    pub photos: usize,
     pub decode_tokens: usize,
     /// Timed repetitions per stage (medians reported), after `warmup_runs` untimed ones.
     pub timed_runs: usize,
@@ -121,8 +124,8 @@ impl BenchReport {
         out.push_str(&format!("cpu:      {}\n", self.cpu_model.as_deref().unwrap_or("unknown")));
         out.push_str(&format!("weights:  {}\n", self.weight_dtype));
         out.push_str(&format!(
-            "timing:   median of {} run(s) after {} warm-up; {} text tokens; {} decode tokens; times in ms\n\n",
-            self.timed_runs, self.warmup_runs, self.text_tokens, self.decode_tokens
+            "timing:   median of {} run(s) after {} warm-up over {} photo(s); {} text tokens; {} decode tokens; times in ms\n\n",
+            self.timed_runs, self.warmup_runs, self.photos, self.text_tokens, self.decode_tokens
         ));
         let header = [
             "projector", "visual", "prompt", "vision_enc", "sam_enc", "superpixels", "projector", "prefill", "decode/tok",

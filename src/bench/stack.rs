@@ -1,10 +1,11 @@
 //! The benchmarked LISA-style stack on random weights, and its timed stages.
 //!
 //! ```text
-//! image 336² ─ vision encoder ─ [576, C] ─ projector ─ [S, d] ─┐
+//! photo ─ CLIP preprocessing 336² ─ vision encoder ─ [576, C] ─ projector ─ [S, d] ─┐
+//!                                     (svp: + superpixels from SAM's embedding) │
 //!   text prefix ids ─ embed ─────────────────────────────────── concat ─ LLM prefill ─ N greedy decode steps
 //!   text suffix ids ─ embed ───────────────────────────────────┘
-//! image 1024² ─ SAM image encoder ─ [1, 256, 64, 64] ─ prompt encoder + mask decoder (one prompt) ─ 256² mask logits
+//! photo ─ SAM preprocessing 1024² ─ SAM image encoder ─ [1, 256, 64, 64] ─ prompt encoder + mask decoder (one prompt) ─ 256² mask logits
 //! ```
 //! Each timed stage ends with `Backend::synchronize` (and so starts on a drained backend), so a
 //! GPU backend's queued work is counted in the stage that queued it.
@@ -19,11 +20,15 @@ use crate::models::clip::{ClipVisionConfig, ClipVisionModel};
 use crate::models::dinov2::{Dinov2Config, Dinov2Model};
 use crate::models::generate::argmax;
 use crate::models::llama::{Input, Llama, LlamaConfig, Logits};
+use crate::models::sam::preprocess::preprocess as sam_preprocess;
 use crate::models::sam::{PointPrompt, Prompts, Sam, SamConfig};
+use crate::preprocess::ImageProcessor;
+use crate::superpixels::{generate, Frame, SuperpixelConfig};
 use crate::models::vit::{self, VisionTower};
 use crate::tensor::Tensor;
 use crate::weights::{VarView, Weights};
 
+use super::photos;
 use super::presets::{Preset, VisionKind, SAM_IMAGE, VISION_IMAGE, VISION_PATCH};
 use crate::models::projector::{Projector, ProjectorDims, ProjectorKind, SvpConfig};
 
@@ -61,16 +66,30 @@ fn pseudo_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
 
 /// The encoders' outputs of one image, with their times.
 pub struct Encoded {
+    pub photo: &'static str,
     pub vision_ms: f64,
     pub sam_ms: f64,
     /// Patch features `[N, C]`.
     features: Tensor,
     /// SAM image embeddings `[1, 256, 64, 64]`.
     image_embeddings: Tensor,
+    frame: Frame,
+}
+
+/// One embedded photo, ready for both encoders.
+struct Photo {
+    name: &'static str,
+    vision_pixels: Tensor,
+    sam_pixels: Tensor,
+    frame: Frame,
 }
 
 /// Times of one projector's path through the LLM and the mask decoder.
 pub struct PathTimes {
+    /// Superpixel generation (svp only).
+    pub superpixels_ms: Option<f64>,
+    pub visual_tokens: usize,
+    pub prompt_tokens: usize,
     pub projector_ms: f64,
     pub prefill_ms: f64,
     /// None when no decode step was asked for.
@@ -88,8 +107,9 @@ pub struct Stack {
     vision_width: usize,
     /// Side of the vision patch grid (24).
     pub grid: usize,
-    vision_pixels: Tensor,
-    sam_pixels: Tensor,
+    /// The embedded photos, preprocessed for both encoders.
+    photos: Vec<Photo>,
+    superpixels: SuperpixelConfig,
     prefix_ids: Vec<u32>,
     suffix_ids: Vec<u32>,
     prompts: Prompts,
@@ -132,8 +152,24 @@ impl Stack {
         let llm = Llama::from_weights(LlamaConfig::from_json(llm_json, path)?, &root)?;
 
         let vocab = llm.config.vocab_size;
-        let vision_pixels = be.upload(&Tensor::from_f32(pseudo_random(seed ^ 1, 3 * VISION_IMAGE * VISION_IMAGE, -2.0, 2.0), vec![1, 3, VISION_IMAGE, VISION_IMAGE])?)?;
-        let sam_pixels = be.upload(&Tensor::from_f32(pseudo_random(seed ^ 2, 3 * SAM_IMAGE * SAM_IMAGE, -2.0, 2.0), vec![1, 3, SAM_IMAGE, SAM_IMAGE])?)?;
+        let clip_processor = ImageProcessor::clip(VISION_IMAGE);
+        let mask_size = sam.mask_size();
+        let photos = photos::photos()?
+            .into_iter()
+            .map(|(name, img)| {
+                let sam_in = sam_preprocess(&img, SAM_IMAGE)?;
+                let (h, w) = sam_in.original_size;
+                Ok(Photo {
+                    name,
+                    vision_pixels: be.upload(&clip_processor.preprocess(&img)?)?,
+                    sam_pixels: be.upload(&sam_in.pixel_values)?,
+                    frame: Frame::new((h, w), SAM_IMAGE, mask_size, clip_processor.view_rect(h, w))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if photos.is_empty() {
+            return Err(Error::arg("bench", "no photos are embedded"));
+        }
         let centre = SAM_IMAGE as f32 / 2.0;
         Ok(Stack {
             vision,
@@ -143,8 +179,8 @@ impl Stack {
             weights,
             vision_width: width,
             grid: VISION_IMAGE / VISION_PATCH,
-            vision_pixels,
-            sam_pixels,
+            photos,
+            superpixels: preset.superpixels.clone(),
             prefix_ids: pseudo_ids(seed ^ 3, PREFIX_TOKENS, vocab),
             suffix_ids: pseudo_ids(seed ^ 4, SUFFIX_TOKENS, vocab),
             prompts: Prompts { points: vec![vec![PointPrompt { x: centre, y: centre, label: 1 }]], ..Default::default() },
@@ -161,10 +197,21 @@ impl Stack {
         self.prefix_ids.len() + self.suffix_ids.len()
     }
 
-    /// The vision encoder's feature-layer patch tokens and SAM's image embeddings.
-    pub fn encode(&self, be: &Backend) -> Result<Encoded> {
+    pub fn photo_count(&self) -> usize {
+        self.photos.len()
+    }
+
+    /// Set the superpixel generator's options (the preset's by default).
+    pub fn set_superpixel_config(&mut self, cfg: SuperpixelConfig) {
+        self.superpixels = cfg;
+    }
+
+    /// The vision encoder's feature-layer patch tokens and SAM's image embeddings of photo
+    /// `index` (modulo the number of photos).
+    pub fn encode(&self, be: &Backend, index: usize) -> Result<Encoded> {
+        let photo = &self.photos[index % self.photos.len()];
         let (features, vision_ms) = timed(be, || {
-            let seq = self.vision.feature_layer(be, &self.vision_pixels, self.feature_layer)?;
+            let seq = self.vision.feature_layer(be, &photo.vision_pixels, self.feature_layer)?;
             let patches = vit::patch_tokens(be, &seq)?;
             let (n, c) = (patches.dim(1), patches.dim(2));
             patches.reshape(&[n, c])
@@ -172,21 +219,31 @@ impl Stack {
         if features.dim(0) != self.grid * self.grid {
             return Err(Error::shape("bench", format!("vision encoder gave {} patch tokens, expected {}", features.dim(0), self.grid * self.grid)));
         }
-        let (image_embeddings, sam_ms) = timed(be, || self.sam.image_embeddings(be, &self.sam_pixels))?;
-        Ok(Encoded { vision_ms, sam_ms, features, image_embeddings })
+        let (image_embeddings, sam_ms) = timed(be, || self.sam.image_embeddings(be, &photo.sam_pixels))?;
+        Ok(Encoded { photo: photo.name, vision_ms, sam_ms, features, image_embeddings, frame: photo.frame })
     }
 
-    /// Projector → prefill → `decode_tokens` greedy steps (never stopping at eos) → mask decoder.
+    /// (svp: superpixels →) projector → prefill → `decode_tokens` greedy steps (never stopping
+    /// at eos) → mask decoder.
     pub fn run_path(&self, be: &Backend, enc: &Encoded, projector: &Projector, decode_tokens: usize) -> Result<PathTimes> {
-        let (visual, projector_ms) = timed(be, || projector.forward(be, &enc.features, None))?;
-        let prompt_len = self.text_tokens() + visual.dim(0);
+        let (superpixels, superpixels_ms) = if projector.kind == ProjectorKind::Svp {
+            let (sp, ms) = timed(be, || generate(be, &self.sam, &enc.image_embeddings, &enc.frame, self.grid, &self.superpixels))?;
+            (Some(sp), Some(ms))
+        } else {
+            (None, None)
+        };
+        let (visual, projector_ms) = timed(be, || projector.forward(be, &enc.features, superpixels.as_ref()))?;
+        let visual_tokens = visual.dim(0);
+        let prompt_len = self.text_tokens() + visual_tokens;
         // Allocated outside the timed region: a serving loop keeps its cache.
         let mut cache = self.llm.new_cache(be, prompt_len + decode_tokens + 1)?;
 
         let (mut token, prefill_ms) = timed(be, || {
             let prefix = self.llm.embed(be, &self.prefix_ids)?;
             let suffix = self.llm.embed(be, &self.suffix_ids)?;
-            let embeds = be.concat(&[&prefix, &visual, &suffix], 0)?;
+            // S = 0 (an image without superpixels) leaves the text alone.
+            let parts: Vec<&Tensor> = [&prefix, &visual, &suffix].into_iter().filter(|t| t.dim(0) > 0).collect();
+            let embeds = be.concat(&parts, 0)?;
             let out = self.llm.forward(be, Input::Embeds(&embeds), &mut cache, Logits::Last, false)?;
             next_token(be, out.logits)
         })?;
@@ -201,14 +258,9 @@ impl Stack {
         let decode_ms_per_token = (decode_tokens > 0).then(|| decode_ms / decode_tokens as f64);
 
         let (_, mask_decoder_ms) = timed(be, || self.sam.predict(be, &enc.image_embeddings, &self.prompts, false))?;
-        Ok(PathTimes { projector_ms, prefill_ms, decode_ms_per_token, mask_decoder_ms })
+        Ok(PathTimes { superpixels_ms, visual_tokens, prompt_tokens: prompt_len, projector_ms, prefill_ms, decode_ms_per_token, mask_decoder_ms })
     }
 
-    /// Visual and whole-prompt token counts for a projector.
-    pub fn token_counts(&self, kind: ProjectorKind) -> (usize, usize) {
-        let visual = kind.fixed_visual_tokens(self.grid).unwrap_or(0);
-        (visual, visual + self.text_tokens())
-    }
 }
 
 /// Greedy choice from last-position logits (the one host read per token, as in a real decoder).
@@ -243,12 +295,13 @@ mod tests {
         });
         let be = Backend::cpu();
         let stack = Stack::build(&p, &be, DType::BF16, 7, &|_| {}).unwrap();
-        let enc = stack.encode(&be).unwrap();
+        let enc = stack.encode(&be, 0).unwrap();
         assert_eq!(enc.features.shape(), &[576, 32]);
         assert_eq!(enc.image_embeddings.shape(), &[1, 32, 64, 64]);
         let pool = stack.projector(&be, ProjectorKind::Pool(3)).unwrap();
         let t = stack.run_path(&be, &enc, &pool, 2).unwrap();
         assert!(t.prefill_ms > 0.0 && t.mask_decoder_ms > 0.0 && t.decode_ms_per_token.is_some());
-        assert_eq!(stack.token_counts(ProjectorKind::Pool(3)), (64, 64 + PREFIX_TOKENS + SUFFIX_TOKENS));
+        assert_eq!((t.visual_tokens, t.prompt_tokens), (64, 64 + PREFIX_TOKENS + SUFFIX_TOKENS));
+        assert!(t.superpixels_ms.is_none());
     }
 }

@@ -33,6 +33,9 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Superpixel point grid side for the svp row (default: the preset's, 32).
+    #[arg(long)]
+    pub points_per_side: Option<usize>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -49,6 +52,7 @@ pub fn run(args: &Args) -> Result<()> {
         weight_dtype,
         threads: args.threads,
         progress: !args.json && std::io::stderr().is_terminal(),
+        points_per_side: args.points_per_side,
     };
     let report = bench::run(&opts)?;
     let text = if args.json { report.to_json() + "\n" } else { report.render_table() };
