@@ -1,6 +1,7 @@
 //! `visword bench` through the binary: the JSON report's shape and token counts at the real
-//! geometry (576 patch tokens, 2×2 and 3×3 pooling), and user errors for bad options. Uses the
-//! `tiny` preset (real geometry, tiny widths): about a second per run.
+//! geometry (576 patch tokens, 2×2 and 3×3 pooling, svp's superpixels of a real photo), and user
+//! errors for bad options. Uses the `tiny` preset (real geometry, tiny widths) with a small
+//! superpixel point grid: a few seconds per run.
 
 use std::process::Command;
 
@@ -13,7 +14,7 @@ fn visword(args: &[&str]) -> (i32, String, String) {
 
 /// Run with `--json` and parse stdout, which must be exactly one JSON object.
 fn bench_json(extra: &[&str]) -> Value {
-    let mut args = vec!["bench", "--preset", "tiny", "--json", "--runs", "1"];
+    let mut args = vec!["bench", "--preset", "tiny", "--json", "--runs", "1", "--points-per-side", "8"];
     args.extend_from_slice(extra);
     let (code, out, err) = visword(&args);
     assert_eq!(code, 0, "visword {args:?} failed: {err}");
@@ -31,21 +32,30 @@ fn tiny_json_report_has_every_stage_and_the_real_token_counts() {
     assert!(text > 0);
     let runs = v["runs"].as_array().unwrap();
     let names: Vec<&str> = runs.iter().map(|r| r["projector"].as_str().unwrap()).collect();
-    assert_eq!(names, ["mlp", "pool2", "pool3"]);
-    for (r, visual) in runs.iter().zip([576u64, 144, 64]) {
+    assert_eq!(names, ["mlp", "pool2", "pool3", "svp"]);
+    for r in runs {
         let name = r["projector"].as_str().unwrap();
-        assert_eq!(r["visual_tokens"].as_u64(), Some(visual), "{name}");
+        let visual = r["visual_tokens"].as_u64().unwrap();
+        match name {
+            "mlp" => assert_eq!(visual, 576),
+            "pool2" => assert_eq!(visual, 144),
+            "pool3" => assert_eq!(visual, 64),
+            // The preset's cap on superpixels; at least the one region a photo always has.
+            _ => assert!((1..=64).contains(&visual), "svp: {visual} visual tokens"),
+        }
         assert_eq!(r["prompt_tokens"].as_u64(), Some(visual + text), "{name}");
         let stages = r["stages_ms"].as_object().unwrap();
         for stage in ["vision_encoder", "sam_encoder", "projector", "prefill", "decode_per_token", "mask_decoder"] {
             let ms = stages[stage].as_f64().unwrap_or_else(|| panic!("{name}: stage {stage} missing: {r}"));
             assert!(ms > 0.0, "{name}: stage {stage} took {ms} ms");
         }
-        assert!(stages["superpixels"].is_null(), "superpixels is not part of the pipeline yet: {r}");
+        let superpixels = stages["superpixels"].as_f64();
+        assert_eq!(superpixels.is_some(), name == "svp", "only svp generates superpixels: {r}");
         let sum: f64 = ["vision_encoder", "sam_encoder", "projector", "prefill", "mask_decoder"]
             .iter()
             .map(|s| stages[*s].as_f64().unwrap())
             .sum::<f64>()
+            + superpixels.unwrap_or(0.0)
             + 16.0 * stages["decode_per_token"].as_f64().unwrap();
         let e2e = r["end_to_end_ms"].as_f64().unwrap();
         assert!((e2e - sum).abs() < 0.01, "{name}: end_to_end {e2e} vs sum of stages {sum}");
@@ -71,7 +81,7 @@ fn weight_dtype_and_prefill_only() {
 
 #[test]
 fn table_marks_absent_stages() {
-    let (code, out, err) = visword(&["bench", "--preset", "tiny", "--runs", "1", "--decode-tokens", "2"]);
+    let (code, out, err) = visword(&["bench", "--preset", "tiny", "--runs", "1", "--decode-tokens", "2", "--points-per-side", "4"]);
     assert_eq!(code, 0, "{err}");
     for needle in ["backend:", "preset:   tiny", "threads:", "cpu:", "weights:  f32", "superpixels", "pool3"] {
         assert!(out.contains(needle), "table lacks `{needle}`:\n{out}");
@@ -98,4 +108,5 @@ fn bad_options_are_user_errors() {
     assert_user_error(&["bench", "--preset", "tiny", "--runs", "0"], &["--runs"]);
     assert_user_error(&["bench", "--preset", "tiny", "--threads", "0"], &["--threads"]);
     assert_user_error(&["bench", "--preset", "tiny", "--backend", "tpu"], &["--backend", "tpu"]);
+    assert_user_error(&["bench", "--preset", "tiny", "--points-per-side", "0"], &["points-per-side"]);
 }
