@@ -1,11 +1,10 @@
 //! Projector parity with the PyTorch reference (tools/reference/make_projector.py, docs/svp.md §3):
 //! `mlp`, `pool{k}` (including grids k does not divide) and `svp` on the hand-made superpixel
-//! cases of the fixture; S = 0; bad configs and inputs; bf16 weights. An ignored test times the
-//! projectors at the LISA-7B shapes.
+//! cases of the fixture; S = 0; bad configs and inputs; bf16 weights. Their cost is measured by
+//! `visword bench` (the projector stage), not here.
 
 mod common;
 
-use std::time::Instant;
 
 use common::files::TempDir;
 use common::{assert_close, fixture, ref_f32, Tol};
@@ -202,44 +201,4 @@ fn svp_with_bf16_weights_stays_close() {
         let (want, _) = ref_f32(&r, &format!("{case}.svp"));
         assert_close(&format!("svp bf16 {case}"), &got, &want, Tol { atol: 1e-2, rtol: 1e-2 });
     }
-}
-
-/// Cost at the LISA-7B shapes (C = 1024, d = 4096, G = 24, S = 40) on synthetic f32 weights:
-/// `cargo test --release --test model_projector -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn projector_cost_at_lisa_shapes() {
-    let be = Backend::cpu();
-    let w = Weights::synthetic(1, DType::F32);
-    let vv = VarView::new(&w, &be);
-    let dims = ProjectorDims { vision_width: 1024, llm_width: 4096, grid: 24 };
-    let p = 576;
-    let s = 40;
-    let feats = common::Rng::new(3).tensor(&[p, 1024]);
-    // 40 horizontal bands of patches: the cost does not depend on the shapes of the regions.
-    let mut coverage = vec![0f32; s * p];
-    for q in 0..p {
-        coverage[(q * s / p) * p + q] = 1.0;
-    }
-    let sp = Superpixels { label_map: Vec::new(), height: 0, width: 0, count: s, grid: 24, coverage, geometry: vec![[0.5; 7]; s] };
-    let svp = SvpConfig::default();
-    let time = |kind: ProjectorKind, pre_mlp: bool| {
-        let proj = Projector::load(&be, &vv.pp("model"), kind, dims, &svp).unwrap();
-        let svp_only = visword::models::projector::SvpProjector::load(&be, &vv.pp("model").pp("svp"), dims, &svp).unwrap();
-        let mut best = f64::INFINITY;
-        for _ in 0..7 {
-            let t = Instant::now();
-            if pre_mlp {
-                svp_only.forward(&be, &feats, &sp).unwrap();
-            } else {
-                proj.forward(&be, &feats, Some(&sp)).unwrap();
-            }
-            best = best.min(t.elapsed().as_secs_f64() * 1e3);
-        }
-        best
-    };
-    eprintln!("mlp on 576 rows:          {:8.2} ms", time(ProjectorKind::Mlp, false));
-    eprintln!("pool2 (144 rows):         {:8.2} ms", time(ProjectorKind::Pool(2), false));
-    eprintln!("svp before the MLP:       {:8.2} ms", time(ProjectorKind::Svp, true));
-    eprintln!("svp + MLP on 40 rows:     {:8.2} ms", time(ProjectorKind::Svp, false));
 }
