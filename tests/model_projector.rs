@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::files::TempDir;
 use common::{assert_close, fixture, ref_f32, Tol};
 use visword::models::projector::svp::sincos_table;
