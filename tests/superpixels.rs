@@ -32,9 +32,10 @@ fn reference() -> Weights {
     Weights::open(dir().join("reference.safetensors")).expect("reference.safetensors")
 }
 
+/// Field `key` of the reference's metadata object.
 fn meta<T: serde::de::DeserializeOwned>(r: &Weights, key: &str) -> T {
-    let text = r.metadata.get(key).unwrap_or_else(|| panic!("metadata {key}"));
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("metadata {key}: {e}"))
+    let all: serde_json::Value = serde_json::from_str(&r.metadata["reference"]).expect("metadata `reference`");
+    serde_json::from_value(all[key].clone()).unwrap_or_else(|e| panic!("metadata {key}: {e}"))
 }
 
 fn f32s(r: &Weights, name: &str) -> Vec<f32> {

@@ -4,31 +4,41 @@
 Writes tests/fixtures/superpixels/ with
   config.json, model.safetensors  a SamModel at the released checkpoints' geometry (1024 input,
                                   patch 16 → 64×64 embedding, 256×256 masks) with tiny widths
-                                  (hidden 16, 2 vision layers) and seeded random weights, saved
-                                  with save_pretrained (real HF names)
+                                  (vision hidden 16, 2 layers; prompt/decoder hidden 32), seeded
+                                  random weights (make_sam.randomize) with the mask decoder shaped
+                                  so masks follow the image (shape_masks), saved with
+                                  save_pretrained (real HF names)
   photo.png                       a 4:1 strip of assets/photos/chelsea.jpg (320×80)
-  reference.safetensors           transformers' multimask logits and IoU predictions for the
-                                  point grid, and what tools/reference/svp_superpixels.py makes
-                                  of them
+  reference.safetensors           transformers' multimask logits and IoU predictions for a 6×6
+                                  point grid, what tools/reference/svp_superpixels.py makes of
+                                  them, and a synthetic case
 
 Why a 4:1 strip: CLIP-336's processor shows the central square of an image, so on a 4:1 photo the
 view is 64×64 low-res cells (a 3:2 photo would give 171×171), and only view cells are stored:
-  logits_view   f16 [N, 3, 64, 64]  pred_masks[0, :, :, vy0:vy1, vx0:vx1] (metadata view_cells
-                                    gives vy0, vx0, vy1, vx1); every value the spec reads
+  logits_view   f16 [N, 3, 64, 64]  pred_masks[0, :, :, vy0:vy1, vx0:vx1] (view_cells gives vy0,
+                                    vx0, vy1, vx1); every value the spec reads
   iou_scores    f32 [N, 3]
   points        f32 [N, 2]          the prompts, SAM input frame (svp_superpixels.point_grid)
-  label_map     i32 [lh, lw]        the reference label map, -1 outside the view
+  label_map     u8 [lh, lw]         the reference label map + 1 (0: no superpixel)
   geometry      f32 [S, 7], coverage f32 [S, 576]
   label_map_no_rest                 the label map of the same logits with rest_regions = false
-  view          f32 [4]             the view in cell units (metadata view holds it exactly)
-The superpixel config is in the metadata (`config`, JSON; `config_no_rest` for the second map),
-with the counts of what each step kept (`stats`). The script checks that the f16 logits give the
-same label map, geometry and coverage as the f32 ones, so the stored logits stand for the model's.
+  view          f32 [4]             the view in cell units (the metadata holds it exactly)
+The script checks that the f16 logits give the same label map, geometry and coverage as the f32
+ones, so the stored logits stand for the model's.
 
-The config differs from the defaults (random weights predict low IoUs and unstable masks): its
-thresholds are set so that every step of the procedure acts on this image: masks of every level
-pass the filters, box NMS and level selection each reject some, masks get painted over, rest
-regions appear and merging runs (the script asserts all of that).
+Random masks reach only some steps of the procedure (their boxes nearly all span the view, so
+NMS leaves few and no mask is painted over), so a synthetic case covers the rest: disc logits
+around the prompts of a 451×300 image's CLIP view, exact in f32 and rebuilt by the Rust test from
+  synth_params  i32 [N, 3, 5]       (cx, cy, R, e, a) per mask (see synthetic_logits)
+  synth_iou_scores, synth_label_map, synth_geometry, synth_coverage   as above
+Its IoU predictions lie on a 1/64 grid so that scores tie. The script asserts that each case
+makes the filters, NMS and level selection reject masks, and gives rest regions and merges; the
+synthetic one also has accepted masks of all three levels and a mask painted over.
+
+The metadata entry `reference` is one JSON object: the configs (`config`, `config_no_rest`,
+`synth_config`; thresholds chosen so the steps above act, the random model's IoU predictions being
+far below the defaults), the patch grid, the views, and the counts of what each step kept
+(`stats`, `stats_no_rest`, `synth_stats`).
 
 Run from the repository root:  python3 tools/reference/make_superpixels.py
 Deterministic: torch.manual_seed(0) and a seeded generator; re-running gives identical files.
@@ -272,19 +282,21 @@ def main() -> None:
         "synth_geometry": torch.from_numpy(synth.geometry),
         "synth_coverage": torch.from_numpy(synth.coverage),
     }
+    # One metadata entry: safetensors writes several in no fixed order, one keeps the file stable.
     meta = {
-        "config": json.dumps(CONFIG.__dict__),
-        "config_no_rest": json.dumps(no_rest_cfg.__dict__),
-        "grid": str(GRID),
-        "view": json.dumps(frame.view),
-        "view_cells": json.dumps([vy0, vx0, vy1, vx1]),
-        "stats": json.dumps(ref.stats),
-        "stats_no_rest": json.dumps(no_rest.stats),
-        "synth_config": json.dumps(SYNTH_CONFIG.__dict__),
-        "synth_original": json.dumps(SYNTH_ORIGINAL),
-        "synth_view": json.dumps(sframe.view),
-        "synth_stats": json.dumps(synth.stats),
+        "config": CONFIG.__dict__,
+        "config_no_rest": no_rest_cfg.__dict__,
+        "grid": GRID,
+        "view": frame.view,
+        "view_cells": [vy0, vx0, vy1, vx1],
+        "stats": ref.stats,
+        "stats_no_rest": no_rest.stats,
+        "synth_config": SYNTH_CONFIG.__dict__,
+        "synth_original": list(SYNTH_ORIGINAL),
+        "synth_view": sframe.view,
+        "synth_stats": synth.stats,
     }
+    meta = {"reference": json.dumps(meta)}
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(OUT, "reference.safetensors"), metadata=meta)
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"wrote {OUT}: {sorted(os.listdir(OUT))}, {total} bytes")

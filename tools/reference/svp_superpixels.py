@@ -14,15 +14,12 @@ map it gives is the one visword must give bit for bit.
     sp.coverage   # f32 [S, grid²]
     sp.stats      # how many masks / regions each step kept (for fixtures and reports)
 
-Usable as a module (tools/reference/make_superpixels.py imports it) or run on a dump:
-    python3 tools/reference/svp_superpixels.py LOGITS.safetensors  (tensors pred_masks [N,3,L,L],
-    iou_scores [N,3]; metadata original "H,W", view_px "x0,y0,x1,y1")
+A module: tools/reference/make_superpixels.py (and the segmenter's reference) import it.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -306,19 +303,3 @@ def superpixels(logits: np.ndarray, iou: np.ndarray, frame: Frame, grid: int, cf
     coverage = np.divide(o, total[None, :], out=np.zeros_like(o), where=total[None, :] > 0).astype(F32)
     return Result(label_map, geometry, coverage, stats)
 
-
-def main() -> None:
-    from safetensors import safe_open
-
-    with safe_open(sys.argv[1], "np") as f:
-        meta = f.metadata() or {}
-        logits, iou = f.get_tensor("pred_masks"), f.get_tensor("iou_scores")
-    logits = logits.reshape(-1, 3, *logits.shape[-2:])
-    h, w = (int(v) for v in meta["original"].split(","))
-    frame = Frame.new((h, w), 1024, logits.shape[-1], [float(v) for v in meta["view_px"].split(",")])
-    res = superpixels(logits, iou.reshape(-1, 3), frame, 24, Config())
-    print(res.stats)
-
-
-if __name__ == "__main__":
-    main()
