@@ -24,6 +24,8 @@ enum Command {
     Embed(cli::embed::Args),
     /// Time a LISA-style stack on random weights and compare the projectors.
     Bench(cli::bench::Args),
+    /// SAM superpixels of an image: label map, boundary overlay, coverage dump.
+    Superpixels(cli::superpixels::Args),
 }
 
 fn main() {
@@ -49,5 +51,6 @@ fn run(cli: &Cli) -> visword::Result<()> {
         Command::Generate(a) => cli::generate::run(a),
         Command::Embed(a) => cli::embed::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Superpixels(a) => cli::superpixels::run(a),
     }
 }

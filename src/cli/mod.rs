@@ -6,3 +6,4 @@ pub mod embed;
 pub mod generate;
 pub mod inspect;
 pub mod sam;
+pub mod superpixels;
