@@ -92,15 +92,16 @@ pub fn run(args: &Args) -> Result<()> {
     check_output_dir("--overlay", &args.overlay)?;
     check_output_dir("--dump", &args.dump)?;
 
+    // Inputs before the model: they are cheap to read and often the thing that is wrong.
     let image = load_rgb(&args.image, args.max_pixels)?;
-    let config = SegmenterConfig::from_dir(&args.model)?;
-    let be = Backend::new(kind)?;
-    let model = Segmenter::from_config(&args.model, config, &be, projector)?;
     let opts = SegmentOptions {
         max_new_tokens: args.max_new_tokens,
         pixel_values: args.pixel_values.as_deref().map(|p| read_pixel_values(p, args.max_pixels)).transpose()?,
         sam_pixel_values: args.sam_pixel_values.as_deref().map(|p| read_pixel_values(p, args.max_pixels)).transpose()?,
     };
+    let config = SegmenterConfig::from_dir(&args.model)?;
+    let be = Backend::new(kind)?;
+    let model = Segmenter::from_config(&args.model, config, &be, projector)?;
     let seg = model.segment(&be, &image, &args.expression, &opts)?;
 
     let (h, w) = seg.size;

@@ -273,11 +273,12 @@ impl SegmenterConfig {
         if sam_width == 0 {
             return bad("`sam.prompt_encoder_config.hidden_size` must be positive".into());
         }
-        self.check_projector(self.projector)
+        Ok(())
     }
 
     /// Whether the projector `kind` can be built on this vision tower (svp splits the width
-    /// into heads and a 2-D sin-cos table).
+    /// into heads and a 2-D sin-cos table). Checked at load for the projector in use, so a
+    /// model whose `svp` block does not fit still runs with `mlp` or `pool{k}`.
     pub fn check_projector(&self, kind: ProjectorKind) -> Result<()> {
         if kind != ProjectorKind::Svp {
             return Ok(());

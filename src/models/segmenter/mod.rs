@@ -153,9 +153,9 @@ impl Segmenter {
     /// Build from an already read (and possibly adjusted) config.
     pub fn from_config(dir: &Path, mut config: SegmenterConfig, be: &Backend, projector: Option<ProjectorKind>) -> Result<Segmenter> {
         if let Some(kind) = projector {
-            config.check_projector(kind)?;
             config.projector = kind;
         }
+        config.check_projector(config.projector)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         let template = prompt::compile_template(&config.chat_template, &tokenizer)
             .map_err(|e| Error::config(&config.path, format!("`chat_template`: {e}")))?;
