@@ -283,18 +283,10 @@ impl SegmenterConfig {
         if kind != ProjectorKind::Svp {
             return Ok(());
         }
-        let c = self.vision.width();
-        let h = self.svp.ssa_heads;
-        if h == 0 || !c.is_multiple_of(h) {
-            return Err(Error::config(&self.path, format!("`svp.ssa_heads` {h} does not divide the vision width `vision.hidden_size` {c}")));
-        }
-        if !c.is_multiple_of(4) {
-            return Err(Error::config(&self.path, format!("the svp projector needs `vision.hidden_size` divisible by 4 (its 2-D sin-cos table), found {c}")));
-        }
-        if self.svp.mlp_ratio == 0 {
-            return Err(Error::config(&self.path, "`svp.mlp_ratio` must be at least 1"));
-        }
-        Ok(())
+        self.svp.validate(self.vision.width()).map_err(|e| match e {
+            Error::InvalidArgument { arg, msg } => Error::config(&self.path, format!("`{arg}` (with `vision.hidden_size` {}): {msg}", self.vision.width())),
+            other => other,
+        })
     }
 
     /// Width of SAM's prompt tokens (256 in every released SAM): the `[SEG]` embedding's size.
