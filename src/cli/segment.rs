@@ -157,8 +157,8 @@ fn write_overlay(path: &Path, image: &RgbImage, mask: &[u8]) -> Result<()> {
     let mut out = image.clone();
     for (px, &m) in out.pixels_mut().zip(mask) {
         if m > 0 {
-            for c in 0..3 {
-                px.0[c] = (0.5 * px.0[c] as f32 + 0.5 * TINT[c]).round() as u8;
+            for (v, t) in px.0.iter_mut().zip(TINT) {
+                *v = (0.5 * *v as f32 + 0.5 * t).round() as u8;
             }
         }
     }
