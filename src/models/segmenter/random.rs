@@ -228,6 +228,17 @@ fn free_bytes(_dir: &Path) -> Option<u64> {
     None
 }
 
+/// Refuse before writing anything when the model cannot fit (`free`: None when unknown).
+fn check_space(out: &Path, preset: &str, needed: u64, free: Option<u64>) -> Result<()> {
+    match free {
+        Some(free) if free < needed => Err(Error::Output {
+            path: out.into(),
+            msg: format!("the {preset} model needs {} of disk space, but only {} is free there", human(needed), human(free)),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn human(bytes: u64) -> String {
     format!("{:.2} GB", bytes as f64 / 1e9)
 }
@@ -271,14 +282,7 @@ pub fn init_random(preset: &str, out: &Path, seed: u64, progress: &dyn Fn(u64, u
     let total = 8 + header.len() as u64 + data_bytes;
     // Room for the weights, the small JSON files and some slack for the filesystem.
     let needed = total + total / 100 + (16 << 20);
-    if let Some(free) = free_bytes(&parent) {
-        if free < needed {
-            return Err(Error::Output {
-                path: out.into(),
-                msg: format!("the {preset} model needs {} of disk space, but only {} is free there", human(needed), human(free)),
-            });
-        }
-    }
+    check_space(out, preset, needed, free_bytes(&parent))?;
 
     let ids = SteerIds { prompt_end: prompt_end_id(&cfg)?, seg: cfg.seg_token_id, eos: tj::EOS_ID };
     let fname = out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "segmenter".into());
@@ -351,6 +355,15 @@ mod tests {
         assert!(mean.abs() < 2e-4 && (std - 0.02).abs() < 2e-4, "mean {mean} std {std}");
         assert_eq!(v, generate(&t, 7));
         assert_ne!(v, generate(&t, 8));
+    }
+
+    #[test]
+    fn refuses_a_model_larger_than_the_free_space() {
+        let e = check_space(Path::new("out"), "lisa-7b", 15_500_000_000, Some(9_000_000_000)).unwrap_err().to_string();
+        assert!(e.contains("out") && e.contains("lisa-7b") && e.contains("15.50 GB") && e.contains("9.00 GB"), "{e}");
+        assert!(check_space(Path::new("out"), "tiny", 10, Some(11)).is_ok());
+        assert!(check_space(Path::new("out"), "tiny", 10, None).is_ok());
+        assert!(free_bytes(Path::new(".")).is_some_and(|b| b > 0));
     }
 
     #[test]
