@@ -93,6 +93,32 @@ fn segment_writes_mask_overlay_dump_and_json() {
 }
 
 #[test]
+fn segment_with_svp_dumps_the_superpixels() {
+    let tmp = TempDir::new("cli-seg-svp");
+    let model = init_tiny(&tmp, "tiny");
+    let (mask, dump) = (tmp.join("mask.png"), tmp.join("dump.safetensors"));
+    let (code, out, err) = visword(&[
+        "segment", "--model", s(&model), s(&photo()), "the cat", "-o", s(&mask), "--dump", s(&dump), "--json", "--points-per-side", "4", "--max-superpixels", "10",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["answer"], "[SEG]");
+    let n = v["visual_tokens"].as_u64().unwrap() as usize;
+    assert!((1..=10).contains(&n), "{n} visual tokens with --max-superpixels 10");
+    assert!(v["stages_ms"]["superpixels"].as_f64().unwrap() > 0.0);
+    assert_eq!(png_size(&mask), (120, 80));
+    let d = Weights::open(&dump).unwrap();
+    let shape = |name: &str| d.info(name).unwrap_or_else(|| panic!("dump lacks {name}")).shape.clone();
+    assert_eq!(shape("label_map"), vec![171, 256]);
+    assert_eq!(shape("coverage"), vec![n, 576]);
+    assert_eq!(shape("geometry"), vec![n, 7]);
+    assert_eq!(shape("visual_tokens"), vec![n, 64]);
+    assert_eq!(d.get("label_map").unwrap().dtype(), visword::DType::I32);
+
+    assert_user_error(&["segment", "--model", s(&model), s(&photo()), "the cat", "--points-per-side", "0"], &["points-per-side"]);
+}
+
+#[test]
 fn init_is_reproducible_and_refuses_to_overwrite() {
     let tmp = TempDir::new("cli-init");
     let a = init_tiny(&tmp, "a");

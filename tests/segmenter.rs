@@ -86,6 +86,52 @@ fn answers_seg_and_masks_the_image_with_mlp_and_pool2() {
 }
 
 #[test]
+fn svp_turns_superpixels_into_the_visual_tokens() {
+    let tmp = TempDir::new("seg-svp");
+    let dir = tiny(&tmp, "m");
+    let be = Backend::cpu();
+    let model = Segmenter::load(&dir, &be, None).unwrap();
+    assert_eq!(model.projector_kind(), ProjectorKind::Svp, "init writes svp models");
+    let s = model.segment(&be, &photo(), "the cat", &SegmentOptions::default()).unwrap();
+    assert_eq!(s.answer, "[SEG]");
+    let sp = s.superpixels.as_ref().expect("svp makes superpixels");
+    // 120×80 → SAM's 1024×683 → a 171×256 low-res crop; the tiny preset caps S at 64.
+    assert_eq!((sp.height, sp.width, sp.grid), (171, 256, 24));
+    assert!(sp.count > 0 && sp.count <= 64, "{} superpixels", sp.count);
+    assert_eq!(s.visual_tokens, sp.count);
+    assert_eq!(s.visual.shape(), &[sp.count, 64]);
+    assert_eq!(s.prompt_tokens, s.prompt.prefix.len() + 2 + sp.count + s.prompt.suffix.len());
+    assert_eq!(sp.coverage.len(), sp.count * 576);
+    assert!(s.stages.superpixels.is_some_and(|t| t > 0.0));
+    assert_eq!(s.masks.len(), 1);
+    // The same image twice: the same superpixels and visual tokens.
+    let again = model.segment(&be, &photo(), "the cat", &SegmentOptions::default()).unwrap();
+    assert_eq!(again.superpixels.as_ref(), Some(sp));
+    assert_eq!(again.visual.as_f32().unwrap(), s.visual.as_f32().unwrap());
+}
+
+/// Thresholds that reject every mask and no rest regions: S = 0, and the prompt (image start and
+/// end tokens next to each other) still gets its answer and mask.
+#[test]
+fn no_superpixels_still_answers() {
+    let tmp = TempDir::new("seg-s0");
+    let dir = tiny(&tmp, "m");
+    edit_config(&dir, |c| {
+        c["superpixels"]["pred_iou_thresh"] = 1000.0.into();
+        c["superpixels"]["rest_regions"] = false.into();
+    });
+    let s = segment(&dir, ProjectorKind::Svp, "the cat").unwrap();
+    let sp = s.superpixels.as_ref().unwrap();
+    assert_eq!((sp.count, s.visual_tokens), (0, 0));
+    assert!(sp.label_map.iter().all(|&l| l == -1));
+    assert_eq!(s.visual.shape(), &[0, 64]);
+    assert_eq!(s.prompt_tokens, s.prompt.prefix.len() + 2 + s.prompt.suffix.len());
+    assert_eq!(s.answer, "[SEG]");
+    assert_eq!(s.masks.len(), 1);
+    assert_eq!(s.masks[0].len(), 80 * 120);
+}
+
+#[test]
 fn prompt_is_llava_v1_split_at_the_image() {
     let tmp = TempDir::new("seg-prompt");
     let dir = tiny(&tmp, "m");

@@ -22,6 +22,7 @@ use crate::tensor::Tensor;
 use crate::weights::{save_safetensors, write_atomic};
 
 use super::embed::read_pixel_values;
+use super::superpixels::SuperpixelArgs;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -49,7 +50,8 @@ pub struct Args {
     /// Most tokens to generate (default: the model's max_new_tokens).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
-    /// Write label_map, coverage, visual_tokens, seg_embedding, mask_logits (and the token ids).
+    /// Write label_map, coverage, geometry (svp), visual_tokens, seg_embedding, mask_logits and
+    /// the token ids.
     #[arg(long, value_name = "OUT.safetensors")]
     pub dump: Option<PathBuf>,
     /// The vision tower's preprocessed input (`pixel_values` [1, 3, H, W]) instead of
@@ -59,7 +61,9 @@ pub struct Args {
     /// SAM's preprocessed input (`pixel_values` [1, 3, 1024, 1024]) instead of preprocessing IMAGE.
     #[arg(long, value_name = "FILE.safetensors")]
     pub sam_pixel_values: Option<PathBuf>,
-    // TODO: flatten the superpixel flags (`SuperpixelArgs`, src/cli/superpixels.rs) once they land.
+    /// Superpixel options (svp only); unset flags keep the model's config.
+    #[command(flatten)]
+    pub superpixels: SuperpixelArgs,
     /// auto, cpu, cuda or wgpu.
     #[arg(long, default_value = "auto")]
     pub backend: String,
@@ -99,7 +103,9 @@ pub fn run(args: &Args) -> Result<()> {
         pixel_values: args.pixel_values.as_deref().map(|p| read_pixel_values(p, args.max_pixels)).transpose()?,
         sam_pixel_values: args.sam_pixel_values.as_deref().map(|p| read_pixel_values(p, args.max_pixels)).transpose()?,
     };
-    let config = SegmenterConfig::from_dir(&args.model)?;
+    let mut config = SegmenterConfig::from_dir(&args.model)?;
+    args.superpixels.apply(&mut config.superpixels);
+    config.superpixels.validate("flags")?;
     let be = Backend::new(kind)?;
     let model = Segmenter::from_config(&args.model, config, &be, projector)?;
     let seg = model.segment(&be, &image, &args.expression, &opts)?;
@@ -179,6 +185,7 @@ fn dump(path: &Path, seg: &Segmentation, projector: ProjectorKind) -> Result<()>
     if let Some(sp) = &seg.superpixels {
         tensors.push(("label_map".to_string(), Tensor::from_i32(sp.label_map.clone(), vec![sp.height, sp.width])?));
         tensors.push(("coverage".to_string(), Tensor::from_f32(sp.coverage.clone(), vec![sp.count, sp.grid * sp.grid])?));
+        tensors.push(("geometry".to_string(), Tensor::from_f32(sp.geometry.iter().flatten().copied().collect(), vec![sp.count, 7])?));
     }
     tensors.push(("visual_tokens".to_string(), seg.visual.clone()));
     tensors.push(("seg_embedding".to_string(), seg.seg_embeddings.clone()));

@@ -81,7 +81,7 @@ pub fn preset_config(preset: &str) -> Result<(Value, DType)> {
         "sam": p.sam_config,
         "projector": ProjectorKind::Svp.name(),
         "svp": {"ssa_heads": svp.ssa_heads, "mlp_ratio": svp.mlp_ratio, "pos_temperature": svp.pos_temperature, "ln_eps": svp.ln_eps},
-        "superpixels": superpixel_json(&superpixels),
+        "superpixels": serde_json::to_value(&superpixels).map_err(|e| Error::shape("init", e.to_string()))?,
         "seg_token_id": tj::SEG_ID,
         "image_start_token_id": tj::IM_START_ID,
         "image_end_token_id": tj::IM_END_ID,
@@ -90,23 +90,6 @@ pub fn preset_config(preset: &str) -> Result<(Value, DType)> {
         "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
     });
     Ok((config, p.weight_dtype))
-}
-
-fn superpixel_json(c: &SuperpixelConfig) -> Value {
-    json!({
-        "points_per_side": c.points_per_side,
-        "points_per_batch": c.points_per_batch,
-        "pred_iou_thresh": c.pred_iou_thresh,
-        "whole_level_bonus": c.whole_level_bonus,
-        "stability_thresh": c.stability_thresh,
-        "stability_offset": c.stability_offset,
-        "box_nms_thresh": c.box_nms_thresh,
-        "min_area": c.min_area,
-        "level_overlap_thresh": c.level_overlap_thresh,
-        "min_region_area": c.min_region_area,
-        "max_superpixels": c.max_superpixels,
-        "rest_regions": c.rest_regions,
-    })
 }
 
 /// The token ids steering needs.
