@@ -116,6 +116,13 @@ fn segment_with_svp_dumps_the_superpixels() {
     assert_eq!(d.get("label_map").unwrap().dtype(), visword::DType::I32);
 
     assert_user_error(&["segment", "--model", s(&model), s(&photo()), "the cat", "--points-per-side", "0"], &["points-per-side"]);
+
+    // A committed JPEG photo (portrait: the CLIP view is its central square).
+    let rocket = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/photos/rocket.jpg");
+    let (code, out, err) = visword(&["segment", "--model", s(&model), s(&rocket), "the rocket", "-o", s(&mask), "--points-per-side", "4"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("answer: [SEG]") && out.contains("(svp)"), "{out}");
+    assert_eq!(png_size(&mask), (240, 360));
 }
 
 #[test]
