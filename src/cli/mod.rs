@@ -4,5 +4,7 @@ pub mod bench;
 pub mod convert;
 pub mod embed;
 pub mod generate;
+pub mod init;
 pub mod inspect;
 pub mod sam;
+pub mod segment;
