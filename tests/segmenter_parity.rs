@@ -197,25 +197,31 @@ fn check(run: &Run, r: &Weights, projector: &str) {
     assert!(iou >= MIN_MASK_IOU, "{projector} mask IoU {iou:.5} < {MIN_MASK_IOU}");
 }
 
-#[test]
-fn segment_matches_reference_on_reference_pixel_values() {
-    let dir = TempDir::new("segmenter-parity-px");
-    let r = reference();
-    let px = write_pixel_values(&dir);
-    for projector in ["svp", "mlp"] {
-        let run = segment(&dir, projector, Some(&px));
-        check(&run, &r, projector);
-    }
+fn parity(projector: &str, with_pixel_values: bool) {
+    let dir = TempDir::new(&format!("segmenter-parity-{projector}-{with_pixel_values}"));
+    let px = with_pixel_values.then(|| write_pixel_values(&dir));
+    let run = segment(&dir, projector, px.as_ref());
+    check(&run, &reference(), projector);
 }
 
 #[test]
-fn segment_matches_reference_from_the_photo() {
-    let dir = TempDir::new("segmenter-parity-photo");
-    let r = reference();
-    for projector in ["svp", "mlp"] {
-        let run = segment(&dir, projector, None);
-        check(&run, &r, projector);
-    }
+fn svp_on_reference_pixel_values() {
+    parity("svp", true);
+}
+
+#[test]
+fn mlp_on_reference_pixel_values() {
+    parity("mlp", true);
+}
+
+#[test]
+fn svp_from_the_photo() {
+    parity("svp", false);
+}
+
+#[test]
+fn mlp_from_the_photo() {
+    parity("mlp", false);
 }
 
 /// The stored inputs are what the reference fed its models: the PNG route rebuilds exactly the
