@@ -28,6 +28,8 @@ enum Command {
     Segment(cli::segment::Args),
     /// Write a random-weight segmenter directory at a preset's shapes.
     Init(cli::init::Args),
+    /// SAM superpixels of an image: label map, boundary overlay, coverage dump.
+    Superpixels(cli::superpixels::Args),
 }
 
 fn main() {
@@ -55,5 +57,6 @@ fn run(cli: &Cli) -> visword::Result<()> {
         Command::Bench(a) => cli::bench::run(a),
         Command::Segment(a) => cli::segment::run(a),
         Command::Init(a) => cli::init::run(a),
+        Command::Superpixels(a) => cli::superpixels::run(a),
     }
 }

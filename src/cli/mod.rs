@@ -8,3 +8,4 @@ pub mod init;
 pub mod inspect;
 pub mod sam;
 pub mod segment;
+pub mod superpixels;

@@ -1,11 +1,11 @@
 //! The superpixel generator's thresholds (docs/svp.md §2), the `superpixels` block of a
 //! segmenter's config.json and the `--points-per-side`… flags.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SuperpixelConfig {
     /// n: an n×n point grid over the encoder's view (n² prompts).

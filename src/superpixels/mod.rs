@@ -7,17 +7,36 @@
 //!   ─ filters ─ box NMS ─ level selection ─ paint ─ rest regions ─ merge ─ order
 //!   ─ label map [lh, lw], geometry [S, 7], coverage A [S, G²]
 //! ```
+//!
+//! Everything after the mask decoder is host code on the view cells of the low-res crop:
+//! `masks` (filters, bitsets), `selection` (NMS, levels), `regions` (paint, rest, merge),
+//! `coverage` (geometry, order, coverage), `render` (PNGs for the CLI).
 
 pub mod config;
+pub mod coverage;
 pub mod frame;
+pub mod masks;
+pub mod points;
+pub mod regions;
+pub mod render;
+pub mod selection;
+
+use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::models::sam::Sam;
+use crate::models::sam::{PointPrompt, Prompts, Sam};
 use crate::tensor::Tensor;
 
 pub use config::SuperpixelConfig;
 pub use frame::Frame;
+pub use points::point_grid;
+
+use masks::{Candidate, MaskFilter, LEVELS};
+use regions::MergeRule;
+
+/// The largest patch grid side accepted (the coverage matrix is S × G²).
+pub const MAX_GRID: usize = 256;
 
 /// The superpixels of one image.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,9 +57,163 @@ pub struct Superpixels {
     pub geometry: Vec<[f32; 7]>,
 }
 
+/// What each step kept, and where the time went (for reports and `--json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Masks predicted (3 per prompt).
+    pub masks: usize,
+    /// Masks that passed the score, stability and area filters.
+    pub filtered: usize,
+    pub after_nms: usize,
+    /// Masks accepted by level selection.
+    pub accepted: usize,
+    /// Accepted masks left with no cell after painting (dropped).
+    pub painted_over: usize,
+    pub rest_regions: usize,
+    pub merges: usize,
+    /// Prompt encoder + mask decoder, including reading the logits back (generate only).
+    pub decoder_ms: f64,
+    /// Everything after the decoder.
+    pub postprocess_ms: f64,
+}
+
+/// Builds superpixels from mask logits that arrive in batches of prompts: each batch is reduced
+/// to its candidate masks at once, so the full `[N, 3, L, L]` logits never have to exist.
+pub struct Builder<'a> {
+    frame: &'a Frame,
+    cfg: &'a SuperpixelConfig,
+    filter: MaskFilter,
+    candidates: Vec<Candidate>,
+    prompts: usize,
+    busy_ms: f64,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(frame: &'a Frame, cfg: &'a SuperpixelConfig) -> Result<Builder<'a>> {
+        cfg.validate("the superpixel config")?;
+        if frame.mask_size == 0 || frame.crop.0 > frame.mask_size || frame.crop.1 > frame.mask_size {
+            return Err(Error::arg("frame", format!("crop {:?} does not fit {}² masks", frame.crop, frame.mask_size)));
+        }
+        Ok(Builder { frame, cfg, filter: MaskFilter::new(frame, cfg), candidates: Vec::new(), prompts: 0, busy_ms: 0.0 })
+    }
+
+    /// Add the next prompts' logits `[n, 3, L, L]` and IoU predictions `[n, 3]`.
+    pub fn add(&mut self, logits: &[f32], iou: &[f32]) -> Result<()> {
+        let start = Instant::now();
+        let plane = self.frame.mask_size * self.frame.mask_size;
+        let n = iou.len() / LEVELS;
+        if iou.len() % LEVELS != 0 || logits.len() != n * LEVELS * plane {
+            return Err(Error::arg(
+                "mask logits",
+                format!(
+                    "{} logits and {} IoU predictions, expected [n, {LEVELS}, {l}, {l}] and [n, {LEVELS}]",
+                    logits.len(),
+                    iou.len(),
+                    l = self.frame.mask_size
+                ),
+            ));
+        }
+        self.candidates.extend(self.filter.candidates(logits, iou, self.prompts));
+        self.prompts += n;
+        self.busy_ms += start.elapsed().as_secs_f64() * 1e3;
+        Ok(())
+    }
+
+    /// NMS, level selection, painting, rest regions, merging, order, coverage on a `grid × grid`
+    /// patch grid.
+    pub fn finish(self, grid: usize) -> Result<(Superpixels, Stats)> {
+        let start = Instant::now();
+        if grid == 0 || grid > MAX_GRID {
+            return Err(Error::arg("patch-grid", format!("is {grid}, expected 1..={MAX_GRID}")));
+        }
+        let (cfg, view) = (self.cfg, self.filter.view());
+        let kept = selection::box_nms(&self.candidates, cfg.box_nms_thresh);
+        let accepted = selection::select_levels(&self.candidates, &kept, view, cfg.level_overlap_thresh);
+        let mut labels = regions::paint(&self.candidates, &accepted, view);
+        let mut present = vec![false; accepted.len()];
+        for &l in labels.iter().filter(|&&l| l >= 0) {
+            present[l as usize] = true;
+        }
+        let painted_over = present.iter().filter(|&&p| !p).count();
+        let rest = if cfg.rest_regions { regions::label_rest(&mut labels, view.w, accepted.len() as i32) } else { 0 };
+        let rule = MergeRule { max_regions: cfg.max_superpixels, min_area: cfg.min_region_area, px_per_cell: self.frame.px_per_cell() };
+        let merges = regions::merge(&mut labels, view.w, rule);
+        let ordered = coverage::order_regions(&labels, view, self.frame, grid);
+        let coverage = coverage::coverage(&ordered.label_map, ordered.count, self.frame, grid);
+        let stats = Stats {
+            masks: self.prompts * LEVELS,
+            filtered: self.candidates.len(),
+            after_nms: kept.len(),
+            accepted: accepted.len(),
+            painted_over,
+            rest_regions: rest,
+            merges,
+            decoder_ms: 0.0,
+            postprocess_ms: self.busy_ms + start.elapsed().as_secs_f64() * 1e3,
+        };
+        let (height, width) = self.frame.crop;
+        let sp = Superpixels { label_map: ordered.label_map, height, width, count: ordered.count, grid, coverage, geometry: ordered.geometry };
+        Ok((sp, stats))
+    }
+}
+
+/// Superpixels from the mask decoder's multimask logits `[N, 3, L, L]` and IoU predictions
+/// `[N, 3]` for the prompts of `point_grid(frame, n)`.
+pub fn from_logits(logits: &[f32], iou: &[f32], frame: &Frame, grid: usize, cfg: &SuperpixelConfig) -> Result<Superpixels> {
+    Ok(from_logits_with_stats(logits, iou, frame, grid, cfg)?.0)
+}
+
+pub fn from_logits_with_stats(logits: &[f32], iou: &[f32], frame: &Frame, grid: usize, cfg: &SuperpixelConfig) -> Result<(Superpixels, Stats)> {
+    let mut b = Builder::new(frame, cfg)?;
+    b.add(logits, iou)?;
+    b.finish(grid)
+}
+
 /// SAM's automatic mask generation on `image_embeddings` ([1, C, E, E], from `sam`) and the
 /// label map, geometry and coverage on a `grid × grid` patch grid over the frame's view.
 pub fn generate(be: &Backend, sam: &Sam, image_embeddings: &Tensor, frame: &Frame, grid: usize, cfg: &SuperpixelConfig) -> Result<Superpixels> {
-    let _ = (be, sam, image_embeddings, frame, grid, cfg);
-    Err(Error::arg("superpixels", "superpixel generation is not available in this build yet"))
+    Ok(generate_with_stats(be, sam, image_embeddings, frame, grid, cfg)?.0)
+}
+
+pub fn generate_with_stats(
+    be: &Backend,
+    sam: &Sam,
+    image_embeddings: &Tensor,
+    frame: &Frame,
+    grid: usize,
+    cfg: &SuperpixelConfig,
+) -> Result<(Superpixels, Stats)> {
+    if frame.input_size != sam.input_size() || frame.mask_size != sam.mask_size() {
+        return Err(Error::arg(
+            "frame",
+            format!(
+                "built for a {} px input with {}² masks, but the SAM model has {} px and {}²",
+                frame.input_size,
+                frame.mask_size,
+                sam.input_size(),
+                sam.mask_size()
+            ),
+        ));
+    }
+    if grid == 0 || grid > MAX_GRID {
+        return Err(Error::arg("patch-grid", format!("is {grid}, expected 1..={MAX_GRID}")));
+    }
+    let mut builder = Builder::new(frame, cfg)?;
+    let points = point_grid(frame, cfg.points_per_side);
+    let mut decoder_ms = 0.0;
+    for batch in points.chunks(cfg.points_per_batch) {
+        let start = Instant::now();
+        let prompts = Prompts { points: batch.iter().map(|&(x, y)| vec![PointPrompt { x, y, label: 1 }]).collect(), ..Default::default() };
+        let out = sam.predict(be, image_embeddings, &prompts, true)?;
+        if out.iou_scores.shape() != [1, batch.len(), LEVELS] {
+            return Err(Error::shape("superpixels", format!("mask decoder gave IoU scores {:?}, expected [1, {}, {LEVELS}]", out.iou_scores.shape(), batch.len())));
+        }
+        let logits = be.to_vec_f32(&out.pred_masks)?;
+        let iou = be.to_vec_f32(&out.iou_scores)?;
+        decoder_ms += start.elapsed().as_secs_f64() * 1e3;
+        builder.add(&logits, &iou)?;
+    }
+    let (sp, mut stats) = builder.finish(grid)?;
+    stats.decoder_ms = decoder_ms;
+    Ok((sp, stats))
 }

@@ -1,0 +1,246 @@
+//! From accepted masks to a non-overlapping region map over the view (docs/svp.md §2.6–2.9):
+//! paint coarse to fine, give uncovered cells "rest" regions, then merge small regions into
+//! their neighbours until the count and size bounds hold.
+//!
+//! A region map is `i32` per view cell (row-major over the view rectangle), −1 for no region;
+//! region numbers are masks in acceptance order, then rest regions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::masks::{Candidate, ViewRect};
+
+/// Paint the accepted masks (`accepted`: candidate indices in acceptance order) coarse to fine;
+/// later paint wins. Region a is accepted mask a.
+pub fn paint(cands: &[Candidate], accepted: &[usize], view: &ViewRect) -> Vec<i32> {
+    let mut order: Vec<usize> = (0..accepted.len()).collect();
+    // Level descending, area descending, acceptance index descending.
+    order.sort_by(|&a, &b| {
+        let (ca, cb) = (&cands[accepted[a]], &cands[accepted[b]]);
+        cb.level.cmp(&ca.level).then(cb.area.cmp(&ca.area)).then(b.cmp(&a))
+    });
+    let mut labels = vec![-1i32; view.cells()];
+    for a in order {
+        cands[accepted[a]].for_each_cell(|y, x| labels[y * view.w + x] = a as i32);
+    }
+    labels
+}
+
+/// Number every 4-connected component of unlabelled cells, from `first` on, in the order of
+/// each component's first cell in row-major order. Returns how many there were.
+pub fn label_rest(labels: &mut [i32], w: usize, first: i32) -> usize {
+    let h = if w == 0 { 0 } else { labels.len() / w };
+    let mut next = first;
+    let mut stack = Vec::new();
+    for start in 0..labels.len() {
+        if labels[start] >= 0 {
+            continue;
+        }
+        labels[start] = next;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let (y, x) = (i / w, i % w);
+            let mut visit = |j: usize| {
+                if labels[j] < 0 {
+                    labels[j] = next;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < w {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - w);
+            }
+            if y + 1 < h {
+                visit(i + w);
+            }
+        }
+        next += 1;
+    }
+    (next - first) as usize
+}
+
+/// When to merge: regions beyond `max_regions` (0: no cap), or smaller than `min_cells_area`
+/// pixels where a cell is `px_per_cell` pixels.
+#[derive(Clone, Copy, Debug)]
+pub struct MergeRule {
+    pub max_regions: usize,
+    pub min_area: f32,
+    pub px_per_cell: f32,
+}
+
+struct Region {
+    cells: u64,
+    /// Neighbour region → number of shared cell edges.
+    shared: BTreeMap<i32, u64>,
+}
+
+/// Merge regions in place (§2.9): while too many remain or the smallest is too small, the
+/// smallest (fewest cells, then lowest number) joins the neighbour it shares most edges with
+/// (then lowest number), which keeps its number. Stops when the region to merge has no
+/// neighbour. Returns the number of merges.
+///
+/// Regions and their shared edges are counted once; a merge then only touches the merged
+/// region's neighbour lists, so the cost does not grow with the map for every merge (a map
+/// of a few thousand rest specks merges in milliseconds).
+pub fn merge(labels: &mut [i32], w: usize, rule: MergeRule) -> usize {
+    let mut regions: BTreeMap<i32, Region> = BTreeMap::new();
+    for &l in labels.iter().filter(|&&l| l >= 0) {
+        regions.entry(l).or_insert_with(|| Region { cells: 0, shared: BTreeMap::new() }).cells += 1;
+    }
+    let count_edge = |a: i32, b: i32, regions: &mut BTreeMap<i32, Region>| {
+        if a >= 0 && b >= 0 && a != b {
+            for (p, q) in [(a, b), (b, a)] {
+                if let Some(r) = regions.get_mut(&p) {
+                    *r.shared.entry(q).or_insert(0) += 1;
+                }
+            }
+        }
+    };
+    for (i, &l) in labels.iter().enumerate() {
+        if w > 0 && i % w + 1 < w {
+            count_edge(l, labels[i + 1], &mut regions);
+        }
+        if i + w < labels.len() {
+            count_edge(l, labels[i + w], &mut regions);
+        }
+    }
+    let mut by_size: BTreeSet<(u64, i32)> = regions.iter().map(|(&n, r)| (r.cells, n)).collect();
+    let mut target_of: BTreeMap<i32, i32> = BTreeMap::new();
+    let mut merges = 0;
+    while let Some(&(cells, small)) = by_size.first() {
+        let over = rule.max_regions > 0 && by_size.len() > rule.max_regions;
+        if !over && !((cells as f32) * rule.px_per_cell < rule.min_area) {
+            break;
+        }
+        let Some(region) = regions.remove(&small) else { break };
+        // Most shared edges, then the lowest number (BTreeMap iterates in ascending order).
+        let Some((&into, _)) = region.shared.iter().fold(None, |best: Option<(&i32, &u64)>, (n, e)| match best {
+            Some((_, be)) if be >= e => best,
+            _ => Some((n, e)),
+        }) else {
+            regions.insert(small, region);
+            break;
+        };
+        by_size.remove(&(cells, small));
+        for (&other, &edges) in &region.shared {
+            if let Some(r) = regions.get_mut(&other) {
+                r.shared.remove(&small);
+                if other != into {
+                    *r.shared.entry(into).or_insert(0) += edges;
+                }
+            }
+            if other != into {
+                if let Some(t) = regions.get_mut(&into) {
+                    *t.shared.entry(other).or_insert(0) += edges;
+                }
+            }
+        }
+        if let Some(t) = regions.get_mut(&into) {
+            by_size.remove(&(t.cells, into));
+            t.cells += region.cells;
+            by_size.insert((t.cells, into));
+        }
+        target_of.insert(small, into);
+        merges += 1;
+    }
+    if merges > 0 {
+        // Follow each merged region to the one that finally holds it.
+        let resolve = |mut l: i32| {
+            while let Some(&t) = target_of.get(&l) {
+                l = t;
+            }
+            l
+        };
+        let finals: BTreeMap<i32, i32> = target_of.keys().map(|&l| (l, resolve(l))).collect();
+        for l in labels.iter_mut() {
+            if let Some(&t) = finals.get(l) {
+                *l = t;
+            }
+        }
+    }
+    merges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(rows: &[&str]) -> (Vec<i32>, usize) {
+        let w = rows[0].len();
+        let labels = rows.iter().flat_map(|r| r.chars().map(|c| if c == '.' { -1 } else { c.to_digit(36).unwrap() as i32 })).collect();
+        (labels, w)
+    }
+
+    fn show(labels: &[i32], w: usize) -> Vec<String> {
+        labels.chunks(w).map(|r| r.iter().map(|&l| if l < 0 { '.' } else { char::from_digit(l as u32, 36).unwrap() }).collect()).collect()
+    }
+
+    #[test]
+    fn painting_puts_finer_and_smaller_masks_on_top() {
+        let view = ViewRect { y0: 0, x0: 0, h: 1, w: 8, words: 1 };
+        let row = |a: usize, b: usize| (a..b).map(|x| (0, x)).collect::<Vec<_>>();
+        let cands = vec![
+            Candidate::from_cells(0, 2, 1.0, &view, &row(0, 8)).unwrap(), // whole
+            Candidate::from_cells(1, 0, 1.0, &view, &row(1, 4)).unwrap(), // sub-part, 3 cells
+            Candidate::from_cells(2, 0, 1.0, &view, &row(3, 6)).unwrap(), // sub-part, 3 cells, later
+            Candidate::from_cells(3, 0, 1.0, &view, &row(5, 7)).unwrap(), // sub-part, 2 cells
+            Candidate::from_cells(4, 1, 1.0, &view, &row(0, 2)).unwrap(), // part
+        ];
+        // Accepted in the order 0, 1, 2, 3, 4 → regions 0..4. Ties by area go to the earlier mask.
+        let labels = paint(&cands, &[0, 1, 2, 3, 4], &view);
+        assert_eq!(labels, vec![4, 1, 1, 1, 2, 3, 3, 0]);
+    }
+
+    #[test]
+    fn rest_components_are_numbered_in_raster_order() {
+        let (mut labels, w) = map(&["0..0.", "00.00", "...0."]);
+        assert_eq!(label_rest(&mut labels, w, 5), 3);
+        assert_eq!(show(&labels, w), vec!["05506", "00500", "55507"]);
+    }
+
+    fn rule(max_regions: usize, min_area: f32) -> MergeRule {
+        MergeRule { max_regions, min_area, px_per_cell: 1.0 }
+    }
+
+    #[test]
+    fn merging_takes_the_longest_border_and_breaks_ties_by_number() {
+        // Region 3 (2 cells) borders 1 and 2 on two edges each and 0 on one: the tie goes to 1.
+        let (mut labels, w) = map(&["11322", "11322", "00000"]);
+        assert_eq!(merge(&mut labels, w, rule(0, 3.0)), 1);
+        assert_eq!(show(&labels, w), vec!["11122", "11122", "00000"]);
+        // Region 1 (1 cell) borders 0 on two edges and 2 on one: it joins 0, and 2's border
+        // with it becomes a border with 0, which 2 (1 cell) then joins.
+        let (mut labels, w) = map(&["000", "012"]);
+        assert_eq!(merge(&mut labels, w, rule(0, 2.0)), 2);
+        assert_eq!(show(&labels, w), vec!["000", "000"]);
+    }
+
+    #[test]
+    fn merging_picks_the_smallest_then_the_lowest_number() {
+        // Regions 4 and 5 have one cell each: 4 goes first, into 0 (its only neighbour).
+        let (mut labels, w) = map(&["04", "05", "00"]);
+        assert_eq!(merge(&mut labels, w, rule(2, 0.0)), 1);
+        assert_eq!(show(&labels, w), vec!["00", "05", "00"]);
+    }
+
+    #[test]
+    fn merging_stops_at_a_region_without_neighbours() {
+        let (mut labels, w) = map(&["0.1", "0.1"]);
+        assert_eq!(merge(&mut labels, w, rule(1, 0.0)), 0);
+        assert_eq!(show(&labels, w), vec!["0.1", "0.1"]);
+        let (mut one, w) = map(&["00"]);
+        assert_eq!(merge(&mut one, w, rule(0, 100.0)), 0);
+    }
+
+    #[test]
+    fn merged_regions_follow_chains() {
+        // 2 joins 1 (a tie with 5, lower number), then 1 (now 3 cells) joins 5: 2's cells end in 5.
+        let (mut labels, w) = map(&["5555", "5555", "5112"]);
+        assert_eq!(merge(&mut labels, w, rule(1, 0.0)), 2);
+        assert_eq!(show(&labels, w), vec!["5555", "5555", "5555"]);
+    }
+}
