@@ -6,7 +6,7 @@
 //! projector, and its `--dump`, `--json` and `-o` mask must reproduce the reference:
 //!
 //! * the label map exactly (the superpixel procedure is integer-valued; the generator checked that
-//!   perturbing every SAM logit by ±1e-4 changes nothing, so float rounding cannot flip it);
+//!   perturbing every SAM logit by ±2e-4 changes nothing, so float rounding cannot flip it);
 //! * coverage, visual tokens, the [SEG] embedding and SAM's low-res logits within tolerance;
 //! * the same answer (ids decoded with the fixture's tokenizer) and prompt length;
 //! * the final mask with IoU ≥ 0.99 (pixels whose bilinear logit is within rounding of 0 may flip).
@@ -26,15 +26,9 @@ const EXPRESSION: &str = "the cat";
 /// `</s>` in the fixture's tokenizer (the LLM config's eos_token_id).
 const EOS: i32 = 2;
 
-/// Coverage is exact-rectangle arithmetic in f64 rounded once to f32 on both sides.
+/// Coverage is exact-rectangle arithmetic in f64 rounded once to f32 on both sides (so in practice
+/// equal); a few ulps allowed for a different summation order.
 const COVERAGE: Tol = Tol { atol: 1e-6, rtol: 1e-5 };
-
-/// SAM's mask logits come out of a 1024² image encoder (two layers, one of them global attention
-/// over 4096 tokens), the two-way decoder and two transposed convolutions: more reduction-order
-/// slack than the whole-model default in absolute terms, because the fixture's logits are ~10
-/// (its hypernetwork output is scaled so masks sit far from 0). Relative 1e-3 still catches any
-/// wrong weight or op.
-const MASK_LOGITS: Tol = Tol { atol: 1e-3, rtol: 1e-3 };
 
 /// The final mask is compared by IoU: bilinear upsampling puts a few pixels near logit 0 on
 /// whichever side rounding sends them.
@@ -182,7 +176,9 @@ fn check(run: &Run, r: &Weights, projector: &str) {
     assert_eq!([gshape[0], gshape[2]], [wshape[0], wshape[2]], "mask_logits shape {gshape:?} vs reference {wshape:?}");
     let (rows, cols) = (wshape[1], wshape[2]);
     let got: Vec<f32> = (0..gshape[0]).flat_map(|n| got[n * gshape[1] * cols..][..rows * cols].to_vec()).collect();
-    assert_close(&format!("{projector} mask_logits"), &got, &want, MASK_LOGITS);
+    // The whole-model default: the 1024² SAM encoder (global attention over 4096 tokens), the
+    // LLM and the two-way decoder stay within ~6e-5 of transformers on logits of order 1.
+    assert_close(&format!("{projector} mask_logits"), &got, &want, F32_MODEL);
 
     // The final mask: the union over [SEG]s, thresholded at 0, at the photo's size.
     let (want, wshape) = f32s(r, &p("mask"));
