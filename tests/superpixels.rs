@@ -206,7 +206,7 @@ fn generate_with_visword_sam_gives_the_reference_label_map() {
     let (emb, frame) = embed(&be, &sam, &dir().join("photo.png"));
     assert_eq!(frame, photo_frame());
     let cfg: SuperpixelConfig = meta(&r, "config");
-    assert!(cfg.points_per_side * cfg.points_per_side % cfg.points_per_batch != 0, "the last batch should be a partial one");
+    assert!(!(cfg.points_per_side * cfg.points_per_side).is_multiple_of(cfg.points_per_batch), "the last batch should be a partial one");
     let (sp, stats) = generate_with_stats(&be, &sam, &emb, &frame, meta(&r, "grid"), &cfg).unwrap();
     // visword's SAM and transformers' differ by float rounding (≈1e-5 relative on the logits),
     // and the reference was computed from transformers' logits. A cell whose logit sits within

@@ -182,13 +182,17 @@ impl MaskFilter {
             .filter_map(|i| {
                 let (k, m) = (i / LEVELS, i % LEVELS);
                 let score = iou[i] + if m == 2 { self.whole_level_bonus } else { 0.0 };
-                if !(score >= self.pred_iou_thresh) {
+                // Every test is written as "passes", so a NaN fails it.
+                let confident = score >= self.pred_iou_thresh;
+                if !confident {
                     return None;
                 }
                 let logits = &logits[i * plane..(i + 1) * plane];
                 let s = self.stats(logits)?;
                 let stability = if s.loose > 0 { s.stable as f32 / s.loose as f32 } else { 0.0 };
-                if !(stability >= self.stability_thresh) || !(s.area as f32 * self.px_per_cell >= self.min_area) {
+                let stable = stability >= self.stability_thresh;
+                let large = s.area as f32 * self.px_per_cell >= self.min_area;
+                if !stable || !large {
                     return None;
                 }
                 Some(self.candidate(logits, first_prompt + k, m, score, &s))
@@ -294,9 +298,7 @@ mod tests {
         let cfg = SuperpixelConfig { pred_iou_thresh: 0.0, stability_thresh: 0.5, min_area: 0.0, ..Default::default() };
         let f = MaskFilter::new(&frame(), &cfg);
         let mut p = plane([0, 0, 4, 4], 2.0); // 16 cells > 1
-        for x in 10..26 {
-            p[x] = 0.5; // 16 cells in (−1, 1]
-        }
+        p[10..26].fill(0.5); // 16 cells in (−1, 1]
         assert_eq!(f.candidates(&p, &[1.0], 0).len(), 1);
         p[26] = 0.5; // 17 loose cells: 16 / 33 < 0.5
         assert_eq!(f.candidates(&p, &[1.0], 0).len(), 0);

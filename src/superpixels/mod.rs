@@ -102,7 +102,7 @@ impl<'a> Builder<'a> {
         let start = Instant::now();
         let plane = self.frame.mask_size * self.frame.mask_size;
         let n = iou.len() / LEVELS;
-        if iou.len() % LEVELS != 0 || logits.len() != n * LEVELS * plane {
+        if !iou.len().is_multiple_of(LEVELS) || logits.len() != n * LEVELS * plane {
             return Err(Error::arg(
                 "mask logits",
                 format!(

@@ -28,7 +28,7 @@ pub fn paint(cands: &[Candidate], accepted: &[usize], view: &ViewRect) -> Vec<i3
 /// Number every 4-connected component of unlabelled cells, from `first` on, in the order of
 /// each component's first cell in row-major order. Returns how many there were.
 pub fn label_rest(labels: &mut [i32], w: usize, first: i32) -> usize {
-    let h = if w == 0 { 0 } else { labels.len() / w };
+    let h = labels.len().checked_div(w).unwrap_or(0);
     let mut next = first;
     let mut stack = Vec::new();
     for start in 0..labels.len() {
@@ -113,7 +113,8 @@ pub fn merge(labels: &mut [i32], w: usize, rule: MergeRule) -> usize {
     let mut merges = 0;
     while let Some(&(cells, small)) = by_size.first() {
         let over = rule.max_regions > 0 && by_size.len() > rule.max_regions;
-        if !over && !((cells as f32) * rule.px_per_cell < rule.min_area) {
+        let too_small = (cells as f32) * rule.px_per_cell < rule.min_area;
+        if !over && !too_small {
             break;
         }
         let Some(region) = regions.remove(&small) else { break };
