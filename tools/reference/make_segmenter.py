@@ -18,7 +18,9 @@ Writes tests/fixtures/segmenter_tiny/:
                      `model.text_hidden_fcs.0.{0,2}`, `model.svp.*`
   tokenizer.json     byte-level BPE without merges: <unk> 0, <s> 1, </s> 2, the 256 byte
                      symbols 3..258 (byte b is id 3 + b), [SEG] 259, <im_start> 260, <im_end> 261;
-                     the post-processor adds <s>
+                     the post-processor adds <s> ([SEG] and the image tokens are ordinary added
+                     tokens, as LISA adds them)
+  tokenizer_config.json   names <s>, </s>, <unk> (as `visword init` writes it)
   photo.png          the input: a 120×30 strip (rows 20..50, through the eyes) of
                      tests/fixtures/images/chelsea_120x80.png. A 4:1 photo keeps everything small:
                      SAM's resized image is 1024×256, its low-res crop 64×256 cells, and CLIP's
@@ -54,7 +56,7 @@ d = 64 to SAM's prompt width 16.
 Weights (seeded: torch.manual_seed(0), one generator for CLIP, the LLM and the projectors, SAM's
 own): as docs/svp.md's random-weight models — N(0, 0.02²) — except that norm weights are
 1 + N(0, 0.1²) and biases N(0, 0.02²), so a missing or swapped norm or bias shows. The LLM is
-steered as the doc says (channel 0: +1 on the prompt's last token ':', −1 on [SEG]; no o_proj /
+steered as the doc says (channel 0: +√d on the prompt's last token ':', −√d on [SEG]; no o_proj /
 down_proj writes it; lm_head gives [SEG] +10 and EOS −10): the answer is [SEG] then EOS, whatever
 the visual tokens. SAM, so that superpixels and the final mask have structure (a random SAM's masks
 are a 4×4 checkerboard of one sign): make_sam.py's fan-in-scaled draw with seed SAM_SEED;
@@ -186,7 +188,8 @@ def make_tokenizer() -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("[SEG]", "<im_start>", "<im_end>")])
+    # LISA adds these as ordinary tokens: matched whole in text, kept by skip_special_tokens.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("[SEG]", "<im_start>", "<im_end>")])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS)])
     assert tok.get_vocab_size() == VOCAB, tok.get_vocab_size()
     for name, i in (("[SEG]", SEG), ("<im_start>", IM_START), ("<im_end>", IM_END)):
@@ -254,10 +257,11 @@ def draw(model: torch.nn.Module, gen: torch.Generator) -> None:
 def steer(llama: LlamaForCausalLM, last_prompt_token: int) -> None:
     """docs/svp.md "Random-weight models": channel 0 of the residual stream carries the answer."""
     m = llama.model
+    root_d = llama.config.hidden_size**0.5
     with torch.no_grad():
         m.embed_tokens.weight[:, 0] = 0.0
-        m.embed_tokens.weight[last_prompt_token, 0] = 1.0
-        m.embed_tokens.weight[SEG, 0] = -1.0
+        m.embed_tokens.weight[last_prompt_token, 0] = root_d
+        m.embed_tokens.weight[SEG, 0] = -root_d
         for layer in m.layers:
             layer.self_attn.o_proj.weight[0, :] = 0.0
             layer.mlp.down_proj.weight[0, :] = 0.0
@@ -609,6 +613,18 @@ def main() -> None:
         json.dump(segmenter_config(seg), f, indent=2, ensure_ascii=False)
         f.write("\n")
     tok.save(os.path.join(OUT, "tokenizer.json"))
+    tok_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<unk>",
+        "model_max_length": seg.llama.config.max_position_embeddings,
+        "clean_up_tokenization_spaces": False,
+    }
+    with open(os.path.join(OUT, "tokenizer_config.json"), "w") as f:
+        json.dump(tok_config, f, indent=2)
+        f.write("\n")
     assert Tokenizer.from_file(os.path.join(OUT, "tokenizer.json")).encode(text).ids == tok.encode(text).ids
     ref = {k: v.detach().contiguous().clone() for k, v in ref.items()}
     save_file(ref, os.path.join(OUT, "reference.safetensors"))
