@@ -24,6 +24,10 @@ enum Command {
     Embed(cli::embed::Args),
     /// Time a LISA-style stack on random weights and compare the projectors.
     Bench(cli::bench::Args),
+    /// Segment what a referring expression names in an image.
+    Segment(cli::segment::Args),
+    /// Write a random-weight segmenter directory at a preset's shapes.
+    Init(cli::init::Args),
     /// SAM superpixels of an image: label map, boundary overlay, coverage dump.
     Superpixels(cli::superpixels::Args),
 }
@@ -51,6 +55,8 @@ fn run(cli: &Cli) -> visword::Result<()> {
         Command::Generate(a) => cli::generate::run(a),
         Command::Embed(a) => cli::embed::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Segment(a) => cli::segment::run(a),
+        Command::Init(a) => cli::init::run(a),
         Command::Superpixels(a) => cli::superpixels::run(a),
     }
 }

@@ -21,7 +21,7 @@ pub const SAM_IMAGE: usize = 1024;
 pub const SAM_PATCH: usize = 16;
 
 /// Preset names, in the order they are listed to the user.
-pub const PRESET_NAMES: [&str; 4] = ["tiny", "cpu", "lisa-7b", "dinov2-lisa-7b"];
+pub const PRESET_NAMES: [&str; 5] = ["tiny", "cpu", "lisa-7b", "glamm-7b", "dinov2-lisa-7b"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VisionKind {
@@ -72,6 +72,7 @@ pub fn preset(name: &str) -> Result<Preset> {
         "tiny" => tiny(),
         "cpu" => cpu(),
         "lisa-7b" => lisa_7b(),
+        "glamm-7b" => glamm_7b(),
         "dinov2-lisa-7b" => dinov2_lisa_7b(),
         _ => {
             return Err(Error::arg("--preset", format!("unknown preset `{name}`; known presets: {}", PRESET_NAMES.join(", "))));
@@ -191,6 +192,12 @@ fn lisa_7b() -> Preset {
     }
 }
 
+/// GLaMM-7B: the same CLIP ViT-L/14-336 and SAM ViT-H (its grounding encoder and pixel
+/// decoder) around Vicuna-7B v1.5, which has Llama-2-7B's shapes and 4096-token context.
+fn glamm_7b() -> Preset {
+    Preset { name: "glamm-7b", summary: "CLIP ViT-L/14-336 · SAM ViT-H · Vicuna-7B v1.5", ..lisa_7b() }
+}
+
 /// LISA-7B with DINOv2-L/14 in place of CLIP. `image_size` is set to the 336 input so the
 /// position table is used as is (the released 518 table would be resized on every call, which
 /// is host work this benchmark is not about).
@@ -255,7 +262,7 @@ mod tests {
             sam.validate(path).unwrap();
             assert_eq!(sam.vision_config.grid(), 64, "{name}");
             let llm = LlamaConfig::from_json(p.llm_config.as_object().unwrap(), path).unwrap();
-            if name.ends_with("lisa-7b") {
+            if name.ends_with("-7b") {
                 assert_eq!((width, sam.vision_config.hidden_size, llm.hidden_size, llm.num_hidden_layers), (1024, 1280, 4096, 32));
                 assert_eq!((llm.intermediate_size, llm.vocab_size, llm.tie_word_embeddings), (11008, 32000, false));
             }

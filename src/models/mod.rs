@@ -7,5 +7,6 @@ pub mod generate;
 pub mod llama;
 pub mod projector;
 pub mod sam;
+pub mod segmenter;
 pub mod tokenizer;
 pub mod vit;

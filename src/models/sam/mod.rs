@@ -50,9 +50,15 @@ impl Sam {
     }
 
     pub fn from_weights(config: SamConfig, weights: &Weights, backend: &Backend) -> Result<Sam> {
-        let root = VarView::new(weights, backend);
+        Sam::from_view(config, &VarView::new(weights, backend))
+    }
+
+    /// Build from a view scoped at the SamModel root (the level holding `vision_encoder`,
+    /// `prompt_encoder`, `mask_decoder`), e.g. `model.visual_model` in a LISA checkpoint.
+    pub fn from_view(config: SamConfig, root: &VarView) -> Result<Sam> {
+        let backend = root.backend();
         let image_encoder = ImageEncoder::load(&root.pp("vision_encoder"), &config.vision_config, config.vision_act())?;
-        let prompt_encoder = PromptEncoder::load(&root, &config)?;
+        let prompt_encoder = PromptEncoder::load(root, &config)?;
         let mask_decoder = MaskDecoder::load(&root.pp("mask_decoder"), &config.mask_decoder_config, config.decoder_act())?;
         let image_pe = backend.upload(&prompt_encoder.image_positional_embeddings()?)?;
         Ok(Sam { config, image_encoder, prompt_encoder, mask_decoder, image_pe })
@@ -81,5 +87,17 @@ impl Sam {
         let sparse = self.prompt_encoder.sparse(be, prompts)?;
         let dense = self.prompt_encoder.dense(be, prompts.mask.as_ref())?;
         self.mask_decoder.forward(be, image_embeddings, &self.image_pe, sparse.as_ref(), &dense, multimask)
+    }
+
+    /// Masks for ready-made sparse prompt tokens `[P, N, C]` (LISA feeds each `[SEG]` embedding
+    /// as the only token of its prompt: `[n_seg, 1, C]`); the dense prompt is the no-mask
+    /// embedding and no "not a point" pad token is added.
+    pub fn predict_sparse(&self, be: &Backend, image_embeddings: &Tensor, sparse: &Tensor, multimask: bool) -> Result<DecoderOutput> {
+        let c = self.config.prompt_encoder_config.hidden_size;
+        if sparse.dims() != 3 || sparse.dim(0) == 0 || sparse.dim(2) != c {
+            return Err(Error::arg("sparse prompt embeddings", format!("shape {:?}, expected [P ≥ 1, N, {c}]", sparse.shape())));
+        }
+        let dense = self.prompt_encoder.dense(be, None)?;
+        self.mask_decoder.forward(be, image_embeddings, &self.image_pe, Some(sparse), &dense, multimask)
     }
 }
