@@ -1,6 +1,12 @@
 //! The `visword` command line. User errors print one line and exit non-zero (no backtrace).
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc keeps freed pages for reuse: the SAM mask decoder and the encoders free and
+/// reallocate tens-of-MB activations every op, which the system allocator returns to the kernel
+/// and faults back in page by page (over a third of the time of superpixel generation).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use visword::cli;
 
 #[derive(Parser, Debug)]

@@ -48,13 +48,22 @@ pub struct Preset {
     pub superpixels: SuperpixelConfig,
 }
 
-/// Superpixel thresholds for SAM with random weights. Its IoU head predicts noise and its masks
-/// are smooth blobs, so the trained-model defaults (IoU ≥ 0.86, stability ≥ 0.92) would reject
-/// every mask and leave one "rest" region; these keep the masks the geometry filters (area, box
-/// NMS, level selection, merging) accept, so the svp row pays for, and counts, as many visual
-/// words as a real photo gives a trained SAM. The point grid stays the default 32×32.
-pub fn random_weight_superpixels() -> SuperpixelConfig {
-    SuperpixelConfig { pred_iou_thresh: -1000.0, stability_thresh: 0.5, ..SuperpixelConfig::default() }
+/// Superpixel settings for SAM with random weights (the bench's and `visword init`'s). Random
+/// SAM predicts IoUs and stabilities near 0 and masks without meaning, so the trained-model
+/// thresholds (IoU ≥ 0.86, stability ≥ 0.92) would reject every mask; these let its masks through
+/// so the stage does its real work on the photo. The count is capped at 40, the paper's mean
+/// number of visual words, so the svp row shows the token budget the method runs at: the label
+/// map and coverage are built from the photo, the cap only bounds how many regions stay.
+/// `points_per_side` is the preset's: 32 (the default grid) where the backend can afford it.
+pub fn random_weight_superpixels(points_per_side: usize) -> SuperpixelConfig {
+    SuperpixelConfig {
+        points_per_side,
+        pred_iou_thresh: -1000.0,
+        stability_thresh: 0.0,
+        min_area: 0.0,
+        max_superpixels: 40,
+        ..SuperpixelConfig::default()
+    }
 }
 
 /// The preset the backend can run in reasonable time: the small one on the CPU, the real LISA-7B
@@ -139,6 +148,11 @@ fn llama(hidden: usize, layers: usize, heads: usize, kv_heads: usize, intermedia
     })
 }
 
+/// The CPU preset's superpixel point grid: SAM's mask decoder costs about 0.1 s per prompt at
+/// the `cpu` widths on two cores, so 8×8 = 64 prompts keep `visword bench` around half a
+/// minute; `--points-per-side 16|32` measures the larger grids (BENCHMARKS.md).
+pub const CPU_POINTS_PER_SIDE: usize = 8;
+
 /// Seconds on any machine: tiny widths and depths, real geometry. For tests and CI.
 fn tiny() -> Preset {
     Preset {
@@ -150,7 +164,7 @@ fn tiny() -> Preset {
         sam_config: sam(32, 2, 2, &[1], 32, 64, 2),
         llm_config: llama(64, 2, 4, 2, 128, 4096, true, 2048, 10000.0),
         weight_dtype: DType::F32,
-        superpixels: random_weight_superpixels(),
+        superpixels: random_weight_superpixels(8),
     }
 }
 
@@ -165,7 +179,7 @@ fn cpu() -> Preset {
         sam_config: sam(384, 6, 6, &[2, 5], 256, 2048, 8),
         llm_config: llama(576, 30, 9, 3, 1536, 49152, true, 8192, 100000.0),
         weight_dtype: DType::BF16,
-        superpixels: random_weight_superpixels(),
+        superpixels: random_weight_superpixels(CPU_POINTS_PER_SIDE),
     }
 }
 
@@ -188,7 +202,7 @@ fn lisa_7b() -> Preset {
         sam_config: sam_vit_h(),
         llm_config: llama_2_7b(),
         weight_dtype: DType::BF16,
-        superpixels: random_weight_superpixels(),
+        superpixels: random_weight_superpixels(32),
     }
 }
 
@@ -222,7 +236,7 @@ fn dinov2_lisa_7b() -> Preset {
         sam_config: sam_vit_h(),
         llm_config: llama_2_7b(),
         weight_dtype: DType::BF16,
-        superpixels: random_weight_superpixels(),
+        superpixels: random_weight_superpixels(32),
     }
 }
 

@@ -17,12 +17,11 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::bench::presets::{self, VisionKind};
+use crate::bench::presets::{self, random_weight_superpixels, VisionKind};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models::chat_template::ChatTemplate;
 use crate::models::projector::{ProjectorKind, SvpConfig};
-use crate::superpixels::SuperpixelConfig;
 use crate::weights::write_atomic;
 
 use super::config::{SegmenterConfig, DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION_TEMPLATE, LLAVA_V1_CHAT_TEMPLATE, MODEL_TYPE};
@@ -63,15 +62,9 @@ pub fn preset_config(preset: &str) -> Result<(Value, DType)> {
     if let Some(m) = vision.as_object_mut() {
         m.insert("model_type".into(), json!(vision_type));
     }
-    // Random SAM weights predict IoUs and stabilities near 0: thresholds that let their masks
-    // through, so the superpixel stage does real work (the counts are SAM's, not real objects).
-    let superpixels = SuperpixelConfig {
-        points_per_side: if tiny { 8 } else { 32 },
-        pred_iou_thresh: -1000.0,
-        stability_thresh: 0.0,
-        min_area: 0.0,
-        ..SuperpixelConfig::default()
-    };
+    // Random SAM predicts IoUs and stabilities near 0: the bench's thresholds let its masks
+    // through, so the superpixel stage does real work (the regions are SAM's, not real objects).
+    let superpixels = random_weight_superpixels(if tiny { 8 } else { 32 });
     let svp = SvpConfig::default();
     let config = json!({
         "model_type": MODEL_TYPE,
