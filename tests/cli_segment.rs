@@ -123,6 +123,19 @@ fn segment_with_svp_dumps_the_superpixels() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("answer: [SEG]") && out.contains("(svp)"), "{out}");
     assert_eq!(png_size(&mask), (240, 360));
+
+    // `superpixels` takes the segmenter directory too: the same SAM, settings and patch grid, so
+    // the same superpixels as the segment run above.
+    let sp_dump = tmp.join("sp.safetensors");
+    let (code, out, err) = visword(&[
+        "superpixels", "--sam", s(&model), s(&photo()), "--dump", s(&sp_dump), "--points-per-side", "4", "--max-superpixels", "10",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("superpixels: {n}")), "{out}");
+    let e = Weights::open(&sp_dump).unwrap();
+    for name in ["label_map", "coverage", "geometry"] {
+        assert_eq!(e.get(name).unwrap().to_f32_vec().unwrap(), d.get(name).unwrap().to_f32_vec().unwrap(), "{name}");
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! `visword superpixels`: SAM superpixels of one image (docs/svp.md §1–2), without a vision
-//! encoder: the view and patch grid are those of CLIP ViT-L/14-336's processor (`--patch-grid`
-//! sets the grid side). Writes the label map as a colour PNG (one colour per superpixel, black
+//! `visword superpixels`: SAM superpixels of one image (docs/svp.md §1–2), without running a
+//! vision encoder. From a SAM directory the view and patch grid are those of CLIP ViT-L/14-336's
+//! processor; from a segmenter directory, its own encoder's (`--patch-grid` sets the grid side). Writes the label map as a colour PNG (one colour per superpixel, black
 //! outside the view, at the low-res crop's size), the boundaries drawn on the photo, and a dump.
 
 use std::path::{Path, PathBuf};
@@ -12,11 +12,12 @@ use crate::error::{Error, Result};
 use crate::image_io::{load_rgb, DEFAULT_MAX_PIXELS};
 use crate::models::sam::preprocess::preprocess;
 use crate::models::sam::Sam;
+use crate::models::segmenter::{self, config::SegmenterConfig};
 use crate::preprocess::ImageProcessor;
 use crate::superpixels::render::write_rgb_png;
 use crate::superpixels::{generate_with_stats, Frame, Stats, SuperpixelConfig, Superpixels, MAX_GRID};
 use crate::tensor::Tensor;
-use crate::weights::save_safetensors;
+use crate::weights::{save_safetensors, VarView, Weights};
 
 /// The superpixel options shared by the commands that make superpixels; unset flags keep the
 /// config's value.
@@ -68,7 +69,8 @@ impl SuperpixelArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// SAM checkpoint directory (transformers SamModel: config.json + model.safetensors).
+    /// SAM checkpoint directory (transformers SamModel: config.json + model.safetensors), or a
+    /// segmenter directory (its SAM, superpixel settings, patch grid and encoder view).
     #[arg(long, value_name = "DIR")]
     pub sam: PathBuf,
     /// Input image (PNG or JPEG).
@@ -83,9 +85,10 @@ pub struct Args {
     pub overlay: Option<PathBuf>,
     #[command(flatten)]
     pub superpixels: SuperpixelArgs,
-    /// Side of the patch grid the coverage matrix is computed on (CLIP ViT-L/14-336: 24).
-    #[arg(long, value_name = "N", default_value_t = 24)]
-    pub patch_grid: usize,
+    /// Side of the patch grid the coverage matrix is computed on (default: a segmenter's own,
+    /// else CLIP ViT-L/14-336's 24).
+    #[arg(long, value_name = "N")]
+    pub patch_grid: Option<usize>,
     /// Write label_map (i32 [lh, lw]), coverage (f32 [S, N²]) and geometry (f32 [S, 7]).
     #[arg(long, value_name = "OUT.safetensors")]
     pub dump: Option<PathBuf>,
@@ -158,31 +161,57 @@ fn report(sp: &Superpixels, stats: &Stats, embedding_ms: f64, superpixels_ms: f6
     );
 }
 
+/// Where SAM and the superpixel settings come from.
+struct Source {
+    sam: Sam,
+    cfg: SuperpixelConfig,
+    grid: usize,
+    view: ImageProcessor,
+}
+
+/// A SAM directory (defaults: docs/svp.md's thresholds, CLIP-336's grid and view), or a
+/// segmenter directory (its SAM under `model.visual_model` and its own settings).
+fn load_source(dir: &Path, be: &Backend) -> Result<Source> {
+    let (_, json) = crate::models::vit::read_config(dir)?;
+    if crate::models::vit::model_type(&json) == Some(segmenter::config::MODEL_TYPE) {
+        let config = SegmenterConfig::from_dir(dir)?;
+        let weights = Weights::open(dir)?;
+        let sam = Sam::from_view(config.sam.clone(), &VarView::new(&weights, be).pp(segmenter::names::SAM))?;
+        return Ok(Source { sam, cfg: config.superpixels.clone(), grid: config.grid, view: config.vision_processor.clone() });
+    }
+    Ok(Source { sam: Sam::load(dir, be)?, cfg: SuperpixelConfig::default(), grid: 24, view: ImageProcessor::clip(336) })
+}
+
 pub fn run(args: &Args) -> Result<()> {
     // Cheap checks first: nothing is loaded or written on a bad flag.
     let kind = BackendKind::from_str(&args.backend)?;
-    let mut cfg = SuperpixelConfig::default();
-    args.superpixels.apply(&mut cfg);
-    cfg.validate("flags")?;
-    if args.patch_grid == 0 || args.patch_grid > MAX_GRID {
-        return Err(Error::arg("--patch-grid", format!("is {}, expected 1..={MAX_GRID}", args.patch_grid)));
+    let mut flags_only = SuperpixelConfig::default();
+    args.superpixels.apply(&mut flags_only);
+    flags_only.validate("flags")?;
+    if let Some(g) = args.patch_grid {
+        if g == 0 || g > MAX_GRID {
+            return Err(Error::arg("--patch-grid", format!("is {g}, expected 1..={MAX_GRID}")));
+        }
     }
     check_output_dir("-o", &args.output)?;
     check_output_dir("--overlay", &args.overlay)?;
     check_output_dir("--dump", &args.dump)?;
 
     let be = Backend::new(kind)?;
-    let sam = Sam::load(&args.sam, &be)?;
+    let Source { sam, mut cfg, grid, view } = load_source(&args.sam, &be)?;
+    args.superpixels.apply(&mut cfg);
+    cfg.validate("flags")?;
+    let grid = args.patch_grid.unwrap_or(grid);
     let img = load_rgb(&args.image, args.max_pixels)?;
     let pre = preprocess(&img, sam.input_size())?;
     let (h, w) = pre.original_size;
-    let frame = Frame::new((h, w), sam.input_size(), sam.mask_size(), ImageProcessor::clip(336).view_rect(h, w))?;
+    let frame = Frame::new((h, w), sam.input_size(), sam.mask_size(), view.view_rect(h, w))?;
 
     let start = Instant::now();
     let embeddings = sam.image_embeddings(&be, &be.upload(&pre.pixel_values)?)?;
     let embedding_ms = start.elapsed().as_secs_f64() * 1e3;
     let start = Instant::now();
-    let (sp, stats) = generate_with_stats(&be, &sam, &embeddings, &frame, args.patch_grid, &cfg)?;
+    let (sp, stats) = generate_with_stats(&be, &sam, &embeddings, &frame, grid, &cfg)?;
     let superpixels_ms = start.elapsed().as_secs_f64() * 1e3;
 
     if let Some(path) = &args.output {
