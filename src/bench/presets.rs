@@ -179,7 +179,8 @@ fn cpu() -> Preset {
         sam_config: sam(384, 6, 6, &[2, 5], 256, 2048, 8),
         llm_config: llama(576, 30, 9, 3, 1536, 49152, true, 8192, 100000.0),
         weight_dtype: DType::BF16,
-        superpixels: random_weight_superpixels(CPU_POINTS_PER_SIDE),
+        // 16 prompts per decoder batch: a 64-prompt batch holds 268 MB per activation at this width.
+        superpixels: SuperpixelConfig { points_per_batch: 16, ..random_weight_superpixels(CPU_POINTS_PER_SIDE) },
     }
 }
 
