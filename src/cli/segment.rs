@@ -123,14 +123,23 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     if args.json {
-        let report = serde_json::json!({
-            "answer": seg.answer,
-            "visual_tokens": seg.visual_tokens,
-            "prompt_tokens": seg.prompt_tokens,
-            "stages_ms": seg.stages,
-            "end_to_end_ms": seg.end_to_end_ms,
-        });
-        println!("{report}");
+        // A struct, so the keys come out in the documented order.
+        #[derive(serde::Serialize)]
+        struct Report<'a, S: serde::Serialize> {
+            answer: &'a str,
+            visual_tokens: usize,
+            prompt_tokens: usize,
+            stages_ms: &'a S,
+            end_to_end_ms: f64,
+        }
+        let report = Report {
+            answer: &seg.answer,
+            visual_tokens: seg.visual_tokens,
+            prompt_tokens: seg.prompt_tokens,
+            stages_ms: &seg.stages,
+            end_to_end_ms: seg.end_to_end_ms,
+        };
+        println!("{}", serde_json::to_string(&report).map_err(|e| Error::arg("--json", e.to_string()))?);
     } else {
         print_report(&seg, model.projector_kind(), args);
     }
