@@ -14,6 +14,8 @@ use image::RgbImage;
 
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
+
+use super::check_output_dir;
 use crate::image_io::{load_rgb, DEFAULT_MAX_PIXELS};
 use crate::models::projector::ProjectorKind;
 use crate::models::sam::postprocess::write_mask_png;
@@ -70,17 +72,6 @@ pub struct Args {
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
-}
-
-/// The directory an output goes into must exist: checked before the (long) run, not after.
-fn check_output_dir(arg: &str, path: &Option<PathBuf>) -> Result<()> {
-    if let Some(p) = path {
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(Error::arg(arg, format!("{}: directory {} does not exist", p.display(), dir.display())));
-        }
-    }
-    Ok(())
 }
 
 pub fn run(args: &Args) -> Result<()> {

@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
+
+use super::check_output_dir;
 use crate::image_io::{load_rgb, DEFAULT_MAX_PIXELS};
 use crate::models::sam::preprocess::preprocess;
 use crate::models::sam::Sam;
@@ -101,17 +103,6 @@ pub struct Args {
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
-}
-
-/// Fail before any work if an output could not be written (its directory is missing).
-fn check_output_dir(arg: &str, path: &Option<PathBuf>) -> Result<()> {
-    if let Some(p) = path {
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(Error::arg(arg, format!("{}: directory {} does not exist", p.display(), dir.display())));
-        }
-    }
-    Ok(())
 }
 
 fn dump(path: &Path, sp: &Superpixels, frame: &Frame, cfg: &SuperpixelConfig) -> Result<()> {
