@@ -25,9 +25,13 @@ pub enum CpuData {
     Mapped { map: Arc<Mmap>, start: usize, end: usize },
 }
 
+/// Where a tensor's data lives. GPU variants hold a backend's own buffer type; only that
+/// backend looks inside it.
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(Arc<CpuData>),
+    Cuda(Arc<crate::backend::cuda::CudaData>),
+    Wgpu(Arc<crate::backend::wgpu::WgpuData>),
 }
 
 #[derive(Clone, Debug)]
@@ -115,9 +119,15 @@ impl Tensor {
         Ok(Tensor { shape, dtype: self.dtype, storage: self.storage.clone() })
     }
 
+    /// A tensor on a GPU backend: `storage` holds that backend's buffer for `shape` × `dtype`.
+    pub fn from_storage(storage: Storage, dtype: DType, shape: Vec<usize>) -> Tensor {
+        Tensor { shape, dtype, storage }
+    }
+
     pub fn cpu_data(&self) -> Option<&CpuData> {
         match &self.storage {
             Storage::Cpu(d) => Some(d),
+            _ => None,
         }
     }
 
@@ -226,7 +236,10 @@ impl Tensor {
         if self.dtype != DType::F32 {
             return Err(Error::shape("f32_mut", format!("tensor is {}, not f32", self.dtype)));
         }
-        let Storage::Cpu(arc) = &mut self.storage;
+        let device = self.device_name();
+        let Storage::Cpu(arc) = &mut self.storage else {
+            return Err(Error::shape("f32_mut", format!("tensor is on {device}, not the CPU")));
+        };
         if Arc::get_mut(arc).map(|d| matches!(d, CpuData::F32(_))) != Some(true) {
             let owned = match &**arc {
                 CpuData::F32(v) => v.clone(),
@@ -244,6 +257,8 @@ impl Tensor {
     pub fn device_name(&self) -> &'static str {
         match self.storage {
             Storage::Cpu(_) => "cpu",
+            Storage::Cuda(_) => "cuda",
+            Storage::Wgpu(_) => "wgpu",
         }
     }
 }

@@ -94,6 +94,7 @@ fn table_marks_absent_stages() {
 fn assert_user_error(args: &[&str], needles: &[&str]) {
     let (code, out, err) = visword(args);
     assert_eq!(code, 1, "visword {args:?} should fail with exit 1; stderr: {err}");
+    let err: String = err.lines().filter(|l| !l.starts_with("notice: ")).map(|l| format!("{l}\n")).collect();
     assert!(out.is_empty(), "nothing on stdout for a failed run: {out}");
     assert!(err.starts_with("error: ") && !err.contains("panicked"), "one error line expected: {err}");
     for n in needles {

@@ -25,6 +25,7 @@ fn tmp(name: &str) -> PathBuf {
 fn assert_user_error(args: &[&str], needles: &[&str]) {
     let (code, _out, err) = visword(args);
     assert_eq!(code, 1, "visword {args:?} should fail with exit 1; stderr: {err}");
+    let err = common::without_notices(&err);
     assert!(err.starts_with("error: "), "stderr should be one error line: {err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"), "no panic expected: {err}");
     for n in needles {

@@ -80,6 +80,7 @@ fn json_output_is_one_object() {
 fn assert_fails(args: &[&str], needle: &str, dir: &Path) {
     let (code, _, err) = visword(args);
     assert_eq!(code, 1, "{args:?} should fail; stderr: {err}");
+    let err = common::without_notices(&err);
     assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "one error line expected: {err}");
     assert!(err.contains(needle), "error should mention `{needle}`: {err}");
     let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "bad.png").collect();

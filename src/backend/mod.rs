@@ -8,6 +8,10 @@
 //! `[batch, heads, seq, head_dim]`.
 
 pub mod cpu;
+pub mod cuda;
+pub mod wgpu;
+
+pub use cpu::BinaryOp;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -91,33 +95,47 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// A compute backend. New variants (CUDA, wgpu) implement the same methods.
+/// A compute backend. Every variant implements the same methods; tensors live on the backend
+/// that made them (`upload` moves host tensors on, `to_host` brings them back).
 #[derive(Debug)]
 pub enum Backend {
     Cpu(cpu::CpuBackend),
+    Cuda(cuda::CudaBackend),
+    Wgpu(wgpu::WgpuBackend),
 }
 
 macro_rules! dispatch {
     ($self:ident, $b:ident => $e:expr) => {
         match $self {
             Backend::Cpu($b) => $e,
+            Backend::Cuda($b) => $e,
+            Backend::Wgpu($b) => $e,
         }
     };
 }
 
 impl Backend {
-    /// Create the requested backend. `Auto` picks the fastest one available (today: the CPU).
+    /// Create the requested backend. `Auto` picks the fastest one available: CUDA when a device
+    /// exists, else wgpu on a hardware GPU adapter, else the CPU (with a one-line notice on
+    /// stderr saying why the GPUs were passed over, when one was expected).
     pub fn new(kind: BackendKind) -> Result<Backend> {
         match kind {
-            BackendKind::Auto | BackendKind::Cpu => Ok(Backend::Cpu(cpu::CpuBackend::new())),
-            BackendKind::Cuda => Err(Error::BackendUnavailable {
-                backend: "cuda".into(),
-                reason: "this build of visword has no CUDA backend yet; use --backend cpu".into(),
-            }),
-            BackendKind::Wgpu => Err(Error::BackendUnavailable {
-                backend: "wgpu".into(),
-                reason: "this build of visword has no wgpu backend yet; use --backend cpu".into(),
-            }),
+            BackendKind::Cpu => Ok(Backend::cpu()),
+            BackendKind::Cuda => Ok(Backend::Cuda(cuda::CudaBackend::new()?)),
+            BackendKind::Wgpu => Ok(Backend::Wgpu(wgpu::WgpuBackend::new()?)),
+            BackendKind::Auto => {
+                let cuda_err = match cuda::CudaBackend::new() {
+                    Ok(b) => return Ok(Backend::Cuda(b)),
+                    Err(e) => e,
+                };
+                match wgpu::WgpuBackend::new_hardware() {
+                    Ok(b) => Ok(Backend::Wgpu(b)),
+                    Err(wgpu_err) => {
+                        eprintln!("notice: running on the CPU ({cuda_err}; {wgpu_err})");
+                        Ok(Backend::cpu())
+                    }
+                }
+            }
         }
     }
 
@@ -126,22 +144,50 @@ impl Backend {
     }
 
     pub fn name(&self) -> &'static str {
-        dispatch!(self, _b => "cpu")
+        match self {
+            Backend::Cpu(_) => "cpu",
+            Backend::Cuda(_) => "cuda",
+            Backend::Wgpu(_) => "wgpu",
+        }
+    }
+
+    /// The device in words (for reports): "cpu", or the GPU's name.
+    pub fn device_name(&self) -> String {
+        match self {
+            Backend::Cpu(_) => "cpu".into(),
+            Backend::Cuda(b) => b.device_name(),
+            Backend::Wgpu(b) => b.device_name(),
+        }
     }
 
     /// Move a host tensor (any dtype) onto the backend. Free on the CPU.
     pub fn upload(&self, t: &Tensor) -> Result<Tensor> {
-        dispatch!(self, _b => Ok(t.clone()))
+        match self {
+            Backend::Cpu(_) => Ok(t.clone()),
+            Backend::Cuda(b) => b.upload(t),
+            Backend::Wgpu(b) => b.upload(t),
+        }
     }
 
     /// Upload a weight, possibly converting to the backend's preferred weight dtype.
     pub fn upload_weight(&self, t: &Tensor) -> Result<Tensor> {
-        dispatch!(self, _b => Ok(t.clone()))
+        match self {
+            Backend::Cpu(_) => Ok(t.clone()),
+            Backend::Cuda(b) => b.upload_weight(t),
+            Backend::Wgpu(b) => b.upload_weight(t),
+        }
     }
 
-    /// Host copy of a backend tensor.
+    /// Host copy of a backend tensor (a host tensor comes back as it is).
     pub fn to_host(&self, t: &Tensor) -> Result<Tensor> {
-        dispatch!(self, _b => Ok(t.clone()))
+        if t.cpu_data().is_some() {
+            return Ok(t.clone());
+        }
+        match self {
+            Backend::Cpu(_) => Err(Error::shape("to_host", format!("tensor is on {}, not the CPU backend", t.device_name()))),
+            Backend::Cuda(b) => b.to_host(t),
+            Backend::Wgpu(b) => b.to_host(t),
+        }
     }
 
     /// Host f32 values of a backend tensor.
@@ -199,17 +245,17 @@ impl Backend {
 
     /// a + b with numpy broadcasting.
     pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        dispatch!(self, be => be.binary(a, b, cpu::BinaryOp::Add))
+        dispatch!(self, be => be.binary(a, b, BinaryOp::Add))
     }
 
     /// a − b with numpy broadcasting.
     pub fn sub(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        dispatch!(self, be => be.binary(a, b, cpu::BinaryOp::Sub))
+        dispatch!(self, be => be.binary(a, b, BinaryOp::Sub))
     }
 
     /// a · b with numpy broadcasting.
     pub fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        dispatch!(self, be => be.binary(a, b, cpu::BinaryOp::Mul))
+        dispatch!(self, be => be.binary(a, b, BinaryOp::Mul))
     }
 
     /// x · s + t.
@@ -271,9 +317,21 @@ impl Backend {
         dispatch!(self, be => be.write_kv(cache, new, pos))
     }
 
+    /// Superpixel scatter-mean pooling with the SSPE inputs in one pass:
+    /// out[s, c] = Σ_p weights[s, p] · (feats[p, c] + pos[p, c]). weights [S, P] are the
+    /// row-normalised coverage (each row sums to 1), feats and pos [P, C]. Deterministic: every
+    /// output is one ordered sum over p (no atomics).
+    pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        dispatch!(self, be => be.scatter_mean_pool(weights, feats, pos))
+    }
+
     /// Block until every op queued so far has finished, so a host clock brackets real work
     /// (benchmarks). The CPU runs ops synchronously: nothing to wait for.
     pub fn synchronize(&self) -> Result<()> {
-        dispatch!(self, _b => Ok(()))
+        match self {
+            Backend::Cpu(_) => Ok(()),
+            Backend::Cuda(b) => b.synchronize(),
+            Backend::Wgpu(b) => b.synchronize(),
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod files;
 pub mod vision;
 
@@ -118,4 +119,10 @@ impl Rng {
     pub fn tensor(&mut self, shape: &[usize]) -> Tensor {
         Tensor::from_f32(self.vec(shape.iter().product()), shape.to_vec()).unwrap()
     }
+}
+
+/// stderr without the `notice:` lines `--backend auto` prints when it falls back to the CPU, so
+/// tests can check that an error is the only other thing said.
+pub fn without_notices(stderr: &str) -> String {
+    stderr.lines().filter(|l| !l.starts_with("notice: ")).map(|l| format!("{l}\n")).collect()
 }

@@ -88,6 +88,14 @@ impl CpuBackend {
     pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
         layout::write_kv(cache, new, pos)
     }
+    pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        let (w, f) = (weights.shape(), feats.shape());
+        if w.len() != 2 || f.len() != 2 || w[1] != f[0] || pos.shape() != f {
+            return Err(Error::shape("scatter_mean_pool", format!("weights {w:?}, feats {f:?}, pos {:?}: expected [S, P], [P, C], [P, C]", pos.shape())));
+        }
+        let patches = self.binary(feats, pos, BinaryOp::Add)?;
+        self.matmul(weights, &patches, false)
+    }
 }
 
 /// Below this many output elements an op runs on the calling thread: waking the pool costs

@@ -159,8 +159,8 @@ impl SvpProjector {
         }
 
         // Scatter-mean + SSPE: x = Â·(F + E) + geo_mlp(g).
+        let pooled = be.scatter_mean_pool(&mean, feats, &self.table)?;
         let patches = be.add(feats, &self.table)?;
-        let pooled = be.matmul(&mean, &patches, false)?;
         let g = self.geo_fc1.forward(be, &geo, Activation::Gelu, None)?;
         let x = self.geo_fc2.forward(be, &g, Activation::None, Some(&pooled))?;
 
