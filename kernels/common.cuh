@@ -1,0 +1,84 @@
+// Shared helpers for every kernel file (build.rs inlines this header into each file's embedded
+// source, so NVRTC needs no header list). No CUDA headers are included: half-precision loads are
+// done with PTX and bit shifts, so the run-time compile needs nothing but NVRTC itself.
+#pragma once
+
+typedef unsigned long long u64;
+typedef unsigned short u16;
+
+// math.h's INFINITY is not defined under NVRTC without headers.
+#define NEG_INF (__int_as_float(0xff800000))
+#define POS_INF (__int_as_float(0x7f800000))
+
+// Element loops: every 1-D kernel walks its range with a grid-stride loop, so a grid capped
+// at the launch limit still covers tensors of any size.
+#define GRID_STRIDE(i, n) \
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)(n); i += (u64)blockDim.x * gridDim.x)
+
+// Row kernels launch one block per row on a 2-D grid (x ≤ 65535); this is the row index.
+__device__ __forceinline__ u64 block_row() { return (u64)blockIdx.y * gridDim.x + blockIdx.x; }
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((unsigned)h) << 16); }
+
+// Weight dtypes, as the Rust side passes them.
+#define DT_F32 0
+#define DT_F16 1
+#define DT_BF16 2
+
+// Activation codes, as the Rust side passes them (crate::backend::Activation).
+#define ACT_NONE 0
+#define ACT_GELU 1
+#define ACT_GELU_TANH 2
+#define ACT_QUICK_GELU 3
+#define ACT_RELU 4
+#define ACT_SILU 5
+
+// Same formulas as the CPU backend's act_scalar (exact GELU uses erf).
+__device__ __forceinline__ float act_apply(float x, int act) {
+    switch (act) {
+        case ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+        case ACT_GELU_TANH: {
+            const float c = 0.79788456080286536f;  // sqrt(2/pi)
+            return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+        }
+        case ACT_QUICK_GELU: return x / (1.0f + expf(-1.702f * x));
+        case ACT_RELU: return fmaxf(x, 0.0f);
+        case ACT_SILU: return x / (1.0f + expf(-x));
+        default: return x;
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Block-wide sum / max; every thread gets the result. blockDim.x must be a multiple of 32
+// (≤ 1024); `scratch` is 32 floats of shared memory, reusable right after the call returns.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nw ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nw ? scratch[lane] : NEG_INF;
+    return warp_max(v);
+}

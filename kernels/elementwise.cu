@@ -1,0 +1,76 @@
+// Pointwise ops and softmax (f32 activations).
+//
+// * affine_f32:        y = x·s + t
+// * act_f32:           y = act(x)                      (codes in common.cuh)
+// * silu_mul_f32:      y = silu(g)·u                   (SwiGLU)
+// * binary_f32:        y = a ∘ b, same shapes          (op 0 add, 1 sub, 2 mul)
+// * binary_bcast_f32:  y = a ∘ b with numpy broadcasting: per output index, each operand's
+//                      offset from per-dim strides that are 0 on broadcast dims (≤ 8 dims)
+// * softmax_f32:       softmax over the last dim, one block per row; a row of all −∞ → zeros
+//
+// Launch: the 1-D kernels use grid-stride loops (any n); softmax uses a 2-D grid of rows
+// (block_row()) with blockDim.x a multiple of 32. Bytes moved per element: 8 (unary), 12
+// (binary); softmax reads the row three times (max, sum, write) and writes it once.
+#include "common.cuh"
+
+extern "C" __global__ void affine_f32(const float* __restrict__ x, float* __restrict__ y, u64 n, float s, float t) {
+    GRID_STRIDE(i, n) { y[i] = x[i] * s + t; }
+}
+
+extern "C" __global__ void act_f32(const float* __restrict__ x, float* __restrict__ y, u64 n, int act) {
+    GRID_STRIDE(i, n) { y[i] = act_apply(x[i], act); }
+}
+
+extern "C" __global__ void silu_mul_f32(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ y, u64 n) {
+    GRID_STRIDE(i, n) { y[i] = act_apply(g[i], ACT_SILU) * u[i]; }
+}
+
+__device__ __forceinline__ float binop(float a, float b, int op) {
+    return op == 0 ? a + b : (op == 1 ? a - b : a * b);
+}
+
+extern "C" __global__ void binary_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, u64 n, int op) {
+    GRID_STRIDE(i, n) { y[i] = binop(a[i], b[i], op); }
+}
+
+// Must match `Broadcast` in src/backend/cuda/elementwise.rs.
+struct Broadcast {
+    unsigned ndim;
+    unsigned op;
+    u64 shape[8];
+    u64 sa[8];
+    u64 sb[8];
+};
+
+extern "C" __global__ void binary_bcast_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, u64 n, Broadcast p) {
+    GRID_STRIDE(i, n) {
+        u64 r = i, ia = 0, ib = 0;
+        for (int d = (int)p.ndim - 1; d >= 0; --d) {
+            const u64 idx = r % p.shape[d];
+            r /= p.shape[d];
+            ia += idx * p.sa[d];
+            ib += idx * p.sb[d];
+        }
+        y[i] = binop(a[ia], b[ib], (int)p.op);
+    }
+}
+
+extern "C" __global__ void softmax_f32(const float* __restrict__ x, float* __restrict__ y, u64 rows, unsigned d) {
+    __shared__ float scratch[32];
+    const u64 row = block_row();
+    if (row >= rows) return;
+    const float* xr = x + row * d;
+    float* yr = y + row * d;
+    float m = NEG_INF;
+    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) m = fmaxf(m, xr[j]);
+    m = block_max(m, scratch);
+    if (m == NEG_INF) {
+        for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = 0.0f;
+        return;
+    }
+    float s = 0.0f;
+    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) s += expf(xr[j] - m);
+    s = block_sum(s, scratch);
+    const float inv = 1.0f / s;
+    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = expf(xr[j] - m) * inv;
+}
