@@ -1,12 +1,221 @@
-//! Attention on CUDA (placeholder: reports that it is not implemented yet).
+//! Attention on CUDA: the wrapper of kernels/attention.cu. Same contract as the CPU backend's
+//! `attention` (q [B, H, Nq, D], k/v [B, Hkv, Nk, D], GQA, scale, causal, kv_len, SAM's
+//! decomposed relative-position bias), f32 in and out, head dims up to 128.
+//!
+//! Two kernels, picked by the number of queries per head:
+//! * Nq > 8: `attention_fwd_d{DP}_f32`, flash forward, one block per 32 queries of one head;
+//!   DP is D rounded up to a multiple of 16 (D = 80 runs the 80-wide variant, not 128).
+//! * Nq <= 8: `attention_decode_d{DP}_f32` (DP = D rounded up to 32), one block per query row
+//!   and key split, then `attention_combine_f32` merges the splits when there is more than one.
+//!   The split count depends only on the shapes (never on the card), so results are the same
+//!   on every device and every run.
 
-use super::CudaBackend;
-use crate::backend::AttnParams;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::{dev_err, kernels, CudaBackend};
+use crate::backend::{AttnBias, AttnParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+const OP: &str = "attention";
+/// Largest head dim the kernels hold (per-thread accumulators are sized at compile time).
+const MAX_HEAD_DIM: usize = 128;
+/// Queries per head up to which the decode kernel runs: below this the forward kernel's
+/// 32-query tiles would be mostly padding and its one-block-per-head grid too small to fill
+/// the device for a long cache.
+const DECODE_MAX_NQ: usize = 8;
+/// Queries per forward block and threads per block (FWD_BQ, FWD_THREADS in the kernel).
+const FWD_BQ: usize = 32;
+const FWD_THREADS: u32 = 128;
+/// Threads per decode block (DEC_THREADS): 4 warps taking 4 keys each per step.
+const DEC_THREADS: u32 = 128;
+const DEC_KEYS_PER_STEP: usize = 16;
+/// A decode split covers at least this many keys: fewer would make the partial results (one
+/// row of D floats per split) cost more traffic than the keys they cover.
+const DEC_MIN_CHUNK: usize = 64;
+/// Decode blocks to aim for: about 4 per SM of an H100/H200 (132 SMs), enough to keep
+/// bandwidth-bound warps in flight. A constant, not the device's SM count, for determinism.
+const DEC_TARGET_BLOCKS: usize = 512;
+/// Grid limits: x up to 2^31 − 1, y up to 65535.
+const GRID_X_MAX: usize = i32::MAX as usize;
+const GRID_Y_MAX: usize = 65_535;
+/// Sizes passed to the kernels as int stay below this, so index sums such as `start + chunk`
+/// cannot overflow (element offsets are 64-bit in the kernels).
+const DIM_MAX: usize = 1 << 30;
+
+/// How the keys of a decode row are split: (number of splits, keys per split). Every split is
+/// non-empty for the last row; chunk is a multiple of the keys one block takes per step.
+fn decode_splits(rows: usize, nk: usize) -> (usize, usize) {
+    let wanted = DEC_TARGET_BLOCKS.div_ceil(rows.max(1));
+    let most = (nk / DEC_MIN_CHUNK).max(1);
+    let n = wanted.clamp(1, most);
+    let chunk = nk.div_ceil(n).next_multiple_of(DEC_KEYS_PER_STEP).max(DEC_KEYS_PER_STEP);
+    (nk.div_ceil(chunk).max(1), chunk)
+}
+
+fn i32_arg(what: &str, x: usize) -> Result<i32> {
+    if x >= DIM_MAX {
+        return Err(Error::shape(OP, format!("{what} = {x} is too large for the CUDA kernels (limit {DIM_MAX})")));
+    }
+    Ok(x as i32)
+}
+
 impl CudaBackend {
-    pub fn attention(&self, _q: &Tensor, _k: &Tensor, _v: &Tensor, _p: &AttnParams) -> Result<Tensor> {
-        Err(Error::BackendUnavailable { backend: "cuda".into(), reason: "op attention is not implemented yet".into() })
+    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
+        let (qs, ks) = (q.shape(), k.shape());
+        if qs.len() != 4 || ks.len() != 4 || k.shape() != v.shape() || qs[0] != ks[0] || qs[3] != ks[3] || ks[1] == 0 || qs[1] % ks[1] != 0 {
+            return Err(Error::shape(OP, format!("q {qs:?}, k {ks:?}, v {:?}: need [B, H, N, D] with H a multiple of Hkv", v.shape())));
+        }
+        let (b, h, nq, d) = (qs[0], qs[1], qs[2], qs[3]);
+        let (hkv, nk_all) = (ks[1], ks[2]);
+        let nk = p.kv_len.unwrap_or(nk_all);
+        if nk > nk_all {
+            return Err(Error::shape(OP, format!("kv_len {nk} > {nk_all} keys")));
+        }
+        if p.causal && nq > nk {
+            return Err(Error::shape(OP, format!("causal attention with {nq} queries but {nk} keys")));
+        }
+        if d > MAX_HEAD_DIM {
+            return Err(Error::shape(OP, format!("head dim {d}: the CUDA kernels support head dims up to {MAX_HEAD_DIM}")));
+        }
+        let (rel, k_h, k_w) = match p.bias {
+            AttnBias::None => (None, 0, 0),
+            AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => {
+                if k_h.checked_mul(k_w) != Some(nk) || rel_h.shape() != [b, h, nq, k_h] || rel_w.shape() != [b, h, nq, k_w] {
+                    return Err(Error::shape(
+                        OP,
+                        format!("rel_h {:?} / rel_w {:?} do not fit {nq} queries over a {k_h}×{k_w} key grid of {nk}", rel_h.shape(), rel_w.shape()),
+                    ));
+                }
+                (Some((self.f32_slice(rel_h, OP)?, self.f32_slice(rel_w, OP)?)), k_h, k_w)
+            }
+        };
+        let (qd, kd, vd) = (self.f32_slice(q, OP)?, self.f32_slice(k, OP)?, self.f32_slice(v, OP)?);
+        let shape = vec![b, h, nq, d];
+        let mut out = self.alloc_f32(&shape)?;
+        if b * h * nq * d == 0 {
+            return Ok(self.wrap_f32(out, shape));
+        }
+        // Without a bias the kernels never read rel_h / rel_w (k_w = 0): q stands in.
+        let (rh, rw) = rel.unwrap_or((qd, qd));
+        let (bh, rows) = (b * h, b * h * nq);
+        let args = KernelArgs {
+            h: i32_arg("heads", h)?,
+            hkv: i32_arg("kv heads", hkv)?,
+            nq: i32_arg("queries", nq)?,
+            nk_all: i32_arg("keys", nk_all)?,
+            nk: nk as i32,
+            d: d as i32,
+            scale: p.scale,
+            causal: p.causal as i32,
+            k_h: i32_arg("k_h", k_h)?,
+            k_w: i32_arg("k_w", k_w)?,
+        };
+        let stream = self.stream();
+
+        if nq > DECODE_MAX_NQ {
+            let tiles = nq.div_ceil(FWD_BQ);
+            if bh > GRID_X_MAX || tiles > GRID_Y_MAX {
+                return Err(Error::shape(OP, format!("{bh} heads × {tiles} query tiles exceed the CUDA grid")));
+            }
+            let dp = d.next_multiple_of(16);
+            let f = self.function(&kernels::ATTENTION, &format!("attention_fwd_d{dp}_f32"))?;
+            let cfg = LaunchConfig { grid_dim: (bh as u32, tiles as u32, 1), block_dim: (FWD_THREADS, 1, 1), shared_mem_bytes: 0 };
+            let mut l = stream.launch_builder(&f);
+            l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut out);
+            args.push(&mut l);
+            // SAFETY: argument list matches FWD_PARAMS in kernels/attention.cu; q is
+            // [bh, nq, d], k/v [b·hkv, nk_all, d] with nk <= nk_all, out [bh, nq, d], rel_h/rel_w
+            // [bh, nq, k_h/k_w] when k_w > 0 (checked above); the kernel reads keys < nk only,
+            // query rows < nq only, and the grid is (bh, ceil(nq / 32)) with 128 threads as it
+            // assumes. Static shared memory (≤ 38.4 KB) needs no opt-in.
+            unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
+            return Ok(self.wrap_f32(out, shape));
+        }
+
+        let (nsplit, chunk) = decode_splits(rows, nk);
+        if rows > GRID_X_MAX || nsplit > GRID_Y_MAX {
+            return Err(Error::shape(OP, format!("{rows} query rows × {nsplit} splits exceed the CUDA grid")));
+        }
+        let chunk_arg = i32_arg("decode chunk", chunk)?;
+        let dp = d.next_multiple_of(32);
+        let f = self.function(&kernels::ATTENTION, &format!("attention_decode_d{dp}_f32"))?;
+        let cfg = LaunchConfig { grid_dim: (rows as u32, nsplit as u32, 1), block_dim: (DEC_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // Partial results: per row and split, the unnormalised output (d floats) and its max and
+        // sum. With one split the kernel writes `out` itself and never touches these (q stands in).
+        let mut parts: Option<(CudaSlice<f32>, CudaSlice<f32>)> = None;
+        if nsplit > 1 {
+            parts = Some((self.alloc::<f32>(rows * nsplit * d, OP)?, self.alloc::<f32>(rows * nsplit * 2, OP)?));
+        }
+        {
+            let mut l = stream.launch_builder(&f);
+            l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut out);
+            args.push(&mut l);
+            match parts.as_mut() {
+                Some((po, pml)) => l.arg(po).arg(pml),
+                None => l.arg(qd).arg(qd),
+            };
+            l.arg(&chunk_arg);
+            // SAFETY: argument list matches DEC_PARAMS in kernels/attention.cu; shapes as for
+            // the forward launch; grid (rows, nsplit) with nsplit · chunk >= nk, so block
+            // (row, s) reads keys [s·chunk, min((s + 1)·chunk, nk)) only; with nsplit > 1 it
+            // writes part_o[(row·nsplit + s)·d ..][..d] and part_ml[(row·nsplit + s)·2 ..][..2],
+            // inside the rows·nsplit·d and rows·nsplit·2 buffers allocated above; with nsplit
+            // = 1 it writes only out (the stand-in pointers are not dereferenced).
+            unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
+        }
+        if let Some((po, pml)) = &parts {
+            let f = self.function(&kernels::ATTENTION, "attention_combine_f32")?;
+            let threads = (d.next_multiple_of(32) as u32).min(DEC_THREADS);
+            let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+            let (d_arg, n_arg) = (d as i32, nsplit as i32);
+            let mut l = stream.launch_builder(&f);
+            l.arg(po).arg(pml).arg(&mut out).arg(&d_arg).arg(&n_arg);
+            // SAFETY: part_o [rows, nsplit, d] and part_ml [rows, nsplit, 2] were fully written
+            // by the decode launch queued before on the same stream; out is [rows, d]; one
+            // block per row, threads stride over d.
+            unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
+        }
+        Ok(self.wrap_f32(out, shape))
+    }
+}
+
+/// The scalar arguments shared by both kernels, in FWD_PARAMS order after the pointers.
+struct KernelArgs {
+    h: i32,
+    hkv: i32,
+    nq: i32,
+    nk_all: i32,
+    nk: i32,
+    d: i32,
+    scale: f32,
+    causal: i32,
+    k_h: i32,
+    k_w: i32,
+}
+
+impl KernelArgs {
+    fn push<'a>(&'a self, l: &mut cudarc::driver::LaunchArgs<'a>) {
+        l.arg(&self.h).arg(&self.hkv).arg(&self.nq).arg(&self.nk_all).arg(&self.nk).arg(&self.d).arg(&self.scale).arg(&self.causal).arg(&self.k_h).arg(&self.k_w);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_splits_cover_every_key_once() {
+        for rows in [1, 7, 32, 100, 512, 5000] {
+            for nk in [0, 1, 15, 16, 17, 63, 64, 65, 700, 4096, 100_000] {
+                let (n, chunk) = decode_splits(rows, nk);
+                assert!(n >= 1 && chunk % DEC_KEYS_PER_STEP == 0, "rows {rows} nk {nk}: {n} × {chunk}");
+                assert!(n * chunk >= nk && (n - 1) * chunk < nk.max(1), "rows {rows} nk {nk}: {n} × {chunk}");
+                assert!(n <= DEC_TARGET_BLOCKS && n <= GRID_Y_MAX);
+                assert!(n == 1 || chunk >= DEC_MIN_CHUNK, "rows {rows} nk {nk}: {n} × {chunk}");
+            }
+        }
+        // A 7B decode step (32 heads, 4096 cached keys) gets 16 splits of 256 keys: 512 blocks.
+        assert_eq!(decode_splits(32, 4096), (16, 256));
     }
 }
