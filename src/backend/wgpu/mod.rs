@@ -41,6 +41,7 @@
 //! `VISWORD_WGPU_SYNC=1` submits and waits after every dispatch (a failing kernel is then named
 //! in the error).
 
+mod attention;
 mod conv;
 mod elementwise;
 mod layout;
@@ -75,10 +76,6 @@ impl std::fmt::Debug for WgpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "WgpuBackend({})", self.device_name())
     }
-}
-
-fn missing<T>(op: &str) -> Result<T> {
-    Err(Error::BackendUnavailable { backend: "wgpu".into(), reason: format!("op {op} is not implemented yet") })
 }
 
 /// The shader code of an activation (common.wgsl's ACT_* constants).
@@ -144,8 +141,8 @@ impl WgpuBackend {
     pub fn affine(&self, x: &Tensor, s: f32, t: f32) -> Result<Tensor> {
         elementwise::affine(self, x, s, t)
     }
-    pub fn attention(&self, _q: &Tensor, _k: &Tensor, _v: &Tensor, _p: &AttnParams) -> Result<Tensor> {
-        missing("attention")
+    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
+        attention::attention(self, q, k, v, p)
     }
     pub fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
         elementwise::rope(self, x, cos, sin, pos_offset)
