@@ -212,7 +212,7 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
     for g in gpus("linear") {
         // M = 1 takes the GEMV; odd K exercises the element-wise f16 path; sizes straddle the
         // 64-wide tiles and the 8-row GEMV workgroups.
-        for (m, k, n) in [(1usize, 1usize, 1usize), (1, 37, 5), (1, 256, 17), (1, 301, 129), (2, 64, 17), (5, 19, 7), (65, 130, 67), (33, 257, 40)] {
+        for (m, k, n) in [(1usize, 1usize, 1usize), (1, 37, 5), (1, 256, 17), (1, 301, 129), (1, 44, 9), (1, 1030, 300), (1, 2048, 70), (2, 64, 17), (5, 19, 7), (65, 130, 67), (33, 257, 40)] {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let x = r.tensor(&[m, k]);
                 let w = r.tensor(&[n, k]).to_dtype(dtype).unwrap();
@@ -222,6 +222,13 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
                     let want = cpu().linear(&x, &w, Some(&b), act, Some(&res)).unwrap();
                     let got = g.backend.linear(&xg, &wg, Some(&bg), act, Some(&rg)).unwrap();
                     same(&format!("linear {m}×{k}×{n} {dtype} {act:?}"), &g, &got, &want, tol_k(&g, k));
+                }
+                // The GEMV's plain fallback, on adapters whose subgroup variant ran above.
+                if let (1, Backend::Wgpu(wb)) = (m, &g.backend) {
+                    wb.set_use_subgroups(false);
+                    let want = cpu().linear(&x, &w, Some(&b), Activation::Silu, Some(&res)).unwrap();
+                    same(&format!("linear {m}×{k}×{n} {dtype} plain GEMV"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Silu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
+                    wb.set_use_subgroups(true);
                 }
                 let want = cpu().linear(&x, &w, None, Activation::None, None).unwrap();
                 same(&format!("linear {m}×{k}×{n} {dtype} bare"), &g, &g.backend.linear(&xg, &wg, None, Activation::None, None).unwrap(), &want, tol_k(&g, k));
