@@ -1,6 +1,6 @@
 // common.wgsl: helpers shared by the op shaders. A shader whose first line is
 // `// needs: common.wgsl` is compiled with this file prepended (the Rust wrapper's `Shader` const
-// concatenates the two; the naga unit test does the same), so nothing here may declare bindings.
+// concatenates the two; the naga unit test does the same), so nothing here declares bindings.
 //
 // * Dispatch geometry: wrappers ask for a 1-D count of workgroups; the backend folds counts above
 //   the per-dimension limit (65535) into a 2-D grid, so kernels compute their flat workgroup

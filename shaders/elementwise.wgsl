@@ -12,7 +12,7 @@
 // params (u32; f32 as bits):
 //   activate [n, act]   silu_mul [n]   affine [n, s, t]   binary_same [n, op]
 //   binary_bcast [n, op, ndim, shape[8], a_stride[8], b_stride[8]]   softmax [rows, d]
-// op: 0 add, 1 sub, 2 mul.
+// op: 0 add, 1 sub, 2 mul. `erf` [n] exposes common.wgsl's erf_f32 for its accuracy test.
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
 @group(0) @binding(1) var<storage, read> src_a: array<f32>;
@@ -35,6 +35,14 @@ fn activate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let i = flat_wg(wid, nwg) * WG + lid;
     if (i < params[0]) {
         out_1[i] = act_apply(src_a[i], params[1]);
+    }
+}
+
+@compute @workgroup_size(256)
+fn erf(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_wg(wid, nwg) * WG + lid;
+    if (i < params[0]) {
+        out_1[i] = erf_f32(src_a[i]);
     }
 }
 

@@ -37,6 +37,14 @@ pub(super) fn activate(be: &WgpuBackend, x: &Tensor, act: Activation) -> Result<
     Ok(out)
 }
 
+/// erf of every element (the shaders' own erf, which WGSL lacks; for its accuracy test).
+pub(super) fn erf(be: &WgpuBackend, x: &Tensor) -> Result<Tensor> {
+    let n = f32_len("erf", x)?;
+    let out = be.alloc(x.shape().to_vec(), DType::F32)?;
+    be.dispatch(&ELEMENTWISE, "erf", &[be.buffer(x, "erf")?, be.buffer(&out, "erf")?], &[n], groups(n as usize))?;
+    Ok(out)
+}
+
 pub(super) fn silu_mul(be: &WgpuBackend, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if gate.shape() != up.shape() {
         return Err(Error::shape("silu_mul", format!("gate {:?} vs up {:?}", gate.shape(), up.shape())));

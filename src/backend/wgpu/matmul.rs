@@ -9,11 +9,17 @@ use crate::tensor::Tensor;
 
 const MATMUL: Shader = Shader { name: "matmul", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/matmul.wgsl")) };
 const GEMV: Shader = Shader { name: "gemv", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv.wgsl")) };
+const GEMV_SUBGROUP: Shader = Shader {
+    name: "gemv_subgroup",
+    source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv.wgsl"), include_str!("../../../shaders/gemv_subgroup.wgsl")),
+};
 
 /// Output tile of the GEMM (rows and columns per workgroup).
 const TILE: usize = 64;
-/// Output rows per GEMV workgroup.
+/// Output rows per plain GEMV workgroup (256 threads, 32 per row).
 const GEMV_ROWS: usize = 8;
+/// Threads per GEMV workgroup.
+const GEMV_THREADS: u32 = 256;
 
 /// Element strides of one GEMM operand: batch, then row and column of the operand as it enters
 /// the product (for B: row = the k stride, col = the n stride).
@@ -154,8 +160,14 @@ fn gemv(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Ac
     let xb = be.buffer(x, "linear")?;
     let buffers = [xb, be.buffer(w, "linear")?, bias.map(|b| be.buffer(b, "linear")).transpose()?.unwrap_or(xb), residual.map(|r| be.buffer(r, "linear")).transpose()?.unwrap_or(xb), be.buffer(out, "linear")?];
     u32_of("linear", w.numel())?;
-    let params = [n as u32, k as u32, w_f16 as u32, bias.is_some() as u32, act_code(act), residual.is_some() as u32];
-    be.dispatch(&GEMV, "gemv", &buffers, &params, [n.div_ceil(GEMV_ROWS) as u32, 1, 1])
+    // One subgroup per row where the adapter has subgroups: as many rows per workgroup as its
+    // smallest subgroups would give.
+    let (shader, entry, rows) = match be.rt.subgroup_min_size() {
+        Some(min) => (&GEMV_SUBGROUP, "gemv_subgroup", (GEMV_THREADS / min).max(1) as usize),
+        None => (&GEMV, "gemv", GEMV_ROWS),
+    };
+    let params = [n as u32, k as u32, w_f16 as u32, bias.is_some() as u32, act_code(act), residual.is_some() as u32, rows as u32];
+    be.dispatch(shader, entry, &buffers, &params, [n.div_ceil(rows) as u32, 1, 1])
 }
 
 /// a [.., M, K] · b [.., K, N] (or [.., N, K] when trans_b); b may be 2-D and shared.

@@ -12,9 +12,10 @@
 //! ```
 //!
 //! `name` must be unique across shaders (it keys the module cache); each (name, entry point)
-//! pipeline is compiled once, on first use. Shaders that start with `// needs: common.wgsl` are
-//! compiled with shaders/common.wgsl prepended (the `concat!` above; the naga unit test below
-//! does the same): workgroup folding, erf, activations, half-weight reads.
+//! pipeline is compiled once, on first use. A shader whose first line is `// needs: a.wgsl
+//! b.wgsl` is compiled with those files prepended (the `concat!` above; the naga unit test
+//! does the same). shaders/common.wgsl holds workgroup folding, erf, activations and half-weight
+//! reads.
 //!
 //! # Binding convention (group 0)
 //!
@@ -38,6 +39,7 @@
 //! lazily: on `to_host`, `synchronize`, or every `MAX_BATCH` dispatches, so a decode step is a
 //! few submissions. Activations are f32. Weights: f32, or f16 read through `unpack2x16float`
 //! (bf16 is converted at upload, see `Runtime::upload`). Buffers are zero-initialised by wgpu.
+//! Buffers are sized in 16-byte multiples, so shaders may read them as `array<vec4<..>>`.
 //! `VISWORD_WGPU_SYNC=1` submits and waits after every dispatch (a failing kernel is then named
 //! in the error).
 
@@ -140,6 +142,12 @@ impl WgpuBackend {
     }
     pub fn affine(&self, x: &Tensor, s: f32, t: f32) -> Result<Tensor> {
         elementwise::affine(self, x, s, t)
+    }
+    /// erf of every element with the shaders' hand-written erf (exact GELU's core), so tests
+    /// can hold it to its accuracy bound.
+    #[doc(hidden)]
+    pub fn erf(&self, x: &Tensor) -> Result<Tensor> {
+        elementwise::erf(self, x)
     }
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
         attention::attention(self, q, k, v, p)

@@ -2,7 +2,7 @@
 //! dispatch, uploads and read-back. The binding convention is in `mod.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ::wgpu::naga;
@@ -55,6 +55,9 @@ pub(crate) struct Runtime {
     pub(crate) has_f16: bool,
     /// The adapter offers (and the device enabled) subgroup operations.
     pub(crate) has_subgroups: bool,
+    /// Kernels with a subgroup variant use it (on by default where offered; tests switch it off
+    /// to check the plain fallback on adapters that have subgroups).
+    use_subgroups: AtomicBool,
     max_groups_per_dim: AtomicU32,
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
     pipelines: Mutex<HashMap<&'static str, HashMap<String, Arc<Pipeline>>>>,
@@ -63,6 +66,12 @@ pub(crate) struct Runtime {
     /// VISWORD_WGPU_SYNC=1: submit and wait after every dispatch, so a failing kernel is the one
     /// named in the error (debugging only).
     sync_each: bool,
+}
+
+/// Buffer sizes are rounded up to 16 bytes (never 0), so kernels can read any buffer as
+/// `array<vec4<..>>` without the last partial vector falling outside it.
+fn padded_size(bytes: u64) -> u64 {
+    bytes.next_multiple_of(16).max(16)
 }
 
 fn unavailable(reason: impl Into<String>) -> Error {
@@ -130,6 +139,7 @@ impl Runtime {
             limits,
             has_f16: features.contains(::wgpu::Features::SHADER_F16),
             has_subgroups: features.contains(::wgpu::Features::SUBGROUP),
+            use_subgroups: AtomicBool::new(features.contains(::wgpu::Features::SUBGROUP)),
             max_groups_per_dim: AtomicU32::new(max_groups),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
@@ -137,6 +147,11 @@ impl Runtime {
             errors,
             sync_each: std::env::var("VISWORD_WGPU_SYNC").is_ok_and(|v| v == "1"),
         })
+    }
+
+    /// The smallest subgroup size, when the subgroup variants of kernels are to be used.
+    pub(crate) fn subgroup_min_size(&self) -> Option<u32> {
+        (self.has_subgroups && self.use_subgroups.load(Ordering::Relaxed) && self.info.subgroup_min_size > 0).then_some(self.info.subgroup_min_size)
     }
 
     pub(crate) fn set_max_groups_per_dim(&self, n: u32) {
@@ -327,7 +342,7 @@ impl Runtime {
     }
 
     pub(crate) fn alloc_buffer(&self, bytes: u64) -> Result<::wgpu::Buffer> {
-        let size = bytes.next_multiple_of(4).max(4);
+        let size = padded_size(bytes);
         if size > self.limits.max_buffer_size {
             return Err(unavailable(format!("a {} MiB tensor exceeds the adapter's buffer limit of {} MiB", size >> 20, self.limits.max_buffer_size >> 20)));
         }
@@ -342,7 +357,7 @@ impl Runtime {
     }
 
     fn upload_bytes(&self, bytes: &[u8]) -> Result<::wgpu::Buffer> {
-        let size = (bytes.len() as u64).next_multiple_of(4).max(4);
+        let size = padded_size(bytes.len() as u64);
         if size > self.limits.max_buffer_size {
             return Err(unavailable(format!("a {} MiB tensor exceeds the adapter's buffer limit of {} MiB", size >> 20, self.limits.max_buffer_size >> 20)));
         }
@@ -489,6 +504,18 @@ impl WgpuBackend {
     /// The adapter's subgroup operations are enabled.
     pub fn has_subgroups(&self) -> bool {
         self.rt.has_subgroups
+    }
+
+    /// Use (the default where offered) or skip the subgroup variants of kernels, so tests can
+    /// check the plain fallback on an adapter that has subgroups.
+    #[doc(hidden)]
+    pub fn set_use_subgroups(&self, on: bool) {
+        self.rt.use_subgroups.store(on && self.rt.has_subgroups, Ordering::Relaxed)
+    }
+
+    /// The adapter's subgroup sizes (min, max), when it has subgroups.
+    pub fn subgroup_sizes(&self) -> Option<(u32, u32)> {
+        self.rt.has_subgroups.then_some((self.rt.info.subgroup_min_size, self.rt.info.subgroup_max_size))
     }
 
     /// Lower the workgroups-per-dimension limit (never above the adapter's), so tests reach the

@@ -1,7 +1,7 @@
 //! Every shaders/*.wgsl file parses and validates with naga (no adapter needed), with the
 //! capabilities the backend may enable (shader-f16, subgroups, and unpack2x16float, which every
-//! Vulkan/Metal/DX12 adapter has). A file that starts with
-//! `// needs: common.wgsl` is validated with common.wgsl prepended, as the wrappers compile it.
+//! Vulkan/Metal/DX12 adapter has). A file whose first line is `// needs: a.wgsl b.wgsl` is
+//! validated with those files prepended in that order, as its wrapper's `concat!` compiles it.
 
 use ::wgpu::naga;
 
@@ -19,7 +19,6 @@ fn validate(name: &str, source: &str) -> Result<(), String> {
 #[test]
 fn every_shader_validates_with_naga() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let common = std::fs::read_to_string(dir.join("common.wgsl")).expect("shaders/common.wgsl");
     let mut files: Vec<_> = std::fs::read_dir(&dir).expect("shaders/").filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "wgsl")).collect();
     files.sort();
     assert!(files.len() > 1, "no shaders found in {}", dir.display());
@@ -27,7 +26,13 @@ fn every_shader_validates_with_naga() {
     for path in &files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
         let text = std::fs::read_to_string(path).expect("readable shader");
-        let source = if text.starts_with("// needs: common.wgsl") { format!("{common}{text}") } else { text };
+        let mut source = String::new();
+        if let Some(needs) = text.lines().next().and_then(|l| l.strip_prefix("// needs:")) {
+            for dep in needs.split_whitespace() {
+                source += &std::fs::read_to_string(dir.join(dep)).unwrap_or_else(|e| panic!("{name} needs {dep}: {e}"));
+            }
+        }
+        source += &text;
         match validate(&name, &source) {
             Ok(()) => eprintln!("{name}: valid"),
             Err(e) => failures.push(e),
