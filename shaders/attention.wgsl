@@ -100,7 +100,7 @@ fn attention_fwd_f32(
     let in_range = qi < nq;
     let qi_c = min(qi, nq - 1u);
     let dv = (d + 3u) / 4u;
-    let row_elems = dv * 4u;
+    let stage_slot = tid & (MAX_DV - 1u);
 
     // This thread's quarter of the query row: vec4 slots lane, lane + 4, ...
     var qr: array<vec4<f32>, 8>;
@@ -132,18 +132,24 @@ fn attention_fwd_f32(
     for (var t = 0u; t < n_tiles; t++) {
         let c0 = t * BK;
         workgroupBarrier(); // the previous tile's K, V and partials are no longer read
-        for (var i = tid; i < BK * row_elems; i += FWD_THREADS) {
-            let c = i / row_elems;
-            let e = i % row_elems;
-            var kx = 0.0;
-            var vx = 0.0;
-            if c0 + c < n_scan && e < d {
-                let g = kv_base + (c0 + c) * d + e;
-                kx = k[g];
-                vx = v[g];
+        // Thread t stages vec4 slot t % 32 of rows t / 32 and t / 32 + 4 (shifts, no division
+        // in the loop); keys past the visible range and columns past D are zeros.
+        for (var r = tid >> 5u; r < BK; r += FWD_THREADS / MAX_DV) {
+            if stage_slot < dv {
+                var kx = vec4<f32>(0.0);
+                var vx = vec4<f32>(0.0);
+                if c0 + r < n_scan {
+                    let g = kv_base + (c0 + r) * d + stage_slot * 4u;
+                    for (var c = 0u; c < 4u; c++) {
+                        if stage_slot * 4u + c < d {
+                            kx[c] = k[g + c];
+                            vx[c] = v[g + c];
+                        }
+                    }
+                }
+                k_tile[r * dv + stage_slot] = kx;
+                v_tile[r * dv + stage_slot] = vx;
             }
-            k_tile[c * dv + e / 4u][e % 4u] = kx;
-            v_tile[c * dv + e / 4u][e % 4u] = vx;
         }
         workgroupBarrier();
 
@@ -164,13 +170,27 @@ fn attention_fwd_f32(
         var s: array<f32, 8>;
         var valid: array<bool, 8>;
         var tile_max = NEG_BIG;
+        // The tile's first key on the bias grid, then stepped along it (one division per tile).
+        var gy = 0u;
+        var gx = 0u;
+        if has_bias {
+            gy = c0 / k_w;
+            gx = c0 % k_w;
+        }
         for (var c = 0u; c < BK; c++) {
             let p4 = partials[row * SP_STRIDE + c];
             let kc = c0 + c;
             var sc = ((p4.x + p4.y) + (p4.z + p4.w)) * scale;
             let ok = kc < n_scan && (!causal || kc <= pos);
-            if ok && has_bias {
-                sc += rel_h[bias_row * k_h + kc / k_w] + rel_w[bias_row * k_w + kc % k_w];
+            if has_bias {
+                if ok {
+                    sc += rel_h[bias_row * k_h + gy] + rel_w[bias_row * k_w + gx];
+                }
+                gx += 1u;
+                if gx == k_w {
+                    gx = 0u;
+                    gy += 1u;
+                }
             }
             s[c] = sc;
             valid[c] = ok;

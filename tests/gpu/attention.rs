@@ -363,3 +363,52 @@ fn folded_workgroup_grids() {
     check(name, &g, Case::new(2, 4, 2, 65, 70, 64).causal());
     check(name, &g, Case::new(1, 4, 2, 1, 4096, 64));
 }
+
+/// Wall times at model shapes on the CPU and every GPU backend (median of 3 warm calls, upload
+/// excluded, read-back included), with the usual comparison. Too slow for a software driver in
+/// every CI run, so it runs on request: `cargo test --release --test gpu attention::timings --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timings_at_model_shapes() {
+    let name = "attention::timings_at_model_shapes";
+    let g = gpus(name);
+    let cases = [
+        ("SAM ViT-B windowed layer (25 windows of 14×14, 12 heads)", Case::new(25, 12, 12, 196, 196, 64).bias(14, 14)),
+        ("CLIP ViT-L/14-336 layer (577 tokens, 16 heads)", Case::new(1, 16, 16, 577, 577, 64)),
+        ("7B prefill, 104 tokens (32 heads, D 128)", Case::new(1, 32, 32, 104, 104, 128).causal()),
+        ("7B decode at 4096 keys (32 heads, D 128)", Case::new(1, 32, 32, 1, 4096, 128).causal()),
+    ];
+    let median = |f: &dyn Fn() -> f64| {
+        let mut t: Vec<f64> = (0..3).map(|_| f()).collect();
+        t.sort_by(f64::total_cmp);
+        t[1]
+    };
+    for (what, c) in cases {
+        let x = inputs(&c, 1);
+        let cpu = Backend::cpu();
+        let p = params(&c, x.rel.as_ref());
+        let want = cpu.attention(&x.q, &x.k, &x.v, &p).unwrap().to_f32_vec().unwrap();
+        let cpu_ms = median(&|| {
+            let t0 = Instant::now();
+            cpu.attention(&x.q, &x.k, &x.v, &p).unwrap();
+            t0.elapsed().as_secs_f64() * 1e3
+        });
+        eprintln!("{what}: cpu {cpu_ms:.2} ms");
+        for gpu in &g {
+            let be = &gpu.backend;
+            let (q, k, v) = (be.upload(&x.q).unwrap(), be.upload(&x.k).unwrap(), be.upload(&x.v).unwrap());
+            let rel = x.rel.as_ref().map(|(h, w)| (be.upload(h).unwrap(), be.upload(w).unwrap()));
+            let p = params(&c, rel.as_ref());
+            let got = be.to_vec_f32(&be.attention(&q, &k, &v, &p).unwrap()).unwrap();
+            assert_close(&format!("{what} on {}", be.name()), &got, &want, gpu.op_tol);
+            let ms = median(&|| {
+                let t0 = Instant::now();
+                let out = be.attention(&q, &k, &v, &p).unwrap();
+                be.to_host(&out).unwrap();
+                t0.elapsed().as_secs_f64() * 1e3
+            });
+            eprintln!("{what}: {} ({}) {ms:.2} ms", be.name(), be.device_name());
+        }
+    }
+}
