@@ -74,3 +74,33 @@ extern "C" __global__ void softmax_f32(const float* __restrict__ x, float* __res
     const float inv = 1.0f / s;
     for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = expf(xr[j] - m) * inv;
 }
+
+// Weight element at index i of a buffer of dtype `dt` (DT_F32 / DT_F16 / DT_BF16).
+__device__ __forceinline__ float load_any(const void* p, int dt, u64 i) {
+    if (dt == DT_F16) return f16_to_f32(((const u16*)p)[i]);
+    if (dt == DT_BF16) return bf16_to_f32(((const u16*)p)[i]);
+    return ((const float*)p)[i];
+}
+
+// GEMM epilogue, in place on y [m, n]: y = act(y + bias[col]) + residual. bias (dtype bdt)
+// and residual may be null.
+extern "C" __global__ void epilogue_f32(float* __restrict__ y, u64 total, unsigned n, const void* bias, int bdt,
+                                        int act, const float* __restrict__ residual) {
+    GRID_STRIDE(i, total) {
+        float v = y[i];
+        if (bias) v += load_any(bias, bdt, i % n);
+        v = act_apply(v, act);
+        if (residual) v += residual[i];
+        y[i] = v;
+    }
+}
+
+// y [outer, c, hw] += bias[c] (conv bias), bias of dtype bdt.
+extern "C" __global__ void bias_channels_f32(float* __restrict__ y, u64 total, unsigned c, u64 hw, const void* bias, int bdt) {
+    GRID_STRIDE(i, total) { y[i] += load_any(bias, bdt, (i / hw) % c); }
+}
+
+// f16 / bf16 buffer → f32 buffer (weights handed to cuBLAS's f32 GEMM).
+extern "C" __global__ void to_f32(const void* __restrict__ x, int dt, float* __restrict__ y, u64 n) {
+    GRID_STRIDE(i, n) { y[i] = load_any(x, dt, i); }
+}

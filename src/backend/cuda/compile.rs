@@ -6,6 +6,7 @@
 //! absent) or the driver rejects it (a driver older than the PTX ISA, a device older than
 //! compute_80), NVRTC compiles the embedded source for the device's own architecture, and the
 //! PTX is kept on disk (`$XDG_CACHE_HOME/visword/ptx/<hash>.ptx`) so later runs skip the compile.
+//! `VISWORD_CUDA_NVRTC=1` forces the NVRTC path (to test it on a device).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -71,7 +72,9 @@ impl ModuleCache {
 
 fn load_module(ctx: &Arc<CudaContext>, arch: &str, kernel: &Kernel) -> Result<Arc<CudaModule>> {
     let mut prebuilt_err = None;
-    if let Some(ptx) = kernel.ptx {
+    // VISWORD_CUDA_NVRTC=1 skips the build-time PTX, to check the run-time path on a device.
+    let force_nvrtc = std::env::var("VISWORD_CUDA_NVRTC").is_ok_and(|v| v == "1");
+    if let (Some(ptx), false) = (kernel.ptx, force_nvrtc) {
         match ctx.load_module(Ptx::from_src(ptx)) {
             Ok(m) => return Ok(m),
             Err(e) => prebuilt_err = Some(e),

@@ -1,0 +1,102 @@
+// GEMV for linear layers with few rows (decode): y[mi, row] = epilogue(Σ_j x[mi, j] · w[row, j])
+// for mi < m ≤ GEMV_MAX_M (4), streaming each weight row once in its stored dtype.
+//
+// Layout: x [m, k] f32, w [n, k] (f32 / f16 / bf16), y [m, n] f32, residual [m, n] f32,
+// bias [n] of dtype bdt (null = none). Epilogue: y = act(acc + bias) + residual (the CPU's).
+// Launch: one warp per weight row, 8 warps per 256-thread block, warps stride over rows (any
+// n). When k % 8 == 0 each lane loads 8 weights per step with 128-bit loads (two for f32) and
+// the matching 8 activations with two float4 loads; otherwise a scalar loop. Bytes per row:
+// k·sizeof(w) of weights (read once, bypassing L1) + m·k·4 of x (L1/L2 resident).
+// Flops: 2·m·n·k. Bound by weight bandwidth: a 576×1536 bf16 matrix is 1.8 MB.
+#include "common.cuh"
+
+#define GEMV_MAX_M 4
+
+__device__ __forceinline__ void load8(const float* w, u64 e, float* o) {
+    const float4 a = __ldg((const float4*)(w + e)), b = __ldg((const float4*)(w + e + 4));
+    o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+template <int DT>
+__device__ __forceinline__ void load8h(const u16* w, u64 e, float* o) {
+    const uint4 v = __ldg((const uint4*)(w + e));
+    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        const u16 lo = (u16)(u[q] & 0xffffu), hi = (u16)(u[q] >> 16);
+        o[2 * q] = DT == DT_F16 ? f16_to_f32(lo) : bf16_to_f32(lo);
+        o[2 * q + 1] = DT == DT_F16 ? f16_to_f32(hi) : bf16_to_f32(hi);
+    }
+}
+__device__ __forceinline__ void load8w(const float* w, u64 e, float* o) { load8(w, e, o); }
+template <int DT>
+__device__ __forceinline__ void load8w(const u16* w, u64 e, float* o) { load8h<DT>(w, e, o); }
+
+__device__ __forceinline__ float load1(const float* w, u64 e, int) { return __ldg(w + e); }
+__device__ __forceinline__ float load1(const u16* w, u64 e, int dt) {
+    const u16 h = __ldg(w + e);
+    return dt == DT_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
+template <typename W, int DT>
+__device__ __forceinline__ void gemv_impl(const float* __restrict__ x, const W* __restrict__ w, float* __restrict__ y, unsigned m,
+                                          u64 n, unsigned k, const void* bias, int bdt, int act, const float* __restrict__ residual) {
+    const unsigned lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
+    const u64 step = (u64)gridDim.x * wpb;
+    for (u64 row = (u64)blockIdx.x * wpb + (threadIdx.x >> 5); row < n; row += step) {
+        float acc[GEMV_MAX_M];
+#pragma unroll
+        for (int mi = 0; mi < GEMV_MAX_M; ++mi) acc[mi] = 0.0f;
+        const W* wr = w + row * k;
+        if ((k & 7u) == 0) {
+            const unsigned chunks = k >> 3;
+#pragma unroll 2
+            for (unsigned c = lane; c < chunks; c += 32) {
+                float wv[8];
+                if constexpr (DT == DT_F32) load8w(wr, (u64)c * 8, wv);
+                else load8w<DT>(wr, (u64)c * 8, wv);
+#pragma unroll
+                for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
+                    if (mi < (int)m) {
+                        const float* xr = x + (u64)mi * k + (u64)c * 8;
+                        const float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
+                        float s = acc[mi];
+                        s = fmaf(wv[0], a.x, s); s = fmaf(wv[1], a.y, s); s = fmaf(wv[2], a.z, s); s = fmaf(wv[3], a.w, s);
+                        s = fmaf(wv[4], b.x, s); s = fmaf(wv[5], b.y, s); s = fmaf(wv[6], b.z, s); s = fmaf(wv[7], b.w, s);
+                        acc[mi] = s;
+                    }
+                }
+            }
+        } else {
+            for (unsigned j = lane; j < k; j += 32) {
+                const float wv = load1(wr, j, DT);
+#pragma unroll
+                for (int mi = 0; mi < GEMV_MAX_M; ++mi)
+                    if (mi < (int)m) acc[mi] = fmaf(wv, x[(u64)mi * k + j], acc[mi]);
+            }
+        }
+#pragma unroll
+        for (int mi = 0; mi < GEMV_MAX_M; ++mi) acc[mi] = warp_sum(acc[mi]);
+        if (lane == 0) {
+            float b = 0.0f;
+            if (bias) b = bdt == DT_F32 ? ((const float*)bias)[row] : load1((const u16*)bias, row, bdt);
+            for (unsigned mi = 0; mi < m; ++mi) {
+                float v = act_apply(acc[mi] + b, act);
+                if (residual) v += residual[(u64)mi * n + row];
+                y[(u64)mi * n + row] = v;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void gemv_f32(const float* x, const float* w, float* y, unsigned m, u64 n, unsigned k, const void* bias,
+                                    int bdt, int act, const float* residual) {
+    gemv_impl<float, DT_F32>(x, w, y, m, n, k, bias, bdt, act, residual);
+}
+extern "C" __global__ void gemv_f16(const float* x, const u16* w, float* y, unsigned m, u64 n, unsigned k, const void* bias,
+                                    int bdt, int act, const float* residual) {
+    gemv_impl<u16, DT_F16>(x, w, y, m, n, k, bias, bdt, act, residual);
+}
+extern "C" __global__ void gemv_bf16(const float* x, const u16* w, float* y, unsigned m, u64 n, unsigned k, const void* bias,
+                                     int bdt, int act, const float* residual) {
+    gemv_impl<u16, DT_BF16>(x, w, y, m, n, k, bias, bdt, act, residual);
+}

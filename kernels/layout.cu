@@ -1,0 +1,64 @@
+// Data movement (f32 unless noted): permute, strided row copies (narrow, concat, write_kv),
+// pad2d, embedding gather.
+//
+// * permute_f32:    out[i] = x[src(i)], src from the output index and the permuted input
+//                   strides (≤ 8 dims). Writes are coalesced, reads strided.
+// * copy_rows_f32:  n elements in rows of `chunk`: dst[r·dst_pitch + dst_off + j] =
+//                   src[r·src_pitch + src_off + j]. narrow is one call, concat one per input,
+//                   write_kv one per new block.
+// * pad2d_f32:      [outer, h, w] → [outer, h+top+bottom, w+left+right], zeros outside.
+// * embedding:      out[t, :] = table[ids[t], :] widened to f32 (table f32, f16 or bf16; ids
+//                   already checked on the host to be < V).
+//
+// Launch: 1-D grid-stride loops over output elements; 8 bytes moved per f32 element.
+#include "common.cuh"
+
+// Must match `Permute` in src/backend/cuda/layout.rs.
+struct Permute {
+    unsigned ndim;
+    unsigned pad_;
+    u64 shape[8];
+    u64 src_stride[8];
+};
+
+extern "C" __global__ void permute_f32(const float* __restrict__ x, float* __restrict__ y, u64 n, Permute p) {
+    GRID_STRIDE(i, n) {
+        u64 r = i, off = 0;
+        for (int d = (int)p.ndim - 1; d >= 0; --d) {
+            off += (r % p.shape[d]) * p.src_stride[d];
+            r /= p.shape[d];
+        }
+        y[i] = x[off];
+    }
+}
+
+extern "C" __global__ void copy_rows_f32(const float* __restrict__ src, float* __restrict__ dst, u64 n, u64 chunk,
+                                         u64 src_pitch, u64 src_off, u64 dst_pitch, u64 dst_off) {
+    GRID_STRIDE(i, n) {
+        const u64 r = i / chunk, j = i % chunk;
+        dst[r * dst_pitch + dst_off + j] = src[r * src_pitch + src_off + j];
+    }
+}
+
+extern "C" __global__ void pad2d_f32(const float* __restrict__ x, float* __restrict__ y, u64 n, u64 h, u64 w,
+                                     u64 top, u64 left, u64 oh, u64 ow) {
+    GRID_STRIDE(i, n) {
+        const u64 ox = i % ow, oy = (i / ow) % oh, o = i / (ow * oh);
+        float v = 0.0f;
+        if (oy >= top && oy < top + h && ox >= left && ox < left + w) v = x[(o * h + (oy - top)) * w + (ox - left)];
+        y[i] = v;
+    }
+}
+
+extern "C" __global__ void embedding(const void* __restrict__ table, int dt, const unsigned* __restrict__ ids,
+                                     float* __restrict__ y, u64 n, u64 d) {
+    GRID_STRIDE(i, n) {
+        const u64 t = i / d, j = i % d;
+        const u64 src = (u64)ids[t] * d + j;
+        float v;
+        if (dt == DT_F16) v = f16_to_f32(((const u16*)table)[src]);
+        else if (dt == DT_BF16) v = bf16_to_f32(((const u16*)table)[src]);
+        else v = ((const float*)table)[src];
+        y[i] = v;
+    }
+}

@@ -1,0 +1,218 @@
+//! Data movement (kernels/layout.cu): embedding gather, permute, narrow, concat, pad2d and
+//! KV-cache writes.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, DeviceRepr};
+
+use super::{grid_1d, kernels, launch, CudaBackend, CudaData};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::{Storage, Tensor};
+
+/// Kernel parameter of `permute_f32` (kernels/layout.cu `struct Permute`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Permute {
+    ndim: u32,
+    pad: u32,
+    shape: [u64; 8],
+    src_stride: [u64; 8],
+}
+// SAFETY: plain-old-data with the same layout as the C struct.
+unsafe impl DeviceRepr for Permute {}
+
+fn strides(s: &[usize]) -> Vec<usize> {
+    let mut st = vec![1; s.len()];
+    for i in (0..s.len().saturating_sub(1)).rev() {
+        st[i] = st[i + 1] * s[i + 1];
+    }
+    st
+}
+
+impl CudaBackend {
+    /// dst[r·dst_pitch + dst_off + j] = src[r·src_pitch + src_off + j] for n elements in rows of `chunk`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows(&self, op: &'static str, src: u64, dst: u64, n: usize, chunk: usize, src_pitch: usize, src_off: usize, dst_pitch: usize, dst_off: usize) -> Result<()> {
+        if n == 0 || chunk == 0 {
+            return Ok(());
+        }
+        let (n64, c64, sp, so, dp, dof) = (n as u64, chunk as u64, src_pitch as u64, src_off as u64, dst_pitch as u64, dst_off as u64);
+        launch!(self, op, self.function(&kernels::LAYOUT, "copy_rows_f32")?, grid_1d(n), src, dst, n64, c64, sp, so, dp, dof)
+    }
+
+    pub fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        const OP: &str = "embedding";
+        if table.dims() != 2 {
+            return Err(Error::shape(OP, format!("table must be [V, D], got {:?}", table.shape())));
+        }
+        let (v, d) = (table.dim(0), table.dim(1));
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
+            return Err(Error::arg("token id", format!("{bad} is outside the vocabulary of {v}")));
+        }
+        let (tp, dt) = self.any_float(table, OP)?;
+        let n = ids.len() * d;
+        let out = self.alloc_f32(&[ids.len(), d])?;
+        if n > 0 {
+            let idb = self.htod(ids, OP)?;
+            let (ip, yp, n64, d64) = (self.ptr(&idb), self.ptr(&out), n as u64, d as u64);
+            launch!(self, OP, self.function(&kernels::LAYOUT, "embedding")?, grid_1d(n), tp, dt, ip, yp, n64, d64)?;
+            // The ids buffer is freed on the stream after the gather (stream-ordered free).
+            drop(idb);
+        }
+        Ok(self.wrap_f32(out, vec![ids.len(), d]))
+    }
+
+    pub fn permute(&self, x: &Tensor, dims: &[usize]) -> Result<Tensor> {
+        const OP: &str = "permute";
+        let s = x.shape();
+        let mut seen = vec![false; s.len()];
+        if dims.len() != s.len() || dims.iter().any(|&d| d >= s.len() || std::mem::replace(&mut seen[d], true)) {
+            return Err(Error::shape(OP, format!("{dims:?} is not a permutation of {} dims", s.len())));
+        }
+        let xp = self.f32_ptr(x, OP)?;
+        let out_shape: Vec<usize> = dims.iter().map(|&d| s[d]).collect();
+        let in_st = strides(s);
+        let n = x.numel();
+        let out = self.alloc_f32(&out_shape)?;
+        if n > 0 {
+            // Drop size-1 dims and merge runs that stay contiguous in the source, so up to 8
+            // effective dims remain (and the common cases get cheaper index math).
+            let (mut shp, mut st): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+            for (&d, &len) in dims.iter().zip(&out_shape) {
+                if len == 1 {
+                    continue;
+                }
+                let stride = in_st[d];
+                if let (Some(ls), Some(lst)) = (shp.last_mut(), st.last_mut()) {
+                    if *lst == stride * len {
+                        *ls *= len;
+                        *lst = stride;
+                        continue;
+                    }
+                }
+                shp.push(len);
+                st.push(stride);
+            }
+            if shp.len() > 8 {
+                return Err(Error::shape(OP, format!("{dims:?} of {s:?} needs more than 8 dims after merging")));
+            }
+            let mut p = Permute { ndim: shp.len() as u32, pad: 0, shape: [1; 8], src_stride: [0; 8] };
+            for i in 0..shp.len() {
+                p.shape[i] = shp[i] as u64;
+                p.src_stride[i] = st[i] as u64;
+            }
+            let (yp, n64) = (self.ptr(&out), n as u64);
+            launch!(self, OP, self.function(&kernels::LAYOUT, "permute_f32")?, grid_1d(n), xp, yp, n64, p)?;
+        }
+        Ok(self.wrap_f32(out, out_shape))
+    }
+
+    pub fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        const OP: &str = "narrow";
+        let s = x.shape();
+        if dim >= s.len() || start + len > s[dim] {
+            return Err(Error::shape(OP, format!("{start}..{} of dim {dim} in {s:?}", start + len)));
+        }
+        let xp = self.f32_ptr(x, OP)?;
+        let outer: usize = s[..dim].iter().product();
+        let inner: usize = s[dim + 1..].iter().product();
+        let mut shape = s.to_vec();
+        shape[dim] = len;
+        let out = self.alloc_f32(&shape)?;
+        let chunk = len * inner;
+        self.copy_rows(OP, xp, self.ptr(&out), outer * chunk, chunk, s[dim] * inner, start * inner, chunk, 0)?;
+        Ok(self.wrap_f32(out, shape))
+    }
+
+    pub fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
+        const OP: &str = "concat";
+        let first = xs.first().ok_or_else(|| Error::shape(OP, "no tensors"))?;
+        let s0 = first.shape();
+        if dim >= s0.len() {
+            return Err(Error::shape(OP, format!("dim {dim} of {s0:?}")));
+        }
+        for t in xs {
+            let s = t.shape();
+            if s.len() != s0.len() || s.iter().zip(s0).enumerate().any(|(i, (a, b))| i != dim && a != b) {
+                return Err(Error::shape(OP, format!("{s:?} does not match {s0:?} outside dim {dim}")));
+            }
+        }
+        let ptrs: Vec<u64> = xs.iter().map(|t| self.f32_ptr(t, OP)).collect::<Result<_>>()?;
+        let outer: usize = s0[..dim].iter().product();
+        let inner: usize = s0[dim + 1..].iter().product();
+        let total: usize = xs.iter().map(|t| t.dim(dim)).sum();
+        let mut shape = s0.to_vec();
+        shape[dim] = total;
+        let out = self.alloc_f32(&shape)?;
+        let yp = self.ptr(&out);
+        let mut off = 0;
+        for (t, &p) in xs.iter().zip(&ptrs) {
+            let chunk = t.dim(dim) * inner;
+            self.copy_rows(OP, p, yp, outer * chunk, chunk, chunk, 0, total * inner, off * inner)?;
+            off += t.dim(dim);
+        }
+        Ok(self.wrap_f32(out, shape))
+    }
+
+    pub fn pad2d(&self, x: &Tensor, top: usize, bottom: usize, left: usize, right: usize) -> Result<Tensor> {
+        const OP: &str = "pad2d";
+        let s = x.shape();
+        if s.len() < 2 {
+            return Err(Error::shape(OP, format!("need at least 2 dims, got {s:?}")));
+        }
+        let xp = self.f32_ptr(x, OP)?;
+        let (h, w) = (s[s.len() - 2], s[s.len() - 1]);
+        let (oh, ow) = (h + top + bottom, w + left + right);
+        let mut shape = s.to_vec();
+        let nd = shape.len();
+        shape[nd - 2] = oh;
+        shape[nd - 1] = ow;
+        let n: usize = shape.iter().product();
+        let out = self.alloc_f32(&shape)?;
+        if n > 0 {
+            let (yp, n64, h64, w64, t64, l64, oh64, ow64) = (self.ptr(&out), n as u64, h as u64, w as u64, top as u64, left as u64, oh as u64, ow as u64);
+            launch!(self, OP, self.function(&kernels::LAYOUT, "pad2d_f32")?, grid_1d(n), xp, yp, n64, h64, w64, t64, l64, oh64, ow64)?;
+        }
+        Ok(self.wrap_f32(out, shape))
+    }
+
+    /// Write `new` [B, H, n, D] into `cache` [B, H, max, D] at `pos..pos+n`. In place when this
+    /// tensor is the only owner of the cache buffer; a cache shared with other tensors is copied
+    /// first, so they keep their values (the CPU backend's copy-on-write).
+    pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
+        const OP: &str = "write_kv";
+        let (cs, ns) = (cache.shape().to_vec(), new.shape());
+        if cs.len() != 4 || ns.len() != 4 || cs[0] != ns[0] || cs[1] != ns[1] || cs[3] != ns[3] || pos + ns[2] > cs[2] {
+            return Err(Error::shape(OP, format!("cache {cs:?}, new {ns:?} at position {pos}")));
+        }
+        self.f32_slice(cache, OP)?;
+        let np = self.f32_ptr(new, OP)?;
+        // Take the cache's storage out so the Arc count says whether anyone else holds it.
+        let old = std::mem::replace(cache, Tensor::from_storage(Storage::Cpu(Arc::new(crate::tensor::CpuData::F32(Vec::new()))), DType::F32, vec![0]));
+        let Storage::Cuda(mut arc) = old.storage().clone() else {
+            *cache = old;
+            return Err(Error::shape(OP, "cache is not on the CUDA device"));
+        };
+        drop(old);
+        if Arc::get_mut(&mut arc).is_none() {
+            let copy = match &*arc {
+                CudaData::F32(s) => self.dtod_copy(s)?,
+                _ => return Err(Error::shape(OP, "cache is not f32")),
+            };
+            arc = Arc::new(CudaData::F32(copy));
+        }
+        let cp = match &*arc {
+            CudaData::F32(s) => self.ptr(s),
+            _ => return Err(Error::shape(OP, "cache is not f32")),
+        };
+        let (max, n, d) = (cs[2], ns[2], cs[3]);
+        let result = self.copy_rows(OP, np, cp, cs[0] * cs[1] * n * d, n * d, n * d, 0, max * d, pos * d);
+        *cache = Tensor::from_storage(Storage::Cuda(arc), DType::F32, cs);
+        result
+    }
+
+    fn dtod_copy(&self, s: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
+        self.stream().clone_dtod(s).map_err(super::dev_err("write_kv"))
+    }
+}

@@ -1,0 +1,275 @@
+//! Linear layers and batched matmul.
+//!
+//! * M ≤ `GEMV_MAX_M` rows (decode): kernels/gemv.cu streams each weight row once in its
+//!   stored dtype (f32/f16/bf16) with 128-bit loads, bias/activation/residual fused.
+//! * Larger M: cuBLAS SGEMM (f32 inputs, f32 compute, no TF32: parity with the CPU first), then
+//!   the fused epilogue kernel. f16/bf16 weights are widened to f32 in row blocks of at most
+//!   `WIDEN_CHUNK` elements right before their GEMM. Feeding cuBLAS half inputs instead would
+//!   mean rounding the f32 activations to half (cublasGemmEx has no f32 × f16 mode), a 1e-3
+//!   (f16) to 4e-3 (bf16) relative error per product that breaks parity with the CPU; the
+//!   widening pass costs one read of the half weight and one f32 write+read, small against the
+//!   2·M·N·K flops of a GEMM with M > 4.
+
+use std::ffi::c_void;
+
+use cudarc::cublas::{result as blas, sys as bsys};
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+use super::{act_code, grid_1d, kernels, launch, CudaBackend};
+use crate::backend::Activation;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Largest M that takes the GEMV path (kernels/gemv.cu GEMV_MAX_M; the CPU's bound too).
+const GEMV_MAX_M: usize = 4;
+/// Most weight elements widened to f32 at once (128 MB of scratch).
+const WIDEN_CHUNK: usize = 1 << 25;
+
+fn int(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::shape(op, format!("{what} = {v} exceeds cuBLAS's 32-bit sizes")))
+}
+
+/// One column-major GEMM (batched with strides): C = op(A) · op(B), all f32.
+pub(super) struct Gemm {
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: u64,
+    lda: usize,
+    stride_a: usize,
+    b: u64,
+    ldb: usize,
+    stride_b: usize,
+    c: u64,
+    ldc: usize,
+    stride_c: usize,
+    batch: usize,
+}
+
+impl Gemm {
+    /// One unbatched GEMM.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn single(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, a: u64, lda: usize, b: u64, ldb: usize, c: u64, ldc: usize) -> Gemm {
+        Gemm { trans_a, trans_b, m, n, k, a, lda, stride_a: 0, b, ldb, stride_b: 0, c, ldc, stride_c: 0, batch: 1 }
+    }
+}
+
+impl CudaBackend {
+    /// C = op(A) · op(B) in cuBLAS's column-major terms (k ≥ 1; callers zero C for k = 0).
+    pub(super) fn sgemm(&self, op: &'static str, g: &Gemm) -> Result<()> {
+        if g.m == 0 || g.n == 0 || g.batch == 0 {
+            return Ok(());
+        }
+        let t = |x: bool| if x { bsys::cublasOperation_t::CUBLAS_OP_T } else { bsys::cublasOperation_t::CUBLAS_OP_N };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let f32t = bsys::cudaDataType::CUDA_R_32F;
+        let (m, n, k) = (int(op, "m", g.m)?, int(op, "n", g.n)?, int(op, "k", g.k.max(1))?);
+        let (lda, ldb, ldc) = (int(op, "lda", g.lda.max(1))?, int(op, "ldb", g.ldb.max(1))?, int(op, "ldc", g.ldc.max(1))?);
+        let batch = int(op, "batch", g.batch)?;
+        // SAFETY: every pointer is a live device buffer of this context holding the strided
+        // operands described by the sizes (checked by the callers' shape validation); alpha and
+        // beta are host scalars (the handle's default pointer mode).
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                *self.blas().handle(),
+                t(g.trans_a),
+                t(g.trans_b),
+                m,
+                n,
+                k,
+                &alpha as *const f32 as *const c_void,
+                g.a as *const c_void,
+                f32t,
+                lda,
+                g.stride_a as i64,
+                g.b as *const c_void,
+                f32t,
+                ldb,
+                g.stride_b as i64,
+                &beta as *const f32 as *const c_void,
+                g.c as *mut c_void,
+                f32t,
+                ldc,
+                g.stride_c as i64,
+                batch,
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::BackendUnavailable { backend: "cuda".into(), reason: format!("{op}: cuBLAS GEMM failed ({e:?})") })
+    }
+
+    /// `n` elements at `src` (dtype code `dt`) → f32 at `dst`.
+    fn to_f32_into(&self, op: &'static str, src: u64, dt: i32, dst: u64, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let n64 = n as u64;
+        launch!(self, op, self.function(&kernels::ELEMENTWISE, "to_f32")?, grid_1d(n), src, dt, dst, n64)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(&self, op: &'static str, xp: u64, w: &Tensor, y: &CudaSlice<f32>, m: usize, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<()> {
+        let (n, k) = (w.dim(0), w.dim(1));
+        if n == 0 || m == 0 {
+            return Ok(());
+        }
+        let k32 = u32::try_from(k).map_err(|_| Error::shape(op, format!("K = {k} exceeds u32")))?;
+        let (wp, dt) = self.any_float(w, op)?;
+        let name = match dt {
+            0 => "gemv_f32",
+            1 => "gemv_f16",
+            _ => "gemv_bf16",
+        };
+        let (bp, bdt) = match bias {
+            Some(b) => self.any_float(b, op)?,
+            None => (0u64, 0i32),
+        };
+        let rp = match residual {
+            Some(r) => self.f32_ptr(r, op)?,
+            None => 0u64,
+        };
+        // One warp per weight row, 8 rows per block; warps stride over the rest.
+        let blocks = n.div_ceil(8).min(65_535 * 8) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (yp, m32, n64, a) = (self.ptr(y), m as u32, n as u64, act_code(act));
+        launch!(self, op, self.function(&kernels::GEMV, name)?, cfg, xp, wp, yp, m32, n64, k32, bp, bdt, a, rp)
+    }
+
+    /// y [m, n] = x [m, k] · wᵀ with cuBLAS (k ≥ 1), widening a half weight block by block.
+    fn gemm_nt(&self, op: &'static str, xp: u64, w: &Tensor, y: &CudaSlice<f32>, m: usize) -> Result<()> {
+        let (n, k) = (w.dim(0), w.dim(1));
+        if n == 0 || m == 0 {
+            return Ok(());
+        }
+        let yp = self.ptr(y);
+        let (wp, dt) = self.any_float(w, op)?;
+        // Column-major view: y is [n, m] (ld n) = op(w)[n, k] · xᵀ[k, m]; w row-major [n, k]
+        // is column-major [k, n] (ld k), transposed.
+        let gemm = |a: u64, rows: usize, row0: usize| Gemm {
+            trans_a: true,
+            trans_b: false,
+            m: rows,
+            n: m,
+            k,
+            a,
+            lda: k,
+            stride_a: 0,
+            b: xp,
+            ldb: k,
+            stride_b: 0,
+            c: yp + (row0 * 4) as u64,
+            ldc: n,
+            stride_c: 0,
+            batch: 1,
+        };
+        if dt == 0 {
+            return self.sgemm(op, &gemm(wp, n, 0));
+        }
+        let rows_per = (WIDEN_CHUNK / k).clamp(1, n);
+        let scratch = self.alloc::<f32>(rows_per * k, op)?;
+        let sp = self.ptr(&scratch);
+        let mut row0 = 0;
+        while row0 < n {
+            let rows = rows_per.min(n - row0);
+            self.to_f32_into(op, wp + (row0 * k * 2) as u64, dt, sp, rows * k)?;
+            self.sgemm(op, &gemm(sp, rows, row0))?;
+            row0 += rows;
+        }
+        Ok(())
+    }
+
+    fn check_linear(op: &'static str, x: &Tensor, w: &Tensor) -> Result<(usize, usize, Vec<usize>)> {
+        if w.dims() != 2 || x.dims() == 0 {
+            return Err(Error::shape(op, format!("x {:?}, weight {:?}: weight must be [N, K]", x.shape(), w.shape())));
+        }
+        let (n, k) = (w.dim(0), w.dim(1));
+        if *x.shape().last().unwrap_or(&0) != k {
+            return Err(Error::shape(op, format!("x {:?} has last dim ≠ K = {k} of weight {:?}", x.shape(), w.shape())));
+        }
+        let mut out_shape = x.shape().to_vec();
+        if let Some(l) = out_shape.last_mut() {
+            *l = n;
+        }
+        let m = if k == 0 { x.shape()[..x.dims() - 1].iter().product() } else { x.numel() / k };
+        Ok((m, n, out_shape))
+    }
+
+    pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+        const OP: &str = "linear";
+        let (m, n, out_shape) = Self::check_linear(OP, x, w)?;
+        if let Some(b) = bias {
+            if b.numel() != n {
+                return Err(Error::shape(OP, format!("bias has {} elements, expected {n}", b.numel())));
+            }
+        }
+        if let Some(r) = residual {
+            if r.shape() != out_shape.as_slice() {
+                return Err(Error::shape(OP, format!("residual {:?} ≠ output {out_shape:?}", r.shape())));
+            }
+        }
+        let xp = self.f32_ptr(x, OP)?;
+        let k = w.dim(1);
+        let y = if k == 0 { self.zeros_f32(m * n, OP)? } else { self.alloc_f32(&out_shape)? };
+        if m <= GEMV_MAX_M {
+            self.gemv(OP, xp, w, &y, m, bias, act, residual)?;
+        } else {
+            if k > 0 {
+                self.gemm_nt(OP, xp, w, &y, m)?;
+            }
+            self.epilogue(OP, &y, m * n, n, bias, act, residual)?;
+        }
+        Ok(self.wrap_f32(y, out_shape))
+    }
+
+    pub fn linear_many(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        if ws.is_empty() {
+            return Err(Error::shape("linear_many", "no weights"));
+        }
+        ws.iter().map(|w| self.linear(x, w, None, Activation::None, None)).collect()
+    }
+
+    pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+        const OP: &str = "matmul";
+        let (sa, sb) = (a.shape(), b.shape());
+        if sa.len() < 2 || sb.len() < 2 {
+            return Err(Error::shape(OP, format!("{sa:?} · {sb:?}: need at least 2 dims")));
+        }
+        let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+        let (kb, n) = if trans_b { (sb[sb.len() - 1], sb[sb.len() - 2]) } else { (sb[sb.len() - 2], sb[sb.len() - 1]) };
+        let batch: usize = sa[..sa.len() - 2].iter().product();
+        let shared = sb.len() == 2;
+        if kb != k || (!shared && sb[..sb.len() - 2] != sa[..sa.len() - 2]) {
+            return Err(Error::shape(OP, format!("{sa:?} · {sb:?} (trans_b = {trans_b})")));
+        }
+        let ap = self.f32_ptr(a, OP)?;
+        let widened = self.widen(OP, b)?;
+        let bp = match &widened {
+            Some(s) => self.ptr(s),
+            None => self.f32_ptr(b, OP)?,
+        };
+        let mut shape = sa[..sa.len() - 2].to_vec();
+        shape.extend([m, n]);
+        let total = batch * m * n;
+        if k == 0 {
+            let y = self.zeros_f32(total, OP)?;
+            return Ok(self.wrap_f32(y, shape));
+        }
+        let y = self.alloc_f32(&shape)?;
+        let yp = self.ptr(&y);
+        // Column-major: C [n, m] (ld n) = op(B) [n, k] · A [k, m] (A row-major [m, k] is
+        // column-major [k, m], ld k). B row-major [k, n] is column-major [n, k] (ld n); with
+        // trans_b, B row-major [n, k] is column-major [k, n] (ld k), transposed.
+        let (ldb_, trans) = if trans_b { (k, true) } else { (n, false) };
+        let g = if shared {
+            Gemm { trans_a: trans, trans_b: false, m: n, n: batch * m, k, a: bp, lda: ldb_, stride_a: 0, b: ap, ldb: k, stride_b: 0, c: yp, ldc: n, stride_c: 0, batch: 1 }
+        } else {
+            Gemm { trans_a: trans, trans_b: false, m: n, n: m, k, a: bp, lda: ldb_, stride_a: k * n, b: ap, ldb: k, stride_b: m * k, c: yp, ldc: n, stride_c: m * n, batch }
+        };
+        self.sgemm(OP, &g)?;
+        drop(widened);
+        Ok(self.wrap_f32(y, shape))
+    }
+}

@@ -1,0 +1,70 @@
+//! LayerNorm, LayerNorm over channels (NCHW), RMSNorm (kernels/norm.cu). Weights and biases may
+//! be f32, f16 or bf16 (widened inside the kernel).
+
+use super::elementwise::row_threads;
+use super::{grid_1d, grid_rows, kernels, launch, CudaBackend};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+fn last_dim(op: &'static str, x: &Tensor, w: &Tensor) -> Result<usize> {
+    let d = *x.shape().last().ok_or_else(|| Error::shape(op, "scalar input"))?;
+    if w.numel() != d {
+        return Err(Error::shape(op, format!("weight has {} elements, last dim is {d}", w.numel())));
+    }
+    u32::try_from(d).map_err(|_| Error::shape(op, format!("row length {d} exceeds u32")))?;
+    Ok(d)
+}
+
+impl CudaBackend {
+    pub fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        const OP: &str = "layer_norm";
+        let d = last_dim(OP, x, w)?;
+        if b.numel() != d {
+            return Err(Error::shape(OP, format!("bias has {} elements, last dim is {d}", b.numel())));
+        }
+        let xp = self.f32_ptr(x, OP)?;
+        let ((wp, wdt), (bp, bdt)) = (self.any_float(w, OP)?, self.any_float(b, OP)?);
+        let out = self.alloc_f32(x.shape())?;
+        let rows = if d == 0 { 0 } else { x.numel() / d };
+        if rows > 0 {
+            let (yp, r64, d32) = (self.ptr(&out), rows as u64, d as u32);
+            let cfg = grid_rows(rows, row_threads(d), 0);
+            launch!(self, OP, self.function(&kernels::NORM, "layer_norm_f32")?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
+        }
+        Ok(self.wrap_f32(out, x.shape().to_vec()))
+    }
+
+    pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        const OP: &str = "rms_norm";
+        let d = last_dim(OP, x, w)?;
+        let xp = self.f32_ptr(x, OP)?;
+        let (wp, wdt) = self.any_float(w, OP)?;
+        let out = self.alloc_f32(x.shape())?;
+        let rows = if d == 0 { 0 } else { x.numel() / d };
+        if rows > 0 {
+            let (yp, r64, d32) = (self.ptr(&out), rows as u64, d as u32);
+            let cfg = grid_rows(rows, row_threads(d), 0);
+            launch!(self, OP, self.function(&kernels::NORM, "rms_norm_f32")?, cfg, xp, yp, r64, d32, wp, wdt, eps)?;
+        }
+        Ok(self.wrap_f32(out, x.shape().to_vec()))
+    }
+
+    pub fn layer_norm_channels(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        const OP: &str = "layer_norm_channels";
+        let s = x.shape();
+        if s.len() != 4 || w.numel() != s[1] || b.numel() != s[1] {
+            return Err(Error::shape(OP, format!("x {:?}, weight {:?}, bias {:?}", s, w.shape(), b.shape())));
+        }
+        let (c, hw) = (s[1], s[2] * s[3]);
+        let xp = self.f32_ptr(x, OP)?;
+        let ((wp, wdt), (bp, bdt)) = (self.any_float(w, OP)?, self.any_float(b, OP)?);
+        let out = self.alloc_f32(s)?;
+        let pixels = s[0] * hw;
+        if pixels > 0 && c > 0 {
+            let c32 = u32::try_from(c).map_err(|_| Error::shape(OP, format!("{c} channels exceed u32")))?;
+            let (yp, p64, hw64) = (self.ptr(&out), pixels as u64, hw as u64);
+            launch!(self, OP, self.function(&kernels::NORM, "layer_norm_channels_f32")?, grid_1d(pixels), xp, yp, p64, c32, hw64, wp, wdt, bp, bdt, eps)?;
+        }
+        Ok(self.wrap_f32(out, s.to_vec()))
+    }
+}

@@ -1,0 +1,31 @@
+//! Rotary position embedding, HF rotate_half layout (kernels/rope.cu).
+
+use super::{grid_1d, kernels, launch, CudaBackend};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+impl CudaBackend {
+    pub fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
+        const OP: &str = "rope";
+        let s = x.shape();
+        if s.len() != 4 || !s[3].is_multiple_of(2) {
+            return Err(Error::shape(OP, format!("x must be [B, H, N, D] with even D, got {s:?}")));
+        }
+        let (n, d) = (s[2], s[3]);
+        let h = d / 2;
+        if cos.dims() != 2 || cos.dim(1) != h || cos.shape() != sin.shape() {
+            return Err(Error::shape(OP, format!("cos/sin must be [max_pos, {h}], got {:?} / {:?}", cos.shape(), sin.shape())));
+        }
+        if pos_offset + n > cos.dim(0) {
+            return Err(Error::shape(OP, format!("positions {}..{} exceed the table of {}", pos_offset, pos_offset + n, cos.dim(0))));
+        }
+        let (xp, cp, sp) = (self.f32_ptr(x, OP)?, self.f32_ptr(cos, OP)?, self.f32_ptr(sin, OP)?);
+        let out = self.alloc_f32(s)?;
+        let pairs = x.numel() / 2;
+        if pairs > 0 {
+            let (yp, p64, n32, h32, off) = (self.ptr(&out), pairs as u64, n as u32, h as u32, pos_offset as u64);
+            launch!(self, OP, self.function(&kernels::ROPE, "rope_f32")?, grid_1d(pairs), xp, yp, cp, sp, p64, n32, h32, off)?;
+        }
+        Ok(self.wrap_f32(out, s.to_vec()))
+    }
+}
