@@ -108,10 +108,13 @@ def default_dtype(dtype):
 
 
 def build(cls, config, device, dtype, seed):
+    """The model with random weights, made on `device` in `dtype` (as from_pretrained(dtype=...)
+    would: buffers a model computes in f32 on purpose, such as RoPE's inverse frequencies, stay
+    f32)."""
     torch.manual_seed(seed)
     with torch.device(device), default_dtype(dtype), torch.no_grad():
         model = cls(config)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Check visword on a GPU machine that has no Rust toolchain, from the repo root, with the prebuilt
+# binaries of scripts/gpu-pack.sh (in gpu-bin/, or $BIN):
+#
+#   tests-cuda     the GPU test binary on CUDA (VISWORD_REQUIRE=cuda: a missing device fails)
+#   kernels        the CUDA kernel tests (cuda_kernels), when packed
+#   tests-wgpu     the GPU test binary on wgpu, when a Vulkan driver is there (VISWORD_REQUIRE=wgpu)
+#   bench-cuda     visword bench --backend cuda --preset lisa-7b --json
+#   torch-eager    tools/bench_torch.py, eager (same card, same run)
+#   bench-dinov2   visword bench --backend cuda --preset dinov2-lisa-7b --json
+#   bench-wgpu     visword bench --backend wgpu (lisa-7b on a hardware adapter, tiny on a software one)
+#   torch-compile  tools/bench_torch.py, torch.compile
+#
+#   scripts/gpu-check.sh [STEP...]       # default: every step, in the order above
+#
+# Each step runs under its own timeout, capped by what is left of BUDGET, so one hang cannot eat
+# the rest; a step whose device is missing says so and is skipped. Full logs and the JSON reports
+# go under $OUT (default ./gpu-out): summary.txt, the bench JSONs and logs.tar.gz (at most 8
+# files, so a device run brings them all back). ONE short summary table is printed last.
+#
+# Environment: BIN (gpu-bin), OUT (gpu-out), BUDGET (540 s for all steps), RUNS (3 timed bench
+# runs), DECODE_TOKENS (8), TEST_THREADS (4), T_<STEP> (a step's own cap in seconds, e.g.
+# T_BENCH_CUDA=200), VK_DRIVER_FILES (found automatically for NVIDIA's driver).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+BIN=${BIN:-gpu-bin}
+OUT=${OUT:-gpu-out}
+BUDGET=${BUDGET:-540}
+RUNS=${RUNS:-3}
+DECODE_TOKENS=${DECODE_TOKENS:-8}
+TEST_THREADS=${TEST_THREADS:-4}
+ALL_STEPS=(tests-cuda kernels tests-wgpu bench-cuda torch-eager bench-dinov2 bench-wgpu torch-compile)
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
+for s in "${steps[@]}"; do
+  [[ " ${ALL_STEPS[*]} " == *" $s "* ]] || { echo "error: unknown step '$s'; steps: ${ALL_STEPS[*]}" >&2; exit 2; }
+done
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+logs=$(mktemp -d /tmp/gpu-check-logs.XXXXXX)
+status="$logs/status.tsv"
+: >"$status"
+t0=$(date +%s)
+say() { echo "[gpu-check $(($(date +%s) - t0))s] $*" | tee -a "$logs/gpu-check.log" >&2; }
+
+# ---- the machine ---------------------------------------------------------------------------------
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "host: $(uname -srm)"
+  [ -f "$BIN/manifest.txt" ] && sed 's/^/gpu-bin /' "$BIN/manifest.txt"
+} >"$logs/machine.txt"
+have_nvidia=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  have_nvidia=1
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader \
+    | sed 's/^/gpu: /' | tee -a "$logs/machine.txt" >&2
+  nvidia-smi >"$logs/nvidia-smi.txt" 2>&1
+else
+  say "no NVIDIA GPU here (nvidia-smi finds none): the CUDA steps are skipped"
+fi
+
+# ---- Vulkan: the loader (carried in $BIN/vulkan when the image lacks it) and NVIDIA's driver ------
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
+  if ls "$BIN"/vulkan/*.deb >/dev/null 2>&1; then
+    vk=$(mktemp -d /tmp/gpu-check-vulkan.XXXXXX)
+    for f in "$BIN"/vulkan/*.deb; do dpkg -x "$f" "$vk"; done
+    export LD_LIBRARY_PATH="$vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    say "Vulkan loader unpacked from $BIN/vulkan"
+  fi
+fi
+nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ] && [ -f "$nvidia_icd" ]; then
+  export VK_DRIVER_FILES=$nvidia_icd
+fi
+icds=$(ls ${VK_DRIVER_FILES:-} ${VK_ICD_FILENAMES:-} /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json \
+  /usr/local/share/vulkan/icd.d/*.json 2>/dev/null | tr ':' '\n' | sort -u)
+vulkan=none
+if ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' || [ -n "${vk:-}" ]; then
+  if grep -qil nvidia $icds 2>/dev/null && [ $have_nvidia = 1 ]; then
+    vulkan=nvidia
+  elif [ -n "$icds" ]; then
+    vulkan=software
+  fi
+fi
+echo "vulkan: $vulkan (${VK_DRIVER_FILES:-driver manifests from the system folders})" | tee -a "$logs/machine.txt" >&2
+
+torch_cuda=0
+if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then torch_cuda=1; fi
+
+# ---- step runner -----------------------------------------------------------------------------------
+cap_of() { # default cap of a step, overridable by T_<STEP>
+  local var="T_$(echo "$1" | tr 'a-z-' 'A-Z_')"
+  local def
+  case $1 in
+    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; bench-cuda) def=150 ;;
+    torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; torch-compile) def=200 ;;
+  esac
+  echo "${!var:-$def}"
+}
+
+# run_step NAME LOGFILE STDOUT_FILE CMD... : under min(cap, what the budget has left)
+run_step() {
+  local name=$1 log=$2 stdout=$3
+  shift 3
+  local left=$((BUDGET - ($(date +%s) - t0) - 5))
+  local cap
+  cap=$(cap_of "$name")
+  local t=$((cap < left ? cap : left))
+  if [ "$t" -lt 10 ]; then
+    say "$name: skipped, the budget is spent"
+    printf '%s\tskipped\t0\tno time left\n' "$name" >>"$status"
+    return
+  fi
+  say "$name: $* (timeout ${t}s)"
+  local s
+  s=$(date +%s)
+  timeout -k 10 "$t" "$@" >"$stdout" 2>"$log"
+  local rc=$?
+  local took=$(($(date +%s) - s))
+  local what=ok
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && what=timeout
+  [ $rc -ne 0 ] && [ $what = ok ] && what="exit $rc"
+  say "$name: $what after ${took}s"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$what" "$took" "$rc" >>"$status"
+}
+
+skip() { say "$1: skipped ($2)"; printf '%s\tskipped\t0\t%s\n' "$1" "$2" >>"$status"; }
+
+want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
+have_bin() { [ -x "$BIN/$1" ]; }
+
+export VISWORD_FIXTURES="$root/tests/fixtures"
+for step in "${ALL_STEPS[@]}"; do
+  want "$step" || continue
+  case $step in
+    tests-cuda)
+      if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"
+      elif ! have_bin gpu; then skip "$step" "$BIN/gpu missing (scripts/gpu-pack.sh)"
+      else VISWORD_BACKENDS=cuda VISWORD_REQUIRE=cuda run_step "$step" "$logs/tests-cuda.log" "$logs/tests-cuda.out" "$BIN/gpu" --test-threads="$TEST_THREADS"
+      fi ;;
+    kernels)
+      if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"
+      elif ! have_bin cuda_kernels; then skip "$step" "$BIN/cuda_kernels not packed"
+      else VISWORD_BACKENDS=cuda VISWORD_REQUIRE=cuda run_step "$step" "$logs/kernels.log" "$logs/kernels.out" "$BIN/cuda_kernels" --test-threads="$TEST_THREADS"
+      fi ;;
+    tests-wgpu)
+      if [ $vulkan = none ]; then skip "$step" "no Vulkan driver"
+      elif ! have_bin gpu; then skip "$step" "$BIN/gpu missing (scripts/gpu-pack.sh)"
+      else VISWORD_BACKENDS=wgpu VISWORD_REQUIRE=wgpu run_step "$step" "$logs/tests-wgpu.log" "$logs/tests-wgpu.out" "$BIN/gpu" --test-threads="$TEST_THREADS"
+      fi ;;
+    bench-cuda | bench-dinov2)
+      preset=lisa-7b
+      [ $step = bench-dinov2 ] && preset=dinov2-lisa-7b
+      if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"
+      elif ! have_bin visword; then skip "$step" "$BIN/visword missing"
+      else run_step "$step" "$logs/$step.log" "$OUT/visword-cuda-$preset.json" \
+        "$BIN/visword" bench --backend cuda --preset $preset --json --runs "$RUNS" --decode-tokens "$DECODE_TOKENS"
+      fi ;;
+    bench-wgpu)
+      if [ $vulkan = none ]; then skip "$step" "no Vulkan driver"
+      elif ! have_bin visword; then skip "$step" "$BIN/visword missing"
+      elif [ $vulkan = nvidia ]; then
+        run_step "$step" "$logs/$step.log" "$OUT/visword-wgpu-lisa-7b.json" \
+          "$BIN/visword" bench --backend wgpu --preset lisa-7b --json --runs 1 --decode-tokens "$DECODE_TOKENS"
+      else
+        # A software adapter runs the 7B shapes for hours: the tiny preset shows the path works.
+        run_step "$step" "$logs/$step.log" "$OUT/visword-wgpu-tiny.json" \
+          "$BIN/visword" bench --backend wgpu --preset tiny --points-per-side 8 --json --runs 1 --decode-tokens 2
+      fi ;;
+    torch-eager)
+      if [ $torch_cuda = 1 ]; then
+        run_step "$step" "$logs/$step.log" "$logs/torch-eager.txt" python3 tools/bench_torch.py --modes eager --json "$OUT/torch-eager.json" -v
+      elif python3 -c 'import torch, transformers' 2>/dev/null; then
+        # No GPU for PyTorch: the tiny shapes on the CPU prove the script runs.
+        run_step "$step" "$logs/$step.log" "$logs/torch-eager.txt" python3 tools/bench_torch.py --tiny --modes eager --json "$OUT/torch-eager-tiny-cpu.json" -v
+      else skip "$step" "no PyTorch + transformers"
+      fi ;;
+    torch-compile)
+      if [ $torch_cuda = 1 ]; then
+        run_step "$step" "$logs/$step.log" "$logs/torch-compile.txt" python3 tools/bench_torch.py --modes compile --json "$OUT/torch-compile.json" -v
+      else skip "$step" "PyTorch has no GPU, and compiling on a CPU takes minutes"
+      fi ;;
+  esac
+done
+
+# ---- summary ------------------------------------------------------------------------------------
+for f in "$OUT"/*.json; do [ -s "$f" ] || rm -f "$f"; done
+python3 scripts/gpu-summary.py --logs "$logs" --out "$OUT" >"$logs/summary.txt" 2>"$logs/summary.err" \
+  || { echo "summary failed:"; cat "$logs/summary.err"; } >>"$logs/summary.txt"
+cp "$logs/summary.txt" "$OUT/summary.txt"
+say "logs: $OUT/logs.tar.gz; reports: $(cd "$OUT" && ls *.json 2>/dev/null | tr '\n' ' ')"
+tar -czf "$OUT/logs.tar.gz" -C "$logs" . 2>/dev/null
+rm -rf "$logs"
+cat "$OUT/summary.txt"
