@@ -161,7 +161,13 @@ impl Weights {
         self.synthetic.is_some()
     }
 
+    /// One synthetic tensor. A 7B model is ~7·10⁹ values, so they are generated in parallel,
+    /// straight into the stored dtype: the tensor is cut into fixed 64 Ki-element chunks, each
+    /// with its own xorshift stream seeded from (seed, name, chunk index), so the values do not
+    /// depend on the thread count.
     fn synthesize(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
         let (seed, dtype) = self.synthetic.unwrap_or((0, DType::F32));
         let mut h = seed ^ 0xcbf29ce484222325;
         for b in name.bytes() {
@@ -171,16 +177,44 @@ impl Weights {
         let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
         let is_norm = name.ends_with("weight") && shape.len() == 1;
         let scale = if shape.len() == 1 { 0.02 } else { 1.0 / fan_in.sqrt() };
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                h ^= h << 13;
-                h ^= h >> 7;
-                h ^= h << 17;
-                let u = ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                if is_norm { 1.0 + 0.1 * u } else { u * scale }
-            })
-            .collect();
-        Tensor::from_f32(v, shape.to_vec())?.to_dtype(if shape.len() >= 2 { dtype } else { DType::F32 })
+        let dtype = if shape.len() >= 2 { dtype } else { DType::F32 };
+        fn fill<T: Send>(out: &mut [T], h: u64, chunk: usize, value: impl Fn(u64) -> T + Sync) {
+            out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| {
+                // SplitMix64 of (name hash, chunk) gives each chunk an independent, non-zero start.
+                let mut z = h.wrapping_add((i as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+                let mut s = (z ^ (z >> 31)) | 1;
+                for o in c {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    *o = value(s);
+                }
+            });
+        }
+        let f = move |s: u64| {
+            let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+            if is_norm { 1.0 + 0.1 * u } else { u * scale }
+        };
+        let data = match dtype {
+            DType::BF16 => {
+                let mut v = vec![half::bf16::ZERO; n];
+                fill(&mut v, h, CHUNK, |s| half::bf16::from_f32(f(s)));
+                CpuData::BF16(v)
+            }
+            DType::F16 => {
+                let mut v = vec![half::f16::ZERO; n];
+                fill(&mut v, h, CHUNK, |s| half::f16::from_f32(f(s)));
+                CpuData::F16(v)
+            }
+            _ => {
+                let mut v = vec![0f32; n];
+                fill(&mut v, h, CHUNK, f);
+                CpuData::F32(v)
+            }
+        };
+        Tensor::from_cpu(data, dtype, shape.to_vec())
     }
 
     pub fn origin(&self) -> &Path {

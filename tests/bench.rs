@@ -68,6 +68,33 @@ fn tiny_json_report_has_every_stage_and_the_real_token_counts() {
     assert_eq!(runs[0]["speedup_vs_mlp"].as_f64(), Some(1.0));
 }
 
+/// The performance table (issue 4's stages): every stage keyed as tools/bench_torch.py keys it,
+/// timed, with its work counted; no device peaks, rooflines or 7B targets on the CPU's tiny preset.
+#[test]
+fn json_performance_table_has_every_stage() {
+    let v = bench_json(&["--decode-tokens", "3"]);
+    assert_eq!(v["device"], "cpu");
+    assert!(v["device_peaks"].is_null(), "peaks are measured on GPU backends only: {}", v["device_peaks"]);
+    let rows = v["performance"].as_array().unwrap();
+    let keys: Vec<&str> = rows.iter().map(|r| r["stage"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["decode", "prefill_616", "prefill_80", "vision", "sam", "superpixels", "scatter_pool", "end_to_end"]);
+    for r in rows {
+        let ms = r["ms"].as_f64().unwrap_or_else(|| panic!("no time: {r}"));
+        assert!(ms > 0.0, "{r}");
+        assert!(r["roofline_ms"].is_null() && r["target"].is_null(), "{r}");
+    }
+    let decode = &rows[0];
+    let tps = decode["tokens_per_s"].as_f64().unwrap();
+    assert!((tps * decode["ms"].as_f64().unwrap() - 1e3).abs() < 1e-6, "{decode}");
+    // Prefill of 616 tokens does more work than of 80; both read the same weights.
+    assert!(rows[1]["flops"].as_f64().unwrap() > 5.0 * rows[2]["flops"].as_f64().unwrap());
+    assert_eq!(rows[1]["bytes"], rows[2]["bytes"]);
+    // The svp row's end to end is the table's.
+    let svp = v["runs"].as_array().unwrap().iter().find(|r| r["projector"] == "svp").unwrap();
+    assert_eq!(rows[7]["ms"], svp["end_to_end_ms"]);
+    assert_eq!(rows[5]["ms"], svp["stages_ms"]["superpixels"]);
+}
+
 #[test]
 fn weight_dtype_and_prefill_only() {
     let v = bench_json(&["--weight-dtype", "bf16", "--decode-tokens", "0", "--threads", "1"]);
@@ -77,13 +104,15 @@ fn weight_dtype_and_prefill_only() {
         assert!(r["stages_ms"]["decode_per_token"].is_null(), "no decode steps were asked for: {r}");
         assert!(r["stages_ms"]["prefill"].as_f64().unwrap() > 0.0);
     }
+    let decode = &v["performance"][0];
+    assert!(decode["ms"].is_null() && decode["tokens_per_s"].is_null(), "{decode}");
 }
 
 #[test]
 fn table_marks_absent_stages() {
     let (code, out, err) = visword(&["bench", "--preset", "tiny", "--runs", "1", "--decode-tokens", "2", "--points-per-side", "4"]);
     assert_eq!(code, 0, "{err}");
-    for needle in ["backend:", "preset:   tiny", "threads:", "cpu:", "weights:  f32", "superpixels", "pool3"] {
+    for needle in ["backend:", "device:   cpu", "of roofline", "LLM prefill 576 + 40 tokens", "preset:   tiny", "threads:", "cpu:", "weights:  f32", "superpixels", "pool3"] {
         assert!(out.contains(needle), "table lacks `{needle}`:\n{out}");
     }
     let mlp = out.lines().find(|l| l.starts_with("mlp ")).expect("an mlp row");

@@ -110,10 +110,20 @@ fn unknown_backend_and_unavailable_backend_are_clear() {
     let (code, _, err) = visword(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert_ne!(code, 0);
     assert!(err.contains("tpu"), "{err}");
-    let a: Vec<String> = args("wgpu");
-    let (code, _, err) = visword(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("wgpu"), "{err}");
+    // A named backend runs when this machine has it, and is a clear error naming it otherwise.
+    for (name, kind) in [("cuda", visword::BackendKind::Cuda), ("wgpu", visword::BackendKind::Wgpu)] {
+        let available = visword::Backend::new(kind).is_ok();
+        let a: Vec<String> = args(name);
+        let (code, _, err) = visword(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        if available {
+            assert_eq!(code, 0, "{name} is available here, so the command should run: {err}");
+            assert!(out.exists(), "{name}: no mask written");
+            let _ = std::fs::remove_file(&out);
+        } else {
+            assert_eq!(code, 1, "{err}");
+            assert!(err.contains(name) && err.contains("not available"), "{err}");
+        }
+    }
 }
 
 #[test]

@@ -49,14 +49,21 @@ fn build_time_ptx_has_every_entry_point() {
     }
 }
 
-/// Names of the `extern "C" __global__ void name(` functions of a source.
+/// Names of the `extern "C" __global__ void [__launch_bounds__(..)] name(` functions of a source.
+/// Names built by token pasting inside a macro (`name_d##DP##_f32`) cannot be read from the
+/// source and are left out.
 fn entry_points(src: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = src;
     while let Some(i) = rest.find("__global__ void ") {
-        rest = &rest[i + "__global__ void ".len()..];
+        rest = rest[i + "__global__ void ".len()..].trim_start();
+        if let Some(after) = rest.strip_prefix("__launch_bounds__") {
+            let close = after.find(')').map_or(after.len(), |j| j + 1);
+            rest = after[close..].trim_start();
+        }
         let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-        if !name.is_empty() {
+        let pasted = rest[name.len()..].starts_with('#');
+        if !name.is_empty() && !pasted {
             out.push(name);
         }
     }

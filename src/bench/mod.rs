@@ -6,12 +6,20 @@
 //! an untimed warm-up, and every stage reports the median of the timed ones. Encoder times are
 //! shared by the rows (the work is identical); a row's peak memory is the larger of the encoders'
 //! peak and its own path's peak.
+//!
+//! After the rows, fixed-shape stages (`stages`): the LLM prefill at 576 + 40 and 40 + 40 tokens
+//! with decode after the first, the scatter-mean pooling op alone, and on a GPU backend the
+//! card's copy bandwidth and the engine's GEMM rate; `perf` puts them in the performance table
+//! with their rooflines (`roofline`) and targets.
 
 pub mod machine;
+pub mod perf;
 pub mod photos;
 pub mod presets;
 pub mod report;
+pub mod roofline;
 pub mod stack;
+pub mod stages;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -20,13 +28,19 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 use crate::models::projector::ProjectorKind;
-use report::{median, BenchReport, RunReport, StagesMs};
+use report::{median, BenchReport, DevicePeaks, RunReport, StagesMs};
 use stack::Stack;
 
 /// Seed of the random weights and inputs (fixed: runs are comparable across machines).
 const SEED: u64 = 0x5eed;
 /// Decode steps of the warm-up iteration: enough to touch the decode path.
 const WARMUP_DECODE_TOKENS: usize = 2;
+/// The prefill lengths of the performance table: 576 patch tokens (mlp) or 40 superpixels (svp)
+/// plus 40 text tokens.
+const PREFILL_LONG: usize = 576 + 40;
+const PREFILL_SHORT: usize = 40 + 40;
+/// Superpixels in the scatter-pooling measurement (the paper's mean count).
+const POOL_SUPERPIXELS: usize = 40;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -85,7 +99,7 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
     let dtype = opts.weight_dtype.unwrap_or(preset.weight_dtype);
     let kinds = ProjectorKind::ALL;
     let iterations = 1 + opts.runs;
-    let bar = progress_bar(opts.progress, (3 + iterations * (1 + kinds.len())) as u64);
+    let bar = progress_bar(opts.progress, (3 + iterations * (2 + kinds.len()) + 2) as u64);
 
     let mut stack = Stack::build(&preset, be, dtype, SEED, &|part| {
         bar.set_message(format!("random weights: {part}"));
@@ -132,6 +146,32 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
             s.peak = s.peak.max(peak);
         }
     }
+    // The LLM at the table's fixed token counts, decode after the long prefill.
+    let (mut prefill_long, mut prefill_short, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+    for it in 0..iterations {
+        bar.set_message(format!("LLM {PREFILL_LONG} and {PREFILL_SHORT} tokens ({})", if it == 0 { "warm-up".into() } else { format!("run {it}/{}", opts.runs) }));
+        let decode_tokens = if it == 0 { opts.decode_tokens.min(WARMUP_DECODE_TOKENS) } else { opts.decode_tokens };
+        let long = stages::llm_prefill_decode(be, stack.llm(), PREFILL_LONG, decode_tokens, SEED ^ it as u64)?;
+        let short = stages::llm_prefill_decode(be, stack.llm(), PREFILL_SHORT, 0, SEED ^ 0x80 ^ it as u64)?;
+        bar.inc(1);
+        if it > 0 {
+            prefill_long.push(long.prefill_ms);
+            prefill_short.push(short.prefill_ms);
+            decode.extend(long.decode_ms_per_token);
+        }
+    }
+    bar.set_message("scatter-mean pooling");
+    let grid = stack.grid;
+    let pool_us = stages::scatter_pool_us(be, POOL_SUPERPIXELS, grid * grid, stack.vision_width())?;
+    bar.inc(1);
+    let peaks = if be.name() == "cpu" {
+        None
+    } else {
+        bar.set_message("copy bandwidth and GEMM rate");
+        let copy_gb_per_s = stages::copy_bandwidth_gb_per_s(be)?;
+        let (gemm_tflops, gemm_n) = stages::gemm_tflops(be, dtype)?;
+        Some(DevicePeaks { copy_gb_per_s, gemm_tflops, gemm_n, gemm_weight_dtype: dtype.to_string() })
+    };
     bar.finish_and_clear();
 
     let mut runs: Vec<RunReport> = kinds
@@ -167,9 +207,31 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
         .collect();
     report::fill_speedups(&mut runs);
 
+    let llm_cfg = &stack.llm().config;
+    let wsize = dtype.size();
+    let enc = runs.first().map(|r| (r.stages_ms.vision_encoder, r.stages_ms.sam_encoder)).unwrap_or_default();
+    let svp = runs.iter().find(|r| r.projector == "svp");
+    let performance = perf::rows(&perf::PerfInputs {
+        seven_b: preset.name.ends_with("-7b"),
+        clip: stack.is_clip(),
+        points_per_side: stack.superpixel_config().points_per_side,
+        vision_width: stack.vision_width(),
+        decode_tokens: opts.decode_tokens,
+        decode: (median(&decode), roofline::llama_decode(llm_cfg, PREFILL_LONG, wsize)),
+        prefill_616: (median(&prefill_long).unwrap_or(0.0), roofline::llama_prefill(llm_cfg, PREFILL_LONG, wsize)),
+        prefill_80: (median(&prefill_short).unwrap_or(0.0), roofline::llama_prefill(llm_cfg, PREFILL_SHORT, wsize)),
+        vision: (enc.0, stack.vision_cost(dtype)?),
+        sam: (enc.1, stack.sam_cost(dtype)),
+        superpixels_ms: svp.and_then(|r| r.stages_ms.superpixels),
+        scatter_pool: (pool_us * 1e-3, roofline::scatter_pool(POOL_SUPERPIXELS, grid * grid, stack.vision_width())),
+        end_to_end_ms: svp.map(|r| r.end_to_end_ms),
+        peaks: peaks.clone(),
+    });
+
     Ok(BenchReport {
         commit: env!("VISWORD_BUILD_COMMIT").to_string(),
         backend: be.name().to_string(),
+        device: be.device_name(),
         preset: preset.name.to_string(),
         models: preset.summary.to_string(),
         threads: rayon::current_num_threads(),
@@ -181,6 +243,8 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
         timed_runs: opts.runs,
         warmup_runs: 1,
         runs,
+        device_peaks: peaks,
+        performance,
     })
 }
 

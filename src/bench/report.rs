@@ -33,9 +33,46 @@ pub struct RunReport {
     pub prefill_speedup_vs_mlp: Option<f64>,
 }
 
+/// The card's limits, measured in the same run (GPU backends only).
+#[derive(Clone, Debug, Serialize)]
+pub struct DevicePeaks {
+    /// Device-to-device copy, bytes read + written per second, in GB/s.
+    pub copy_gb_per_s: f64,
+    /// The engine's `linear` ([n, n] f32 input × [n, n] weight) in TFLOP/s.
+    pub gemm_tflops: f64,
+    pub gemm_n: usize,
+    pub gemm_weight_dtype: String,
+}
+
+/// One line of the performance table (issue 4's stages): the measured time next to the least
+/// time the stage's work allows at the card's measured limits, and the target.
+#[derive(Clone, Debug, Serialize)]
+pub struct PerfRow {
+    /// Stable key shared with tools/bench_torch.py: decode, prefill_616, prefill_80, vision, sam,
+    /// superpixels, scatter_pool, end_to_end.
+    pub stage: String,
+    pub label: String,
+    /// Median time per call (per token for decode); None when the stage did not run.
+    pub ms: Option<f64>,
+    /// Decode only: 1000 / ms.
+    pub tokens_per_s: Option<f64>,
+    /// Matmul-shaped work and the bytes the stage must at least move (None where not modelled).
+    pub flops: Option<f64>,
+    pub bytes: Option<f64>,
+    /// max(flops / GEMM rate, bytes / copy bandwidth) where the binding limit was measured.
+    pub roofline_ms: Option<f64>,
+    /// roofline_ms / ms: 1.0 is the hardware limit.
+    pub roofline_fraction: Option<f64>,
+    /// The target time (issue 4, an H200); None where the preset or stage has none.
+    pub target_ms: Option<f64>,
+    pub target: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub backend: String,
+    /// The device in words (`Backend::device_name`): "cpu" or the GPU's name.
+    pub device: String,
     /// The git commit visword was built from (`-dirty` with uncommitted changes).
     pub commit: String,
     pub preset: String,
@@ -51,6 +88,9 @@ pub struct BenchReport {
     pub timed_runs: usize,
     pub warmup_runs: usize,
     pub runs: Vec<RunReport>,
+    /// Measured on GPU backends only.
+    pub device_peaks: Option<DevicePeaks>,
+    pub performance: Vec<PerfRow>,
 }
 
 impl StagesMs {
@@ -118,6 +158,13 @@ impl BenchReport {
     pub fn render_table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!("backend:  {}\n", self.backend));
+        out.push_str(&format!("device:   {}\n", self.device));
+        if let Some(p) = &self.device_peaks {
+            out.push_str(&format!(
+                "peaks:    copy {:.0} GB/s (read + write); linear {}³ f32 × {} {:.1} TFLOP/s\n",
+                p.copy_gb_per_s, p.gemm_n, p.gemm_weight_dtype, p.gemm_tflops
+            ));
+        }
         out.push_str(&format!("commit:   {}\n", self.commit));
         out.push_str(&format!("preset:   {} ({}, random weights)\n", self.preset, self.models));
         out.push_str(&format!("threads:  {}\n", self.threads));
@@ -154,25 +201,76 @@ impl BenchReport {
                 ]
             })
             .collect();
-        let widths: Vec<usize> = (0..header.len())
-            .map(|c| rows.iter().map(|r| r[c].chars().count()).chain([header[c].chars().count()]).max().unwrap_or(0))
-            .collect();
-        let line = |cells: &[String]| -> String {
-            let parts: Vec<String> = cells
-                .iter()
-                .enumerate()
-                .map(|(c, s)| {
-                    let pad = " ".repeat(widths[c] - s.chars().count());
-                    if c == 0 { format!("{s}{pad}") } else { format!("{pad}{s}") }
-                })
-                .collect();
-            parts.join("  ").trim_end().to_string() + "\n"
-        };
-        out.push_str(&line(&header.map(String::from)));
-        for r in &rows {
-            out.push_str(&line(r));
+        out.push_str(&render_rows(&header.map(String::from), &rows));
+        if !self.performance.is_empty() {
+            out.push('\n');
+            out.push_str(&self.render_performance());
         }
         out
+    }
+}
+
+/// Right-aligned columns (the first left-aligned), two spaces apart.
+fn render_rows(header: &[String], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).chain([header[c].chars().count()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: &[String]| -> String {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                let pad = " ".repeat(widths[c] - s.chars().count());
+                if c == 0 { format!("{s}{pad}") } else { format!("{pad}{s}") }
+            })
+            .collect();
+        parts.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header);
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+fn flops_rate(per_s: f64) -> String {
+    if per_s >= 1e12 { format!("{:.1} TFLOP/s", per_s / 1e12) } else { format!("{:.1} GFLOP/s", per_s / 1e9) }
+}
+
+/// A time in ms, or in µs below 0.1 ms.
+fn time(ms: Option<f64>) -> String {
+    match ms {
+        None => "—".into(),
+        Some(x) if x < 0.1 => format!("{:.2} µs", x * 1e3),
+        Some(x) => format!("{} ms", self::ms(Some(x))),
+    }
+}
+
+impl BenchReport {
+    /// The stage table: time, rate, roofline and target.
+    pub fn render_performance(&self) -> String {
+        let header = ["stage", "time", "rate", "roofline", "of roofline", "target (H200)"].map(String::from);
+        let rows: Vec<Vec<String>> = self
+            .performance
+            .iter()
+            .map(|r| {
+                let rate = match (r.tokens_per_s, r.ms, r.flops, r.bytes) {
+                    (Some(t), ..) => format!("{t:.1} tok/s"),
+                    (None, Some(ms), Some(f), _) if f > 0.0 && r.stage != "scatter_pool" => flops_rate(f / (ms * 1e-3)),
+                    (None, Some(ms), _, Some(b)) if b > 0.0 => format!("{:.0} GB/s", b / (ms * 1e-3) / 1e9),
+                    _ => "—".into(),
+                };
+                vec![
+                    r.label.clone(),
+                    time(r.ms),
+                    rate,
+                    time(r.roofline_ms),
+                    r.roofline_fraction.map_or("—".into(), |f| format!("{:.0}%", f * 100.0)),
+                    r.target.clone().unwrap_or_else(|| "—".into()),
+                ]
+            })
+            .collect();
+        render_rows(&header, &rows)
     }
 }
 

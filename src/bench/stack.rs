@@ -29,6 +29,7 @@ use crate::tensor::Tensor;
 use crate::weights::{VarView, Weights};
 
 use super::photos;
+use super::roofline::{self, Cost};
 use super::presets::{Preset, VisionKind, SAM_IMAGE, VISION_IMAGE, VISION_PATCH};
 use crate::models::projector::{Projector, ProjectorDims, ProjectorKind, SvpConfig};
 
@@ -193,12 +194,53 @@ impl Stack {
         Projector::load(be, &VarView::new(&self.weights, be).pp("model"), kind, dims, &SvpConfig::default())
     }
 
+    pub fn llm(&self) -> &Llama {
+        &self.llm
+    }
+
+    /// Vision feature width C (the scatter-pooling width).
+    pub fn vision_width(&self) -> usize {
+        self.vision_width
+    }
+
+    /// Work of the vision encoder up to the feature layer on one 336² image.
+    pub fn vision_cost(&self, weight_dtype: DType) -> Result<Cost> {
+        let patches = self.grid * self.grid;
+        let (width, patch, mlp_params, layers) = match &self.vision {
+            VisionTower::Clip(m) => {
+                let c = &m.config;
+                (c.hidden_size, c.patch_size, 2 * c.hidden_size * c.intermediate_size, c.num_hidden_layers)
+            }
+            VisionTower::Dinov2(m) => {
+                let c = &m.config;
+                let mlp = if c.use_swiglu_ffn { 3 * c.hidden_size * c.swiglu_hidden() } else { 2 * c.hidden_size * c.mlp_hidden() };
+                (c.hidden_size, c.patch_size, mlp, c.num_hidden_layers)
+            }
+        };
+        // Hidden state i is the output of i layers; the encoder stops there.
+        let run = vit::resolve_layer(self.feature_layer, layers)?;
+        Ok(roofline::vit(width, run, patches + 1, patches, patch, mlp_params, weight_dtype.size()))
+    }
+
+    /// Work of SAM's image encoder on one 1024² image.
+    pub fn sam_cost(&self, weight_dtype: DType) -> Cost {
+        roofline::sam_encoder(&self.sam.config, weight_dtype.size())
+    }
+
+    pub fn is_clip(&self) -> bool {
+        matches!(self.vision, VisionTower::Clip(_))
+    }
+
     pub fn text_tokens(&self) -> usize {
         self.prefix_ids.len() + self.suffix_ids.len()
     }
 
     pub fn photo_count(&self) -> usize {
         self.photos.len()
+    }
+
+    pub fn superpixel_config(&self) -> &SuperpixelConfig {
+        &self.superpixels
     }
 
     /// Set the superpixel generator's options (the preset's by default).
@@ -264,7 +306,7 @@ impl Stack {
 }
 
 /// Greedy choice from last-position logits (the one host read per token, as in a real decoder).
-fn next_token(be: &Backend, logits: Option<Tensor>) -> Result<u32> {
+pub(crate) fn next_token(be: &Backend, logits: Option<Tensor>) -> Result<u32> {
     let logits = logits.ok_or_else(|| Error::shape("bench", "the LLM returned no logits"))?;
     argmax(&be.to_vec_f32(&logits)?)
 }

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// tiny, cpu, lisa-7b or dinov2-lisa-7b (default: cpu on the CPU backend, lisa-7b on a GPU).
+    /// tiny, cpu, lisa-7b, glamm-7b or dinov2-lisa-7b (default: cpu on the CPU backend, lisa-7b
+    /// on a GPU).
     #[arg(long)]
     pub preset: Option<String>,
     /// auto, cpu, cuda or wgpu.

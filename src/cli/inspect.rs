@@ -34,8 +34,13 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     println!("{} tensors, {} parameters ({:.2} M)", w.names().count(), total, total as f64 / 1e6);
+    let has_bf16 = by_dtype.contains_key("bf16");
     for (dt, (n, bytes)) in by_dtype {
         println!("  {dt}: {n} parameters, {:.1} MB", bytes as f64 / 1e6);
+    }
+    if has_bf16 {
+        // WGSL has no bf16: say what the wgpu backend will hold instead.
+        println!("note: --backend wgpu converts bf16 weights at load: each tensor to f16 where every value fits f16's finite range (on adapters with shader-f16), else to f32");
     }
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! A backend without a device is skipped with a printed reason, never unwrapped. Where a backend
 //! must be present (CI installs Mesa's software Vulkan driver, so wgpu must find an adapter
 //! there), set `VISWORD_REQUIRE=wgpu` (or `cuda`, or `wgpu,cuda`) and its absence fails the test.
+//! `VISWORD_BACKENDS=cuda` (or `wgpu`) tries only the listed backends, so one run's pass/fail
+//! counts belong to one backend (scripts/gpu-check.sh runs the binary once per backend).
 
 use visword::{Backend, BackendKind};
 
@@ -18,6 +20,11 @@ pub struct Gpu {
     pub model_tol: Tol,
 }
 
+/// Whether `VISWORD_BACKENDS` (a comma-separated list; unset = all) lets `name` be tried.
+fn selected(name: &str) -> bool {
+    std::env::var("VISWORD_BACKENDS").map(|v| v.split(',').any(|s| s.trim() == name)).unwrap_or(true)
+}
+
 fn required(name: &str) -> bool {
     std::env::var("VISWORD_REQUIRE").map(|v| v.split(',').any(|s| s.trim() == name)).unwrap_or(false)
 }
@@ -26,6 +33,10 @@ fn required(name: &str) -> bool {
 pub fn gpus(test: &str) -> Vec<Gpu> {
     let mut out = Vec::new();
     for (name, kind) in [("cuda", BackendKind::Cuda), ("wgpu", BackendKind::Wgpu)] {
+        if !selected(name) {
+            eprintln!("{test}: skipping {name}: not in VISWORD_BACKENDS");
+            continue;
+        }
         match Backend::new(kind) {
             Ok(backend) => out.push(Gpu {
                 backend,

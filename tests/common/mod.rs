@@ -16,8 +16,13 @@ use std::path::{Path, PathBuf};
 
 use visword::{Tensor, Weights};
 
+/// tests/fixtures of the source tree, or `VISWORD_FIXTURES` where the test binary runs away from
+/// the tree it was built in (scripts/gpu-check.sh on a machine without a Rust toolchain).
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    match std::env::var_os("VISWORD_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures"),
+    }
 }
 
 /// Open `tests/fixtures/<name>` as weights (file or directory).

@@ -1,1 +1,399 @@
-//! (tests to come)
+//! Every op on every GPU backend against the CPU backend (the spec), on seeded inputs over shape
+//! sweeps: sizes not divisible by the workgroup/tile sizes, size 1, f16/bf16 weights,
+//! broadcasting, and the 2-D dispatch fold for large grids.
+
+use visword::backend::BinaryOp;
+use visword::{Activation, Backend, DType, Tensor};
+
+use crate::common::backends::{gpus, Gpu};
+use crate::common::{assert_close, Rng, Tol};
+
+const SEED: u64 = 0x5EED_0005;
+
+fn rng(test: &str) -> Rng {
+    eprintln!("{test}: seed {SEED:#x}");
+    Rng::new(SEED)
+}
+
+fn up(g: &Gpu, t: &Tensor) -> Tensor {
+    g.backend.upload(t).unwrap_or_else(|e| panic!("upload to {}: {e}", g.backend.name()))
+}
+
+/// Compare a GPU result with the CPU's (shape and values).
+#[track_caller]
+fn same(what: &str, g: &Gpu, got: &Tensor, want: &Tensor, tol: Tol) {
+    assert_eq!(got.shape(), want.shape(), "{what} on {}: shape", g.backend.name());
+    let got = g.backend.to_vec_f32(got).unwrap_or_else(|e| panic!("{what}: read-back from {}: {e}", g.backend.name()));
+    assert_close(&format!("{what} on {}", g.backend.name()), &got, &want.to_f32_vec().unwrap(), tol);
+}
+
+fn cpu() -> Backend {
+    Backend::cpu()
+}
+
+/// Lower the wgpu backend's workgroups-per-dimension limit so small grids take the 2-D fold.
+fn fold_dispatches(g: &Gpu, max: u32) {
+    if let Backend::Wgpu(w) = &g.backend {
+        w.set_max_workgroups_per_dim(max);
+    }
+}
+
+const ACTS: [Activation; 6] = [Activation::None, Activation::Gelu, Activation::GeluTanh, Activation::QuickGelu, Activation::Relu, Activation::Silu];
+
+#[test]
+fn activations_match_the_cpu() {
+    let mut r = rng("activations");
+    for g in gpus("activations") {
+        for n in [1usize, 255, 256, 1000, 4099] {
+            let x = Tensor::from_f32(r.vec(n).iter().map(|v| v * 8.0).collect(), vec![n]).unwrap();
+            let xg = up(&g, &x);
+            for act in ACTS {
+                let want = cpu().activate(&x, act).unwrap();
+                let got = g.backend.activate(&xg, act).unwrap();
+                same(&format!("activate {act:?} n={n}"), &g, &got, &want, g.op_tol);
+            }
+        }
+    }
+}
+
+/// WGSL has no erf: the shaders' own (exact GELU's core) must be within 1e-7 of the true erf
+/// (f64 libm) on a dense grid that crosses every branch of its rational approximation
+/// (0.84375, 1.25, 1/0.35, 6), and GELU must then agree with the CPU's to f32 rounding.
+#[test]
+fn erf_within_1e7_and_gelu_matches_the_cpu() {
+    for g in gpus("erf") {
+        let Backend::Wgpu(w) = &g.backend else { continue };
+        let n = 40001;
+        let xs: Vec<f32> = (0..n).map(|i| -8.0 + 16.0 * i as f32 / (n - 1) as f32).collect();
+        let x = Tensor::from_f32(xs.clone(), vec![n]).unwrap();
+        let got = g.backend.to_vec_f32(&w.erf(&up(&g, &x)).unwrap()).unwrap();
+        let want: Vec<f32> = xs.iter().map(|&v| libm::erf(v as f64) as f32).collect();
+        assert_close("erf vs f64 libm", &got, &want, Tol { atol: 1e-7, rtol: 0.0 });
+        let xg: Vec<f32> = xs.iter().map(|v| v * 1.5).collect();
+        let x = Tensor::from_f32(xg, vec![n]).unwrap();
+        let want = cpu().activate(&x, Activation::Gelu).unwrap();
+        same("gelu dense grid", &g, &g.backend.activate(&up(&g, &x), Activation::Gelu).unwrap(), &want, Tol { atol: 1e-6, rtol: 1e-6 });
+    }
+}
+
+#[test]
+fn silu_mul_affine_and_binary_with_broadcasting() {
+    let mut r = rng("binary");
+    for g in gpus("binary") {
+        for shape in [vec![1usize], vec![7, 300], vec![2, 3, 17, 5]] {
+            let (a, b) = (r.tensor(&shape), r.tensor(&shape));
+            let (ag, bg) = (up(&g, &a), up(&g, &b));
+            same(&format!("silu_mul {shape:?}"), &g, &g.backend.silu_mul(&ag, &bg).unwrap(), &cpu().silu_mul(&a, &b).unwrap(), g.op_tol);
+            same(&format!("affine {shape:?}"), &g, &g.backend.affine(&ag, 1.7, -0.3).unwrap(), &cpu().affine(&a, 1.7, -0.3).unwrap(), g.op_tol);
+        }
+        let cases: [(&[usize], &[usize]); 6] = [
+            (&[4, 5], &[4, 5]),
+            (&[4, 5], &[5]),
+            (&[4, 1], &[1, 5]),
+            (&[2, 3, 17, 5], &[3, 1, 5]),
+            (&[1], &[6, 7]),
+            (&[2, 1, 33], &[2, 9, 1]),
+        ];
+        for (sa, sb) in cases {
+            let (a, b) = (r.tensor(sa), r.tensor(sb));
+            let (ag, bg) = (up(&g, &a), up(&g, &b));
+            for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul] {
+                let want = cpu().binary_op(&a, &b, op);
+                let got = match op {
+                    BinaryOp::Add => g.backend.add(&ag, &bg),
+                    BinaryOp::Sub => g.backend.sub(&ag, &bg),
+                    BinaryOp::Mul => g.backend.mul(&ag, &bg),
+                }
+                .unwrap();
+                same(&format!("{op:?} {sa:?} with {sb:?}"), &g, &got, &want, g.op_tol);
+            }
+        }
+        assert!(g.backend.add(&up(&g, &r.tensor(&[3, 4])), &up(&g, &r.tensor(&[5]))).is_err(), "a bad broadcast must be an error");
+    }
+}
+
+trait BinaryOpExt {
+    fn binary_op(&self, a: &Tensor, b: &Tensor, op: BinaryOp) -> Tensor;
+}
+
+impl BinaryOpExt for Backend {
+    fn binary_op(&self, a: &Tensor, b: &Tensor, op: BinaryOp) -> Tensor {
+        match op {
+            BinaryOp::Add => self.add(a, b),
+            BinaryOp::Sub => self.sub(a, b),
+            BinaryOp::Mul => self.mul(a, b),
+        }
+        .unwrap()
+    }
+}
+
+#[test]
+fn softmax_rows_including_masked_ones() {
+    let mut r = rng("softmax");
+    for g in gpus("softmax") {
+        for (rows, d) in [(1usize, 1usize), (3, 7), (5, 256), (2, 1000), (65, 33)] {
+            let mut v: Vec<f32> = r.vec(rows * d).iter().map(|x| x * 10.0).collect();
+            // A fully masked row and a partly masked one.
+            if rows > 1 {
+                v[..d].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                v[d] = f32::NEG_INFINITY;
+            }
+            let x = Tensor::from_f32(v, vec![rows, d]).unwrap();
+            same(&format!("softmax {rows}×{d}"), &g, &g.backend.softmax(&up(&g, &x)).unwrap(), &cpu().softmax(&x).unwrap(), g.op_tol);
+        }
+    }
+}
+
+#[test]
+fn rope_with_offsets() {
+    let mut r = rng("rope");
+    for g in gpus("rope") {
+        for (b, h, n, d, off) in [(1usize, 1usize, 1usize, 2usize, 0usize), (2, 3, 5, 64, 7), (1, 4, 9, 80, 0)] {
+            let x = r.tensor(&[b, h, n, d]);
+            let (cos, sin) = (r.tensor(&[n + off + 3, d / 2]), r.tensor(&[n + off + 3, d / 2]));
+            let want = cpu().rope(&x, &cos, &sin, off).unwrap();
+            let got = g.backend.rope(&up(&g, &x), &up(&g, &cos), &up(&g, &sin), off).unwrap();
+            same(&format!("rope [{b},{h},{n},{d}] +{off}"), &g, &got, &want, g.op_tol);
+        }
+    }
+}
+
+/// More workgroups than the per-dimension limit: the backend folds the grid to 2-D. The limit is
+/// lowered for the test (the real one, 65535, would need 16.7M elements per op here).
+#[test]
+fn large_grids_fold_into_two_dimensions() {
+    let mut r = rng("fold");
+    for g in gpus("fold") {
+        fold_dispatches(&g, 7);
+        let n = 256 * 40 + 3; // 41 workgroups → a 7 × 6 grid
+        let (a, b) = (r.tensor(&[n]), r.tensor(&[n]));
+        same("add folded", &g, &g.backend.add(&up(&g, &a), &up(&g, &b)).unwrap(), &cpu().add(&a, &b).unwrap(), g.op_tol);
+        let x = r.tensor(&[45, 9]);
+        same("softmax folded", &g, &g.backend.softmax(&up(&g, &x)).unwrap(), &cpu().softmax(&x).unwrap(), g.op_tol);
+        fold_dispatches(&g, u32::MAX);
+    }
+}
+
+#[test]
+fn upload_keeps_or_converts_dtypes() {
+    let mut r = rng("upload");
+    for g in gpus("upload") {
+        let v = r.vec(33);
+        let t = Tensor::from_f32(v.clone(), vec![3, 11]).unwrap();
+        let back = g.backend.to_host(&up(&g, &t)).unwrap();
+        assert_eq!(back.dtype(), DType::F32);
+        assert_eq!(back.as_f32().unwrap(), &v[..], "f32 round trip");
+        let bf = t.to_dtype(DType::BF16).unwrap();
+        let w = g.backend.upload_weight(&bf).unwrap();
+        if let Backend::Wgpu(wb) = &g.backend {
+            assert_eq!(w.dtype(), if wb.has_f16() { DType::F16 } else { DType::F32 }, "bf16 in f16 range");
+            let big = Tensor::from_f32(vec![1.0, 7.0e4], vec![2]).unwrap().to_dtype(DType::BF16).unwrap();
+            assert_eq!(g.backend.upload_weight(&big).unwrap().dtype(), DType::F32, "bf16 beyond f16's range stays exact as f32");
+        }
+        // Every bf16 value in f16's normal range converts exactly.
+        assert_eq!(g.backend.to_vec_f32(&w).unwrap(), bf.to_f32_vec().unwrap(), "bf16 values");
+        let ints = Tensor::from_i32(vec![1, -2, 3], vec![3]).unwrap();
+        assert_eq!(g.backend.to_host(&up(&g, &ints)).unwrap().as_i32().unwrap(), &[1, -2, 3]);
+        let empty = Tensor::from_f32(vec![], vec![0, 4]).unwrap();
+        assert_eq!(g.backend.to_host(&up(&g, &empty)).unwrap().shape(), &[0, 4]);
+        g.backend.synchronize().unwrap();
+        assert!(!g.backend.device_name().is_empty());
+    }
+}
+
+/// Sums over K terms in another order (and with FMAs): allow error growing with K.
+fn tol_k(g: &Gpu, k: usize) -> Tol {
+    Tol { atol: g.op_tol.atol.max(4e-6 * (k as f32).sqrt()), rtol: g.op_tol.rtol }
+}
+
+#[test]
+fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
+    let mut r = rng("linear");
+    for g in gpus("linear") {
+        // M = 1 takes the GEMV; odd K exercises the element-wise f16 path; sizes straddle the
+        // 64-wide tiles and the 8-row GEMV workgroups.
+        for (m, k, n) in [(1usize, 1usize, 1usize), (1, 37, 5), (1, 256, 17), (1, 301, 129), (1, 44, 9), (1, 1030, 300), (1, 2048, 70), (2, 64, 17), (5, 19, 7), (65, 130, 67), (33, 257, 40)] {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let x = r.tensor(&[m, k]);
+                let w = r.tensor(&[n, k]).to_dtype(dtype).unwrap();
+                let (b, res) = (r.tensor(&[n]), r.tensor(&[m, n]));
+                let (xg, wg, bg, rg) = (up(&g, &x), g.backend.upload_weight(&w).unwrap(), up(&g, &b), up(&g, &res));
+                for act in ACTS {
+                    let want = cpu().linear(&x, &w, Some(&b), act, Some(&res)).unwrap();
+                    let got = g.backend.linear(&xg, &wg, Some(&bg), act, Some(&rg)).unwrap();
+                    same(&format!("linear {m}×{k}×{n} {dtype} {act:?}"), &g, &got, &want, tol_k(&g, k));
+                }
+                // The GEMV's plain fallback, on adapters whose subgroup variant ran above.
+                if let (1, Backend::Wgpu(wb)) = (m, &g.backend) {
+                    wb.set_use_subgroups(false);
+                    let want = cpu().linear(&x, &w, Some(&b), Activation::Silu, Some(&res)).unwrap();
+                    same(&format!("linear {m}×{k}×{n} {dtype} plain GEMV"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Silu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
+                    wb.set_use_subgroups(true);
+                }
+                let want = cpu().linear(&x, &w, None, Activation::None, None).unwrap();
+                same(&format!("linear {m}×{k}×{n} {dtype} bare"), &g, &g.backend.linear(&xg, &wg, None, Activation::None, None).unwrap(), &want, tol_k(&g, k));
+            }
+        }
+        // Leading batch dims and linear_many.
+        let x = r.tensor(&[2, 3, 24]);
+        let (w1, w2) = (r.tensor(&[10, 24]), r.tensor(&[7, 24]).to_dtype(DType::F16).unwrap());
+        let (w1g, w2g) = (up(&g, &w1), g.backend.upload_weight(&w2).unwrap());
+        for xs in [x.clone(), r.tensor(&[1, 1, 24])] {
+            let want = cpu().linear_many(&xs, &[&w1, &w2]).unwrap();
+            let got = g.backend.linear_many(&up(&g, &xs), &[&w1g, &w2g]).unwrap();
+            for (i, (gt, wt)) in got.iter().zip(&want).enumerate() {
+                same(&format!("linear_many {:?} #{i}", xs.shape()), &g, gt, wt, tol_k(&g, 24));
+            }
+        }
+        assert!(g.backend.linear(&up(&g, &x), &up(&g, &r.tensor(&[10, 23])), None, Activation::None, None).is_err(), "K mismatch must be an error");
+    }
+}
+
+#[test]
+fn batched_matmul_plain_transposed_and_shared() {
+    let mut r = rng("matmul");
+    for g in gpus("matmul") {
+        for (batch, m, k, n) in [(vec![1usize], 1usize, 1usize, 1usize), (vec![3], 7, 5, 9), (vec![2, 3], 65, 33, 70), (vec![2], 1, 130, 64)] {
+            let a = r.tensor(&[batch.clone(), vec![m, k]].concat());
+            for trans in [false, true] {
+                let bshape = if trans { vec![n, k] } else { vec![k, n] };
+                for shared in [false, true] {
+                    let b = if shared { r.tensor(&bshape) } else { r.tensor(&[batch.clone(), bshape.clone()].concat()) };
+                    let want = cpu().matmul(&a, &b, trans).unwrap();
+                    let got = g.backend.matmul(&up(&g, &a), &up(&g, &b), trans).unwrap();
+                    same(&format!("matmul {batch:?} {m}×{k}×{n} trans={trans} shared={shared}"), &g, &got, &want, tol_k(&g, k));
+                }
+            }
+        }
+        // An f16 right operand (a weight used through matmul).
+        let (a, b) = (r.tensor(&[3, 20]), r.tensor(&[20, 11]).to_dtype(DType::F16).unwrap());
+        same("matmul f16 b", &g, &g.backend.matmul(&up(&g, &a), &g.backend.upload_weight(&b).unwrap(), false).unwrap(), &cpu().matmul(&a, &b, false).unwrap(), tol_k(&g, 20));
+    }
+}
+
+#[test]
+fn layer_norm_rms_norm_and_channel_norm() {
+    let mut r = rng("norms");
+    for g in gpus("norms") {
+        for (rows, d) in [(1usize, 1usize), (3, 7), (4, 256), (5, 1000), (70, 33)] {
+            let x = Tensor::from_f32(r.vec(rows * d).iter().map(|v| v * 3.0 + 0.5).collect(), vec![rows, d]).unwrap();
+            let (w, b) = (r.tensor(&[d]), r.tensor(&[d]));
+            let (xg, wg, bg) = (up(&g, &x), up(&g, &w), up(&g, &b));
+            same(&format!("layer_norm {rows}×{d}"), &g, &g.backend.layer_norm(&xg, &wg, &bg, 1e-5).unwrap(), &cpu().layer_norm(&x, &w, &b, 1e-5).unwrap(), g.op_tol);
+            same(&format!("rms_norm {rows}×{d}"), &g, &g.backend.rms_norm(&xg, &wg, 1e-6).unwrap(), &cpu().rms_norm(&x, &w, 1e-6).unwrap(), g.op_tol);
+        }
+        for shape in [[1usize, 1, 1, 1], [2, 5, 3, 7], [1, 32, 16, 17]] {
+            let x = r.tensor(&shape);
+            let (w, b) = (r.tensor(&[shape[1]]), r.tensor(&[shape[1]]));
+            let want = cpu().layer_norm_channels(&x, &w, &b, 1e-6).unwrap();
+            same(&format!("layer_norm_channels {shape:?}"), &g, &g.backend.layer_norm_channels(&up(&g, &x), &up(&g, &w), &up(&g, &b), 1e-6).unwrap(), &want, g.op_tol);
+        }
+    }
+}
+
+#[test]
+fn permute_narrow_concat_pad_and_kv_writes() {
+    let mut r = rng("layout");
+    for g in gpus("layout") {
+        let x = r.tensor(&[2, 3, 5, 7]);
+        let xg = up(&g, &x);
+        for dims in [[0usize, 1, 2, 3], [0, 2, 1, 3], [3, 2, 1, 0], [1, 3, 0, 2]] {
+            same(&format!("permute {dims:?}"), &g, &g.backend.permute(&xg, &dims).unwrap(), &cpu().permute(&x, &dims).unwrap(), Tol { atol: 0.0, rtol: 0.0 });
+        }
+        for (dim, start, len) in [(0usize, 1usize, 1usize), (1, 1, 2), (2, 0, 5), (3, 6, 1), (3, 2, 3)] {
+            same(&format!("narrow dim {dim} {start}+{len}"), &g, &g.backend.narrow(&xg, dim, start, len).unwrap(), &cpu().narrow(&x, dim, start, len).unwrap(), Tol { atol: 0.0, rtol: 0.0 });
+        }
+        for dim in 0..4 {
+            let mut shape = vec![2, 3, 5, 7];
+            shape[dim] = 4;
+            let y = r.tensor(&shape);
+            shape[dim] = 1;
+            let z = r.tensor(&shape);
+            let want = cpu().concat(&[&x, &y, &z], dim).unwrap();
+            same(&format!("concat dim {dim}"), &g, &g.backend.concat(&[&xg, &up(&g, &y), &up(&g, &z)], dim).unwrap(), &want, Tol { atol: 0.0, rtol: 0.0 });
+        }
+        for (t, b, l, rt) in [(0usize, 0usize, 0usize, 0usize), (1, 2, 3, 0), (0, 3, 0, 5)] {
+            same(&format!("pad2d {t},{b},{l},{rt}"), &g, &g.backend.pad2d(&xg, t, b, l, rt).unwrap(), &cpu().pad2d(&x, t, b, l, rt).unwrap(), Tol { atol: 0.0, rtol: 0.0 });
+        }
+        // KV cache: prefill 5 positions, then decode 2 single steps.
+        let mut cache_cpu = Tensor::zeros(vec![1, 2, 9, 4]);
+        let mut cache_gpu = up(&g, &cache_cpu);
+        for (pos, n) in [(0usize, 5usize), (5, 1), (6, 1)] {
+            let new = r.tensor(&[1, 2, n, 4]);
+            cpu().write_kv(&mut cache_cpu, &new, pos).unwrap();
+            g.backend.write_kv(&mut cache_gpu, &up(&g, &new), pos).unwrap();
+        }
+        same("write_kv", &g, &cache_gpu, &cache_cpu, Tol { atol: 0.0, rtol: 0.0 });
+        assert!(g.backend.write_kv(&mut cache_gpu, &up(&g, &r.tensor(&[1, 2, 3, 4])), 7).is_err(), "a write past the cache must be an error");
+    }
+}
+
+#[test]
+fn embedding_gathers_f32_and_half_tables() {
+    let mut r = rng("embedding");
+    for g in gpus("embedding") {
+        for d in [1usize, 7, 64] {
+            let table = r.tensor(&[11, d]);
+            let ids = [0u32, 10, 3, 3, 7];
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let t = table.to_dtype(dtype).unwrap();
+                let want = cpu().embedding(&t, &ids).unwrap();
+                same(&format!("embedding d={d} {dtype}"), &g, &g.backend.embedding(&g.backend.upload_weight(&t).unwrap(), &ids).unwrap(), &want, Tol { atol: 0.0, rtol: 0.0 });
+            }
+            assert!(g.backend.embedding(&up(&g, &table), &[11]).is_err(), "an id past the vocabulary must be an error");
+        }
+    }
+}
+
+#[test]
+fn conv2d_and_transposed_conv() {
+    let mut r = rng("conv");
+    for g in gpus("conv") {
+        // (batch, cin, h, w, cout, k, stride, padding): patch embeddings, SAM's neck 3×3, the
+        // mask-downscaling stride-2 convs, 1×1.
+        for (b, cin, h, w, cout, k, stride, pad) in [(1usize, 3usize, 16usize, 16usize, 8usize, 4usize, 4usize, 0usize), (2, 5, 9, 7, 6, 3, 1, 1), (1, 4, 10, 10, 3, 2, 2, 0), (1, 7, 5, 6, 9, 1, 1, 0), (1, 2, 6, 5, 4, 3, 2, 2)] {
+            let x = r.tensor(&[b, cin, h, w]);
+            for dtype in [DType::F32, DType::F16] {
+                let wt = r.tensor(&[cout, cin, k, k]).to_dtype(dtype).unwrap();
+                let bias = r.tensor(&[cout]);
+                for with_bias in [true, false] {
+                    let bias_cpu = with_bias.then_some(&bias);
+                    let want = cpu().conv2d(&x, &wt, bias_cpu, stride, pad).unwrap();
+                    let bg = up(&g, &bias);
+                    let got = g.backend.conv2d(&up(&g, &x), &g.backend.upload_weight(&wt).unwrap(), with_bias.then_some(&bg), stride, pad).unwrap();
+                    same(&format!("conv2d b{b} {cin}→{cout} {h}×{w} k{k} s{stride} p{pad} {dtype} bias={with_bias}"), &g, &got, &want, tol_k(&g, cin * k * k));
+                }
+            }
+        }
+        for (b, cin, h, w, cout, k) in [(1usize, 8usize, 4usize, 5usize, 3usize, 2usize), (2, 3, 3, 3, 5, 4), (1, 1, 1, 1, 1, 1)] {
+            let x = r.tensor(&[b, cin, h, w]);
+            let wt = r.tensor(&[cin, cout, k, k]);
+            let bias = r.tensor(&[cout]);
+            let want = cpu().conv_transpose2d(&x, &wt, Some(&bias), k).unwrap();
+            let got = g.backend.conv_transpose2d(&up(&g, &x), &up(&g, &wt), Some(&up(&g, &bias)), k).unwrap();
+            same(&format!("conv_transpose2d b{b} {cin}→{cout} {h}×{w} k{k}"), &g, &got, &want, tol_k(&g, cin));
+            let want = cpu().conv_transpose2d(&x, &wt, None, k).unwrap();
+            same("conv_transpose2d no bias", &g, &g.backend.conv_transpose2d(&up(&g, &x), &up(&g, &wt), None, k).unwrap(), &want, tol_k(&g, cin));
+        }
+    }
+}
+
+#[test]
+fn scatter_mean_pool_is_the_coverage_weighted_mean() {
+    let mut r = rng("scatter_pool");
+    for g in gpus("scatter_pool") {
+        for (s, p, c) in [(1usize, 1usize, 1usize), (3, 10, 7), (40, 576, 300), (0, 5, 4)] {
+            // Row-normalised non-negative coverage, as the projector builds it.
+            let mut w: Vec<f32> = r.vec(s * p).iter().map(|v| v.abs()).collect();
+            for row in w.chunks_mut(p.max(1)) {
+                let sum: f32 = row.iter().sum();
+                row.iter_mut().for_each(|v| *v /= sum.max(1e-6));
+            }
+            let w = Tensor::from_f32(w, vec![s, p]).unwrap();
+            let (f, pos) = (r.tensor(&[p, c]), r.tensor(&[p, c]));
+            let want = cpu().scatter_mean_pool(&w, &f, &pos).unwrap();
+            let got = g.backend.scatter_mean_pool(&up(&g, &w), &up(&g, &f), &up(&g, &pos)).unwrap();
+            same(&format!("scatter_mean_pool {s}×{p}×{c}"), &g, &got, &want, g.op_tol);
+        }
+    }
+}

@@ -1,109 +1,188 @@
-//! The wgpu backend (skeleton: every op reports that it is not implemented yet).
+//! The wgpu backend: the CPU backend's op set (src/backend/cpu/ is the spec) in WGSL, on Vulkan,
+//! Metal or DX12 (and Mesa's lavapipe, a software Vulkan driver, in CI).
+//!
+//! # Writing a kernel
+//!
+//! Each op family has one shader file `shaders/<family>.wgsl` and one wrapper module here that
+//! defines its shader as a const, so a new shader needs no central registry:
+//!
+//! ```ignore
+//! const NORM: Shader = Shader { name: "norm", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/norm.wgsl")) };
+//! self.dispatch(&NORM, "rms_norm", &[x, w, out], &[rows, d, eps.to_bits()], [rows, 1, 1])?;
+//! ```
+//!
+//! `name` must be unique across shaders (it keys the module cache); each (name, entry point)
+//! pipeline is compiled once, on first use. A shader whose first line is `// needs: a.wgsl
+//! b.wgsl` is compiled with those files prepended (the `concat!` above; the naga unit test
+//! does the same). shaders/common.wgsl holds workgroup folding, erf, activations and half-weight
+//! reads.
+//!
+//! # Binding convention (group 0)
+//!
+//! * binding 0: `var<storage, read> params: array<u32>` — the `params` slice of `dispatch`,
+//!   counts and offsets as u32, f32 values as their bits (`eps.to_bits()`; `bitcast<f32>` in the
+//!   shader).
+//! * bindings 1..=n: the `buffers` of `dispatch`, in order (binding i is `buffers[i - 1]`).
+//!   Inputs are `var<storage, read>`, outputs `var<storage, read_write>`. Activations are
+//!   `array<f32>`; weights that may be f16 are `array<u32>` (f16 pairs packed, or f32 bits;
+//!   read them with `half_or_f32`).
+//! * An entry point binds only what it statically uses: bindings it never touches are left out
+//!   of its bind group (read from the module with naga), so several entry points can share one
+//!   file's declarations.
+//! * Workgroup counts above the adapter's per-dimension limit (65535) are folded into a 2-D grid
+//!   `[limit, ⌈n / limit⌉, 1]`: kernels take their flat workgroup index from `flat_wg(wid,
+//!   nwg)` and bounds-check, since the fold rounds up.
+//!
+//! # Execution
+//!
+//! Dispatches are recorded into one command encoder (one open compute pass) and submitted
+//! lazily: on `to_host`, `synchronize`, or every `MAX_BATCH` dispatches, so a decode step is a
+//! few submissions. Activations are f32. Weights: f32, or f16 read through `unpack2x16float`
+//! (bf16 is converted at upload, see `Runtime::upload`). Buffers are zero-initialised by wgpu.
+//! Buffers are sized in 16-byte multiples, so shaders may read them as `array<vec4<..>>`.
+//! `VISWORD_WGPU_SYNC=1` submits and waits after every dispatch (a failing kernel is then named
+//! in the error).
+
+mod attention;
+mod conv;
+mod elementwise;
+mod layout;
+mod matmul;
+mod norm;
+mod runtime;
+mod scatter_pool;
 
 use crate::backend::{Activation, AttnParams, BinaryOp};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// The device buffer behind one tensor.
-#[derive(Debug)]
-pub struct WgpuData {}
+/// A WGSL module: `name` keys the caches, `source` is the full text (usually `concat!` of
+/// common.wgsl and the family's file, both `include_str!`).
+pub(crate) struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
 
+/// The device buffer behind one tensor (its size is at least the tensor's bytes, rounded up to
+/// 4; the tensor's dtype and shape say how to read it).
 #[derive(Debug)]
-pub struct WgpuBackend {}
+pub struct WgpuData {
+    pub(crate) buffer: ::wgpu::Buffer,
+}
 
-fn missing<T>(op: &str) -> Result<T> {
-    Err(Error::BackendUnavailable { backend: "wgpu".into(), reason: format!("op {op} is not implemented yet") })
+pub struct WgpuBackend {
+    rt: runtime::Runtime,
+}
+
+impl std::fmt::Debug for WgpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WgpuBackend({})", self.device_name())
+    }
+}
+
+/// The shader code of an activation (common.wgsl's ACT_* constants).
+pub(crate) fn act_code(act: Activation) -> u32 {
+    match act {
+        Activation::None => 0,
+        Activation::Gelu => 1,
+        Activation::GeluTanh => 2,
+        Activation::QuickGelu => 3,
+        Activation::Relu => 4,
+        Activation::Silu => 5,
+    }
+}
+
+/// `n` as a u32 kernel parameter, or an error naming `op` (buffers this large cannot be bound).
+pub(crate) fn u32_of(op: &'static str, n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::shape(op, format!("size {n} does not fit the kernels' 32-bit indices")))
 }
 
 impl WgpuBackend {
-    /// Open the first device, or say why there is none.
+    /// Open the best adapter there is (a discrete GPU first, lavapipe last), or say why there
+    /// is none.
     pub fn new() -> Result<WgpuBackend> {
-        missing("new")
+        Ok(WgpuBackend { rt: runtime::Runtime::open(false)? })
     }
+
     /// Open a hardware GPU adapter only (not a software rasteriser such as lavapipe), for
     /// `--backend auto`.
     pub fn new_hardware() -> Result<WgpuBackend> {
-        missing("new_hardware")
+        Ok(WgpuBackend { rt: runtime::Runtime::open(true)? })
     }
-    pub fn device_name(&self) -> String {
-        "wgpu".into()
+
+    pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+        matmul::linear(self, x, w, bias, act, residual)
     }
-    pub fn upload(&self, _t: &Tensor) -> Result<Tensor> {
-        missing("upload")
+    pub fn linear_many(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        ws.iter().map(|w| matmul::linear(self, x, w, None, Activation::None, None)).collect()
     }
-    pub fn upload_weight(&self, _t: &Tensor) -> Result<Tensor> {
-        missing("upload_weight")
+    pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+        matmul::batched_matmul(self, a, b, trans_b)
     }
-    pub fn to_host(&self, _t: &Tensor) -> Result<Tensor> {
-        missing("to_host")
+    pub fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        norm::layer_norm(self, x, w, b, eps)
     }
-    pub fn synchronize(&self) -> Result<()> {
-        missing("synchronize")
+    pub fn layer_norm_channels(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        norm::layer_norm_channels(self, x, w, b, eps)
     }
-    pub fn linear(&self, _x: &Tensor, _w: &Tensor, _bias: Option<&Tensor>, _act: Activation, _residual: Option<&Tensor>) -> Result<Tensor> {
-        missing("linear")
+    pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        norm::rms_norm(self, x, w, eps)
     }
-    pub fn linear_many(&self, _x: &Tensor, _ws: &[&Tensor]) -> Result<Vec<Tensor>> {
-        missing("linear_many")
+    pub fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        elementwise::softmax(self, x)
     }
-    pub fn matmul(&self, _a: &Tensor, _b: &Tensor, _trans_b: bool) -> Result<Tensor> {
-        missing("matmul")
+    pub fn activate(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        elementwise::activate(self, x, act)
     }
-    pub fn layer_norm(&self, _x: &Tensor, _w: &Tensor, _b: &Tensor, _eps: f32) -> Result<Tensor> {
-        missing("layer_norm")
+    pub fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        elementwise::silu_mul(self, gate, up)
     }
-    pub fn layer_norm_channels(&self, _x: &Tensor, _w: &Tensor, _b: &Tensor, _eps: f32) -> Result<Tensor> {
-        missing("layer_norm_channels")
+    pub fn binary(&self, a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        elementwise::binary(self, a, b, op)
     }
-    pub fn rms_norm(&self, _x: &Tensor, _w: &Tensor, _eps: f32) -> Result<Tensor> {
-        missing("rms_norm")
+    pub fn affine(&self, x: &Tensor, s: f32, t: f32) -> Result<Tensor> {
+        elementwise::affine(self, x, s, t)
     }
-    pub fn softmax(&self, _x: &Tensor) -> Result<Tensor> {
-        missing("softmax")
+    /// erf of every element with the shaders' hand-written erf (exact GELU's core), so tests
+    /// can hold it to its accuracy bound.
+    #[doc(hidden)]
+    pub fn erf(&self, x: &Tensor) -> Result<Tensor> {
+        elementwise::erf(self, x)
     }
-    pub fn activate(&self, _x: &Tensor, _act: Activation) -> Result<Tensor> {
-        missing("activate")
+    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
+        attention::attention(self, q, k, v, p)
     }
-    pub fn silu_mul(&self, _gate: &Tensor, _up: &Tensor) -> Result<Tensor> {
-        missing("silu_mul")
+    pub fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
+        elementwise::rope(self, x, cos, sin, pos_offset)
     }
-    pub fn binary(&self, _a: &Tensor, _b: &Tensor, _op: BinaryOp) -> Result<Tensor> {
-        missing("binary")
+    pub fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        layout::embedding(self, table, ids)
     }
-    pub fn affine(&self, _x: &Tensor, _s: f32, _t: f32) -> Result<Tensor> {
-        missing("affine")
+    pub fn permute(&self, x: &Tensor, dims: &[usize]) -> Result<Tensor> {
+        layout::permute(self, x, dims)
     }
-    pub fn attention(&self, _q: &Tensor, _k: &Tensor, _v: &Tensor, _p: &AttnParams) -> Result<Tensor> {
-        missing("attention")
+    pub fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        layout::narrow(self, x, dim, start, len)
     }
-    pub fn rope(&self, _x: &Tensor, _cos: &Tensor, _sin: &Tensor, _pos_offset: usize) -> Result<Tensor> {
-        missing("rope")
+    pub fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
+        layout::concat(self, xs, dim)
     }
-    pub fn embedding(&self, _table: &Tensor, _ids: &[u32]) -> Result<Tensor> {
-        missing("embedding")
+    pub fn pad2d(&self, x: &Tensor, top: usize, bottom: usize, left: usize, right: usize) -> Result<Tensor> {
+        layout::pad2d(self, x, top, bottom, left, right)
     }
-    pub fn permute(&self, _x: &Tensor, _dims: &[usize]) -> Result<Tensor> {
-        missing("permute")
+    pub fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+        conv::conv2d(self, x, w, bias, stride, padding)
     }
-    pub fn narrow(&self, _x: &Tensor, _dim: usize, _start: usize, _len: usize) -> Result<Tensor> {
-        missing("narrow")
+    pub fn conv_transpose2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
+        conv::conv_transpose2d(self, x, w, bias, stride)
     }
-    pub fn concat(&self, _xs: &[&Tensor], _dim: usize) -> Result<Tensor> {
-        missing("concat")
+    pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
+        layout::write_kv(self, cache, new, pos)
     }
-    pub fn pad2d(&self, _x: &Tensor, _top: usize, _bottom: usize, _left: usize, _right: usize) -> Result<Tensor> {
-        missing("pad2d")
-    }
-    pub fn conv2d(&self, _x: &Tensor, _w: &Tensor, _bias: Option<&Tensor>, _stride: usize, _padding: usize) -> Result<Tensor> {
-        missing("conv2d")
-    }
-    pub fn conv_transpose2d(&self, _x: &Tensor, _w: &Tensor, _bias: Option<&Tensor>, _stride: usize) -> Result<Tensor> {
-        missing("conv_transpose2d")
-    }
-    pub fn write_kv(&self, _cache: &mut Tensor, _new: &Tensor, _pos: usize) -> Result<()> {
-        missing("write_kv")
-    }
-    pub fn scatter_mean_pool(&self, _weights: &Tensor, _feats: &Tensor, _pos: &Tensor) -> Result<Tensor> {
-        missing("scatter_mean_pool")
+    pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        scatter_pool::scatter_mean_pool(self, weights, feats, pos)
     }
 }
+
+#[cfg(test)]
+mod shader_tests;

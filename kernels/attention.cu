@@ -1,0 +1,399 @@
+// Scaled dot-product attention in f32 with an online softmax: the score matrix never exists in
+// memory, only one tile of it per block (flash attention) or one score per warp step (decode).
+//
+// Contract (the CPU backend's `attention` is the spec; src/backend/cuda/attention.rs checks it):
+//   q   [B, H, Nq, d]        contiguous f32
+//   k,v [B, Hkv, nk_all, d]  contiguous f32; H a multiple of Hkv (GQA: head h reads kv head
+//                            h / (H / Hkv)); only the first `nk` keys are valid (nk <= nk_all,
+//                            a KV cache larger than the sequence)
+//   out [B, H, Nq, d]
+//   score(i, j) = (q_i · k_j) · scale + bias(i, j), softmax over the valid keys j of row i
+//   causal: query i sits at absolute position nk − Nq + i and sees keys j <= that position
+//   bias (k_w > 0): SAM's decomposed relative position, key j at grid cell (j / k_w, j % k_w) of
+//     a k_h × k_w grid (k_h·k_w = nk): bias = rel_h[b, h, i, j / k_w] + rel_w[b, h, i, j % k_w],
+//     rel_h [B, H, Nq, k_h], rel_w [B, H, Nq, k_w]. k_w = 0: no bias (rel_h/rel_w unused).
+//   A row with no visible key (nk = 0) yields zeros, like the CPU.
+//
+// Entry points (one template per family; the wrapper picks the variant by head dim d):
+//   attention_fwd_d{16,32,...,128}_f32  flash forward for Nq > 8 (prefill, ViT, SAM windows and
+//       global layers). Any d <= DP is exact: columns d..DP are zero-filled in shared memory.
+//       grid (B·H, ceil(Nq / 32)), block 128, static shared 4·(64·(DP + 4) + 32·36) bytes
+//       (38.4 KB at DP = 128). Each block: 32 queries against K/V tiles of 32 keys. Thread
+//       (tr = tid / 16, tc = tid % 16) owns query rows tr + 8i (i < 4), score columns tc + 16j
+//       (j < 2) and output columns tc + 16j (j < DP / 16); the 16 threads of one row group are
+//       a half warp, so row max / row sum are xor shuffles over lanes 1, 2, 4, 8.
+//       Causal blocks stop at the key of their last query (early exit).
+//   attention_decode_d{32,64,96,128}_f32  Nq <= 8 (decode over the KV cache): flash-decoding.
+//       grid (B·H·Nq, nsplit), block 128 = 4 warps; block (row, s) covers keys
+//       [s·chunk, (s + 1)·chunk) of row's visible range; each warp takes 4 keys per step (lanes
+//       split d, so loads are coalesced 128-byte rows), keeps its own running max / sum /
+//       output, and the 4 warps merge in shared memory. nsplit = 1 writes `out` directly;
+//       otherwise it writes the unnormalised partial output (part_o [rows, nsplit, d]) with its
+//       max and sum (part_ml [rows, nsplit, 2]) and
+//   attention_combine_f32 merges the splits in a fixed order (deterministic, no atomics):
+//       grid (B·H·Nq), block 128 threads over d.
+//
+// Napkin math: forward does 4·Nq·nk·d flops per head and reads K/V once per 32 queries
+// (8·nk·d / 32 bytes per query); it is bound by the FMA pipe and shared-memory loads (per 4
+// head-dim steps of the score tile: 6 float4 loads for 32 FMAs; per 4 keys of the P·V product:
+// 4 float4 + 4·DP/16 scalar loads for 16·DP/16 FMAs). Decode reads 8·nk·d bytes per head
+// (K and V once) for 4·nk·d flops: bandwidth-bound, which the splits exist to saturate.
+// Tensor cores (mma.sync tf32 with a split-precision correction for f32-level accuracy, or bf16
+// for the bf16 models) are the next step for the forward kernel.
+
+#define ATTN_NEG_INF (__int_as_float(0xff800000u))
+
+namespace {
+
+constexpr int FWD_BQ = 32;                   // queries per block
+constexpr int FWD_BK = 32;                   // keys per shared-memory tile
+constexpr int FWD_THREADS = 128;
+constexpr int FWD_TC = 16;                   // threads across columns
+constexpr int FWD_TR = FWD_THREADS / FWD_TC; // 8 threads across rows
+constexpr int FWD_RPT = FWD_BQ / FWD_TR;     // 4 query rows per thread
+constexpr int FWD_SPT = FWD_BK / FWD_TC;     // 2 score columns per thread
+constexpr int FWD_PSTRIDE = FWD_BK + 4;      // 16-byte aligned rows, float4 reads conflict-free
+
+constexpr int DEC_THREADS = 128;
+constexpr int DEC_WARPS = DEC_THREADS / 32;
+constexpr int DEC_KU = 4; // keys per warp step: 4 K rows and 4 V rows in flight per lane
+
+// Max over the 16 lanes of a half warp (the threads that share a query row).
+__device__ __forceinline__ float half_warp_max(float x) {
+#pragma unroll
+    for (int off = 1; off < FWD_TC; off <<= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+    return x;
+}
+
+__device__ __forceinline__ float half_warp_sum(float x) {
+#pragma unroll
+    for (int off = 1; off < FWD_TC; off <<= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+    return x;
+}
+
+// Rescale factor of a running sum when its max moves from m_old to m_new (1 when it stays,
+// including both still -inf; 0 when leaving -inf).
+__device__ __forceinline__ float rescale(float m_old, float m_new) {
+    return m_old == m_new ? 1.0f : expf(m_old - m_new);
+}
+
+template <int DP>
+__device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const float* __restrict__ k,
+                                              const float* __restrict__ v, const float* __restrict__ rel_h,
+                                              const float* __restrict__ rel_w, float* __restrict__ out, int H,
+                                              int Hkv, int nq, int nk_all, int nk, int d, float scale, int causal,
+                                              int k_h, int k_w) {
+    static_assert(DP % FWD_TC == 0 && DP <= 128, "DP must be a multiple of 16, at most 128");
+    // Row stride DP + 4: rows stay 16-byte aligned for float4 reads, and (DP + 4) / 4 is odd, so
+    // the 8 rows one quarter warp reads at once land in distinct bank groups.
+    constexpr int STRIDE = DP + 4;
+    constexpr int OPT = DP / FWD_TC; // output columns per thread
+    __shared__ __align__(16) float sQ[FWD_BQ * STRIDE];
+    __shared__ __align__(16) float sKV[FWD_BK * STRIDE];
+    __shared__ __align__(16) float sP[FWD_BQ * FWD_PSTRIDE];
+
+    const int tid = threadIdx.x;
+    const int tr = tid / FWD_TC, tc = tid % FWD_TC;
+    const long long bh = blockIdx.x; // b·H + h
+    const int q0 = blockIdx.y * FWD_BQ;
+    const long long kvh = (bh / H) * Hkv + (bh % H) / (H / Hkv);
+    const float* qh = q + (bh * nq + q0) * d;
+    const float* kh = k + kvh * nk_all * d;
+    const float* vh = v + kvh * nk_all * d;
+    const int bq = min(FWD_BQ, nq - q0);
+    // Keys any query of this block sees: causally, up to the last query's position.
+    const int kend = causal ? nk - nq + q0 + bq : nk;
+
+#pragma unroll 4
+    for (int t = 0; t < FWD_BQ * DP / FWD_THREADS; ++t) {
+        const int idx = tid + t * FWD_THREADS, r = idx / DP, c = idx % DP;
+        sQ[r * STRIDE + c] = (r < bq && c < d) ? qh[(long long)r * d + c] : 0.0f;
+    }
+
+    float m[FWD_RPT], l[FWD_RPT], acc[FWD_RPT][OPT];
+#pragma unroll
+    for (int i = 0; i < FWD_RPT; ++i) {
+        m[i] = ATTN_NEG_INF;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < OPT; ++j) acc[i][j] = 0.0f;
+    }
+
+    for (int k0 = 0; k0 < kend; k0 += FWD_BK) {
+#pragma unroll 4 // fully unrolled, the 32 loads of a tile pin 32+ registers
+        for (int t = 0; t < FWD_BK * DP / FWD_THREADS; ++t) {
+            const int idx = tid + t * FWD_THREADS, r = idx / DP, c = idx % DP;
+            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? kh[(long long)(k0 + r) * d + c] : 0.0f;
+        }
+        __syncthreads(); // K tile (and, on the first pass, the Q tile) in place
+
+        float s[FWD_RPT][FWD_SPT];
+#pragma unroll
+        for (int i = 0; i < FWD_RPT; ++i)
+#pragma unroll
+            for (int j = 0; j < FWD_SPT; ++j) s[i][j] = 0.0f;
+#pragma unroll 2
+        for (int c = 0; c < DP; c += 4) {
+            float4 qv[FWD_RPT], kv[FWD_SPT];
+#pragma unroll
+            for (int i = 0; i < FWD_RPT; ++i) qv[i] = *reinterpret_cast<const float4*>(&sQ[(tr + FWD_TR * i) * STRIDE + c]);
+#pragma unroll
+            for (int j = 0; j < FWD_SPT; ++j) kv[j] = *reinterpret_cast<const float4*>(&sKV[(tc + FWD_TC * j) * STRIDE + c]);
+#pragma unroll
+            for (int i = 0; i < FWD_RPT; ++i)
+#pragma unroll
+                for (int j = 0; j < FWD_SPT; ++j) {
+                    s[i][j] = fmaf(qv[i].x, kv[j].x, s[i][j]);
+                    s[i][j] = fmaf(qv[i].y, kv[j].y, s[i][j]);
+                    s[i][j] = fmaf(qv[i].z, kv[j].z, s[i][j]);
+                    s[i][j] = fmaf(qv[i].w, kv[j].w, s[i][j]);
+                }
+        }
+
+        // Scale, bias, mask, then the online softmax update of each row this thread shares.
+#pragma unroll
+        for (int i = 0; i < FWD_RPT; ++i) {
+            const int r = tr + FWD_TR * i;
+            const int qi = q0 + r;
+            const int last = causal ? nk - nq + qi : kend - 1; // last key this row sees
+            float mx = ATTN_NEG_INF;
+#pragma unroll
+            for (int j = 0; j < FWD_SPT; ++j) {
+                const int key = k0 + tc + FWD_TC * j;
+                float x = ATTN_NEG_INF;
+                if (r < bq && key < kend && key <= last) {
+                    x = s[i][j] * scale;
+                    if (k_w > 0) {
+                        const long long qrow = bh * nq + qi;
+                        x += rel_h[qrow * k_h + key / k_w] + rel_w[qrow * k_w + key % k_w];
+                    }
+                }
+                s[i][j] = x;
+                mx = fmaxf(mx, x);
+            }
+            const float m_new = fmaxf(m[i], half_warp_max(mx));
+            const float alpha = rescale(m[i], m_new);
+            float sum = 0.0f;
+#pragma unroll
+            for (int j = 0; j < FWD_SPT; ++j) {
+                const float p = s[i][j] == ATTN_NEG_INF ? 0.0f : expf(s[i][j] - m_new);
+                sP[r * FWD_PSTRIDE + tc + FWD_TC * j] = p;
+                sum += p;
+            }
+            l[i] = l[i] * alpha + half_warp_sum(sum);
+            m[i] = m_new;
+#pragma unroll
+            for (int j = 0; j < OPT; ++j) acc[i][j] *= alpha;
+        }
+        __syncthreads(); // every score read from the K tile; P complete
+
+#pragma unroll 4 // fully unrolled, the 32 loads of a tile pin 32+ registers
+        for (int t = 0; t < FWD_BK * DP / FWD_THREADS; ++t) {
+            const int idx = tid + t * FWD_THREADS, r = idx / DP, c = idx % DP;
+            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? vh[(long long)(k0 + r) * d + c] : 0.0f;
+        }
+        __syncthreads(); // V tile in place
+
+#pragma unroll 2
+        for (int jj = 0; jj < FWD_BK; jj += 4) {
+            float4 pv[FWD_RPT];
+#pragma unroll
+            for (int i = 0; i < FWD_RPT; ++i) pv[i] = *reinterpret_cast<const float4*>(&sP[(tr + FWD_TR * i) * FWD_PSTRIDE + jj]);
+#pragma unroll
+            for (int j = 0; j < OPT; ++j) {
+                const int c = tc + FWD_TC * j;
+                const float v0 = sKV[(jj + 0) * STRIDE + c], v1 = sKV[(jj + 1) * STRIDE + c];
+                const float v2 = sKV[(jj + 2) * STRIDE + c], v3 = sKV[(jj + 3) * STRIDE + c];
+#pragma unroll
+                for (int i = 0; i < FWD_RPT; ++i) {
+                    acc[i][j] = fmaf(pv[i].x, v0, acc[i][j]);
+                    acc[i][j] = fmaf(pv[i].y, v1, acc[i][j]);
+                    acc[i][j] = fmaf(pv[i].z, v2, acc[i][j]);
+                    acc[i][j] = fmaf(pv[i].w, v3, acc[i][j]);
+                }
+            }
+        }
+        __syncthreads(); // P and the V tile consumed before the next tile overwrites them
+    }
+
+#pragma unroll
+    for (int i = 0; i < FWD_RPT; ++i) {
+        const int r = tr + FWD_TR * i;
+        if (r >= bq) continue;
+        const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+        float* orow = out + (bh * nq + q0 + r) * d;
+#pragma unroll
+        for (int j = 0; j < OPT; ++j) {
+            const int c = tc + FWD_TC * j;
+            if (c < d) orow[c] = acc[i][j] * inv;
+        }
+    }
+}
+
+template <int DP>
+__device__ __forceinline__ void attention_decode(const float* __restrict__ q, const float* __restrict__ k,
+                                                 const float* __restrict__ v, const float* __restrict__ rel_h,
+                                                 const float* __restrict__ rel_w, float* __restrict__ out,
+                                                 float* __restrict__ part_o, float* __restrict__ part_ml, int H,
+                                                 int Hkv, int nq, int nk_all, int nk, int d, float scale,
+                                                 int causal, int k_h, int k_w, int chunk) {
+    static_assert(DP % 32 == 0 && DP <= 128, "DP must be a multiple of 32, at most 128");
+    constexpr int CPL = DP / 32; // head-dim columns per lane: lane + 32·i
+    __shared__ float sM[DEC_WARPS], sL[DEC_WARPS];
+    __shared__ float sO[DEC_WARPS * DP];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long long row = blockIdx.x; // (b·H + h)·Nq + i
+    const int split = blockIdx.y, nsplit = gridDim.y;
+    const long long bh = row / nq;
+    const int qi = (int)(row % nq);
+    const long long kvh = (bh / H) * Hkv + (bh % H) / (H / Hkv);
+    const float* kh = k + kvh * nk_all * d;
+    const float* vh = v + kvh * nk_all * d;
+    const int kend = causal ? nk - nq + qi + 1 : nk;
+    const int start = split * chunk;
+    const int stop = min(start + chunk, kend);
+
+    float qr[CPL], o[CPL];
+#pragma unroll
+    for (int i = 0; i < CPL; ++i) {
+        const int c = lane + 32 * i;
+        qr[i] = c < d ? q[row * d + c] : 0.0f;
+        o[i] = 0.0f;
+    }
+    float m = ATTN_NEG_INF, l = 0.0f;
+
+    for (int key0 = start + warp * DEC_KU; key0 < stop; key0 += DEC_WARPS * DEC_KU) {
+        // Issue all K and V loads of the step before the shuffles, so they overlap.
+        float s[DEC_KU], vv[DEC_KU][CPL];
+#pragma unroll
+        for (int u = 0; u < DEC_KU; ++u) {
+            const int key = key0 + u;
+            s[u] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < CPL; ++i) {
+                const int c = lane + 32 * i;
+                const bool ok = key < stop && c < d;
+                s[u] = ok ? fmaf(qr[i], kh[(long long)key * d + c], s[u]) : s[u];
+                vv[u][i] = ok ? vh[(long long)key * d + c] : 0.0f;
+            }
+        }
+        // Butterfly sums: every lane ends with the same bits (each step adds the same pair).
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+            for (int u = 0; u < DEC_KU; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], off);
+
+        float mx = ATTN_NEG_INF;
+#pragma unroll
+        for (int u = 0; u < DEC_KU; ++u) {
+            const int key = key0 + u;
+            float x = ATTN_NEG_INF;
+            if (key < stop) {
+                x = s[u] * scale;
+                if (k_w > 0) x += rel_h[row * k_h + key / k_w] + rel_w[row * k_w + key % k_w];
+            }
+            s[u] = x;
+            mx = fmaxf(mx, x);
+        }
+        const float m_new = fmaxf(m, mx);
+        const float alpha = rescale(m, m_new);
+        float sum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < DEC_KU; ++u) {
+            s[u] = s[u] == ATTN_NEG_INF ? 0.0f : expf(s[u] - m_new);
+            sum += s[u];
+        }
+        l = l * alpha + sum;
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) {
+            o[i] *= alpha;
+#pragma unroll
+            for (int u = 0; u < DEC_KU; ++u) o[i] = fmaf(s[u], vv[u][i], o[i]);
+        }
+    }
+
+    if (lane == 0) {
+        sM[warp] = m;
+        sL[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < CPL; ++i) sO[warp * DP + lane + 32 * i] = o[i];
+    __syncthreads();
+
+    float bm = ATTN_NEG_INF;
+#pragma unroll
+    for (int w = 0; w < DEC_WARPS; ++w) bm = fmaxf(bm, sM[w]);
+    for (int c = threadIdx.x; c < d; c += DEC_THREADS) {
+        float bl = 0.0f, bo = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) {
+            const float wt = sM[w] == ATTN_NEG_INF ? 0.0f : expf(sM[w] - bm);
+            bl += sL[w] * wt;
+            bo += sO[w * DP + c] * wt;
+        }
+        if (nsplit == 1) {
+            out[row * d + c] = bl > 0.0f ? bo / bl : 0.0f;
+        } else {
+            const long long slot = row * nsplit + split;
+            part_o[slot * d + c] = bo;
+            if (c == 0) {
+                part_ml[slot * 2] = bm;
+                part_ml[slot * 2 + 1] = bl;
+            }
+        }
+    }
+}
+
+} // namespace
+
+#define ATTN_FWD_ENTRY(DP)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS) attention_fwd_d##DP##_f32(                    \
+        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,             \
+        const float* __restrict__ rel_h, const float* __restrict__ rel_w, float* __restrict__ out, int H,  \
+        int Hkv, int nq, int nk_all, int nk, int d, float scale, int causal, int k_h, int k_w) {           \
+        attention_fwd<DP>(q, k, v, rel_h, rel_w, out, H, Hkv, nq, nk_all, nk, d, scale, causal, k_h, k_w); \
+    }
+
+ATTN_FWD_ENTRY(16)
+ATTN_FWD_ENTRY(32)
+ATTN_FWD_ENTRY(48)
+ATTN_FWD_ENTRY(64)
+ATTN_FWD_ENTRY(80)
+ATTN_FWD_ENTRY(96)
+ATTN_FWD_ENTRY(112)
+ATTN_FWD_ENTRY(128)
+
+#define ATTN_DECODE_ENTRY(DP)                                                                                \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_d##DP##_f32(                 \
+        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,             \
+        const float* __restrict__ rel_h, const float* __restrict__ rel_w, float* __restrict__ out,         \
+        float* __restrict__ part_o, float* __restrict__ part_ml, int H, int Hkv, int nq, int nk_all, int nk, \
+        int d, float scale, int causal, int k_h, int k_w, int chunk) {                                     \
+        attention_decode<DP>(q, k, v, rel_h, rel_w, out, part_o, part_ml, H, Hkv, nq, nk_all, nk, d, scale, \
+                             causal, k_h, k_w, chunk);                                                      \
+    }
+
+ATTN_DECODE_ENTRY(32)
+ATTN_DECODE_ENTRY(64)
+ATTN_DECODE_ENTRY(96)
+ATTN_DECODE_ENTRY(128)
+
+// Merge the nsplit partial results of each row (grid: one block per row; any block size).
+extern "C" __global__ void attention_combine_f32(const float* __restrict__ part_o, const float* __restrict__ part_ml,
+                                                 float* __restrict__ out, int d, int nsplit) {
+    const long long row = blockIdx.x;
+    const float* ml = part_ml + row * nsplit * 2;
+    float bm = ATTN_NEG_INF;
+    for (int s = 0; s < nsplit; ++s) bm = fmaxf(bm, ml[2 * s]);
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float bl = 0.0f, bo = 0.0f;
+        for (int s = 0; s < nsplit; ++s) {
+            const float wt = ml[2 * s] == ATTN_NEG_INF ? 0.0f : expf(ml[2 * s] - bm);
+            bl += ml[2 * s + 1] * wt;
+            bo += part_o[(row * nsplit + s) * d + c] * wt;
+        }
+        out[row * d + c] = bl > 0.0f ? bo / bl : 0.0f;
+    }
+}

@@ -1,0 +1,381 @@
+// Attention, f32, with an online softmax: the Nq × Nk score matrix never exists in memory.
+//
+// out[b, h, i, :] = Σ_j softmax_j(scale · q[b,h,i,:]·k[b,h/G,j,:] + bias(i, j)) · v[b,h/G,j,:]
+//
+// Layout: q, out [B, H, Nq, D]; k, v [B, Hkv, Nk_all, D] (a KV cache may hold more rows than the
+// kv_len valid ones), H = G·Hkv (GQA), D ≤ 128, all contiguous f32. Causal: query i sits at
+// absolute position kv_len − Nq + i and sees keys 0..=pos. Bias (SAM's decomposed relative
+// position, k_h > 0): key j = (y, x) on a k_h × k_w grid adds rel_h[b,h,i,y] + rel_w[b,h,i,x].
+//
+// Entry points
+// * attention_fwd_f32 (Nq > 1, and any call with a bias): a workgroup of 128 threads owns a tile
+//   of BQ = 32 queries of one (b, h), four threads per query, each holding a quarter of the query
+//   row and of its output accumulator in registers as vec4s (D padded to a multiple of 4). Keys
+//   arrive in tiles of BK = 8 rows of K and V staged in workgroup memory; each thread forms
+//   partial dot products over its quarter of D, the four partials meet in workgroup memory, and
+//   every thread of the row then runs the same online-softmax update. 12.5 KiB of workgroup
+//   memory (within WebGPU's 16 KiB default). Causal tiles stop at the tile's last visible key.
+//   Per tile and thread at D = 128: 512 FMAs against 136 vec4 loads from workgroup memory.
+//   Flops 4·Nq·Nk·D per (b, h); K and V are read once per query tile, 8·Nk·D·⌈Nq/32⌉ bytes
+//   per (b, h), mostly from L2.
+// * attention_decode_f32 (Nq = 1, no bias): flash-decoding. The valid keys are cut into
+//   n_splits chunks of `chunk` keys; a workgroup of 64 threads handles one (b, h, chunk): one key
+//   per thread for the score (a D-long dot product), then all threads share the 64 weights and
+//   each accumulates D/64 output columns (coalesced V reads). With one split it writes the final
+//   output; otherwise it writes (o, m, l) per split and attention_combine_f32 (one workgroup per
+//   (b, h)) merges the splits in a fixed order, so results are deterministic.
+//   Bytes moved: K and V once each, 8·kv_len·D per (b, h); flops 4·kv_len·D.
+//
+// Bindings (the backend's convention, src/backend/wgpu/mod.rs): 0 = params (u32 words, f32 as
+// bits), then the buffers in the order the wrapper passes them: 1 q (the split partials for
+// combine), 2 k, 3 v, 4 out (the split partials for a split decode), 5 rel_h, 6 rel_w.
+//
+// Params: [0] nq, [1] nk_all (rows per head in k/v), [2] kv_len, [3] d, [4] heads H,
+// [5] group G = H/Hkv, [6] causal (0/1), [7] scale (f32 bits), [8] k_h (0 = no bias), [9] k_w,
+// [10] batch·heads, [11] n_splits (decode/combine), [12] chunk (decode).
+//
+// Grid: 1-D counts, which the backend folds into [limit, ⌈n / limit⌉, 1] above the 65535
+// per-dimension limit; `flat_wg` undoes the fold and surplus workgroups return at once.
+
+@group(0) @binding(0) var<storage, read> params: array<u32>;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> rel_h: array<f32>;
+@group(0) @binding(6) var<storage, read> rel_w: array<f32>;
+
+fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+// Below any finite score: the running max starts here, so exp(m − m_new) is 1 (nothing seen
+// yet, o and l still 0) or underflows to 0, never NaN as −inf − (−inf) would be.
+const NEG_BIG: f32 = -3.0e38;
+
+// ---- flash forward -------------------------------------------------------------------------
+
+const BQ: u32 = 32u;           // queries per workgroup
+const LANES: u32 = 4u;         // threads per query row
+const BK: u32 = 8u;            // keys per staged tile
+const FWD_THREADS: u32 = 128u; // BQ · LANES
+const MAX_DV: u32 = 32u;       // vec4s per row at D = 128
+const DV_PER_LANE: u32 = 8u;   // MAX_DV / LANES
+const SP_STRIDE: u32 = 9u;     // BK + 1: the padding puts the 8 rows of a 32-thread warp in distinct banks
+
+var<workgroup> k_tile: array<vec4<f32>, 256>;   // BK × MAX_DV
+var<workgroup> v_tile: array<vec4<f32>, 256>;   // BK × MAX_DV
+var<workgroup> partials: array<vec4<f32>, 288>; // BQ × SP_STRIDE, one component per lane
+
+@compute @workgroup_size(128)
+fn attention_fwd_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let nq = params[0];
+    let nk_all = params[1];
+    let kv_len = params[2];
+    let d = params[3];
+    let heads = params[4];
+    let group = params[5];
+    let causal = params[6] != 0u;
+    let scale = bitcast<f32>(params[7]);
+    let k_h = params[8];
+    let k_w = params[9];
+    let bh_total = params[10];
+
+    let n_qtiles = (nq + BQ - 1u) / BQ;
+    let flat = flat_wg(wid, nwg);
+    if flat >= n_qtiles * bh_total {
+        return;
+    }
+    let bh = flat / n_qtiles;
+    let q0 = (flat % n_qtiles) * BQ;
+    let kvh = (bh / heads) * (heads / group) + (bh % heads) / group;
+
+    let row = tid / LANES;
+    let lane = tid % LANES;
+    let qi = q0 + row;
+    let in_range = qi < nq;
+    let qi_c = min(qi, nq - 1u);
+    let dv = (d + 3u) / 4u;
+    let stage_slot = tid & (MAX_DV - 1u);
+
+    // This thread's quarter of the query row: vec4 slots lane, lane + 4, ...
+    var qr: array<vec4<f32>, 8>;
+    var acc: array<vec4<f32>, 8>;
+    let q_base = (bh * nq + qi_c) * d;
+    for (var j = 0u; j < DV_PER_LANE; j++) {
+        let slot = lane + j * LANES;
+        var x = vec4<f32>(0.0);
+        for (var c = 0u; c < 4u; c++) {
+            let e = slot * 4u + c;
+            if e < d {
+                x[c] = q[q_base + e];
+            }
+        }
+        qr[j] = x;
+        acc[j] = vec4<f32>(0.0);
+    }
+
+    // Keys this tile of queries can see: all kv_len, or up to its last query's position.
+    let n_scan = select(kv_len, kv_len - nq + min(q0 + BQ, nq), causal);
+    let pos = kv_len - nq + qi_c;
+    let n_tiles = (n_scan + BK - 1u) / BK;
+    let kv_base = kvh * nk_all * d;
+    let has_bias = k_h > 0u;
+    let bias_row = bh * nq + qi_c;
+
+    var m = NEG_BIG;
+    var l = 0.0;
+    for (var t = 0u; t < n_tiles; t++) {
+        let c0 = t * BK;
+        workgroupBarrier(); // the previous tile's K, V and partials are no longer read
+        // Thread t stages vec4 slot t % 32 of rows t / 32 and t / 32 + 4 (shifts, no division
+        // in the loop); keys past the visible range and columns past D are zeros.
+        for (var r = tid >> 5u; r < BK; r += FWD_THREADS / MAX_DV) {
+            if stage_slot < dv {
+                var kx = vec4<f32>(0.0);
+                var vx = vec4<f32>(0.0);
+                if c0 + r < n_scan {
+                    let g = kv_base + (c0 + r) * d + stage_slot * 4u;
+                    for (var c = 0u; c < 4u; c++) {
+                        if stage_slot * 4u + c < d {
+                            kx[c] = k[g + c];
+                            vx[c] = v[g + c];
+                        }
+                    }
+                }
+                k_tile[r * dv + stage_slot] = kx;
+                v_tile[r * dv + stage_slot] = vx;
+            }
+        }
+        workgroupBarrier();
+
+        for (var c = 0u; c < BK; c++) {
+            var s4 = vec4<f32>(0.0);
+            for (var j = 0u; j < DV_PER_LANE; j++) {
+                let slot = lane + j * LANES;
+                if slot < dv {
+                    s4 = fma(qr[j], k_tile[c * dv + slot], s4);
+                }
+            }
+            partials[row * SP_STRIDE + c][lane] = (s4.x + s4.y) + (s4.z + s4.w);
+        }
+        workgroupBarrier();
+
+        // Every thread of the row finishes the same 8 scores in the same order, so the four
+        // copies of (m, l) agree bit for bit.
+        var s: array<f32, 8>;
+        var valid: array<bool, 8>;
+        var tile_max = NEG_BIG;
+        // The tile's first key on the bias grid, then stepped along it (one division per tile).
+        var gy = 0u;
+        var gx = 0u;
+        if has_bias {
+            gy = c0 / k_w;
+            gx = c0 % k_w;
+        }
+        for (var c = 0u; c < BK; c++) {
+            let p4 = partials[row * SP_STRIDE + c];
+            let kc = c0 + c;
+            var sc = ((p4.x + p4.y) + (p4.z + p4.w)) * scale;
+            let ok = kc < n_scan && (!causal || kc <= pos);
+            if has_bias {
+                if ok {
+                    sc += rel_h[bias_row * k_h + gy] + rel_w[bias_row * k_w + gx];
+                }
+                gx += 1u;
+                if gx == k_w {
+                    gx = 0u;
+                    gy += 1u;
+                }
+            }
+            s[c] = sc;
+            valid[c] = ok;
+            if ok {
+                tile_max = max(tile_max, sc);
+            }
+        }
+        let m_new = max(m, tile_max);
+        let alpha = exp(m - m_new);
+        l *= alpha;
+        for (var j = 0u; j < DV_PER_LANE; j++) {
+            acc[j] *= alpha;
+        }
+        for (var c = 0u; c < BK; c++) {
+            if valid[c] {
+                let p = exp(s[c] - m_new);
+                l += p;
+                for (var j = 0u; j < DV_PER_LANE; j++) {
+                    let slot = lane + j * LANES;
+                    if slot < dv {
+                        acc[j] = fma(vec4<f32>(p), v_tile[c * dv + slot], acc[j]);
+                    }
+                }
+            }
+        }
+        m = m_new;
+    }
+
+    if in_range {
+        // No visible key (kv_len = 0): zeros, as the CPU's softmax of an empty row gives.
+        let inv = select(1.0 / l, 0.0, l == 0.0);
+        let o_base = (bh * nq + qi) * d;
+        for (var j = 0u; j < DV_PER_LANE; j++) {
+            let slot = lane + j * LANES;
+            for (var c = 0u; c < 4u; c++) {
+                let e = slot * 4u + c;
+                if e < d {
+                    out[o_base + e] = acc[j][c] * inv;
+                }
+            }
+        }
+    }
+}
+
+// ---- decode: one query over a KV cache, split along the sequence ---------------------------
+
+const DEC_THREADS: u32 = 64u; // keys per step, and output columns per pass
+
+var<workgroup> q_dec: array<f32, 128>;
+var<workgroup> s_dec: array<f32, 64>;
+var<workgroup> p_dec: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn attention_decode_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let nk_all = params[1];
+    let kv_len = params[2];
+    let d = params[3];
+    let heads = params[4];
+    let group = params[5];
+    let scale = bitcast<f32>(params[7]);
+    let bh_total = params[10];
+    let n_splits = params[11];
+    let chunk = params[12];
+
+    let flat = flat_wg(wid, nwg);
+    if flat >= bh_total * n_splits {
+        return;
+    }
+    let bh = flat / n_splits;
+    let split = flat % n_splits;
+    let kvh = (bh / heads) * (heads / group) + (bh % heads) / group;
+    let c_start = min(split * chunk, kv_len);
+    let c_end = min(c_start + chunk, kv_len);
+    let kv_base = kvh * nk_all * d;
+
+    for (var e = tid; e < d; e += DEC_THREADS) {
+        q_dec[e] = q[bh * d + e];
+    }
+    workgroupBarrier();
+
+    var m = NEG_BIG;
+    var l = 0.0;
+    var o0 = 0.0; // column tid
+    var o1 = 0.0; // column tid + 64
+    let n_tiles = (c_end - c_start + DEC_THREADS - 1u) / DEC_THREADS;
+    for (var t = 0u; t < n_tiles; t++) {
+        let tile0 = c_start + t * DEC_THREADS;
+        let key = tile0 + tid;
+        let ok = key < c_end;
+        var sc = NEG_BIG;
+        if ok {
+            let k_row = kv_base + key * d;
+            var dot = 0.0;
+            for (var e = 0u; e < d; e++) {
+                dot = fma(q_dec[e], k[k_row + e], dot);
+            }
+            sc = dot * scale;
+        }
+        s_dec[tid] = sc;
+        workgroupBarrier();
+        var tile_max = NEG_BIG;
+        for (var c = 0u; c < DEC_THREADS; c++) {
+            tile_max = max(tile_max, s_dec[c]);
+        }
+        let m_new = max(m, tile_max);
+        p_dec[tid] = select(0.0, exp(sc - m_new), ok);
+        workgroupBarrier();
+
+        let alpha = exp(m - m_new);
+        l *= alpha;
+        o0 *= alpha;
+        o1 *= alpha;
+        let n_valid = min(DEC_THREADS, c_end - tile0);
+        for (var c = 0u; c < n_valid; c++) {
+            let p = p_dec[c];
+            l += p;
+            let v_row = kv_base + (tile0 + c) * d;
+            if tid < d {
+                o0 = fma(p, v[v_row + tid], o0);
+            }
+            if tid + DEC_THREADS < d {
+                o1 = fma(p, v[v_row + tid + DEC_THREADS], o1);
+            }
+        }
+        m = m_new;
+    }
+
+    if n_splits == 1u {
+        let inv = select(1.0 / l, 0.0, l == 0.0);
+        if tid < d {
+            out[bh * d + tid] = o0 * inv;
+        }
+        if tid + DEC_THREADS < d {
+            out[bh * d + tid + DEC_THREADS] = o1 * inv;
+        }
+    } else {
+        // Unnormalised partial: o[0..d], then m and l.
+        let base = (bh * n_splits + split) * (d + 2u);
+        if tid < d {
+            out[base + tid] = o0;
+        }
+        if tid + DEC_THREADS < d {
+            out[base + tid + DEC_THREADS] = o1;
+        }
+        if tid == 0u {
+            out[base + d] = m;
+            out[base + d + 1u] = l;
+        }
+    }
+}
+
+// Merge the splits of attention_decode_f32: binding 1 holds the partials [B·H, n_splits, D + 2].
+@compute @workgroup_size(64)
+fn attention_combine_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let d = params[3];
+    let bh_total = params[10];
+    let n_splits = params[11];
+    let bh = flat_wg(wid, nwg);
+    if bh >= bh_total {
+        return;
+    }
+    let stride = d + 2u;
+    let base = bh * n_splits * stride;
+    var m = NEG_BIG;
+    for (var s = 0u; s < n_splits; s++) {
+        m = max(m, q[base + s * stride + d]);
+    }
+    var l = 0.0;
+    for (var s = 0u; s < n_splits; s++) {
+        l += q[base + s * stride + d + 1u] * exp(q[base + s * stride + d] - m);
+    }
+    let inv = select(1.0 / l, 0.0, l == 0.0);
+    for (var e = tid; e < d; e += DEC_THREADS) {
+        var o = 0.0;
+        for (var s = 0u; s < n_splits; s++) {
+            o = fma(q[base + s * stride + e], exp(q[base + s * stride + d] - m), o);
+        }
+        out[bh * d + e] = o * inv;
+    }
+}

@@ -1,0 +1,112 @@
+// needs: common.wgsl
+// matmul.wgsl: tiled GEMM with a fused epilogue (twin of kernels/matmul.cu), for linear (M > 1),
+// batched matmul, and the GEMM halves of conv2d / conv_transpose2d.
+//
+//   C[z, m, n] = act(Σ_k A[z, m, k]·B[z, k, n] + bias[n]) + residual[z, m, n]
+//
+// Every operand is addressed through (batch, row, column) element strides, so one kernel covers
+// x·Wᵀ (B(k, n) = W[n·K + k]), A·B, A·Bᵀ, a B shared by every batch (batch stride 0) and the
+// transposed outputs of the convolutions. A is f32; B is f32 or f16 (packed pairs, `b_f16`).
+// The residual is read at the output's own index.
+//
+// Geometry: workgroup 16×16 threads computes a 64×64 tile of C (4×4 outputs per thread, rows
+// ty + 16i, columns tx + 16j, so stores along n are coalesced); K advances 16 at a time through
+// workgroup-memory tiles of A (64×16) and B (16×64), zero-filled outside the matrix. Grid:
+// [⌈N/64⌉, ⌈M/64⌉, batch]. Per K step each thread does 16 FMAs for 8 workgroup loads.
+//
+// params: [M, N, K, a_bs, a_ms, a_ks, b_bs, b_ks, b_ns, c_bs, c_ms, c_ns, b_f16, has_bias, act, has_residual]
+// bindings: a (f32), b (u32 words), bias (f32 [N]), residual (f32), c (f32, written).
+// Unused bias/residual bindings take any buffer (they are never read).
+
+@group(0) @binding(0) var<storage, read> params: array<u32>;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<f32>;
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+
+// [BK][BM] and [BK][BN], one padding column against bank conflicts on the transposing stores.
+var<workgroup> a_tile: array<f32, 1040>;
+var<workgroup> b_tile: array<f32, 1040>;
+
+@compute @workgroup_size(16, 16)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
+    let m_all = params[0];
+    let n_all = params[1];
+    let k_all = params[2];
+    let z = wid.z;
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let tid = l.y * 16u + l.x;
+    let a_base = z * params[3];
+    let a_ms = params[4];
+    let a_ks = params[5];
+    let b_base = z * params[6];
+    let b_ks = params[7];
+    let b_ns = params[8];
+    let b_f16 = params[12] != 0u;
+
+    var acc: array<f32, 16>;
+    for (var k0 = 0u; k0 < k_all; k0 += BK) {
+        for (var t = 0u; t < 4u; t++) {
+            // Element e of each tile: row/column e / 16, k = e % 16 (k fastest: a row-major A
+            // and a [N, K] weight are both read along k).
+            let e = tid + t * 256u;
+            let r = e / BK;
+            let kk = e % BK;
+            let gk = k0 + kk;
+            var va = 0.0;
+            if (m0 + r < m_all && gk < k_all) {
+                va = a[a_base + (m0 + r) * a_ms + gk * a_ks];
+            }
+            a_tile[kk * (BM + 1u) + r] = va;
+            var vb = 0.0;
+            if (n0 + r < n_all && gk < k_all) {
+                let idx = b_base + gk * b_ks + (n0 + r) * b_ns;
+                vb = half_or_f32(b[select(idx, idx >> 1u, b_f16)], idx, b_f16);
+            }
+            b_tile[kk * (BN + 1u) + r] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var ar: array<f32, 4>;
+            var br: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                ar[i] = a_tile[kk * (BM + 1u) + l.y + 16u * i];
+                br[i] = b_tile[kk * (BN + 1u) + l.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(ar[i], br[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let has_bias = params[13] != 0u;
+    let act = params[14];
+    let has_res = params[15] != 0u;
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + l.y + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + l.x + 16u * j;
+            if (m < m_all && n < n_all) {
+                var v = acc[i * 4u + j];
+                if (has_bias) {
+                    v += bias[n];
+                }
+                v = act_apply(v, act);
+                let ci = z * params[9] + m * params[10] + n * params[11];
+                if (has_res) {
+                    v += residual[ci];
+                }
+                c[ci] = v;
+            }
+        }
+    }
+}

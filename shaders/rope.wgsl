@@ -1,0 +1,37 @@
+// needs: common.wgsl
+// rope.wgsl: rotary position embedding, HF "rotate_half" layout (twin of kernels/rope.cu).
+//
+// x [B·H, N, D] (D even, h = D/2), cos/sin [max_pos, h]; token t uses row pos_offset + t:
+//   out[i]   = x[i]·cos[i] − x[i+h]·sin[i]
+//   out[i+h] = x[i+h]·cos[i] + x[i]·sin[i]          (i < h)
+// One thread per (row, t, i) pair, 256 per workgroup, 1-D grid (folded above 65535 groups).
+// 16 bytes read + 8 written per pair, 6 flops.
+//
+// params: [pairs = B·H·N·h, N, h, pos_offset]
+
+@group(0) @binding(0) var<storage, read> params: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> cos_t: array<f32>;
+@group(0) @binding(3) var<storage, read> sin_t: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(256)
+fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let p = flat_wg(wid, nwg) * 256u + lid;
+    if (p >= params[0]) {
+        return;
+    }
+    let n = params[1];
+    let h = params[2];
+    let i = p % h;
+    let row = p / h;           // (bh, t) flattened
+    let t = row % n;
+    let base = row * 2u * h;
+    let tab = (params[3] + t) * h + i;
+    let c = cos_t[tab];
+    let s = sin_t[tab];
+    let a = x[base + i];
+    let b = x[base + i + h];
+    out[base + i] = a * c - b * s;
+    out[base + i + h] = b * c + a * s;
+}

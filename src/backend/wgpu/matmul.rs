@@ -1,0 +1,204 @@
+//! linear and batched matmul: the tiled GEMM (shaders/matmul.wgsl) for M > 1 and the GEMV
+//! (shaders/gemv.wgsl) for M = 1. `gemm` is also the multiply-add half of the convolutions.
+
+use super::{act_code, u32_of, Shader, WgpuBackend};
+use crate::backend::Activation;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const MATMUL: Shader = Shader { name: "matmul", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/matmul.wgsl")) };
+const GEMV: Shader = Shader { name: "gemv", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv.wgsl")) };
+const GEMV_SUBGROUP: Shader = Shader {
+    name: "gemv_subgroup",
+    source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv.wgsl"), include_str!("../../../shaders/gemv_subgroup.wgsl")),
+};
+
+/// Output tile of the GEMM (rows and columns per workgroup).
+const TILE: usize = 64;
+/// Output rows per plain GEMV workgroup (256 threads, 32 per row).
+const GEMV_ROWS: usize = 8;
+/// Threads per GEMV workgroup.
+const GEMV_THREADS: u32 = 256;
+
+/// Element strides of one GEMM operand: batch, then row and column of the operand as it enters
+/// the product (for B: row = the k stride, col = the n stride).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Strides {
+    pub batch: usize,
+    pub row: usize,
+    pub col: usize,
+}
+
+/// One GEMM: C[z, m, n] = act(Σ_k A[z, m, k]·B[z, k, n] + bias[n]) + residual, every operand
+/// strided. A, bias, residual f32; B f32 or f16. The caller has checked shapes; this checks
+/// dtypes and index ranges.
+pub(super) struct Gemm<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+    pub a: (&'a Tensor, Strides),
+    pub b: (&'a Tensor, Strides),
+    pub c: (&'a Tensor, Strides),
+    pub bias: Option<&'a Tensor>,
+    pub act: Activation,
+    pub residual: Option<&'a Tensor>,
+}
+
+/// Largest element index an operand with these strides reaches.
+fn last_index(s: Strides, batch: usize, rows: usize, cols: usize) -> usize {
+    (batch.max(1) - 1) * s.batch + (rows.max(1) - 1) * s.row + (cols.max(1) - 1) * s.col
+}
+
+fn weight_is_f16(op: &'static str, t: &Tensor) -> Result<bool> {
+    match t.dtype() {
+        DType::F32 => Ok(false),
+        DType::F16 => Ok(true),
+        dt => Err(Error::shape(op, format!("weight {:?} is {dt}; the wgpu backend reads f32 or f16 (bf16 is converted at upload)", t.shape()))),
+    }
+}
+
+fn need_f32(op: &'static str, what: &str, t: &Tensor) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::shape(op, format!("{what} {:?} is {}, expected f32", t.shape(), t.dtype())));
+    }
+    Ok(())
+}
+
+pub(super) fn gemm(be: &WgpuBackend, op: &'static str, g: &Gemm) -> Result<()> {
+    if g.m == 0 || g.n == 0 || g.batch == 0 {
+        return Ok(());
+    }
+    need_f32(op, "input", g.a.0)?;
+    need_f32(op, "output", g.c.0)?;
+    let b_f16 = weight_is_f16(op, g.b.0)?;
+    for (t, s, rows, cols, what) in [(g.a.0, g.a.1, g.m, g.k, "input"), (g.b.0, g.b.1, g.k, g.n, "weight"), (g.c.0, g.c.1, g.m, g.n, "output")] {
+        if rows > 0 && cols > 0 && last_index(s, g.batch, rows, cols) >= t.numel() {
+            return Err(Error::shape(op, format!("{what} {:?} is too small for a {}×{rows}×{cols} operand", t.shape(), g.batch)));
+        }
+    }
+    if let Some(b) = g.bias {
+        need_f32(op, "bias", b)?;
+        if b.numel() != g.n {
+            return Err(Error::shape(op, format!("bias has {} elements, expected {}", b.numel(), g.n)));
+        }
+    }
+    if let Some(r) = g.residual {
+        need_f32(op, "residual", r)?;
+        if r.numel() != g.c.0.numel() {
+            return Err(Error::shape(op, format!("residual {:?} ≠ output {:?}", r.shape(), g.c.0.shape())));
+        }
+    }
+    let (gx, gy) = (g.n.div_ceil(TILE), g.m.div_ceil(TILE));
+    if gx > 65535 || gy > 65535 || g.batch > 65535 {
+        return Err(Error::shape(op, format!("a {}×{}×{} GEMM over {} batches exceeds the dispatch grid", g.m, g.n, g.k, g.batch)));
+    }
+    let a = be.buffer(g.a.0, op)?;
+    let buffers = [a, be.buffer(g.b.0, op)?, g.bias.map(|b| be.buffer(b, op)).transpose()?.unwrap_or(a), g.residual.map(|r| be.buffer(r, op)).transpose()?.unwrap_or(a), be.buffer(g.c.0, op)?];
+    let mut params = vec![u32_of(op, g.m)?, u32_of(op, g.n)?, u32_of(op, g.k)?];
+    for s in [g.a.1, g.b.1, g.c.1] {
+        params.extend([u32_of(op, s.batch)?, u32_of(op, s.row)?, u32_of(op, s.col)?]);
+    }
+    params.extend([b_f16 as u32, g.bias.is_some() as u32, act_code(g.act), g.residual.is_some() as u32]);
+    be.dispatch(&MATMUL, "matmul", &buffers, &params, [gx as u32, gy as u32, g.batch as u32])
+}
+
+/// y = act(x · wᵀ + bias) + residual.
+pub(super) fn linear(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+    if w.dims() != 2 || x.dims() == 0 {
+        return Err(Error::shape("linear", format!("x {:?}, weight {:?}: weight must be [N, K]", x.shape(), w.shape())));
+    }
+    let (n, k) = (w.dim(0), w.dim(1));
+    if x.shape().last() != Some(&k) {
+        return Err(Error::shape("linear", format!("x {:?} has last dim ≠ K = {k} of weight {:?}", x.shape(), w.shape())));
+    }
+    let mut out_shape = x.shape().to_vec();
+    if let Some(last) = out_shape.last_mut() {
+        *last = n;
+    }
+    if let Some(r) = residual {
+        if r.shape() != out_shape.as_slice() {
+            return Err(Error::shape("linear", format!("residual {:?} ≠ output {out_shape:?}", r.shape())));
+        }
+    }
+    let m = x.numel() / k.max(1);
+    let out = be.alloc(out_shape, DType::F32)?;
+    if m == 1 && k > 0 {
+        gemv(be, x, w, bias, act, residual, &out)?;
+    } else {
+        let g = Gemm {
+            m,
+            n,
+            k,
+            batch: 1,
+            a: (x, Strides { batch: 0, row: k, col: 1 }),
+            b: (w, Strides { batch: 0, row: 1, col: k }),
+            c: (&out, Strides { batch: 0, row: n, col: 1 }),
+            bias,
+            act,
+            residual,
+        };
+        gemm(be, "linear", &g)?;
+    }
+    Ok(out)
+}
+
+fn gemv(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>, out: &Tensor) -> Result<()> {
+    let (n, k) = (w.dim(0), w.dim(1));
+    need_f32("linear", "input", x)?;
+    let w_f16 = weight_is_f16("linear", w)?;
+    if let Some(b) = bias {
+        need_f32("linear", "bias", b)?;
+        if b.numel() != n {
+            return Err(Error::shape("linear", format!("bias has {} elements, expected {n}", b.numel())));
+        }
+    }
+    if let Some(r) = residual {
+        need_f32("linear", "residual", r)?;
+    }
+    let xb = be.buffer(x, "linear")?;
+    let buffers = [xb, be.buffer(w, "linear")?, bias.map(|b| be.buffer(b, "linear")).transpose()?.unwrap_or(xb), residual.map(|r| be.buffer(r, "linear")).transpose()?.unwrap_or(xb), be.buffer(out, "linear")?];
+    u32_of("linear", w.numel())?;
+    // One subgroup per row where the adapter has subgroups: as many rows per workgroup as its
+    // smallest subgroups would give.
+    let (shader, entry, rows) = match be.rt.subgroup_min_size() {
+        Some(min) => (&GEMV_SUBGROUP, "gemv_subgroup", (GEMV_THREADS / min).max(1) as usize),
+        None => (&GEMV, "gemv", GEMV_ROWS),
+    };
+    let params = [n as u32, k as u32, w_f16 as u32, bias.is_some() as u32, act_code(act), residual.is_some() as u32, rows as u32];
+    be.dispatch(shader, entry, &buffers, &params, [n.div_ceil(rows) as u32, 1, 1])
+}
+
+/// a [.., M, K] · b [.., K, N] (or [.., N, K] when trans_b); b may be 2-D and shared.
+pub(super) fn batched_matmul(be: &WgpuBackend, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.len() < 2 || sb.len() < 2 {
+        return Err(Error::shape("matmul", format!("{sa:?} · {sb:?}: need at least 2 dims")));
+    }
+    let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (kb, n) = if trans_b { (sb[sb.len() - 1], sb[sb.len() - 2]) } else { (sb[sb.len() - 2], sb[sb.len() - 1]) };
+    let batch: usize = sa[..sa.len() - 2].iter().product();
+    let shared = sb.len() == 2;
+    if kb != k || (!shared && sb[..sb.len() - 2] != sa[..sa.len() - 2]) {
+        return Err(Error::shape("matmul", format!("{sa:?} · {sb:?} (trans_b = {trans_b})")));
+    }
+    let mut shape = sa[..sa.len() - 2].to_vec();
+    shape.extend([m, n]);
+    let out = be.alloc(shape, DType::F32)?;
+    let (b_row, b_col) = if trans_b { (1, k) } else { (n, 1) };
+    let g = Gemm {
+        m,
+        n,
+        k,
+        batch,
+        a: (a, Strides { batch: m * k, row: k, col: 1 }),
+        b: (b, Strides { batch: if shared { 0 } else { k * n }, row: b_row, col: b_col }),
+        c: (&out, Strides { batch: m * n, row: n, col: 1 }),
+        bias: None,
+        act: Activation::None,
+        residual: None,
+    };
+    gemm(be, "matmul", &g)?;
+    Ok(out)
+}
