@@ -160,7 +160,10 @@ fn cuda_ops_match_cpu() {
     linears(&mut c, &mut rng);
     matmuls(&mut c, &mut rng);
     kv_and_pool(&mut c, &mut rng);
-    large(&mut c, &mut rng);
+    // VISWORD_CUDA_SKIP_LARGE=1 leaves out the multi-GB cases (for runs under compute-sanitizer).
+    if std::env::var("VISWORD_CUDA_SKIP_LARGE").as_deref() != Ok("1") {
+        large(&mut c, &mut rng);
+    }
     eprintln!("{} checks passed, {} failed", c.passed, c.failures.len());
     assert!(c.failures.is_empty(), "{} CUDA op checks failed:\n{}", c.failures.len(), c.failures.join("\n"));
 }

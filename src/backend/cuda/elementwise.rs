@@ -160,7 +160,7 @@ impl CudaBackend {
         let d = *x.shape().last().ok_or_else(|| Error::shape("softmax", "scalar input"))?;
         let xp = self.f32_ptr(x, "softmax")?;
         let out = self.alloc_f32(x.shape())?;
-        let rows = if d == 0 { 0 } else { x.numel() / d };
+        let rows = x.numel().checked_div(d).unwrap_or(0);
         if rows > 0 {
             let d32 = u32::try_from(d).map_err(|_| Error::shape("softmax", format!("row length {d} exceeds u32")))?;
             let (yp, r64) = (self.ptr(&out), rows as u64);

@@ -68,6 +68,8 @@ impl CudaBackend {
         let (m, n, k) = (int(op, "m", g.m)?, int(op, "n", g.n)?, int(op, "k", g.k.max(1))?);
         let (lda, ldb, ldc) = (int(op, "lda", g.lda.max(1))?, int(op, "ldb", g.ldb.max(1))?, int(op, "ldc", g.ldc.max(1))?);
         let batch = int(op, "batch", g.batch)?;
+        // cuBLAS runs in the calling thread's current context: make it ours.
+        self.stream().context().bind_to_thread().map_err(super::dev_err(op))?;
         // SAFETY: every pointer is a live device buffer of this context holding the strided
         // operands described by the sizes (checked by the callers' shape validation); alpha and
         // beta are host scalars (the handle's default pointer mode).
@@ -193,7 +195,7 @@ impl CudaBackend {
         if let Some(l) = out_shape.last_mut() {
             *l = n;
         }
-        let m = if k == 0 { x.shape()[..x.dims() - 1].iter().product() } else { x.numel() / k };
+        let m = x.numel().checked_div(k).unwrap_or_else(|| x.shape()[..x.dims() - 1].iter().product());
         Ok((m, n, out_shape))
     }
 

@@ -139,7 +139,13 @@ impl CudaBackend {
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(unavailable("no CUDA driver found (libcuda.so)"));
         }
-        let count = CudaContext::device_count().map_err(|e| unavailable(format!("the CUDA driver did not initialise ({e})")))?;
+        let count = CudaContext::device_count().map_err(|e| {
+            if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_NO_DEVICE {
+                unavailable("no CUDA device")
+            } else {
+                unavailable(format!("the CUDA driver did not initialise ({e})"))
+            }
+        })?;
         if count < 1 {
             return Err(unavailable("no CUDA device"));
         }

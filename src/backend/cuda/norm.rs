@@ -25,7 +25,7 @@ impl CudaBackend {
         let xp = self.f32_ptr(x, OP)?;
         let ((wp, wdt), (bp, bdt)) = (self.any_float(w, OP)?, self.any_float(b, OP)?);
         let out = self.alloc_f32(x.shape())?;
-        let rows = if d == 0 { 0 } else { x.numel() / d };
+        let rows = x.numel().checked_div(d).unwrap_or(0);
         if rows > 0 {
             let (yp, r64, d32) = (self.ptr(&out), rows as u64, d as u32);
             let cfg = grid_rows(rows, row_threads(d), 0);
@@ -40,7 +40,7 @@ impl CudaBackend {
         let xp = self.f32_ptr(x, OP)?;
         let (wp, wdt) = self.any_float(w, OP)?;
         let out = self.alloc_f32(x.shape())?;
-        let rows = if d == 0 { 0 } else { x.numel() / d };
+        let rows = x.numel().checked_div(d).unwrap_or(0);
         if rows > 0 {
             let (yp, r64, d32) = (self.ptr(&out), rows as u64, d as u32);
             let cfg = grid_rows(rows, row_threads(d), 0);
