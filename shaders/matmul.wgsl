@@ -9,10 +9,10 @@
 // transposed outputs of the convolutions. A is f32; B is f32 or f16 (packed pairs, `b_f16`).
 // The residual is read at the output's own index.
 //
-// Geometry: workgroup 16×16 threads computes a 64×64 tile of C (4×4 outputs per thread, rows
-// ty + 16i, columns tx + 16j, so stores along n are coalesced); K advances 16 at a time through
+// Geometry: workgroup 16×16 threads computes a 64×64 tile of C (4×4 outputs per thread: rows
+// ty + 16i, columns 4tx..4tx+3, in four vec4 registers); K advances 16 at a time through
 // workgroup-memory tiles of A (64×16) and B (16×64), zero-filled outside the matrix. Grid:
-// [⌈N/64⌉, ⌈M/64⌉, batch]. Per K step each thread does 16 FMAs for 8 workgroup loads.
+// [⌈N/64⌉, ⌈M/64⌉, batch]. Per k each thread does 16 FMAs for 5 workgroup loads (one vec4).
 //
 // params: [M, N, K, a_bs, a_ms, a_ks, b_bs, b_ks, b_ns, c_bs, c_ms, c_ns, b_f16, has_bias, act, has_residual]
 // bindings: a (f32), b (u32 words), bias (f32 [N]), residual (f32), c (f32, written).
@@ -28,10 +28,37 @@
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
+// a_tile is [BK][BM + 1] (the padding column spreads the transposing stores over banks);
+// b_tile is [BK][BN / 4] vec4s, so each thread reads its 4 columns in one load.
+const A_STRIDE: u32 = 65u;
 
-// [BK][BM] and [BK][BN], one padding column against bank conflicts on the transposing stores.
 var<workgroup> a_tile: array<f32, 1040>;
-var<workgroup> b_tile: array<f32, 1040>;
+var<workgroup> b_tile: array<vec4<f32>, 256>;
+
+// Bias, activation and residual for the 4 outputs C[z, m, n..n+4], and the stores.
+fn store4(z: u32, m: u32, n: u32, v: vec4<f32>) {
+    if (m >= params[0]) {
+        return;
+    }
+    let has_bias = params[13] != 0u;
+    let act = params[14];
+    let has_res = params[15] != 0u;
+    for (var j = 0u; j < 4u; j++) {
+        let nj = n + j;
+        if (nj < params[1]) {
+            var o = v[j];
+            if (has_bias) {
+                o += bias[nj];
+            }
+            o = act_apply(o, act);
+            let ci = z * params[9] + m * params[10] + nj * params[11];
+            if (has_res) {
+                o += residual[ci];
+            }
+            c[ci] = o;
+        }
+    }
+}
 
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
@@ -50,7 +77,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let b_ns = params[8];
     let b_f16 = params[12] != 0u;
 
-    var acc: array<f32, 16>;
+    // Thread (tx, ty) owns rows ty + 16i (i < 4) and columns 4tx .. 4tx + 3 of the tile, held
+    // in four vec4 accumulators: no indexed arrays, so everything stays in registers.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < k_all; k0 += BK) {
         for (var t = 0u; t < 4u; t++) {
             // Element e of each tile: row/column e / 16, k = e % 16 (k fastest: a row-major A
@@ -63,50 +95,29 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             if (m0 + r < m_all && gk < k_all) {
                 va = a[a_base + (m0 + r) * a_ms + gk * a_ks];
             }
-            a_tile[kk * (BM + 1u) + r] = va;
+            a_tile[kk * A_STRIDE + r] = va;
             var vb = 0.0;
             if (n0 + r < n_all && gk < k_all) {
                 let idx = b_base + gk * b_ks + (n0 + r) * b_ns;
                 vb = half_or_f32(b[select(idx, idx >> 1u, b_f16)], idx, b_f16);
             }
-            b_tile[kk * (BN + 1u) + r] = vb;
+            b_tile[kk * 16u + r / 4u][r % 4u] = vb;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var ar: array<f32, 4>;
-            var br: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                ar[i] = a_tile[kk * (BM + 1u) + l.y + 16u * i];
-                br[i] = b_tile[kk * (BN + 1u) + l.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(ar[i], br[j], acc[i * 4u + j]);
-                }
-            }
+            let bv = b_tile[kk * 16u + l.x];
+            let ar = kk * A_STRIDE + l.y;
+            acc0 = fma(vec4<f32>(a_tile[ar]), bv, acc0);
+            acc1 = fma(vec4<f32>(a_tile[ar + 16u]), bv, acc1);
+            acc2 = fma(vec4<f32>(a_tile[ar + 32u]), bv, acc2);
+            acc3 = fma(vec4<f32>(a_tile[ar + 48u]), bv, acc3);
         }
         workgroupBarrier();
     }
 
-    let has_bias = params[13] != 0u;
-    let act = params[14];
-    let has_res = params[15] != 0u;
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + l.y + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + l.x + 16u * j;
-            if (m < m_all && n < n_all) {
-                var v = acc[i * 4u + j];
-                if (has_bias) {
-                    v += bias[n];
-                }
-                v = act_apply(v, act);
-                let ci = z * params[9] + m * params[10] + n * params[11];
-                if (has_res) {
-                    v += residual[ci];
-                }
-                c[ci] = v;
-            }
-        }
-    }
+    let n = n0 + 4u * l.x;
+    store4(z, m0 + l.y, n, acc0);
+    store4(z, m0 + l.y + 16u, n, acc1);
+    store4(z, m0 + l.y + 32u, n, acc2);
+    store4(z, m0 + l.y + 48u, n, acc3);
 }

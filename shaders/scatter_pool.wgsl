@@ -4,11 +4,13 @@
 //
 //   out[s, c] = Σ_p weights[s, p] · (feats[p, c] + pos[p, c])
 //
-// weights [S, P] are the row-normalised coverage, feats and pos [P, C]. Deterministic: each
-// output is one thread's ordered sum over p (no atomics). One thread per (s, c), 256 per
-// workgroup along c, so a workgroup's reads of feats/pos rows are coalesced and weights[s, p] is
-// a broadcast. Napkin math for 576×1024 → 40: 2·576·1024·4 B of features and positions read (once
-// per s from cache), 40·576·1024·3 flops.
+// weights [S, P] are the row-normalised coverage, feats and pos [P, C]. Deterministic, no atomics:
+// a workgroup of 256 threads covers one s and 32 columns, as 8 slices of P; slice j sums
+// p = j, j + 8, ... in order, and the 8 partials are then added in slice order, so the result
+// never depends on scheduling. A slice's 32 threads read 128 contiguous bytes of a feats/pos row;
+// weights[s, p] is a broadcast. Grid: S · ⌈C/32⌉ workgroups (folded to 2-D above 65535).
+// Napkin math for 576×1024 → 40: 2·576·1024·4 B of features and positions (read once per s,
+// mostly from L2), 40·576·1024·3 flops.
 //
 // params: [S, P, C]
 // bindings: weights, feats, pos, out.
@@ -19,20 +21,37 @@
 @group(0) @binding(3) var<storage, read> pos: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
+const COLS: u32 = 32u;
+const SLICES: u32 = 8u;
+
+var<workgroup> partial: array<f32, 256>;
+
 @compute @workgroup_size(256)
 fn scatter_mean_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = flat_wg(wid, nwg) * 256u + lid;
     let s_all = params[0];
     let p_all = params[1];
     let c_all = params[2];
-    if (i >= s_all * c_all) {
+    let blocks = (c_all + COLS - 1u) / COLS;
+    let g = flat_wg(wid, nwg);
+    if (g >= s_all * blocks) {
         return;
     }
-    let s = i / c_all;
-    let c = i % c_all;
+    let s = g / blocks;
+    let c = (g % blocks) * COLS + lid % COLS;
+    let slice = lid / COLS;
     var acc = 0.0;
-    for (var p = 0u; p < p_all; p++) {
-        acc = fma(weights[s * p_all + p], feats[p * c_all + c] + pos[p * c_all + c], acc);
+    if (c < c_all) {
+        for (var p = slice; p < p_all; p += SLICES) {
+            acc = fma(weights[s * p_all + p], feats[p * c_all + c] + pos[p * c_all + c], acc);
+        }
     }
-    out[i] = acc;
+    partial[lid] = acc;
+    workgroupBarrier();
+    if (slice == 0u && c < c_all) {
+        var total = 0.0;
+        for (var j = 0u; j < SLICES; j++) {
+            total += partial[j * COLS + lid];
+        }
+        out[s * c_all + c] = total;
+    }
 }

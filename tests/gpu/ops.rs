@@ -382,7 +382,7 @@ fn conv2d_and_transposed_conv() {
 fn scatter_mean_pool_is_the_coverage_weighted_mean() {
     let mut r = rng("scatter_pool");
     for g in gpus("scatter_pool") {
-        for (s, p, c) in [(1usize, 1usize, 1usize), (3, 10, 7), (40, 576, 300), (0, 5, 4)] {
+        for (s, p, c) in [(1usize, 1usize, 1usize), (3, 10, 7), (2, 9, 33), (40, 576, 300), (0, 5, 4)] {
             // Row-normalised non-negative coverage, as the projector builds it.
             let mut w: Vec<f32> = r.vec(s * p).iter().map(|v| v.abs()).collect();
             for row in w.chunks_mut(p.max(1)) {
@@ -392,8 +392,12 @@ fn scatter_mean_pool_is_the_coverage_weighted_mean() {
             let w = Tensor::from_f32(w, vec![s, p]).unwrap();
             let (f, pos) = (r.tensor(&[p, c]), r.tensor(&[p, c]));
             let want = cpu().scatter_mean_pool(&w, &f, &pos).unwrap();
-            let got = g.backend.scatter_mean_pool(&up(&g, &w), &up(&g, &f), &up(&g, &pos)).unwrap();
+            let (wg, fg, pg) = (up(&g, &w), up(&g, &f), up(&g, &pos));
+            let got = g.backend.scatter_mean_pool(&wg, &fg, &pg).unwrap();
             same(&format!("scatter_mean_pool {s}×{p}×{c}"), &g, &got, &want, g.op_tol);
+            // Deterministic: a second run is bit-identical.
+            let again = g.backend.scatter_mean_pool(&wg, &fg, &pg).unwrap();
+            assert_eq!(g.backend.to_vec_f32(&again).unwrap(), g.backend.to_vec_f32(&got).unwrap(), "scatter_mean_pool {s}×{p}×{c} is not deterministic");
         }
     }
 }

@@ -38,7 +38,9 @@
 //! Dispatches are recorded into one command encoder (one open compute pass) and submitted
 //! lazily: on `to_host`, `synchronize`, or every `MAX_BATCH` dispatches, so a decode step is a
 //! few submissions. Activations are f32. Weights: f32, or f16 read through `unpack2x16float`
-//! (bf16 is converted at upload, see `Runtime::upload`). Buffers are zero-initialised by wgpu.
+//! (bf16 is converted at upload, see `Runtime::upload`). `alloc` recycles the buffers of dropped
+//! tensors, so a new tensor's contents are unspecified: kernels write every output element (or
+//! use `alloc_zeroed`).
 //! Buffers are sized in 16-byte multiples, so shaders may read them as `array<vec4<..>>`.
 //! `VISWORD_WGPU_SYNC=1` submits and waits after every dispatch (a failing kernel is then named
 //! in the error).
@@ -63,11 +65,26 @@ pub(crate) struct Shader {
     pub source: &'static str,
 }
 
-/// The device buffer behind one tensor (its size is at least the tensor's bytes, rounded up to
-/// 4; the tensor's dtype and shape say how to read it).
-#[derive(Debug)]
+/// The device buffer behind one tensor (its size is the tensor's bytes rounded up to 16; the
+/// tensor's dtype and shape say how to read it). Buffers made by `alloc` go back to the
+/// backend's pool when the last handle is dropped.
 pub struct WgpuData {
     pub(crate) buffer: ::wgpu::Buffer,
+    pool: Option<std::sync::Arc<runtime::BufferPool>>,
+}
+
+impl std::fmt::Debug for WgpuData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WgpuData({} bytes)", self.buffer.size())
+    }
+}
+
+impl Drop for WgpuData {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.put(self.buffer.clone());
+        }
+    }
 }
 
 pub struct WgpuBackend {

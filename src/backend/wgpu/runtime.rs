@@ -2,7 +2,7 @@
 //! dispatch, uploads and read-back. The binding convention is in `mod.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ::wgpu::naga;
@@ -45,6 +45,35 @@ struct Batch {
     dispatches: usize,
 }
 
+/// Idle buffers of dropped tensors, by size, for the next `alloc` of that size: steady-state
+/// model runs (a decode step repeats the same shapes) then allocate nothing, and a reused buffer
+/// needs no zero-fill. Safe on one queue: commands recorded before a buffer was returned run
+/// before any later command that rewrites it (wgpu orders the uses).
+pub(crate) struct BufferPool {
+    free: Mutex<HashMap<u64, Vec<::wgpu::Buffer>>>,
+    idle_bytes: AtomicU64,
+}
+
+/// Idle bytes the pool keeps; buffers returned beyond this are freed.
+const POOL_CAP: u64 = 1 << 30;
+
+impl BufferPool {
+    fn take(&self, size: u64) -> Option<::wgpu::Buffer> {
+        let b = lock(&self.free).get_mut(&size)?.pop()?;
+        self.idle_bytes.fetch_sub(size, Ordering::Relaxed);
+        Some(b)
+    }
+
+    pub(crate) fn put(&self, b: ::wgpu::Buffer) {
+        let size = b.size();
+        if self.idle_bytes.load(Ordering::Relaxed) + size > POOL_CAP {
+            return;
+        }
+        self.idle_bytes.fetch_add(size, Ordering::Relaxed);
+        lock(&self.free).entry(size).or_default().push(b);
+    }
+}
+
 /// Device state behind `WgpuBackend`.
 pub(crate) struct Runtime {
     pub(crate) device: ::wgpu::Device,
@@ -62,6 +91,7 @@ pub(crate) struct Runtime {
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
     pipelines: Mutex<HashMap<&'static str, HashMap<String, Arc<Pipeline>>>>,
     batch: Mutex<Option<Batch>>,
+    pub(crate) pool: Arc<BufferPool>,
     errors: Arc<Mutex<Vec<String>>>,
     /// VISWORD_WGPU_SYNC=1: submit and wait after every dispatch, so a failing kernel is the one
     /// named in the error (debugging only).
@@ -144,6 +174,7 @@ impl Runtime {
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             batch: Mutex::new(None),
+            pool: Arc::new(BufferPool { free: Mutex::default(), idle_bytes: AtomicU64::new(0) }),
             errors,
             sync_each: std::env::var("VISWORD_WGPU_SYNC").is_ok_and(|v| v == "1"),
         })
@@ -341,8 +372,13 @@ impl Runtime {
         self.wait()
     }
 
+    /// A buffer of at least `bytes` (from the pool when one of that size is idle; contents
+    /// unspecified).
     pub(crate) fn alloc_buffer(&self, bytes: u64) -> Result<::wgpu::Buffer> {
         let size = padded_size(bytes);
+        if let Some(b) = self.pool.take(size) {
+            return Ok(b);
+        }
         if size > self.limits.max_buffer_size {
             return Err(unavailable(format!("a {} MiB tensor exceeds the adapter's buffer limit of {} MiB", size >> 20, self.limits.max_buffer_size >> 20)));
         }
@@ -401,6 +437,16 @@ impl Runtime {
         }
     }
 
+    /// Zero a buffer, in order with the recorded dispatches.
+    pub(crate) fn clear(&self, buf: &::wgpu::Buffer) -> Result<()> {
+        let mut guard = lock(&self.batch);
+        let batch = guard.get_or_insert_with(|| self.new_batch());
+        drop(batch.pass.take());
+        batch.encoder.clear_buffer(buf, 0, None);
+        drop(guard);
+        self.check("clearing a buffer")
+    }
+
     /// Copy `bytes` bytes of `src` back to the host (submits pending work and waits for it).
     pub(crate) fn read(&self, src: &::wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let size = bytes.next_multiple_of(4).max(4);
@@ -443,11 +489,21 @@ impl WgpuBackend {
         }
     }
 
-    /// A new zero-filled tensor on this backend.
+    /// A new tensor on this backend, its contents unspecified (a recycled buffer): the kernel
+    /// that fills it must write every element. Its buffer returns to the pool when the last
+    /// handle is dropped.
     pub(crate) fn alloc(&self, shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
         let bytes = numel(&shape) as u64 * dtype.size() as u64;
         let buffer = self.rt.alloc_buffer(bytes)?;
-        Ok(Tensor::from_storage(Storage::Wgpu(Arc::new(WgpuData { buffer })), dtype, shape))
+        Ok(Tensor::from_storage(Storage::Wgpu(Arc::new(WgpuData { buffer, pool: Some(self.rt.pool.clone()) })), dtype, shape))
+    }
+
+    /// `alloc` filled with zeros (for kernels that accumulate into or skip parts of their output).
+    #[allow(dead_code)]
+    pub(crate) fn alloc_zeroed(&self, shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
+        let t = self.alloc(shape, dtype)?;
+        self.rt.clear(self.buffer(&t, "alloc_zeroed")?)?;
+        Ok(t)
     }
 
     /// Record one dispatch of `shader`'s `entry` (see the binding convention in `mod.rs`).
@@ -465,7 +521,7 @@ impl WgpuBackend {
             return Ok(t.clone());
         }
         let (buffer, dtype) = self.rt.upload(t)?;
-        Ok(Tensor::from_storage(Storage::Wgpu(Arc::new(WgpuData { buffer })), dtype, t.shape().to_vec()))
+        Ok(Tensor::from_storage(Storage::Wgpu(Arc::new(WgpuData { buffer, pool: None })), dtype, t.shape().to_vec()))
     }
 
     /// Weights follow the same dtype rule as `upload` (see `Runtime::upload`).

@@ -1,6 +1,6 @@
 //! Superpixel scatter-mean pooling with the SSPE inputs (shaders/scatter_pool.wgsl).
 
-use super::elementwise::{f32_len, groups};
+use super::elementwise::f32_len;
 use super::{u32_of, Shader, WgpuBackend};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -11,7 +11,10 @@ const SCATTER_POOL: Shader = Shader {
     source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/scatter_pool.wgsl")),
 };
 
-/// out[s, c] = Σ_p weights[s, p] · (feats[p, c] + pos[p, c]); one ordered sum per output.
+/// Output columns per workgroup (scatter_pool.wgsl's COLS).
+const COLS: usize = 32;
+
+/// out[s, c] = Σ_p weights[s, p] · (feats[p, c] + pos[p, c]); a fixed summation order per output.
 pub(super) fn scatter_mean_pool(be: &WgpuBackend, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
     let (w, f) = (weights.shape(), feats.shape());
     if w.len() != 2 || f.len() != 2 || w[1] != f[0] || pos.shape() != f {
@@ -28,6 +31,7 @@ pub(super) fn scatter_mean_pool(be: &WgpuBackend, weights: &Tensor, feats: &Tens
     }
     let op = "scatter_mean_pool";
     let bufs = [be.buffer(weights, op)?, be.buffer(feats, op)?, be.buffer(pos, op)?, be.buffer(&out, op)?];
-    be.dispatch(&SCATTER_POOL, "scatter_mean_pool", &bufs, &[s as u32, p as u32, c as u32], groups(n as usize))?;
+    let workgroups = s * c.div_ceil(COLS);
+    be.dispatch(&SCATTER_POOL, "scatter_mean_pool", &bufs, &[s as u32, u32_of(op, p)?, c as u32], [u32_of(op, workgroups)?, 1, 1])?;
     Ok(out)
 }
