@@ -39,6 +39,13 @@ enum Command {
 }
 
 fn main() {
+    // Mesa's Vulkan device-selection layer opens a Wayland connection to find the "default" GPU,
+    // and libwayland prints an `error:` line when no session is running (servers, CI). visword
+    // picks its adapter itself, so the layer is switched off unless the user has set it. This
+    // runs before any other thread exists.
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let cli = Cli::parse();
     // Run the command on a worker of the thread pool, so the many small parallel regions of a
     // decode step are split between this thread and the others instead of waking the pool from

@@ -169,6 +169,13 @@ fn attention_matches_reference_noncausal_causal_gqa_kvlen_relpos() {
     assert_close("attention rel-pos", got.as_f32().unwrap(), &want, tol_k(d));
     // Shape errors are reported, not panicked on.
     assert!(be().attention(&q, &rng.tensor(&[b, 2, n, d]), &rng.tensor(&[b, 2, n, d]), &AttnParams::new(d)).is_err());
+    // Queries over an empty cache are refused; no queries (or a zero head dim) give an empty result.
+    let e = be().attention(&q, &k, &v, &AttnParams { kv_len: Some(0), ..AttnParams::new(d) }).unwrap_err();
+    assert!(e.to_string().contains("no keys"), "{e}");
+    let q0 = rng.tensor(&[b, h, 0, d]);
+    assert_eq!(be().attention(&q0, &k, &v, &AttnParams { kv_len: Some(0), ..AttnParams::new(d) }).unwrap().shape(), &[b, h, 0, d]);
+    let (q1, k1) = (rng.tensor(&[1, 2, 3, 0]), rng.tensor(&[1, 2, 4, 0]));
+    assert_eq!(be().attention(&q1, &k1, &k1, &AttnParams::new(1)).unwrap().shape(), &[1, 2, 3, 0]);
 }
 
 #[test]

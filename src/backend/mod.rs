@@ -73,6 +73,51 @@ impl<'a> AttnParams<'a> {
     }
 }
 
+/// The sizes of one `attention` call, checked the same way on every backend.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttnShape {
+    pub b: usize,
+    pub h: usize,
+    pub hkv: usize,
+    pub nq: usize,
+    /// Rows of the key/value tensors (the cache's capacity).
+    pub nk_all: usize,
+    /// Valid keys (`kv_len`, or every row).
+    pub nk: usize,
+    pub d: usize,
+}
+
+/// Check `attention`'s operands: q [B, H, Nq, D], k = v [B, Hkv, Nk, D] with H a multiple of Hkv,
+/// kv_len ≤ Nk, at least one key when there are queries (softmax over nothing is undefined), no
+/// more causal queries than keys, and a decomposed relative-position bias that fits the key grid.
+pub(crate) fn attention_shape(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<AttnShape> {
+    let (qs, ks) = (q.shape(), k.shape());
+    if qs.len() != 4 || ks.len() != 4 || k.shape() != v.shape() || qs[0] != ks[0] || qs[3] != ks[3] || ks[1] == 0 || qs[1] % ks[1] != 0 {
+        return Err(Error::shape("attention", format!("q {qs:?}, k {ks:?}, v {:?}: need [B, H, N, D] with H a multiple of Hkv", v.shape())));
+    }
+    let (b, h, nq, d) = (qs[0], qs[1], qs[2], qs[3]);
+    let (hkv, nk_all) = (ks[1], ks[2]);
+    let nk = p.kv_len.unwrap_or(nk_all);
+    if nk > nk_all {
+        return Err(Error::shape("attention", format!("kv_len {nk} > {nk_all} keys")));
+    }
+    if nk == 0 && b * h * nq > 0 {
+        return Err(Error::shape("attention", format!("{nq} queries over no keys (kv_len 0)")));
+    }
+    if p.causal && nq > nk {
+        return Err(Error::shape("attention", format!("causal attention with {nq} queries but {nk} keys")));
+    }
+    if let AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } = p.bias {
+        if k_h.checked_mul(k_w) != Some(nk) || rel_h.shape() != [b, h, nq, k_h] || rel_w.shape() != [b, h, nq, k_w] {
+            return Err(Error::shape(
+                "attention",
+                format!("rel_h {:?} / rel_w {:?} do not fit {nq} queries over a {k_h}×{k_w} key grid of {nk}", rel_h.shape(), rel_w.shape()),
+            ));
+        }
+    }
+    Ok(AttnShape { b, h, hkv, nq, nk_all, nk, d })
+}
+
 /// Which backend the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {

@@ -312,6 +312,7 @@ fn bad_shapes_are_errors() {
             ("head dims differ", &q, &k_d8, &k_d8, base),
             ("k and v differ", &q, &k, &k3, base),
             ("kv_len beyond the cache", &q, &k, &v, AttnParams { kv_len: Some(6), ..base }),
+            ("queries over no keys", &q, &k, &v, AttnParams { kv_len: Some(0), ..base }),
             ("causal with more queries than keys", &q, &k, &v, AttnParams { causal: true, kv_len: Some(2), ..base }),
             (
                 "bias grid does not cover the keys",

@@ -9,37 +9,20 @@ use rayon::prelude::*;
 use super::check_f32;
 use super::elementwise::softmax_row;
 use super::matmul::{sgemm_serial, WeightElem};
-use crate::backend::{AttnBias, AttnParams};
-use crate::error::{Error, Result};
+use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 const BLOCK_Q: usize = 128;
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
-    let (qs, ks) = (q.shape(), k.shape());
-    if qs.len() != 4 || ks.len() != 4 || k.shape() != v.shape() || qs[0] != ks[0] || qs[3] != ks[3] || ks[1] == 0 || qs[1] % ks[1] != 0 {
-        return Err(Error::shape("attention", format!("q {qs:?}, k {ks:?}, v {:?}: need [B, H, N, D] with H a multiple of Hkv", v.shape())));
-    }
-    let (b, h, nq, d) = (qs[0], qs[1], qs[2], qs[3]);
-    let (hkv, nk_all) = (ks[1], ks[2]);
-    let nk = p.kv_len.unwrap_or(nk_all);
-    if nk > nk_all {
-        return Err(Error::shape("attention", format!("kv_len {nk} > {nk_all} keys")));
-    }
-    if p.causal && nq > nk {
-        return Err(Error::shape("attention", format!("causal attention with {nq} queries but {nk} keys")));
+    let AttnShape { b, h, hkv, nq, nk_all, nk, d } = attention_shape(q, k, v, p)?;
+    if b * h * nq * d == 0 {
+        return Tensor::from_f32(vec![0f32; b * h * nq * d], vec![b, h, nq, d]);
     }
     let bias = match p.bias {
         AttnBias::None => None,
-        AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => {
-            if k_h * k_w != nk || rel_h.shape() != [b, h, nq, k_h] || rel_w.shape() != [b, h, nq, k_w] {
-                return Err(Error::shape(
-                    "attention",
-                    format!("rel_h {:?} / rel_w {:?} do not fit {nq} queries over a {k_h}×{k_w} key grid of {nk}", rel_h.shape(), rel_w.shape()),
-                ));
-            }
-            Some((check_f32("attention", rel_h)?, check_f32("attention", rel_w)?, k_h, k_w))
-        }
+        AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => Some((check_f32("attention", rel_h)?, check_f32("attention", rel_w)?, k_h, k_w)),
     };
     let (qv, kv, vv) = (check_f32("attention", q)?, check_f32("attention", k)?, check_f32("attention", v)?);
     let group = h / hkv;

@@ -13,7 +13,7 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{dev_err, kernels, CudaBackend};
-use crate::backend::{AttnBias, AttnParams};
+use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -62,33 +62,13 @@ fn i32_arg(what: &str, x: usize) -> Result<i32> {
 
 impl CudaBackend {
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
-        let (qs, ks) = (q.shape(), k.shape());
-        if qs.len() != 4 || ks.len() != 4 || k.shape() != v.shape() || qs[0] != ks[0] || qs[3] != ks[3] || ks[1] == 0 || qs[1] % ks[1] != 0 {
-            return Err(Error::shape(OP, format!("q {qs:?}, k {ks:?}, v {:?}: need [B, H, N, D] with H a multiple of Hkv", v.shape())));
-        }
-        let (b, h, nq, d) = (qs[0], qs[1], qs[2], qs[3]);
-        let (hkv, nk_all) = (ks[1], ks[2]);
-        let nk = p.kv_len.unwrap_or(nk_all);
-        if nk > nk_all {
-            return Err(Error::shape(OP, format!("kv_len {nk} > {nk_all} keys")));
-        }
-        if p.causal && nq > nk {
-            return Err(Error::shape(OP, format!("causal attention with {nq} queries but {nk} keys")));
-        }
+        let AttnShape { b, h, hkv, nq, nk_all, nk, d } = attention_shape(q, k, v, p)?;
         if d > MAX_HEAD_DIM {
             return Err(Error::shape(OP, format!("head dim {d}: the CUDA kernels support head dims up to {MAX_HEAD_DIM}")));
         }
         let (rel, k_h, k_w) = match p.bias {
             AttnBias::None => (None, 0, 0),
-            AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => {
-                if k_h.checked_mul(k_w) != Some(nk) || rel_h.shape() != [b, h, nq, k_h] || rel_w.shape() != [b, h, nq, k_w] {
-                    return Err(Error::shape(
-                        OP,
-                        format!("rel_h {:?} / rel_w {:?} do not fit {nq} queries over a {k_h}×{k_w} key grid of {nk}", rel_h.shape(), rel_w.shape()),
-                    ));
-                }
-                (Some((self.f32_slice(rel_h, OP)?, self.f32_slice(rel_w, OP)?)), k_h, k_w)
-            }
+            AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => (Some((self.f32_slice(rel_h, OP)?, self.f32_slice(rel_w, OP)?)), k_h, k_w),
         };
         let (qd, kd, vd) = (self.f32_slice(q, OP)?, self.f32_slice(k, OP)?, self.f32_slice(v, OP)?);
         let shape = vec![b, h, nq, d];

@@ -5,7 +5,7 @@
 //! checks and messages, plus the GPU kernels' own limit (head dim ≤ 128).
 
 use super::{u32_of, Shader, WgpuBackend};
-use crate::backend::{AttnBias, AttnParams};
+use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -46,21 +46,9 @@ fn f32_input(t: &Tensor, what: &str) -> Result<()> {
 }
 
 fn geometry<'a>(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams<'a>) -> Result<Geometry<'a>> {
-    let (qs, ks) = (q.shape(), k.shape());
-    if qs.len() != 4 || ks.len() != 4 || k.shape() != v.shape() || qs[0] != ks[0] || qs[3] != ks[3] || ks[1] == 0 || qs[1] % ks[1] != 0 {
-        return Err(Error::shape("attention", format!("q {qs:?}, k {ks:?}, v {:?}: need [B, H, N, D] with H a multiple of Hkv", v.shape())));
-    }
-    let (b, h, nq, d) = (qs[0], qs[1], qs[2], qs[3]);
-    let (hkv, nk_all) = (ks[1], ks[2]);
+    let AttnShape { b, h, hkv, nq, nk_all, nk: kv_len, d } = attention_shape(q, k, v, p)?;
     if d > MAX_HEAD_DIM {
         return Err(Error::shape("attention", format!("head dim {d}: the wgpu kernels support at most {MAX_HEAD_DIM}")));
-    }
-    let kv_len = p.kv_len.unwrap_or(nk_all);
-    if kv_len > nk_all {
-        return Err(Error::shape("attention", format!("kv_len {kv_len} > {nk_all} keys")));
-    }
-    if p.causal && nq > kv_len {
-        return Err(Error::shape("attention", format!("causal attention with {nq} queries but {kv_len} keys")));
     }
     for (t, what) in [(q, "q"), (k, "k"), (v, "v")] {
         f32_input(t, what)?;
@@ -68,12 +56,6 @@ fn geometry<'a>(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams<'a>) -> Resul
     let bias = match p.bias {
         AttnBias::None => None,
         AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => {
-            if k_h.checked_mul(k_w) != Some(kv_len) || rel_h.shape() != [b, h, nq, k_h] || rel_w.shape() != [b, h, nq, k_w] {
-                return Err(Error::shape(
-                    "attention",
-                    format!("rel_h {:?} / rel_w {:?} do not fit {nq} queries over a {k_h}×{k_w} key grid of {kv_len}", rel_h.shape(), rel_w.shape()),
-                ));
-            }
             f32_input(rel_h, "rel_h")?;
             f32_input(rel_w, "rel_w")?;
             Some((rel_h, rel_w, k_h, k_w))
