@@ -24,6 +24,12 @@ __device__ __forceinline__ float f16_to_f32(u16 h) {
     return f;
 }
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((unsigned)h) << 16); }
+// Round to nearest even (sm_80+), NaN stays NaN.
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u16 h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
 
 // Weight dtypes, as the Rust side passes them.
 #define DT_F32 0

@@ -6,6 +6,7 @@
 // * binary_f32:        y = a ∘ b, same shapes          (op 0 add, 1 sub, 2 mul)
 // * binary_bcast_f32:  y = a ∘ b with numpy broadcasting: per output index, each operand's
 //                      offset from per-dim strides that are 0 on broadcast dims (≤ 8 dims)
+// * f32_to_bf16_rn, to_f32: dtype conversions around cuBLAS (see src/backend/cuda/matmul.rs)
 // * softmax_f32:       softmax over the last dim, one block per row; a row of all −∞ → zeros
 //
 // Launch: the 1-D kernels use grid-stride loops (any n); softmax uses a 2-D grid of rows
@@ -98,6 +99,11 @@ extern "C" __global__ void epilogue_f32(float* __restrict__ y, u64 total, unsign
 // y [outer, c, hw] += bias[c] (conv bias), bias of dtype bdt.
 extern "C" __global__ void bias_channels_f32(float* __restrict__ y, u64 total, unsigned c, u64 hw, const void* bias, int bdt) {
     GRID_STRIDE(i, total) { y[i] += load_any(bias, bdt, (i / hw) % c); }
+}
+
+// f32 activations → bf16 (round to nearest even), the operand of the bf16 tensor-core GEMM.
+extern "C" __global__ void f32_to_bf16_rn(const float* __restrict__ x, u16* __restrict__ y, u64 n) {
+    GRID_STRIDE(i, n) { y[i] = f32_to_bf16(x[i]); }
 }
 
 // f16 / bf16 buffer → f32 buffer (weights handed to cuBLAS's f32 GEMM).

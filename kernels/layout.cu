@@ -5,7 +5,8 @@
 //                   strides (≤ 8 dims). Writes are coalesced, reads strided.
 // * copy_rows_f32:  n elements in rows of `chunk`: dst[r·dst_pitch + dst_off + j] =
 //                   src[r·src_pitch + src_off + j]. narrow is one call, concat one per input,
-//                   write_kv one per new block.
+//                   write_kv one per new block. copy_rows_f32x4: the same in float4 units,
+//                   when every size and offset is a multiple of 4 and both bases are aligned.
 // * pad2d_f32:      [outer, h, w] → [outer, h+top+bottom, w+left+right], zeros outside.
 // * embedding:      out[t, :] = table[ids[t], :] widened to f32 (table f32, f16 or bf16; ids
 //                   already checked on the host to be < V).
@@ -36,6 +37,15 @@ extern "C" __global__ void copy_rows_f32(const float* __restrict__ src, float* _
                                          u64 src_pitch, u64 src_off, u64 dst_pitch, u64 dst_off) {
     GRID_STRIDE(i, n) {
         const u64 r = i / chunk, j = i % chunk;
+        dst[r * dst_pitch + dst_off + j] = src[r * src_pitch + src_off + j];
+    }
+}
+
+// copy_rows_f32 in float4 units (the host checks sizes, offsets and alignment).
+extern "C" __global__ void copy_rows_f32x4(const float4* __restrict__ src, float4* __restrict__ dst, u64 n, u64 chunk,
+                                           u64 src_pitch, u64 src_off, u64 dst_pitch, u64 dst_off) {
+    GRID_STRIDE(i, n) {
+        const u64 r = i / chunk, j = i - r * chunk;
         dst[r * dst_pitch + dst_off + j] = src[r * src_pitch + src_off + j];
     }
 }

@@ -397,3 +397,66 @@ fn activations_match_f64_over_the_whole_range() {
     assert!((sum - 1.0).abs() < 1e-6 && s.as_f32().unwrap().iter().all(|v| v.is_finite()));
     assert!((s.as_f32().unwrap()[2] - 1.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
 }
+
+/// Mask planes with blobs of several logit levels (so the three counts differ), empty planes,
+/// NaN and ±∞.
+fn mask_planes(rng: &mut Rng, planes: usize, ph: usize, pw: usize) -> Tensor {
+    let mut v = vec![0f32; planes * ph * pw];
+    for (i, plane) in v.chunks_mut(ph * pw).enumerate() {
+        let (cy, cx, r) = (rng.uniform().abs() * ph as f32, rng.uniform().abs() * pw as f32, 1.0 + rng.uniform().abs() * (ph.min(pw) as f32 / 2.0));
+        for (j, x) in plane.iter_mut().enumerate() {
+            let (y, xx) = ((j / pw) as f32, (j % pw) as f32);
+            let d = ((y - cy).powi(2) + (xx - cx).powi(2)).sqrt();
+            // Plane 1 stays empty (all below zero); the others fall off from +3 to −3.
+            *x = if i == 1 { -2.0 } else { 3.0 * (1.0 - d / r).clamp(-1.0, 1.0) + 0.1 * rng.uniform() };
+        }
+    }
+    if v.len() > 10 {
+        v[3] = f32::NAN;
+        v[5] = f32::INFINITY;
+        v[7] = f32::NEG_INFINITY;
+    }
+    Tensor::from_f32(v, vec![planes, ph, pw]).unwrap()
+}
+
+/// One plane's `mask_stats` row, cell by cell.
+fn naive_mask_stats(plane: &[f32], pw: usize, [y0, x0, h, w]: [usize; 4], offset: f32) -> Vec<i32> {
+    let words = w.div_ceil(32);
+    let mut row = vec![0i32; visword::MASK_STATS_HEADER + h * words];
+    let mut bbox = [-1i32; 4];
+    for r in 0..h {
+        for c in 0..w {
+            let v = plane[(y0 + r) * pw + x0 + c];
+            row[1] += (v > offset) as i32;
+            row[2] += (v > -offset) as i32;
+            if v > 0.0 {
+                row[0] += 1;
+                row[visword::MASK_STATS_HEADER + r * words + c / 32] |= 1 << (c % 32);
+                let (c, r) = (c as i32, r as i32);
+                bbox = if bbox[0] < 0 { [c, r, c, r] } else { [bbox[0].min(c), bbox[1].min(r), bbox[2].max(c), bbox[3].max(r)] };
+            }
+        }
+    }
+    row[3..7].copy_from_slice(&bbox);
+    row
+}
+
+#[test]
+fn mask_stats_counts_boxes_and_bits() {
+    let mut rng = Rng::new(21);
+    for &(planes, ph, pw, rect) in &[(4usize, 16usize, 16usize, [0usize, 0usize, 16usize, 16usize]), (3, 40, 70, [3, 5, 30, 65]), (2, 9, 33, [8, 32, 1, 1]), (5, 64, 64, [0, 0, 64, 33])] {
+        let t = mask_planes(&mut rng, planes, ph, pw);
+        let got = be().mask_stats(&t, rect, 1.0).unwrap();
+        let row_len = visword::MASK_STATS_HEADER + rect[2] * rect[3].div_ceil(32);
+        assert_eq!(got.shape(), &[planes, row_len]);
+        let got = got.as_i32().unwrap();
+        for (i, plane) in t.as_f32().unwrap().chunks(ph * pw).enumerate() {
+            assert_eq!(&got[i * row_len..(i + 1) * row_len], naive_mask_stats(plane, pw, rect, 1.0).as_slice(), "plane {i} of {planes}×{ph}×{pw}, rect {rect:?}");
+        }
+    }
+    let t = mask_planes(&mut rng, 2, 8, 8);
+    for rect in [[0, 0, 9, 1], [0, 4, 1, 5], [0, 0, 0, 3]] {
+        assert!(be().mask_stats(&t, rect, 1.0).is_err(), "rect {rect:?} must be refused");
+    }
+    assert!(be().mask_stats(&Tensor::from_f32(vec![0.0; 3], vec![3]).unwrap(), [0, 0, 1, 1], 1.0).is_err());
+}

@@ -118,6 +118,26 @@ pub(crate) fn attention_shape(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams
     Ok(AttnShape { b, h, hkv, nq, nk_all, nk, d })
 }
 
+/// Header words of each `mask_stats` row: area, stable count, loose count, box x0, y0, x1, y1,
+/// and one reserved 0.
+pub const MASK_STATS_HEADER: usize = 8;
+
+/// The sizes of one `mask_stats` call: (planes, plane height, plane width, u32 bit words per
+/// row of the rectangle).
+pub(crate) fn mask_stats_shape(logits: &Tensor, rect: [usize; 4]) -> Result<(usize, usize, usize, usize)> {
+    let s = logits.shape();
+    let [y0, x0, h, w] = rect;
+    if s.len() < 2 || logits.dtype() != crate::dtype::DType::F32 {
+        return Err(Error::shape("mask_stats", format!("logits {s:?} {}: expected f32 [..., H, W]", logits.dtype())));
+    }
+    let (ph, pw) = (s[s.len() - 2], s[s.len() - 1]);
+    if h == 0 || w == 0 || y0 + h > ph || x0 + w > pw {
+        return Err(Error::shape("mask_stats", format!("rectangle y0 {y0}, x0 {x0}, {h}×{w} does not fit {ph}×{pw} planes")));
+    }
+    let planes = s[..s.len() - 2].iter().product();
+    Ok((planes, ph, pw, w.div_ceil(32)))
+}
+
 /// Which backend the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
@@ -368,6 +388,17 @@ impl Backend {
     /// output is one ordered sum over p (no atomics).
     pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
         dispatch!(self, be => be.scatter_mean_pool(weights, feats, pos))
+    }
+
+    /// Per mask plane of `logits` (f32 [..., H, W]), over the cell rectangle `rect` =
+    /// [y0, x0, h, w]: what SAM's mask filters need, so the full logits never leave the device.
+    /// Returns I32 [planes, MASK_STATS_HEADER + h·⌈w/32⌉]; row i holds
+    /// `[area, stable, loose, bx0, by0, bx1, by1, 0]` — the counts of cells with logit > 0,
+    /// > offset and > −offset, the inclusive rectangle-relative box of the logit > 0 cells
+    /// (all −1 when there are none) — then the binary mask: word j of rectangle row r has bit b
+    /// set where logit[y0 + r, x0 + 32j + b] > 0. Integer results: identical on every backend.
+    pub fn mask_stats(&self, logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tensor> {
+        dispatch!(self, be => be.mask_stats(logits, rect, offset))
     }
 
     /// Block until every op queued so far has finished, so a host clock brackets real work

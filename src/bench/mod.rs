@@ -66,6 +66,8 @@ struct Samples {
     visual_tokens: Vec<f64>,
     prompt_tokens: Vec<f64>,
     superpixels: Vec<f64>,
+    superpixels_decoder: Vec<f64>,
+    superpixels_postprocess: Vec<f64>,
     vision: Vec<f64>,
     sam: Vec<f64>,
     projector: Vec<f64>,
@@ -137,6 +139,8 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
             s.visual_tokens.push(t.visual_tokens as f64);
             s.prompt_tokens.push(t.prompt_tokens as f64);
             s.superpixels.extend(t.superpixels_ms);
+            s.superpixels_decoder.extend(t.superpixels_split_ms.map(|x| x.0));
+            s.superpixels_postprocess.extend(t.superpixels_split_ms.map(|x| x.1));
             s.vision.push(enc.vision_ms);
             s.sam.push(enc.sam_ms);
             s.projector.push(t.projector_ms);
@@ -185,6 +189,8 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
                 vision_encoder: m(&s.vision),
                 sam_encoder: m(&s.sam),
                 superpixels: median(&s.superpixels).map(us),
+                superpixels_decoder: median(&s.superpixels_decoder).map(us),
+                superpixels_postprocess: median(&s.superpixels_postprocess).map(us),
                 projector: m(&s.projector),
                 prefill: m(&s.prefill),
                 decode_per_token: median(&s.decode).map(us),

@@ -9,6 +9,10 @@ pub struct StagesMs {
     pub vision_encoder: f64,
     pub sam_encoder: f64,
     pub superpixels: Option<f64>,
+    /// The superpixels' share in SAM's prompt encoder + mask decoder over the point grid
+    /// (reading the logits back included), and in everything after it.
+    pub superpixels_decoder: Option<f64>,
+    pub superpixels_postprocess: Option<f64>,
     pub projector: f64,
     pub prefill: f64,
     pub decode_per_token: Option<f64>,
@@ -283,6 +287,8 @@ mod tests {
             vision_encoder: 1.0,
             sam_encoder: 2.0,
             superpixels: None,
+            superpixels_decoder: None,
+            superpixels_postprocess: None,
             projector: 0.5,
             prefill,
             decode_per_token: Some(1.0),

@@ -23,7 +23,7 @@ use crate::models::llama::{Input, Llama, LlamaConfig, Logits};
 use crate::models::sam::preprocess::preprocess as sam_preprocess;
 use crate::models::sam::{PointPrompt, Prompts, Sam, SamConfig};
 use crate::preprocess::ImageProcessor;
-use crate::superpixels::{generate, Frame, SuperpixelConfig};
+use crate::superpixels::{generate_with_stats, Frame, SuperpixelConfig};
 use crate::models::vit::{self, VisionTower};
 use crate::tensor::Tensor;
 use crate::weights::{VarView, Weights};
@@ -89,6 +89,8 @@ struct Photo {
 pub struct PathTimes {
     /// Superpixel generation (svp only).
     pub superpixels_ms: Option<f64>,
+    /// Its decoder and post-processing parts (superpixels::Stats).
+    pub superpixels_split_ms: Option<(f64, f64)>,
     pub visual_tokens: usize,
     pub prompt_tokens: usize,
     pub projector_ms: f64,
@@ -268,11 +270,11 @@ impl Stack {
     /// (svp: superpixels →) projector → prefill → `decode_tokens` greedy steps (never stopping
     /// at eos) → mask decoder.
     pub fn run_path(&self, be: &Backend, enc: &Encoded, projector: &Projector, decode_tokens: usize) -> Result<PathTimes> {
-        let (superpixels, superpixels_ms) = if projector.kind == ProjectorKind::Svp {
-            let (sp, ms) = timed(be, || generate(be, &self.sam, &enc.image_embeddings, &enc.frame, self.grid, &self.superpixels))?;
-            (Some(sp), Some(ms))
+        let (superpixels, superpixels_ms, superpixels_split_ms) = if projector.kind == ProjectorKind::Svp {
+            let ((sp, stats), ms) = timed(be, || generate_with_stats(be, &self.sam, &enc.image_embeddings, &enc.frame, self.grid, &self.superpixels))?;
+            (Some(sp), Some(ms), Some((stats.decoder_ms, stats.postprocess_ms)))
         } else {
-            (None, None)
+            (None, None, None)
         };
         let (visual, projector_ms) = timed(be, || projector.forward(be, &enc.features, superpixels.as_ref()))?;
         let visual_tokens = visual.dim(0);
@@ -300,7 +302,7 @@ impl Stack {
         let decode_ms_per_token = (decode_tokens > 0).then(|| decode_ms / decode_tokens as f64);
 
         let (_, mask_decoder_ms) = timed(be, || self.sam.predict(be, &enc.image_embeddings, &self.prompts, false))?;
-        Ok(PathTimes { superpixels_ms, visual_tokens, prompt_tokens: prompt_len, projector_ms, prefill_ms, decode_ms_per_token, mask_decoder_ms })
+        Ok(PathTimes { superpixels_ms, superpixels_split_ms, visual_tokens, prompt_tokens: prompt_len, projector_ms, prefill_ms, decode_ms_per_token, mask_decoder_ms })
     }
 
 }

@@ -3,13 +3,14 @@
 //! bitset over its box rows.
 //!
 //! Only the view cells are ever read: they form a rectangle of the crop (`ViewRect`), and every
-//! cell index below is relative to it. At the default 32×32 grid this scans 3072 planes of at
-//! most 256² cells (≈ 200 M comparisons); a plane whose score already fails is skipped, and
-//! survivors keep ≤ 8 KB of bits instead of a full-size mask.
+//! cell index below is relative to it. The scan itself is `Backend::mask_stats`, run where the
+//! logits are (on a GPU, the 3072 planes of the default 32×32 grid stay there and only their
+//! counts and bits, ≤ 8 KB a plane, come back); this module turns its rows into candidates.
 
 use rayon::prelude::*;
 
 use super::config::SuperpixelConfig;
+use crate::backend::MASK_STATS_HEADER;
 use super::frame::Frame;
 
 /// SAM's multimask output: sub-part, part, whole object.
@@ -35,6 +36,16 @@ impl ViewRect {
 
     pub fn cells(&self) -> usize {
         self.h * self.w
+    }
+
+    /// `[y0, x0, h, w]`, the rectangle argument of `Backend::mask_stats`.
+    pub fn rect(&self) -> [usize; 4] {
+        [self.y0, self.x0, self.h, self.w]
+    }
+
+    /// u32 words per row of a `mask_stats` bitmap.
+    fn words32(&self) -> usize {
+        self.w.div_ceil(32)
     }
 }
 
@@ -137,7 +148,6 @@ pub struct FilterCounts {
 /// The filters of §2.3 with the thresholds of one config, on one frame.
 pub struct MaskFilter {
     view: ViewRect,
-    mask_size: usize,
     px_per_cell: f32,
     pred_iou_thresh: f32,
     whole_level_bonus: f32,
@@ -146,19 +156,10 @@ pub struct MaskFilter {
     min_area: f32,
 }
 
-/// Counts over one plane's view cells.
-struct PlaneStats {
-    area: u32,
-    stable: u32,
-    loose: u32,
-    bbox: [usize; 4],
-}
-
 impl MaskFilter {
     pub fn new(frame: &Frame, cfg: &SuperpixelConfig) -> MaskFilter {
         MaskFilter {
             view: ViewRect::new(frame),
-            mask_size: frame.mask_size,
             px_per_cell: frame.px_per_cell(),
             pred_iou_thresh: cfg.pred_iou_thresh,
             whole_level_bonus: cfg.whole_level_bonus,
@@ -172,11 +173,22 @@ impl MaskFilter {
         &self.view
     }
 
-    /// The masks of `logits` ([n, 3, L, L]) with IoU predictions `iou` ([n, 3]) that pass the
-    /// filters, in (prompt, level) order; prompt indices start at `first_prompt`. The caller
-    /// checks the lengths.
-    pub fn candidates(&self, logits: &[f32], iou: &[f32], first_prompt: usize) -> Vec<Candidate> {
-        let plane = self.mask_size * self.mask_size;
+    /// The offset argument of `Backend::mask_stats` (stability counts logit > ±offset).
+    pub fn stability_offset(&self) -> f32 {
+        self.stability_offset
+    }
+
+    /// Length of one `mask_stats` row over this filter's view.
+    pub fn stats_row_len(&self) -> usize {
+        MASK_STATS_HEADER + self.view.h * self.view.words32()
+    }
+
+    /// The masks that pass the filters, in (prompt, level) order, from `stats` (the
+    /// `Backend::mask_stats` rows of `[n, 3, L, L]` logits over `view().rect()`) and the IoU
+    /// predictions `iou` ([n, 3]); prompt indices start at `first_prompt`. The caller checks
+    /// the lengths.
+    pub fn candidates(&self, stats: &[i32], iou: &[f32], first_prompt: usize) -> Vec<Candidate> {
+        let row_len = self.stats_row_len();
         (0..iou.len())
             .into_par_iter()
             .filter_map(|i| {
@@ -184,60 +196,39 @@ impl MaskFilter {
                 let score = iou[i] + if m == 2 { self.whole_level_bonus } else { 0.0 };
                 // Every test is written as "passes", so a NaN fails it.
                 let confident = score >= self.pred_iou_thresh;
-                if !confident {
+                let row = &stats[i * row_len..(i + 1) * row_len];
+                let (area, stable, loose) = (row[0] as u32, row[1] as u32, row[2] as u32);
+                if !confident || area == 0 {
                     return None;
                 }
-                let logits = &logits[i * plane..(i + 1) * plane];
-                let s = self.stats(logits)?;
-                let stability = if s.loose > 0 { s.stable as f32 / s.loose as f32 } else { 0.0 };
+                let stability = if loose > 0 { stable as f32 / loose as f32 } else { 0.0 };
                 let stable = stability >= self.stability_thresh;
-                let large = s.area as f32 * self.px_per_cell >= self.min_area;
+                let large = area as f32 * self.px_per_cell >= self.min_area;
                 if !stable || !large {
                     return None;
                 }
-                Some(self.candidate(logits, first_prompt + k, m, score, &s))
+                Some(self.candidate(row, first_prompt + k, m, score))
             })
             .collect()
     }
 
-    /// Area, the two stability counts and the box of `logit > 0`; None for an empty mask.
-    fn stats(&self, plane: &[f32]) -> Option<PlaneStats> {
+    /// A candidate from a non-empty mask's `mask_stats` row: its box rows' u32 words, paired
+    /// into the u64 words of a `CellSet` row.
+    fn candidate(&self, row: &[i32], prompt: usize, level: usize, score: f32) -> Candidate {
         let v = &self.view;
-        let (hi, lo) = (self.stability_offset, -self.stability_offset);
-        let mut s = PlaneStats { area: 0, stable: 0, loose: 0, bbox: [usize::MAX, usize::MAX, 0, 0] };
-        for ry in 0..v.h {
-            let start = (v.y0 + ry) * self.mask_size + v.x0;
-            let row = &plane[start..start + v.w];
-            let (mut pos, mut stable, mut loose) = (0u32, 0u32, 0u32);
-            for &x in row {
-                pos += (x > 0.0) as u32;
-                stable += (x > hi) as u32;
-                loose += (x > lo) as u32;
-            }
-            s.stable += stable;
-            s.loose += loose;
-            if pos > 0 {
-                s.area += pos;
-                let first = row.iter().position(|&x| x > 0.0).unwrap_or(0);
-                let last = row.iter().rposition(|&x| x > 0.0).unwrap_or(0);
-                s.bbox = [s.bbox[0].min(first), s.bbox[1].min(ry), s.bbox[2].max(last), ry];
+        let bbox = [row[3] as usize, row[4] as usize, row[5] as usize, row[6] as usize];
+        let w32 = v.words32();
+        let bits32 = &row[MASK_STATS_HEADER..];
+        let mut bits = vec![0u64; (bbox[3] - bbox[1] + 1) * v.words];
+        for (ry, dst) in (bbox[1]..=bbox[3]).zip(bits.chunks_mut(v.words)) {
+            let src = &bits32[ry * w32..(ry + 1) * w32];
+            for (j, word) in dst.iter_mut().enumerate() {
+                let lo = src[2 * j] as u32 as u64;
+                let hi = src.get(2 * j + 1).map_or(0, |&x| x as u32 as u64);
+                *word = lo | hi << 32;
             }
         }
-        (s.area > 0).then_some(s)
-    }
-
-    fn candidate(&self, plane: &[f32], prompt: usize, level: usize, score: f32, s: &PlaneStats) -> Candidate {
-        let v = &self.view;
-        let [bx0, by0, bx1, by1] = s.bbox;
-        let mut bits = vec![0u64; (by1 - by0 + 1) * v.words];
-        for (ry, dst) in (by0..=by1).zip(bits.chunks_mut(v.words)) {
-            let start = (v.y0 + ry) * self.mask_size + v.x0;
-            for (x, &value) in plane[start + bx0..start + bx1 + 1].iter().enumerate() {
-                let x = bx0 + x;
-                dst[x / 64] |= ((value > 0.0) as u64) << (x % 64);
-            }
-        }
-        Candidate { prompt, level, score, area: s.area, bbox: s.bbox, bits, words: v.words }
+        Candidate { prompt, level, score, area: row[0] as u32, bbox, bits, words: v.words }
     }
 }
 
@@ -261,6 +252,13 @@ mod tests {
         p
     }
 
+    /// The filter's input for host logits: the CPU backend's `mask_stats` rows.
+    fn candidates(f: &MaskFilter, logits: &[f32], iou: &[f32], first: usize) -> Vec<Candidate> {
+        let t = crate::tensor::Tensor::from_f32(logits.to_vec(), vec![iou.len(), 64, 64]).unwrap();
+        let stats = crate::Backend::cpu().mask_stats(&t, f.view().rect(), f.stability_offset()).unwrap();
+        f.candidates(stats.as_i32().unwrap(), iou, first)
+    }
+
     #[test]
     fn filters_area_box_and_bits() {
         let cfg = SuperpixelConfig { pred_iou_thresh: 0.5, stability_thresh: 0.9, min_area: 16.0, ..Default::default() };
@@ -278,7 +276,7 @@ mod tests {
         ];
         let logits: Vec<f32> = planes.concat();
         let iou = [0.9, 0.9, 0.3, 0.9, 0.9, 0.45];
-        let c = f.candidates(&logits, &iou, 10);
+        let c = candidates(&f, &logits, &iou, 10);
         let got: Vec<_> = c.iter().map(|c| (c.prompt, c.level, c.area, c.bbox)).collect();
         assert_eq!(got, vec![(10, 0, 30, [6, 2, 15, 4]), (11, 1, 1, [63, 63, 63, 63]), (11, 2, 4, [1, 1, 2, 2])]);
         assert!((c[2].score - 0.55).abs() < 1e-6);
@@ -299,8 +297,8 @@ mod tests {
         let f = MaskFilter::new(&frame(), &cfg);
         let mut p = plane([0, 0, 4, 4], 2.0); // 16 cells > 1
         p[10..26].fill(0.5); // 16 cells in (−1, 1]
-        assert_eq!(f.candidates(&p, &[1.0], 0).len(), 1);
+        assert_eq!(candidates(&f, &p, &[1.0], 0).len(), 1);
         p[26] = 0.5; // 17 loose cells: 16 / 33 < 0.5
-        assert_eq!(f.candidates(&p, &[1.0], 0).len(), 0);
+        assert_eq!(candidates(&f, &p, &[1.0], 0).len(), 0);
     }
 }

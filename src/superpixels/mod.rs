@@ -8,9 +8,10 @@
 //!   ─ label map [lh, lw], geometry [S, 7], coverage A [S, G²]
 //! ```
 //!
-//! Everything after the mask decoder is host code on the view cells of the low-res crop:
-//! `masks` (filters, bitsets), `selection` (NMS, levels), `regions` (paint, rest, merge),
-//! `coverage` (geometry, order, coverage), `render` (PNGs for the CLI).
+//! After the mask decoder, `Backend::mask_stats` reduces each logit plane, where it lives, to the
+//! counts, box and bits of its view cells; the rest is host code on those bitsets: `masks`
+//! (filters, candidates), `selection` (NMS, levels), `regions` (paint, rest, merge), `coverage`
+//! (geometry, order, coverage), `render` (PNGs for the CLI).
 
 pub mod config;
 pub mod coverage;
@@ -71,9 +72,10 @@ pub struct Stats {
     pub painted_over: usize,
     pub rest_regions: usize,
     pub merges: usize,
-    /// Prompt encoder + mask decoder, including reading the logits back (generate only).
+    /// Prompt encoder + mask decoder, until its IoU scores are on the host (generate only).
     pub decoder_ms: f64,
-    /// Everything after the decoder.
+    /// Everything after the decoder: `mask_stats` where the logits are and reading its rows
+    /// back, then the host steps.
     pub postprocess_ms: f64,
 }
 
@@ -97,9 +99,8 @@ impl<'a> Builder<'a> {
         Ok(Builder { frame, cfg, filter: MaskFilter::new(frame, cfg), candidates: Vec::new(), prompts: 0, busy_ms: 0.0 })
     }
 
-    /// Add the next prompts' logits `[n, 3, L, L]` and IoU predictions `[n, 3]`.
+    /// Add the next prompts' host logits `[n, 3, L, L]` and IoU predictions `[n, 3]`.
     pub fn add(&mut self, logits: &[f32], iou: &[f32]) -> Result<()> {
-        let start = Instant::now();
         let plane = self.frame.mask_size * self.frame.mask_size;
         let n = iou.len() / LEVELS;
         if !iou.len().is_multiple_of(LEVELS) || logits.len() != n * LEVELS * plane {
@@ -113,8 +114,27 @@ impl<'a> Builder<'a> {
                 ),
             ));
         }
-        self.candidates.extend(self.filter.candidates(logits, iou, self.prompts));
-        self.prompts += n;
+        let start = Instant::now();
+        let l = self.frame.mask_size;
+        let logits = Tensor::from_f32(logits.to_vec(), vec![n * LEVELS, l, l])?;
+        let stats = Backend::cpu().mask_stats(&logits, self.filter.view().rect(), self.filter.stability_offset())?;
+        self.busy_ms += start.elapsed().as_secs_f64() * 1e3;
+        self.add_stats(stats.as_i32()?, iou)
+    }
+
+    /// Add the next prompts' `Backend::mask_stats` rows (of their `[n, 3, L, L]` logits over
+    /// `MaskFilter::view().rect()`, with the config's stability offset) and IoU predictions.
+    pub fn add_stats(&mut self, stats: &[i32], iou: &[f32]) -> Result<()> {
+        let start = Instant::now();
+        let row = self.filter.stats_row_len();
+        if !iou.len().is_multiple_of(LEVELS) || stats.len() != iou.len() * row {
+            return Err(Error::arg(
+                "mask statistics",
+                format!("{} values for {} IoU predictions, expected {row} per mask", stats.len(), iou.len()),
+            ));
+        }
+        self.candidates.extend(self.filter.candidates(stats, iou, self.prompts));
+        self.prompts += iou.len() / LEVELS;
         self.busy_ms += start.elapsed().as_secs_f64() * 1e3;
         Ok(())
     }
@@ -208,10 +228,14 @@ pub fn generate_with_stats(
         if out.iou_scores.shape() != [1, batch.len(), LEVELS] {
             return Err(Error::shape("superpixels", format!("mask decoder gave IoU scores {:?}, expected [1, {}, {LEVELS}]", out.iou_scores.shape(), batch.len())));
         }
-        let logits = be.to_vec_f32(&out.pred_masks)?;
         let iou = be.to_vec_f32(&out.iou_scores)?;
         decoder_ms += start.elapsed().as_secs_f64() * 1e3;
-        builder.add(&logits, &iou)?;
+        // The logits stay on the device: only their counts, boxes and bits come back.
+        let start = Instant::now();
+        let stats = be.mask_stats(&out.pred_masks, builder.filter.view().rect(), builder.filter.stability_offset())?;
+        let stats = be.to_host(&stats)?;
+        builder.busy_ms += start.elapsed().as_secs_f64() * 1e3;
+        builder.add_stats(stats.as_i32()?, &iou)?;
     }
     let (sp, mut stats) = builder.finish(grid)?;
     stats.decoder_ms = decoder_ms;

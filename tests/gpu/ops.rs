@@ -218,10 +218,22 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
                 let w = r.tensor(&[n, k]).to_dtype(dtype).unwrap();
                 let (b, res) = (r.tensor(&[n]), r.tensor(&[m, n]));
                 let (xg, wg, bg, rg) = (up(&g, &x), g.backend.upload_weight(&w).unwrap(), up(&g, &b), up(&g, &res));
+                // CUDA's GEMM (M > 4) on bf16 weights rounds the activations to bf16 for the
+                // tensor cores: the reference is the CPU on those rounded activations, to the
+                // same f32 tolerance. The exact f32 path must match the plain CPU result.
+                let tensor_cores = matches!(&g.backend, Backend::Cuda(cb) if cb.bf16_gemm()) && dtype == DType::BF16 && m > 4;
+                let x_ref = if tensor_cores { x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap() } else { x.clone() };
                 for act in ACTS {
-                    let want = cpu().linear(&x, &w, Some(&b), act, Some(&res)).unwrap();
+                    let want = cpu().linear(&x_ref, &w, Some(&b), act, Some(&res)).unwrap();
                     let got = g.backend.linear(&xg, &wg, Some(&bg), act, Some(&rg)).unwrap();
                     same(&format!("linear {m}×{k}×{n} {dtype} {act:?}"), &g, &got, &want, tol_k(&g, k));
+                }
+                if let (true, Backend::Cuda(cb)) = (tensor_cores, &g.backend) {
+                    cb.set_bf16_gemm(false);
+                    let want = cpu().linear(&x, &w, Some(&b), Activation::Gelu, Some(&res)).unwrap();
+                    let got = g.backend.linear(&xg, &wg, Some(&bg), Activation::Gelu, Some(&rg)).unwrap();
+                    cb.set_bf16_gemm(true);
+                    same(&format!("linear {m}×{k}×{n} {dtype} exact f32 GEMM"), &g, &got, &want, tol_k(&g, k));
                 }
                 // The GEMV's plain fallback, on adapters whose subgroup variant ran above.
                 if let (1, Backend::Wgpu(wb)) = (m, &g.backend) {
@@ -230,7 +242,7 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
                     same(&format!("linear {m}×{k}×{n} {dtype} plain GEMV"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Silu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
                     wb.set_use_subgroups(true);
                 }
-                let want = cpu().linear(&x, &w, None, Activation::None, None).unwrap();
+                let want = cpu().linear(&x_ref, &w, None, Activation::None, None).unwrap();
                 same(&format!("linear {m}×{k}×{n} {dtype} bare"), &g, &g.backend.linear(&xg, &wg, None, Activation::None, None).unwrap(), &want, tol_k(&g, k));
             }
         }
@@ -399,5 +411,35 @@ fn scatter_mean_pool_is_the_coverage_weighted_mean() {
             let again = g.backend.scatter_mean_pool(&wg, &fg, &pg).unwrap();
             assert_eq!(g.backend.to_vec_f32(&again).unwrap(), g.backend.to_vec_f32(&got).unwrap(), "scatter_mean_pool {s}×{p}×{c} is not deterministic");
         }
+    }
+}
+
+#[test]
+fn mask_stats_match_the_cpu_exactly() {
+    let mut r = rng("mask_stats");
+    for g in gpus("mask_stats") {
+        // (planes, H, W, rect [y0, x0, h, w]): SAM's 256² planes with a crop, widths around the
+        // 32-bit words, a single cell, and more planes than one grid dimension holds.
+        for (planes, ph, pw, rect) in [(6usize, 256usize, 256usize, [0usize, 0usize, 256usize, 192usize]), (3, 40, 70, [3, 5, 30, 65]), (2, 9, 33, [8, 32, 1, 1]), (4, 17, 64, [0, 0, 17, 64]), (70_000, 2, 3, [0, 1, 2, 2])] {
+            // Values on a coarse lattice in [−3, 3] so many sit exactly on 0 and ±1 (the
+            // thresholds), plus NaN and ±∞; some planes are entirely negative (empty masks).
+            let mut v: Vec<f32> = (0..planes * ph * pw).map(|_| (r.uniform() * 6.0).round() / 2.0).collect();
+            for plane in v.chunks_mut(ph * pw).step_by(3) {
+                plane.iter_mut().for_each(|x| *x = -x.abs() - 0.5);
+            }
+            v[1] = f32::NAN;
+            v[2] = f32::INFINITY;
+            v[4] = f32::NEG_INFINITY;
+            let t = Tensor::from_f32(v, vec![planes, ph, pw]).unwrap();
+            for offset in [1.0f32, 0.0] {
+                let want = cpu().mask_stats(&t, rect, offset).unwrap();
+                let got = g.backend.mask_stats(&up(&g, &t), rect, offset).unwrap();
+                assert_eq!(got.shape(), want.shape());
+                let got = g.backend.to_host(&got).unwrap();
+                assert!(got.as_i32().unwrap() == want.as_i32().unwrap(), "mask_stats {planes}×{ph}×{pw} rect {rect:?} offset {offset} on {}: differs from the CPU", g.backend.name());
+            }
+        }
+        let t = up(&g, &r.tensor(&[2, 8, 8]));
+        assert!(g.backend.mask_stats(&t, [0, 0, 9, 1], 1.0).is_err(), "a rectangle outside the plane must be an error");
     }
 }

@@ -7,6 +7,7 @@
 mod attention;
 mod elementwise;
 mod layout;
+mod masks;
 mod matmul;
 mod norm;
 mod vmath;
@@ -87,6 +88,9 @@ impl CpuBackend {
     }
     pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
         layout::write_kv(cache, new, pos)
+    }
+    pub fn mask_stats(&self, logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tensor> {
+        masks::mask_stats(logits, rect, offset)
     }
     pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
         let (w, f) = (weights.shape(), feats.shape());

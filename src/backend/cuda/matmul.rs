@@ -2,13 +2,16 @@
 //!
 //! * M ≤ `GEMV_MAX_M` rows (decode): kernels/gemv.cu streams each weight row once in its
 //!   stored dtype (f32/f16/bf16) with 128-bit loads, bias/activation/residual fused.
-//! * Larger M: cuBLAS SGEMM (f32 inputs, f32 compute, no TF32: parity with the CPU first), then
-//!   the fused epilogue kernel. f16/bf16 weights are widened to f32 in row blocks of at most
-//!   `WIDEN_CHUNK` elements right before their GEMM. Feeding cuBLAS half inputs instead would
-//!   mean rounding the f32 activations to half (cublasGemmEx has no f32 × f16 mode), a 1e-3
-//!   (f16) to 4e-3 (bf16) relative error per product that breaks parity with the CPU; the
-//!   widening pass costs one read of the half weight and one f32 write+read, small against the
-//!   2·M·N·K flops of a GEMM with M > 4.
+//! * Larger M with bf16 weights (the default): the f32 activations are rounded to bf16 in one
+//!   pass and cuBLAS multiplies bf16 × bf16 on the tensor cores, accumulating and writing f32.
+//!   This is the precision of bf16 inference everywhere (PyTorch's bf16 `Linear` rounds its
+//!   output to bf16 as well; here only the operands are rounded), and it is what the 7B prefill
+//!   and the ViT encoders need: cuBLAS's f32 SGEMM runs at ~50 TFLOP/s on an H100, bf16 at ~600+.
+//!   `CudaBackend::set_bf16_gemm(false)` (or `VISWORD_CUDA_GEMM=f32`) selects the exact path below.
+//! * Otherwise: cuBLAS SGEMM (f32 inputs, f32 compute, no TF32), then the fused epilogue kernel.
+//!   f16 (and, on the exact path, bf16) weights are widened to f32 in row blocks of at most
+//!   `WIDEN_CHUNK` elements right before their GEMM. f16 is never fed to cuBLAS as is: that
+//!   would round the activations to f16, whose range (65504) real activations can exceed.
 
 use std::ffi::c_void;
 
@@ -29,8 +32,10 @@ fn int(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::shape(op, format!("{what} = {v} exceeds cuBLAS's 32-bit sizes")))
 }
 
-/// One column-major GEMM (batched with strides): C = op(A) · op(B), all f32.
+/// One column-major GEMM (batched with strides): C = op(A) · op(B); A and B f32 (or both bf16
+/// with `bf16`), C f32.
 pub(super) struct Gemm {
+    bf16: bool,
     trans_a: bool,
     trans_b: bool,
     m: usize,
@@ -52,7 +57,7 @@ impl Gemm {
     /// One unbatched GEMM.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn single(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, a: u64, lda: usize, b: u64, ldb: usize, c: u64, ldc: usize) -> Gemm {
-        Gemm { trans_a, trans_b, m, n, k, a, lda, stride_a: 0, b, ldb, stride_b: 0, c, ldc, stride_c: 0, batch: 1 }
+        Gemm { bf16: false, trans_a, trans_b, m, n, k, a, lda, stride_a: 0, b, ldb, stride_b: 0, c, ldc, stride_c: 0, batch: 1 }
     }
 }
 
@@ -65,6 +70,7 @@ impl CudaBackend {
         let t = |x: bool| if x { bsys::cublasOperation_t::CUBLAS_OP_T } else { bsys::cublasOperation_t::CUBLAS_OP_N };
         let (alpha, beta) = (1.0f32, 0.0f32);
         let f32t = bsys::cudaDataType::CUDA_R_32F;
+        let abt = if g.bf16 { bsys::cudaDataType::CUDA_R_16BF } else { f32t };
         let (m, n, k) = (int(op, "m", g.m)?, int(op, "n", g.n)?, int(op, "k", g.k.max(1))?);
         let (lda, ldb, ldc) = (int(op, "lda", g.lda.max(1))?, int(op, "ldb", g.ldb.max(1))?, int(op, "ldc", g.ldc.max(1))?);
         let batch = int(op, "batch", g.batch)?;
@@ -83,11 +89,11 @@ impl CudaBackend {
                 k,
                 &alpha as *const f32 as *const c_void,
                 g.a as *const c_void,
-                f32t,
+                abt,
                 lda,
                 g.stride_a as i64,
                 g.b as *const c_void,
-                f32t,
+                abt,
                 ldb,
                 g.stride_b as i64,
                 &beta as *const f32 as *const c_void,
@@ -140,7 +146,8 @@ impl CudaBackend {
         launch!(self, op, self.function(&kernels::GEMV, name)?, cfg, xp, wp, yp, m32, n64, k32, bp, bdt, a, rp)
     }
 
-    /// y [m, n] = x [m, k] · wᵀ with cuBLAS (k ≥ 1), widening a half weight block by block.
+    /// y [m, n] = x [m, k] · wᵀ with cuBLAS (k ≥ 1): bf16 tensor cores for a bf16 weight (unless
+    /// switched off), else f32 SGEMM, widening a half weight block by block.
     fn gemm_nt(&self, op: &'static str, xp: u64, w: &Tensor, y: &CudaSlice<f32>, m: usize) -> Result<()> {
         let (n, k) = (w.dim(0), w.dim(1));
         if n == 0 || m == 0 {
@@ -150,7 +157,8 @@ impl CudaBackend {
         let (wp, dt) = self.any_float(w, op)?;
         // Column-major view: y is [n, m] (ld n) = op(w)[n, k] · xᵀ[k, m]; w row-major [n, k]
         // is column-major [k, n] (ld k), transposed.
-        let gemm = |a: u64, rows: usize, row0: usize| Gemm {
+        let gemm = |bf16: bool, a: u64, b: u64, rows: usize, row0: usize| Gemm {
+            bf16,
             trans_a: true,
             trans_b: false,
             m: rows,
@@ -159,7 +167,7 @@ impl CudaBackend {
             a,
             lda: k,
             stride_a: 0,
-            b: xp,
+            b,
             ldb: k,
             stride_b: 0,
             c: yp + (row0 * 4) as u64,
@@ -168,7 +176,13 @@ impl CudaBackend {
             batch: 1,
         };
         if dt == 0 {
-            return self.sgemm(op, &gemm(wp, n, 0));
+            return self.sgemm(op, &gemm(false, wp, xp, n, 0));
+        }
+        if dt == 2 && self.bf16_gemm() {
+            let xb = self.alloc::<half::bf16>(m * k, op)?;
+            let (xbp, n64) = (self.ptr(&xb), (m * k) as u64);
+            launch!(self, op, self.function(&kernels::ELEMENTWISE, "f32_to_bf16_rn")?, grid_1d(m * k), xp, xbp, n64)?;
+            return self.sgemm(op, &gemm(true, wp, xbp, n, 0));
         }
         let rows_per = (WIDEN_CHUNK / k).clamp(1, n);
         let scratch = self.alloc::<f32>(rows_per * k, op)?;
@@ -177,7 +191,7 @@ impl CudaBackend {
         while row0 < n {
             let rows = rows_per.min(n - row0);
             self.to_f32_into(op, wp + (row0 * k * 2) as u64, dt, sp, rows * k)?;
-            self.sgemm(op, &gemm(sp, rows, row0))?;
+            self.sgemm(op, &gemm(false, sp, xp, rows, row0))?;
             row0 += rows;
         }
         Ok(())
@@ -266,9 +280,9 @@ impl CudaBackend {
         // trans_b, B row-major [n, k] is column-major [k, n] (ld k), transposed.
         let (ldb_, trans) = if trans_b { (k, true) } else { (n, false) };
         let g = if shared {
-            Gemm { trans_a: trans, trans_b: false, m: n, n: batch * m, k, a: bp, lda: ldb_, stride_a: 0, b: ap, ldb: k, stride_b: 0, c: yp, ldc: n, stride_c: 0, batch: 1 }
+            Gemm { bf16: false, trans_a: trans, trans_b: false, m: n, n: batch * m, k, a: bp, lda: ldb_, stride_a: 0, b: ap, ldb: k, stride_b: 0, c: yp, ldc: n, stride_c: 0, batch: 1 }
         } else {
-            Gemm { trans_a: trans, trans_b: false, m: n, n: m, k, a: bp, lda: ldb_, stride_a: k * n, b: ap, ldb: k, stride_b: m * k, c: yp, ldc: n, stride_c: m * n, batch }
+            Gemm { bf16: false, trans_a: trans, trans_b: false, m: n, n: m, k, a: bp, lda: ldb_, stride_a: k * n, b: ap, ldb: k, stride_b: m * k, c: yp, ldc: n, stride_c: m * n, batch }
         };
         self.sgemm(OP, &g)?;
         drop(widened);

@@ -15,6 +15,7 @@ mod conv;
 mod elementwise;
 mod layout;
 mod libs;
+mod masks;
 mod matmul;
 mod norm;
 mod rope;
@@ -58,6 +59,8 @@ pub struct CudaBackend {
     /// NVRTC's target when a module must be compiled at run time ("compute_90" on an H100).
     arch: String,
     name: String,
+    /// GEMMs on bf16 weights run on the bf16 tensor cores (matmul.rs); off: exact f32 SGEMM.
+    bf16_gemm: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -158,7 +161,19 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone()).map_err(|e| unavailable(format!("cuBLAS did not initialise ({e})")))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| unavailable(format!("compute capability: {e}")))?;
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
-        Ok(CudaBackend { ctx, stream, blas, modules: Default::default(), arch: format!("compute_{major}{minor}"), name })
+        let bf16_gemm = std::env::var("VISWORD_CUDA_GEMM").map(|v| v.trim() != "f32").unwrap_or(true);
+        Ok(CudaBackend { ctx, stream, blas, modules: Default::default(), arch: format!("compute_{major}{minor}"), name, bf16_gemm: bf16_gemm.into() })
+    }
+
+    /// Whether GEMMs (M > 4) on bf16 weights round the activations to bf16 and run on the tensor
+    /// cores (the default), or widen the weights to f32 for an exact f32 SGEMM
+    /// (`VISWORD_CUDA_GEMM=f32` at start-up, or `set_bf16_gemm(false)`).
+    pub fn bf16_gemm(&self) -> bool {
+        self.bf16_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_bf16_gemm(&self, on: bool) {
+        self.bf16_gemm.store(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn device_name(&self) -> String {

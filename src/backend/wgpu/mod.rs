@@ -49,6 +49,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod layout;
+mod masks;
 mod matmul;
 mod norm;
 mod runtime;
@@ -198,6 +199,9 @@ impl WgpuBackend {
     }
     pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
         scatter_pool::scatter_mean_pool(self, weights, feats, pos)
+    }
+    pub fn mask_stats(&self, logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tensor> {
+        masks::mask_stats(self, logits, rect, offset)
     }
 }
 

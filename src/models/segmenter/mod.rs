@@ -269,13 +269,13 @@ impl Segmenter {
         let vision_px = be.upload(&vision_px)?;
 
         let (embedding, sam_ms) = timed(be, || self.sam.image_embeddings(be, &sam_px))?;
-        let (superpixels, superpixels_ms) = if self.projector.kind == ProjectorKind::Svp {
+        let (superpixels, superpixels_ms, sp_split) = if self.projector.kind == ProjectorKind::Svp {
             let view = self.config.vision_processor.view_rect(size.0, size.1);
             let frame = Frame::new(size, s_in, self.sam.mask_size(), view)?;
-            let (sp, ms) = timed(be, || superpixels::generate(be, &self.sam, &embedding, &frame, self.config.grid, &self.config.superpixels))?;
-            (Some(sp), Some(ms))
+            let ((sp, stats), ms) = timed(be, || superpixels::generate_with_stats(be, &self.sam, &embedding, &frame, self.config.grid, &self.config.superpixels))?;
+            (Some(sp), Some(ms), Some((stats.decoder_ms, stats.postprocess_ms)))
         } else {
-            (None, None)
+            (None, None, None)
         };
         let (features, vision_ms) = timed(be, || {
             let seq = self.vision.feature_layer(be, &vision_px, self.config.vision_feature_layer)?;
@@ -323,6 +323,8 @@ impl Segmenter {
             vision_encoder: vision_ms,
             sam_encoder: sam_ms,
             superpixels: superpixels_ms,
+            superpixels_decoder: sp_split.map(|x| x.0),
+            superpixels_postprocess: sp_split.map(|x| x.1),
             projector: projector_ms,
             prefill: assemble_ms + dec.prefill_ms,
             decode_per_token: (dec.decode_steps > 0).then(|| dec.decode_ms / dec.decode_steps as f64),
