@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 impl CudaBackend {
-    /// out[s, c] = Σ_p weights[s, p] · (feats[p, c] + pos[p, c]), one ordered sum per output.
+    /// out[s, c] = Σ_p weights[s, p] · (feats[p, c] + pos[p, c]), in a fixed order per output.
     pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
         const OP: &str = "scatter_mean_pool";
         let (w, f) = (weights.shape(), feats.shape());
@@ -21,7 +21,8 @@ impl CudaBackend {
         let (wp, fp, pp) = (self.f32_ptr(weights, OP)?, self.f32_ptr(feats, OP)?, self.f32_ptr(pos, OP)?);
         let out = self.alloc_f32(&[s, c])?;
         if s > 0 && c > 0 {
-            let cfg = LaunchConfig { grid_dim: (c.div_ceil(256) as u32, s as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // 32 columns × 8 slices of P per block (kernels/scatter_pool.cu).
+            let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, s as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             let (op, s32, p32, c32) = (self.ptr(&out), s as u32, p as u32, c as u32);
             launch!(self, OP, self.function(&kernels::SCATTER_POOL, "scatter_mean_pool_f32")?, cfg, wp, fp, pp, op, s32, p32, c32)?;
         }
