@@ -6,6 +6,7 @@
 #   kernels        the CUDA kernel tests (cuda_kernels), when packed
 #   tests-wgpu     the GPU test binary on wgpu, when a Vulkan driver is there (VISWORD_REQUIRE=wgpu)
 #   bench-cuda     visword bench --backend cuda --preset lisa-7b --json
+#   profile-cuda   the same with VISWORD_PROFILE=1 (one run): device time per op, in its log
 #   torch-eager    tools/bench_torch.py, eager (same card, same run)
 #   bench-dinov2   visword bench --backend cuda --preset dinov2-lisa-7b --json
 #   bench-wgpu     visword bench --backend wgpu (lisa-7b on a hardware adapter, tiny on a software one)
@@ -30,7 +31,7 @@ BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-3}
 DECODE_TOKENS=${DECODE_TOKENS:-8}
 TEST_THREADS=${TEST_THREADS:-4}
-ALL_STEPS=(tests-cuda kernels tests-wgpu bench-cuda torch-eager bench-dinov2 bench-wgpu torch-compile)
+ALL_STEPS=(tests-cuda kernels tests-wgpu bench-cuda profile-cuda torch-eager bench-dinov2 bench-wgpu torch-compile)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -94,7 +95,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local var="T_$(echo "$1" | tr 'a-z-' 'A-Z_')"
   local def
   case $1 in
-    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; bench-cuda) def=150 ;;
+    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; bench-cuda) def=150 ;; profile-cuda) def=90 ;;
     torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
@@ -157,6 +158,12 @@ for step in "${ALL_STEPS[@]}"; do
       elif ! have_bin visword; then skip "$step" "$BIN/visword missing"
       else run_step "$step" "$logs/$step.log" "$OUT/visword-cuda-$preset.json" \
         "$BIN/visword" bench --backend cuda --preset $preset --json --runs "$RUNS" --decode-tokens "$DECODE_TOKENS"
+      fi ;;
+    profile-cuda)
+      if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"
+      elif ! have_bin visword; then skip "$step" "$BIN/visword missing"
+      else VISWORD_PROFILE=1 run_step "$step" "$logs/profile-cuda.log" "$logs/profile-cuda.out" \
+        "$BIN/visword" bench --backend cuda --preset lisa-7b --runs 1 --decode-tokens 4
       fi ;;
     bench-wgpu)
       if [ $vulkan = none ]; then skip "$step" "no Vulkan driver"

@@ -5,7 +5,7 @@
 #   visword        the release binary (`visword bench --backend cuda|wgpu`)
 #   gpu            the GPU test binary (tests/gpu/main.rs: ops, attention, models on every GPU backend)
 #   cuda_kernels   the CUDA kernel test binary (tests/cuda_kernels.rs), when the tree has it
-#   vulkan/*.deb   the Vulkan loader (libvulkan1), for a machine whose image lacks it
+#   vulkan/*.deb   the Vulkan loader (libvulkan1) and GLVND, for a machine whose image lacks them
 #   manifest.txt   commit, build date, file sizes
 #
 # Binaries are stripped; the folder must stay under 64 MiB (what a device run may carry with the
@@ -62,11 +62,13 @@ else
 fi
 strip "$out"/visword "$out"/gpu ${kernels:+"$out"/cuda_kernels}
 
-# The Vulkan loader, for GPU images without one (gpu-check.sh unpacks it only when needed).
+# The Vulkan loader, for GPU images without one (gpu-check.sh unpacks it only when needed), and
+# the GLVND libraries NVIDIA's Vulkan driver (libGLX_nvidia) links against: without them the
+# loader finds the driver manifest but no adapter.
 mkdir -p "$out/vulkan"
 o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/gpu-pack-apt-lists)
 mkdir -p /tmp/gpu-pack-apt-lists/partial
-if ! (apt-get "${o[@]}" update -qq >/dev/null 2>&1 && cd "$out/vulkan" && apt-get "${o[@]}" download -qq libvulkan1 >/dev/null 2>&1); then
+if ! (apt-get "${o[@]}" update -qq >/dev/null 2>&1 && cd "$out/vulkan" && apt-get "${o[@]}" download -qq libvulkan1 libglvnd0 libegl1 libglx0 libgl1 libopengl0 libgles2 >/dev/null 2>&1); then
   echo "note: could not download libvulkan1; gpu-check.sh will rely on the machine's loader" >&2
 fi
 rmdir "$out/vulkan" 2>/dev/null || true

@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod profile;
 pub mod wgpu;
 
 pub use cpu::BinaryOp;
@@ -179,6 +180,14 @@ macro_rules! dispatch {
     };
 }
 
+/// `dispatch!` for one op, timed under `name` when profiling is on (profile.rs).
+macro_rules! op {
+    ($self:ident, $name:expr, $b:ident => $e:expr) => {{
+        let _span = profile::Span::start($self, || $name.to_string());
+        dispatch!($self, $b => $e)
+    }};
+}
+
 impl Backend {
     /// Create the requested backend. `Auto` picks the fastest one available: CUDA when a device
     /// exists, else wgpu on a hardware GPU adapter, else the CPU (with a one-line notice on
@@ -248,6 +257,7 @@ impl Backend {
         if t.cpu_data().is_some() {
             return Ok(t.clone());
         }
+        let _span = profile::Span::start(self, || "to_host".into());
         match self {
             Backend::Cpu(_) => Err(Error::shape("to_host", format!("tensor is on {}, not the CPU backend", t.device_name()))),
             Backend::Cuda(b) => b.to_host(t),
@@ -263,123 +273,123 @@ impl Backend {
     /// y = act(x · wᵀ + bias) (+ residual). x: [.., K] f32; w: [N, K] f32/f16/bf16; bias: [N];
     /// residual: same shape as y, added after the activation.
     pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
-        dispatch!(self, b => b.linear(x, w, bias, act, residual))
+        op!(self, if x.numel() / x.shape().last().copied().unwrap_or(1).max(1) <= 4 { "linear, M ≤ 4" } else { "linear, M > 4" }, b => b.linear(x, w, bias, act, residual))
     }
 
     /// x · wᵢᵀ for several weights that share the input (fused Q/K/V or gate/up projections
     /// without concatenating the stored weights). No bias or activation.
     pub fn linear_many(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
-        dispatch!(self, b => b.linear_many(x, ws))
+        op!(self, "linear_many", b => b.linear_many(x, ws))
     }
 
     /// Batched matmul: a [.., M, K] · b [.., K, N] (or b [.., N, K] when `trans_b`). b may have
     /// no batch dims (shared by every batch) or the same batch dims as a.
     pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
-        dispatch!(self, be => be.matmul(a, b, trans_b))
+        op!(self, "matmul", be => be.matmul(a, b, trans_b))
     }
 
     /// LayerNorm over the last dim.
     pub fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-        dispatch!(self, be => be.layer_norm(x, w, b, eps))
+        op!(self, "layer_norm", be => be.layer_norm(x, w, b, eps))
     }
 
     /// LayerNorm over the channel dim of an NCHW tensor (SAM's LayerNorm2d).
     pub fn layer_norm_channels(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-        dispatch!(self, be => be.layer_norm_channels(x, w, b, eps))
+        op!(self, "layer_norm_channels", be => be.layer_norm_channels(x, w, b, eps))
     }
 
     /// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w.
     pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-        dispatch!(self, be => be.rms_norm(x, w, eps))
+        op!(self, "rms_norm", be => be.rms_norm(x, w, eps))
     }
 
     /// Softmax over the last dim.
     pub fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        dispatch!(self, be => be.softmax(x))
+        op!(self, "softmax", be => be.softmax(x))
     }
 
     /// Pointwise activation.
     pub fn activate(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        dispatch!(self, be => be.activate(x, act))
+        op!(self, "activate", be => be.activate(x, act))
     }
 
     /// silu(gate) · up, elementwise (SwiGLU).
     pub fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        dispatch!(self, be => be.silu_mul(gate, up))
+        op!(self, "silu_mul", be => be.silu_mul(gate, up))
     }
 
     /// a + b with numpy broadcasting.
     pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        dispatch!(self, be => be.binary(a, b, BinaryOp::Add))
+        op!(self, "add", be => be.binary(a, b, BinaryOp::Add))
     }
 
     /// a − b with numpy broadcasting.
     pub fn sub(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        dispatch!(self, be => be.binary(a, b, BinaryOp::Sub))
+        op!(self, "sub", be => be.binary(a, b, BinaryOp::Sub))
     }
 
     /// a · b with numpy broadcasting.
     pub fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        dispatch!(self, be => be.binary(a, b, BinaryOp::Mul))
+        op!(self, "mul", be => be.binary(a, b, BinaryOp::Mul))
     }
 
     /// x · s + t.
     pub fn affine(&self, x: &Tensor, s: f32, t: f32) -> Result<Tensor> {
-        dispatch!(self, be => be.affine(x, s, t))
+        op!(self, "affine", be => be.affine(x, s, t))
     }
 
     /// Attention: q [B, H, Nq, D]; k, v [B, Hkv, Nk, D] with H a multiple of Hkv (GQA).
     /// Returns [B, H, Nq, D]. Never materialises more than a block of scores.
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
-        dispatch!(self, be => be.attention(q, k, v, p))
+        op!(self, if q.dims() == 4 && q.dim(2) <= 8 { "attention, Nq ≤ 8" } else { "attention" }, be => be.attention(q, k, v, p))
     }
 
     /// Rotary embedding, HF "rotate_half" layout: x [B, H, N, D]; cos, sin [max_pos, D/2];
     /// token i uses row `pos_offset + i`.
     pub fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
-        dispatch!(self, be => be.rope(x, cos, sin, pos_offset))
+        op!(self, "rope", be => be.rope(x, cos, sin, pos_offset))
     }
 
     /// Rows of `table` [V, D] (any float dtype) for `ids` → [ids.len(), D] f32. Errors on an
     /// id ≥ V.
     pub fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-        dispatch!(self, be => be.embedding(table, ids))
+        op!(self, "embedding", be => be.embedding(table, ids))
     }
 
     /// Permute dimensions (a copy).
     pub fn permute(&self, x: &Tensor, dims: &[usize]) -> Result<Tensor> {
-        dispatch!(self, be => be.permute(x, dims))
+        op!(self, "permute", be => be.permute(x, dims))
     }
 
     /// `len` entries of dim `dim` starting at `start` (a copy).
     pub fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
-        dispatch!(self, be => be.narrow(x, dim, start, len))
+        op!(self, "narrow", be => be.narrow(x, dim, start, len))
     }
 
     /// Concatenate along `dim`.
     pub fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
-        dispatch!(self, be => be.concat(xs, dim))
+        op!(self, "concat", be => be.concat(xs, dim))
     }
 
     /// Zero-pad the last two dims of an [.., H, W] tensor: (top, bottom, left, right).
     pub fn pad2d(&self, x: &Tensor, top: usize, bottom: usize, left: usize, right: usize) -> Result<Tensor> {
-        dispatch!(self, be => be.pad2d(x, top, bottom, left, right))
+        op!(self, "pad2d", be => be.pad2d(x, top, bottom, left, right))
     }
 
     /// 2-D convolution, NCHW: x [B, Cin, H, W], w [Cout, Cin, kh, kw], symmetric zero padding.
     pub fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-        dispatch!(self, be => be.conv2d(x, w, bias, stride, padding))
+        op!(self, "conv2d", be => be.conv2d(x, w, bias, stride, padding))
     }
 
     /// Transposed 2-D convolution with kernel == stride and no padding (SAM's upscaler):
     /// x [B, Cin, H, W], w [Cin, Cout, k, k] → [B, Cout, H·k, W·k].
     pub fn conv_transpose2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
-        dispatch!(self, be => be.conv_transpose2d(x, w, bias, stride))
+        op!(self, "conv_transpose2d", be => be.conv_transpose2d(x, w, bias, stride))
     }
 
     /// Write `new` [B, H, n, D] into `cache` [B, H, max, D] at positions `pos..pos+n`, in place.
     pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
-        dispatch!(self, be => be.write_kv(cache, new, pos))
+        op!(self, "write_kv", be => be.write_kv(cache, new, pos))
     }
 
     /// Superpixel scatter-mean pooling with the SSPE inputs in one pass:
@@ -387,7 +397,7 @@ impl Backend {
     /// row-normalised coverage (each row sums to 1), feats and pos [P, C]. Deterministic: every
     /// output is one ordered sum over p (no atomics).
     pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
-        dispatch!(self, be => be.scatter_mean_pool(weights, feats, pos))
+        op!(self, "scatter_mean_pool", be => be.scatter_mean_pool(weights, feats, pos))
     }
 
     /// Per mask plane of `logits` (f32 [..., H, W]), over the cell rectangle `rect` =
@@ -398,7 +408,7 @@ impl Backend {
     /// (all −1 when there are none) — then the binary mask: word j of rectangle row r has bit b
     /// set where logit[y0 + r, x0 + 32j + b] > 0. Integer results: identical on every backend.
     pub fn mask_stats(&self, logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tensor> {
-        dispatch!(self, be => be.mask_stats(logits, rect, offset))
+        op!(self, "mask_stats", be => be.mask_stats(logits, rect, offset))
     }
 
     /// Block until every op queued so far has finished, so a host clock brackets real work

@@ -56,6 +56,9 @@ pub fn run(args: &Args) -> Result<()> {
         points_per_side: args.points_per_side,
     };
     let report = bench::run(&opts)?;
+    if crate::backend::profile::enabled() {
+        eprintln!("{}", crate::backend::profile::report());
+    }
     let text = if args.json { report.to_json() + "\n" } else { report.render_table() };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| Error::io("<stdout>", e))
