@@ -4,16 +4,13 @@
 // Layout: x [m, k] f32, w [n, k] (f32 / f16 / bf16), y [m, n] f32, residual [m, n] f32,
 // bias [n] of dtype bdt (null = none). Epilogue: y = act(acc + bias) + residual (the CPU's).
 // Launch: one warp per weight row, 8 warps per 256-thread block, warps stride over rows (any
-// n). When k % 8 == 0 each lane loads 4 × 8 weights per step with 128-bit loads (two per 8 for
-// f32), all issued before the first is used, and the matching activations with float4 loads;
-// otherwise a scalar loop. Bytes per row: k·sizeof(w) of weights (read once, bypassing L1) +
-// m·k·4 of x (L1/L2 resident).
+// n). When k % 8 == 0 each lane loads 8 weights per step with 128-bit loads (two for f32) and
+// the matching 8 activations with two float4 loads; otherwise a scalar loop. Bytes per row:
+// k·sizeof(w) of weights (read once, bypassing L1) + m·k·4 of x (L1/L2 resident).
 // Flops: 2·m·n·k. Bound by weight bandwidth: a 576×1536 bf16 matrix is 1.8 MB.
 #include "common.cuh"
 
 #define GEMV_MAX_M 4
-// 8-element weight chunks each lane loads before using them.
-#define GEMV_BATCH 4
 
 __device__ __forceinline__ void load8(const float* w, u64 e, float* o) {
     const float4 a = __ldg((const float4*)(w + e)), b = __ldg((const float4*)(w + e + 4));
@@ -52,33 +49,20 @@ __device__ __forceinline__ void gemv_impl(const float* __restrict__ x, const W* 
         const W* wr = w + row * k;
         if ((k & 7u) == 0) {
             const unsigned chunks = k >> 3;
-            // GEMV_BATCH independent 16-byte weight loads are issued before any is used, so
-            // each lane keeps that many requests in flight (what HBM needs to reach its
-            // bandwidth with one warp per row).
-            for (unsigned c0 = lane; c0 < chunks; c0 += 32 * GEMV_BATCH) {
-                float wv[GEMV_BATCH][8];
+#pragma unroll 2
+            for (unsigned c = lane; c < chunks; c += 32) {
+                float wv[8];
+                if constexpr (DT == DT_F32) load8w(wr, (u64)c * 8, wv);
+                else load8w<DT>(wr, (u64)c * 8, wv);
 #pragma unroll
-                for (int u = 0; u < GEMV_BATCH; ++u) {
-                    const unsigned c = c0 + 32 * u;
-                    if (c < chunks) {
-                        if constexpr (DT == DT_F32) load8w(wr, (u64)c * 8, wv[u]);
-                        else load8w<DT>(wr, (u64)c * 8, wv[u]);
-                    }
-                }
-#pragma unroll
-                for (int u = 0; u < GEMV_BATCH; ++u) {
-                    const unsigned c = c0 + 32 * u;
-                    if (c >= chunks) break;
-#pragma unroll
-                    for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
-                        if (mi < (int)m) {
-                            const float* xr = x + (u64)mi * k + (u64)c * 8;
-                            const float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
-                            float s = acc[mi];
-                            s = fmaf(wv[u][0], a.x, s); s = fmaf(wv[u][1], a.y, s); s = fmaf(wv[u][2], a.z, s); s = fmaf(wv[u][3], a.w, s);
-                            s = fmaf(wv[u][4], b.x, s); s = fmaf(wv[u][5], b.y, s); s = fmaf(wv[u][6], b.z, s); s = fmaf(wv[u][7], b.w, s);
-                            acc[mi] = s;
-                        }
+                for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
+                    if (mi < (int)m) {
+                        const float* xr = x + (u64)mi * k + (u64)c * 8;
+                        const float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
+                        float s = acc[mi];
+                        s = fmaf(wv[0], a.x, s); s = fmaf(wv[1], a.y, s); s = fmaf(wv[2], a.z, s); s = fmaf(wv[3], a.w, s);
+                        s = fmaf(wv[4], b.x, s); s = fmaf(wv[5], b.y, s); s = fmaf(wv[6], b.z, s); s = fmaf(wv[7], b.w, s);
+                        acc[mi] = s;
                     }
                 }
             }
