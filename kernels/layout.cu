@@ -2,7 +2,8 @@
 // pad2d, embedding gather.
 //
 // * permute_f32:    out[i] = x[src(i)], src from the output index and the permuted input
-//                   strides (≤ 8 dims). Writes are coalesced, reads strided.
+//                   strides (≤ 8 dims). Writes are coalesced, reads strided. permute_f32x4:
+//                   the same in float4 units when whole rows of 4k floats move.
 // * copy_rows_f32:  n elements in rows of `chunk`: dst[r·dst_pitch + dst_off + j] =
 //                   src[r·src_pitch + src_off + j]. narrow is one call, concat one per input,
 //                   write_kv one per new block. copy_rows_f32x4: the same in float4 units,
@@ -22,15 +23,40 @@ struct Permute {
     u64 src_stride[8];
 };
 
-extern "C" __global__ void permute_f32(const float* __restrict__ x, float* __restrict__ y, u64 n, Permute p) {
-    GRID_STRIDE(i, n) {
-        u64 r = i, off = 0;
-        for (int d = (int)p.ndim - 1; d >= 0; --d) {
-            off += (r % p.shape[d]) * p.src_stride[d];
-            r /= p.shape[d];
+// Every source offset is < n (a permutation moves n elements), so below 2^32 elements the index
+// math runs in 32 bits: a 64-bit div/mod costs several times a 32-bit one, once per dim.
+template <typename T>
+__device__ __forceinline__ void permute_impl(const T* __restrict__ x, T* __restrict__ y, u64 n, const Permute& p) {
+    if (n <= 0xffffffffull) {
+        GRID_STRIDE(i, n) {
+            unsigned r = (unsigned)i, off = 0;
+            for (int d = (int)p.ndim - 1; d >= 0; --d) {
+                const unsigned len = (unsigned)p.shape[d], q = r / len;
+                off += (r - q * len) * (unsigned)p.src_stride[d];
+                r = q;
+            }
+            y[i] = x[off];
         }
-        y[i] = x[off];
+    } else {
+        GRID_STRIDE(i, n) {
+            u64 r = i, off = 0;
+            for (int d = (int)p.ndim - 1; d >= 0; --d) {
+                off += (r % p.shape[d]) * p.src_stride[d];
+                r /= p.shape[d];
+            }
+            y[i] = x[off];
+        }
     }
+}
+
+extern "C" __global__ void permute_f32(const float* __restrict__ x, float* __restrict__ y, u64 n, Permute p) {
+    permute_impl(x, y, n, p);
+}
+// The same in float4 units, when the innermost source run is contiguous and a multiple of 4
+// (head splits, window partitions: whole rows of D floats move), every other stride is a
+// multiple of 4 and both bases are 16-byte aligned (the host checks).
+extern "C" __global__ void permute_f32x4(const float4* __restrict__ x, float4* __restrict__ y, u64 n, Permute p) {
+    permute_impl(x, y, n, p);
 }
 
 extern "C" __global__ void copy_rows_f32(const float* __restrict__ src, float* __restrict__ dst, u64 n, u64 chunk,

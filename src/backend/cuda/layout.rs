@@ -101,13 +101,20 @@ impl CudaBackend {
             if shp.len() > 8 {
                 return Err(Error::shape(OP, format!("{dims:?} of {s:?} needs more than 8 dims after merging")));
             }
+            let yp = self.ptr(&out);
+            // Whole float4s: the innermost merged run is contiguous with a length that is a
+            // multiple of 4, every other stride is too, and both bases are 16-byte aligned.
+            let last = shp.len() - 1;
+            let vec4 = st[last] == 1 && shp[last] % 4 == 0 && st[..last].iter().all(|s| s % 4 == 0) && xp % 16 == 0 && yp % 16 == 0;
+            let w = if vec4 { 4 } else { 1 };
             let mut p = Permute { ndim: shp.len() as u32, pad: 0, shape: [1; 8], src_stride: [0; 8] };
             for i in 0..shp.len() {
                 p.shape[i] = shp[i] as u64;
-                p.src_stride[i] = st[i] as u64;
+                p.src_stride[i] = if i == last && vec4 { 1 } else { (st[i] / w) as u64 };
             }
-            let (yp, n64) = (self.ptr(&out), n as u64);
-            launch!(self, OP, self.function(&kernels::LAYOUT, "permute_f32")?, grid_1d(n), xp, yp, n64, p)?;
+            p.shape[last] /= w as u64;
+            let (name, n64) = if vec4 { ("permute_f32x4", (n / 4) as u64) } else { ("permute_f32", n as u64) };
+            launch!(self, OP, self.function(&kernels::LAYOUT, name)?, grid_1d(n / w), xp, yp, n64, p)?;
         }
         Ok(self.wrap_f32(out, out_shape))
     }
