@@ -51,6 +51,11 @@ fn tiny_json_report_has_every_stage_and_the_real_token_counts() {
         }
         let superpixels = stages["superpixels"].as_f64();
         assert_eq!(superpixels.is_some(), name == "svp", "only svp generates superpixels: {r}");
+        let split = ["superpixels_decoder", "superpixels_postprocess"].map(|s| stages[s].as_f64());
+        assert!(split.iter().all(|x| x.is_some() == (name == "svp")), "{name}: the superpixel split goes with the stage: {r}");
+        if let (Some(total), [Some(decoder), Some(post)]) = (superpixels, split) {
+            assert!(decoder > 0.0 && post > 0.0 && decoder + post <= total * 1.01, "svp: decoder {decoder} + post-processing {post} within {total} ms");
+        }
         let sum: f64 = ["vision_encoder", "sam_encoder", "projector", "prefill", "mask_decoder"]
             .iter()
             .map(|s| stages[*s].as_f64().unwrap())

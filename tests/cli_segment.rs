@@ -86,10 +86,15 @@ fn segment_writes_mask_overlay_dump_and_json() {
     assert_eq!(keys, want);
     let mut stages: Vec<&str> = v["stages_ms"].as_object().unwrap().keys().map(String::as_str).collect();
     stages.sort();
-    assert_eq!(stages, ["decode_per_token", "mask_decoder", "prefill", "projector", "sam_encoder", "superpixels", "vision_encoder"]);
+    assert_eq!(
+        stages,
+        ["decode_per_token", "mask_decoder", "prefill", "projector", "sam_encoder", "superpixels", "superpixels_decoder", "superpixels_postprocess", "vision_encoder"]
+    );
     assert_eq!(v["answer"], "[SEG]");
     assert_eq!(v["visual_tokens"], 64);
-    assert!(v["stages_ms"]["superpixels"].is_null());
+    for stage in ["superpixels", "superpixels_decoder", "superpixels_postprocess"] {
+        assert!(v["stages_ms"][stage].is_null(), "{stage} without svp");
+    }
     assert!(v["end_to_end_ms"].as_f64().unwrap() > 0.0);
 }
 
@@ -106,7 +111,9 @@ fn segment_with_svp_dumps_the_superpixels() {
     assert_eq!(v["answer"], "[SEG]");
     let n = v["visual_tokens"].as_u64().unwrap() as usize;
     assert!((1..=10).contains(&n), "{n} visual tokens with --max-superpixels 10");
-    assert!(v["stages_ms"]["superpixels"].as_f64().unwrap() > 0.0);
+    let total = v["stages_ms"]["superpixels"].as_f64().unwrap();
+    let (decoder, post) = (v["stages_ms"]["superpixels_decoder"].as_f64().unwrap(), v["stages_ms"]["superpixels_postprocess"].as_f64().unwrap());
+    assert!(decoder > 0.0 && post > 0.0 && decoder + post <= total * 1.01, "decoder {decoder} + post-processing {post} within {total} ms");
     assert_eq!(png_size(&mask), (120, 80));
     let d = Weights::open(&dump).unwrap();
     let shape = |name: &str| d.info(name).unwrap_or_else(|| panic!("dump lacks {name}")).shape.clone();

@@ -3,8 +3,9 @@
 //! * conv2d: per image, im2col into cols [cin·kh·kw, oh·ow] (skipped for 1×1, stride 1, no
 //!   padding, where x itself is that matrix), then y [cout, oh·ow] = w [cout, cin·kh·kw] · cols,
 //!   then the per-channel bias.
-//! * conv_transpose2d (kernel == stride, no padding): per image y [cout·k·k, h·w] = wᵀ · x, then
-//!   a scatter kernel places each k×k patch and adds the bias.
+//! * conv_transpose2d (kernel == stride, no padding): y [cout·k·k, h·w] = wᵀ · x for a group of
+//!   images in one strided-batched GEMM (groups sized so the scratch stays ≤ 256 MiB), then one
+//!   scatter launch per group places each k×k patch and adds the bias.
 //!
 //! Weights may be f32, f16 or bf16 (widened once per call to f32 for the f32 GEMM).
 
@@ -95,19 +96,26 @@ impl CudaBackend {
         let out = self.alloc_f32(&[b, cout, oh, ow])?;
         let per_image = cout * oh * ow;
         if b * per_image > 0 {
-            let y = if cin == 0 { self.zeros_f32(ck * np, OP)? } else { self.alloc::<f32>(ck * np, OP)? };
+            // Images per batched GEMM: as many as keep the scratch y within SCRATCH floats.
+            const SCRATCH: usize = 64 << 20;
+            let group = (SCRATCH / (ck * np).max(1)).clamp(1, b);
+            let y = if cin == 0 { self.zeros_f32(group * ck * np, OP)? } else { self.alloc::<f32>(group * ck * np, OP)? };
             let ybuf = self.ptr(&y);
-            for bi in 0..b {
+            let mut b0 = 0;
+            while b0 < b {
+                let g = group.min(b - b0);
                 if cin > 0 {
-                    // Row-major y [ck, np] = wᵀ [ck, cin] · x [cin, np]; column-major: y [np, ck] =
-                    // x [np, cin] (ld np) · w' where w row-major [cin, ck] is column-major [ck, cin]
-                    // (ld ck), transposed to [cin, ck].
-                    let g = Gemm::single(false, true, np, ck, cin, xp + (bi * cin * np * 4) as u64, np, wp, ck, ybuf, np);
-                    self.sgemm(OP, &g)?;
+                    // Row-major y [ck, np] = wᵀ [ck, cin] · x [cin, np] per image; column-major:
+                    // y [np, ck] = x [np, cin] (ld np) · w' where w row-major [cin, ck] is
+                    // column-major [ck, cin] (ld ck), transposed to [cin, ck]; w is shared.
+                    let mut gemm = Gemm::single(false, true, np, ck, cin, xp + (b0 * cin * np * 4) as u64, np, wp, ck, ybuf, np);
+                    gemm.batched(cin * np, 0, ck * np, g);
+                    self.sgemm(OP, &gemm)?;
                 }
-                let op_ = self.ptr(&out) + (bi * per_image * 4) as u64;
-                let (n64, c32, k32, h32, w32) = (per_image as u64, cout as u32, k as u32, h as u32, wd as u32);
-                launch!(self, OP, self.function(&kernels::CONV, "conv_t_scatter_f32")?, grid_1d(per_image), ybuf, op_, n64, c32, k32, h32, w32, bp, bdt)?;
+                let op_ = self.ptr(&out) + (b0 * per_image * 4) as u64;
+                let (n64, c32, k32, h32, w32) = ((g * per_image) as u64, cout as u32, k as u32, h as u32, wd as u32);
+                launch!(self, OP, self.function(&kernels::CONV, "conv_t_scatter_f32")?, grid_1d(g * per_image), ybuf, op_, n64, c32, k32, h32, w32, bp, bdt)?;
+                b0 += g;
             }
             drop(y);
         }
