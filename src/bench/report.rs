@@ -9,8 +9,9 @@ pub struct StagesMs {
     pub vision_encoder: f64,
     pub sam_encoder: f64,
     pub superpixels: Option<f64>,
-    /// The superpixels' share in SAM's prompt encoder + mask decoder over the point grid
-    /// (reading the logits back included), and in everything after it.
+    /// The superpixels' time in SAM's prompt encoder + mask decoder over the point grid (until
+    /// its IoU scores are on the host), and in everything after it (`mask_stats` where the
+    /// logits are, reading its rows back, the host steps).
     pub superpixels_decoder: Option<f64>,
     pub superpixels_postprocess: Option<f64>,
     pub projector: f64,
