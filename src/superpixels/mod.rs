@@ -114,24 +114,22 @@ impl<'a> Builder<'a> {
                 ),
             ));
         }
-        let start = Instant::now();
         let l = self.frame.mask_size;
         let logits = Tensor::from_f32(logits.to_vec(), vec![n * LEVELS, l, l])?;
-        let stats = Backend::cpu().mask_stats(&logits, self.filter.view().rect(), self.filter.stability_offset())?;
-        self.busy_ms += start.elapsed().as_secs_f64() * 1e3;
-        self.add_stats(stats.as_i32()?, iou)
+        self.add_on(&Backend::cpu(), &logits, iou)
     }
 
-    /// Add the next prompts' `Backend::mask_stats` rows (of their `[n, 3, L, L]` logits over
-    /// `MaskFilter::view().rect()`, with the config's stability offset) and IoU predictions.
-    pub fn add_stats(&mut self, stats: &[i32], iou: &[f32]) -> Result<()> {
+    /// Add the next prompts' logits `[.., n, 3, L, L]` where they live on `be`, with their IoU
+    /// predictions `[n, 3]` (host): `Backend::mask_stats` reduces the logits there, and only its
+    /// rows (counts, box and bits per mask) are read back.
+    pub fn add_on(&mut self, be: &Backend, logits: &Tensor, iou: &[f32]) -> Result<()> {
         let start = Instant::now();
+        let stats = be.mask_stats(logits, self.filter.view().rect(), self.filter.stability_offset())?;
+        let stats = be.to_host(&stats)?;
+        let stats = stats.as_i32()?;
         let row = self.filter.stats_row_len();
         if !iou.len().is_multiple_of(LEVELS) || stats.len() != iou.len() * row {
-            return Err(Error::arg(
-                "mask statistics",
-                format!("{} values for {} IoU predictions, expected {row} per mask", stats.len(), iou.len()),
-            ));
+            return Err(Error::arg("mask logits", format!("{} mask planes for {} IoU predictions, expected one per prediction and n × {LEVELS} in all", stats.len() / row, iou.len())));
         }
         self.candidates.extend(self.filter.candidates(stats, iou, self.prompts));
         self.prompts += iou.len() / LEVELS;
@@ -230,12 +228,7 @@ pub fn generate_with_stats(
         }
         let iou = be.to_vec_f32(&out.iou_scores)?;
         decoder_ms += start.elapsed().as_secs_f64() * 1e3;
-        // The logits stay on the device: only their counts, boxes and bits come back.
-        let start = Instant::now();
-        let stats = be.mask_stats(&out.pred_masks, builder.filter.view().rect(), builder.filter.stability_offset())?;
-        let stats = be.to_host(&stats)?;
-        builder.busy_ms += start.elapsed().as_secs_f64() * 1e3;
-        builder.add_stats(stats.as_i32()?, &iou)?;
+        builder.add_on(be, &out.pred_masks, &iou)?;
     }
     let (sp, mut stats) = builder.finish(grid)?;
     stats.decoder_ms = decoder_ms;
