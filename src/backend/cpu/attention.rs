@@ -18,7 +18,7 @@ const BLOCK_Q: usize = 128;
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
     let AttnShape { b, h, hkv, nq, nk_all, nk, d } = attention_shape(q, k, v, p)?;
     if b * h * nq * d == 0 {
-        return Tensor::from_f32(vec![0f32; b * h * nq * d], vec![b, h, nq, d]);
+        return Tensor::from_f32(Vec::new(), vec![b, h, nq, d]);
     }
     let bias = match p.bias {
         AttnBias::None => None,

@@ -39,8 +39,7 @@
 //! lazily: on `to_host`, `synchronize`, or every `MAX_BATCH` dispatches, so a decode step is a
 //! few submissions. Activations are f32. Weights: f32, or f16 read through `unpack2x16float`
 //! (bf16 is converted at upload, see `Runtime::upload`). `alloc` recycles the buffers of dropped
-//! tensors, so a new tensor's contents are unspecified: kernels write every output element (or
-//! use `alloc_zeroed`).
+//! tensors, so a new tensor's contents are unspecified: kernels write every output element.
 //! Buffers are sized in 16-byte multiples, so shaders may read them as `array<vec4<..>>`.
 //! `VISWORD_WGPU_SYNC=1` submits and waits after every dispatch (a failing kernel is then named
 //! in the error).

@@ -437,16 +437,6 @@ impl Runtime {
         }
     }
 
-    /// Zero a buffer, in order with the recorded dispatches.
-    pub(crate) fn clear(&self, buf: &::wgpu::Buffer) -> Result<()> {
-        let mut guard = lock(&self.batch);
-        let batch = guard.get_or_insert_with(|| self.new_batch());
-        drop(batch.pass.take());
-        batch.encoder.clear_buffer(buf, 0, None);
-        drop(guard);
-        self.check("clearing a buffer")
-    }
-
     /// Copy `bytes` bytes of `src` back to the host (submits pending work and waits for it).
     pub(crate) fn read(&self, src: &::wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let size = bytes.next_multiple_of(4).max(4);
@@ -496,14 +486,6 @@ impl WgpuBackend {
         let bytes = numel(&shape) as u64 * dtype.size() as u64;
         let buffer = self.rt.alloc_buffer(bytes)?;
         Ok(Tensor::from_storage(Storage::Wgpu(Arc::new(WgpuData { buffer, pool: Some(self.rt.pool.clone()) })), dtype, shape))
-    }
-
-    /// `alloc` filled with zeros (for kernels that accumulate into or skip parts of their output).
-    #[allow(dead_code)]
-    pub(crate) fn alloc_zeroed(&self, shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
-        let t = self.alloc(shape, dtype)?;
-        self.rt.clear(self.buffer(&t, "alloc_zeroed")?)?;
-        Ok(t)
     }
 
     /// Record one dispatch of `shader`'s `entry` (see the binding convention in `mod.rs`).
