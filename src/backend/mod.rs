@@ -33,6 +33,18 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The code the GPU kernels take (ACT_* in kernels/common.cuh and shaders/common.wgsl).
+    pub(crate) fn kernel_code(self) -> u32 {
+        match self {
+            Activation::None => 0,
+            Activation::Gelu => 1,
+            Activation::GeluTanh => 2,
+            Activation::QuickGelu => 3,
+            Activation::Relu => 4,
+            Activation::Silu => 5,
+        }
+    }
+
     /// Parse an HF `hidden_act` string.
     pub fn from_hf(name: &str) -> Option<Activation> {
         Some(match name {

@@ -104,16 +104,9 @@ pub(crate) fn dtype_code(dt: DType, op: &'static str) -> Result<i32> {
     }
 }
 
-/// Activation codes the kernels take (kernels/common.cuh ACT_*).
+/// The activation code the kernels take (an `int` in kernels/common.cuh).
 pub(crate) fn act_code(act: Activation) -> i32 {
-    match act {
-        Activation::None => 0,
-        Activation::Gelu => 1,
-        Activation::GeluTanh => 2,
-        Activation::QuickGelu => 3,
-        Activation::Relu => 4,
-        Activation::Silu => 5,
-    }
+    act.kernel_code() as i32
 }
 
 /// Threads per block of the 1-D elementwise launches.

@@ -1,7 +1,7 @@
 //! Pointwise ops, broadcasting binary ops, softmax (shaders/elementwise.wgsl) and RoPE
 //! (shaders/rope.wgsl).
 
-use super::{act_code, u32_of, Shader, WgpuBackend};
+use super::{u32_of, Shader, WgpuBackend};
 use crate::backend::{Activation, BinaryOp};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -33,7 +33,7 @@ pub(super) fn f32_len(op: &'static str, t: &Tensor) -> Result<u32> {
 pub(super) fn activate(be: &WgpuBackend, x: &Tensor, act: Activation) -> Result<Tensor> {
     let n = f32_len("activate", x)?;
     let out = be.alloc(x.shape().to_vec(), DType::F32)?;
-    be.dispatch(&ELEMENTWISE, "activate", &[be.buffer(x, "activate")?, be.buffer(&out, "activate")?], &[n, act_code(act)], groups(n as usize))?;
+    be.dispatch(&ELEMENTWISE, "activate", &[be.buffer(x, "activate")?, be.buffer(&out, "activate")?], &[n, act.kernel_code()], groups(n as usize))?;
     Ok(out)
 }
 

@@ -1,7 +1,7 @@
 //! linear and batched matmul: the tiled GEMM (shaders/matmul.wgsl) for M > 1 and the GEMV
 //! (shaders/gemv.wgsl) for M = 1. `gemm` is also the multiply-add half of the convolutions.
 
-use super::{act_code, u32_of, Shader, WgpuBackend};
+use super::{u32_of, Shader, WgpuBackend};
 use crate::backend::Activation;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -100,7 +100,7 @@ pub(super) fn gemm(be: &WgpuBackend, op: &'static str, g: &Gemm) -> Result<()> {
     for s in [g.a.1, g.b.1, g.c.1] {
         params.extend([u32_of(op, s.batch)?, u32_of(op, s.row)?, u32_of(op, s.col)?]);
     }
-    params.extend([b_f16 as u32, g.bias.is_some() as u32, act_code(g.act), g.residual.is_some() as u32]);
+    params.extend([b_f16 as u32, g.bias.is_some() as u32, g.act.kernel_code(), g.residual.is_some() as u32]);
     be.dispatch(&MATMUL, "matmul", &buffers, &params, [gx as u32, gy as u32, g.batch as u32])
 }
 
@@ -166,7 +166,7 @@ fn gemv(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Ac
         Some(min) => (&GEMV_SUBGROUP, "gemv_subgroup", (GEMV_THREADS / min).max(1) as usize),
         None => (&GEMV, "gemv", GEMV_ROWS),
     };
-    let params = [n as u32, k as u32, w_f16 as u32, bias.is_some() as u32, act_code(act), residual.is_some() as u32, rows as u32];
+    let params = [n as u32, k as u32, w_f16 as u32, bias.is_some() as u32, act.kernel_code(), residual.is_some() as u32, rows as u32];
     be.dispatch(shader, entry, &buffers, &params, [n.div_ceil(rows) as u32, 1, 1])
 }
 

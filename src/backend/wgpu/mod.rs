@@ -97,17 +97,6 @@ impl std::fmt::Debug for WgpuBackend {
     }
 }
 
-/// The shader code of an activation (common.wgsl's ACT_* constants).
-pub(crate) fn act_code(act: Activation) -> u32 {
-    match act {
-        Activation::None => 0,
-        Activation::Gelu => 1,
-        Activation::GeluTanh => 2,
-        Activation::QuickGelu => 3,
-        Activation::Relu => 4,
-        Activation::Silu => 5,
-    }
-}
 
 /// `n` as a u32 kernel parameter, or an error naming `op` (buffers this large cannot be bound).
 pub(crate) fn u32_of(op: &'static str, n: usize) -> Result<u32> {
