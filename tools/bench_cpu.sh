@@ -22,28 +22,41 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "## $(date -u +%F) · $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) · $THREADS threads · commit $(git rev-parse --short HEAD)"
 echo
-echo "### SmolLM2-135M-Instruct: 128-token prompt, then 64 greedy tokens (median of 5 runs)"
+echo "### SmolLM2-135M-Instruct: 128-token prompt, then 64 greedy tokens"
 echo
+echo "Prefill: warm median in one process (visword: criterion \`llm/prefill128\`; transformers: median of 5"
+echo "after a warm-up). Decode: 64 greedy tokens through \`visword generate\` (median of 5 processes) and"
+echo "transformers' generate. First token: wall time from process start, cold."
+echo
+# The criterion parser shared by both tables: benchmark name -> median seconds.
+crit_medians() {
+  python3 - "$1" <<'PY'
+import re, sys
+unit = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+for m in re.finditer(r"^(\S+)\s*\n?\s*time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", open(sys.argv[1]).read(), re.M):
+    print(m.group(1), float(m.group(2)) * unit[m.group(3)])
+PY
+}
+cargo bench --quiet --bench ops -- "llm/prefill128" 2>/dev/null > "$LOG_DIR/llm_prefill.log" || true
 echo "| engine | weights | prefill tok/s | decode tok/s | first token (ms) |"
 echo "|---|---|---|---|---|"
 for dt in f32 bf16; do
   dir=.models/smollm2; [ $dt = bf16 ] && dir=.models/smollm2-bf16
   : > "$LOG_DIR/visword_$dt.log"
   for i in 1 2 3 4 5; do
-    $V generate --model $dir --input-ids "$IDS" --greedy --max-new-tokens 64 --ignore-eos 2>>"$LOG_DIR/visword_$dt.log" >/dev/null
+    $V generate --backend cpu --model $dir --input-ids "$IDS" --greedy --max-new-tokens 64 --ignore-eos 2>>"$LOG_DIR/visword_$dt.log" >/dev/null
   done
-  pre=$(grep -o 'prefill: 128 tokens, [0-9.]*' "$LOG_DIR/visword_$dt.log" | awk '{print $4}' | median)
+  pre=$(crit_medians "$LOG_DIR/llm_prefill.log" | awk -v n="llm/prefill128/$dt" '$1 == n {printf "%.0f", 128 / $2}')
   dec=$(grep -o 'decode: 64 tokens, [0-9.]*' "$LOG_DIR/visword_$dt.log" | awk '{print $4}' | median)
   ftt=$(grep -o 'first token after [0-9]*' "$LOG_DIR/visword_$dt.log" | awk '{print $4}' | median)
-  echo "| visword cpu | $dt | $pre | $dec | $ftt |"
+  echo "| visword cpu | $dt | ${pre:-—} | $dec | $ftt |"
   python3 tools/bench_torch.py --threads "$THREADS" llm .models/smollm2 --dtype $dt 2>/dev/null | tail -1 | tee "$LOG_DIR/torch_$dt.json" |
     python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| {d['engine']} | $dt | {d['prefill_tok_s']:.0f} | {d['decode_tok_s']:.1f} | — |\")"
 done
-
 echo
 echo "### Ops (criterion median; GEMM in GFLOP/s, GEMV in GB/s of weights streamed)"
 echo
-cargo bench --quiet --bench ops -- "gemm_f32|gemv|copy|attention" 2>/dev/null > "$LOG_DIR/ops.log" || true
+cargo bench --quiet --bench ops -- "gemm_f32|gemv|copy|attention|small_ops" 2>/dev/null > "$LOG_DIR/ops.log" || true
 python3 tools/bench_torch.py --threads "$THREADS" gemm 2>/dev/null > "$LOG_DIR/torch_gemm.jsonl"
 python3 - "$LOG_DIR/ops.log" "$LOG_DIR/torch_gemm.jsonl" <<'PY'
 import json, re, sys
@@ -71,4 +84,6 @@ for name, t in rows.items():
         print(f"| {name} (read + write) | {2 * 256 * 2**20 / t / 1e9:.1f} GB/s | — | — |")
     elif name.startswith("attention/"):
         print(f"| {name} | {t*1e3:.2f} ms | — | — |")
+    elif name.startswith("small_ops/"):
+        print(f"| {name} | {t*1e6:.1f} µs | — | — |")
 PY

@@ -194,7 +194,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert!(ms >= 0.2 && ms < 50.0, "{ms}");
+        assert!((0.2..50.0).contains(&ms), "{ms}");
         // warm-up 1, calibration 1+2+4+8 (capped at 8), then 5 batches of 8.
         assert_eq!(calls, 1 + 1 + 2 + 4 + 8 + 5 * 8);
     }

@@ -142,6 +142,9 @@ pub fn run(args: &Args) -> Result<()> {
             gen.decode_tokens_per_sec(),
             be.name()
         );
+        if crate::backend::profile::enabled() {
+            eprintln!("{}", crate::backend::profile::report());
+        }
         if args.dump.is_some() {
             let g: Vec<i64> = gen.tokens.iter().map(|&t| t as i64).collect();
             let n = g.len();

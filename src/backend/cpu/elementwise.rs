@@ -46,13 +46,8 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return Err(Error::shape("silu_mul", format!("gate {:?} vs up {:?}", gate.shape(), up.shape())));
     }
     let (g, u) = (check_f32("silu_mul", gate)?, check_f32("silu_mul", up)?);
-    let mut out = g.to_vec();
-    for_chunks(&mut out, 16384, |ci, o| {
-        super::vmath::act_slice(o, Activation::Silu);
-        for (o, u) in o.iter_mut().zip(&u[ci * 16384..]) {
-            *o *= u;
-        }
-    });
+    let mut out = vec![0f32; g.len()];
+    for_chunks(&mut out, 16384, |ci, o| super::vmath::silu_mul_slice(o, &g[ci * 16384..], &u[ci * 16384..]));
     Tensor::from_f32(out, gate.shape().to_vec())
 }
 

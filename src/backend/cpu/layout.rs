@@ -61,8 +61,12 @@ pub fn permute(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
             r /= out_shape[d];
         }
         let ls = src_st[nd - 1];
-        for (j, o) in o.iter_mut().enumerate() {
-            *o = xs[off + j * ls];
+        if ls == 1 {
+            o.copy_from_slice(&xs[off..off + o.len()]);
+        } else {
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = xs[off + j * ls];
+            }
         }
     });
     Tensor::from_f32(out, out_shape)

@@ -1,6 +1,8 @@
 //! GEMM and GEMV.
 //!
-//! * M > `GEMV_MAX_M`: the `gemm` crate's packed AVX-512 kernels on f32, with the weight rows
+//! * 4 < M ≤ `GEMM_NT_MAX_M` (prefill) on AVX-512: `gemm_nt`, dot products along k that read
+//!   the weight rows as stored (no packing); fused Q/K/V and gate/up run as one parallel region.
+//! * Larger M, or no AVX-512: the `gemm` crate's packed kernels on f32, with the weight rows
 //!   split across threads; half weights are widened 256 rows at a time into a per-thread buffer.
 //! * M ≤ `GEMV_MAX_M` (decode): our own GEMV that streams each weight row once, in its stored
 //!   dtype, with AVX-512 (or AVX2/FMA) dot products, software prefetch, and rows split across
@@ -11,11 +13,15 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::check_f32;
+use super::{check_f32, gemm_nt};
 use crate::backend::Activation;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+/// GEMVs over at most this many weights run on the calling thread (a decode step has hundreds
+/// of small ones; larger ones are split, since they stream from memory).
+const GEMV_SERIAL_MAX: usize = 1 << 15;
 
 /// Largest M that takes the GEMV path.
 pub const GEMV_MAX_M: usize = 4;
@@ -90,6 +96,14 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, re
             DType::BF16 => gemv(xs, m, k, w.as_bf16()?, n, &mut out),
             dt => return Err(Error::shape("linear", format!("weight dtype {dt} is not a float type"))),
         }
+    } else if use_gemm_nt(m) {
+        let outs = &mut [out.as_mut_slice()];
+        match w.dtype() {
+            DType::F32 => gemm_nt::gemm_nt(xs, m, k, &[w.as_f32()?], &[n], outs),
+            DType::F16 => gemm_nt::gemm_nt(xs, m, k, &[w.as_f16()?], &[n], outs),
+            DType::BF16 => gemm_nt::gemm_nt(xs, m, k, &[w.as_bf16()?], &[n], outs),
+            dt => return Err(Error::shape("linear", format!("weight dtype {dt} is not a float type"))),
+        }
     } else {
         match w.dtype() {
             DType::F32 => sgemm_nt(m, n, k, xs, w.as_f32()?, &mut out),
@@ -100,6 +114,16 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, re
     }
     epilogue(&mut out, n, bias.map(|b| b.as_f32()).transpose()?, act, residual.map(|r| r.as_f32()).transpose()?);
     Tensor::from_f32(out, out_shape)
+}
+
+/// Rows of x up to which the unpacked `gemm_nt` kernel beats the packed one (the weight-panel
+/// packing it skips costs n·k per call, the multiply m·n·k).
+const GEMM_NT_MAX_M: usize = 384;
+
+/// `VISWORD_CPU_GEMM=packed` sends every M > 4 product to the packed kernels (for A/B runs).
+fn use_gemm_nt(m: usize) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    m <= GEMM_NT_MAX_M && *ON.get_or_init(|| gemm_nt::available() && std::env::var("VISWORD_CPU_GEMM").map_or(true, |v| v.trim() != "packed"))
 }
 
 /// out[m×n] = x[m×k] · w[n×k]ᵀ with the gemm crate's packed kernels (AVX-512 where present).
@@ -277,7 +301,7 @@ pub fn gemv_multi<W: WeightElem>(x: &[f32], m: usize, k: usize, ws: &[&[W]], ns:
             }
         }
     };
-    if total * k <= super::SERIAL_MAX {
+    if total * k <= GEMV_SERIAL_MAX {
         (0..tasks).for_each(task);
     } else {
         (0..tasks).into_par_iter().for_each(task);
@@ -291,10 +315,27 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
     let same = ws.iter().all(|w| w.dims() == 2 && w.dim(1) == k && w.dtype() == first.dtype());
     let xs = check_f32("linear_many", x)?;
     let m = xs.len() / k.max(1);
+    let out_shape = |n: usize| {
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap_or(&mut 0) = n;
+        shape
+    };
+    let ns: Vec<usize> = ws.iter().map(|w| w.dim(0)).collect();
+    if same && x.dims() > 0 && m > GEMV_MAX_M && use_gemm_nt(m) {
+        // One parallel region over all the weights' rows, each output its own tensor.
+        let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0f32; m * n]).collect();
+        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        match first.dtype() {
+            DType::F32 => gemm_nt::gemm_nt(xs, m, k, &ws.iter().map(|w| w.as_f32()).collect::<Result<Vec<_>>>()?, &ns, &mut refs),
+            DType::F16 => gemm_nt::gemm_nt(xs, m, k, &ws.iter().map(|w| w.as_f16()).collect::<Result<Vec<_>>>()?, &ns, &mut refs),
+            DType::BF16 => gemm_nt::gemm_nt(xs, m, k, &ws.iter().map(|w| w.as_bf16()).collect::<Result<Vec<_>>>()?, &ns, &mut refs),
+            dt => return Err(Error::shape("linear_many", format!("weight dtype {dt} is not a float type"))),
+        }
+        return outs.into_iter().zip(&ns).map(|(o, &n)| Tensor::from_f32(o, out_shape(n))).collect();
+    }
     if !same || m > GEMV_MAX_M || x.dims() == 0 {
         return ws.iter().map(|w| linear(x, w, None, Activation::None, None)).collect();
     }
-    let ns: Vec<usize> = ws.iter().map(|w| w.dim(0)).collect();
     let total: usize = ns.iter().sum();
     let mut out = vec![0f32; m * total];
     match first.dtype() {
@@ -306,9 +347,7 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
     let mut res = Vec::with_capacity(ws.len());
     let mut off = 0;
     for n in ns {
-        let mut shape = x.shape().to_vec();
-        *shape.last_mut().unwrap_or(&mut 0) = n;
-        res.push(Tensor::from_f32(out[off * m..(off + n) * m].to_vec(), shape)?);
+        res.push(Tensor::from_f32(out[off * m..(off + n) * m].to_vec(), out_shape(n))?);
         off += n;
     }
     Ok(res)

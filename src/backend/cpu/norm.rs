@@ -13,6 +13,21 @@ fn last_dim(op: &'static str, x: &Tensor, w: &Tensor) -> Result<usize> {
     Ok(d)
 }
 
+/// Σ f(x[i]) in 16 interleaved partial sums (which the compiler keeps in one vector register)
+/// instead of one serial chain: a 576-wide RMSNorm row went from ~2300 cycles of add latency to
+/// ~150.
+#[inline]
+fn lanes_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
+}
+
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
     let d = last_dim("layer_norm", x, w)?;
     if b.numel() != d {
@@ -24,8 +39,8 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
     for_chunks(&mut out, d * rows, |ci, o| {
         let x = &xs[ci * d * rows..][..o.len()];
         for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-            let mean = x.iter().sum::<f32>() / d as f32;
-            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let mean = lanes_sum(x, |v| v) / d as f32;
+            let var = lanes_sum(x, |v| (v - mean) * (v - mean)) / d as f32;
             let r = 1.0 / (var + eps).sqrt();
             for i in 0..d {
                 o[i] = (x[i] - mean) * r * ws[i] + bs[i];
@@ -43,7 +58,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     for_chunks(&mut out, d * rows, |ci, o| {
         let x = &xs[ci * d * rows..][..o.len()];
         for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-            let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let ms = lanes_sum(x, |v| v * v) / d as f32;
             let r = 1.0 / (ms + eps).sqrt();
             for i in 0..d {
                 o[i] = ws[i] * (x[i] * r);

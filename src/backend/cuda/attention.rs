@@ -186,12 +186,14 @@ mod tests {
 
     #[test]
     fn decode_splits_cover_every_key_once() {
+        const _: () = assert!(DEC_TARGET_BLOCKS <= GRID_Y_MAX);
         for rows in [1, 7, 32, 100, 512, 5000] {
             for nk in [0, 1, 15, 16, 17, 63, 64, 65, 700, 4096, 100_000] {
                 let (n, chunk) = decode_splits(rows, nk);
                 assert!(n >= 1 && chunk % DEC_KEYS_PER_STEP == 0, "rows {rows} nk {nk}: {n} × {chunk}");
                 assert!(n * chunk >= nk && (n - 1) * chunk < nk.max(1), "rows {rows} nk {nk}: {n} × {chunk}");
-                assert!(n <= DEC_TARGET_BLOCKS && n <= GRID_Y_MAX);
+                // n ≤ DEC_TARGET_BLOCKS ≤ GRID_Y_MAX (the second checked at compile time below).
+                assert!(n <= DEC_TARGET_BLOCKS);
                 assert!(n == 1 || chunk >= DEC_MIN_CHUNK, "rows {rows} nk {nk}: {n} × {chunk}");
             }
         }

@@ -39,7 +39,7 @@ impl CudaBackend {
         }
         // Whole float4s on both sides (every size a multiple of 4, both bases 16-byte aligned):
         // 16-byte loads and stores, and a quarter of the index arithmetic.
-        let vec4 = [chunk, src_pitch, src_off, dst_pitch, dst_off].iter().all(|v| v % 4 == 0) && src % 16 == 0 && dst % 16 == 0;
+        let vec4 = [chunk, src_pitch, src_off, dst_pitch, dst_off].iter().all(|v| v % 4 == 0) && src.is_multiple_of(16) && dst.is_multiple_of(16);
         let (w, name) = if vec4 { (4, "copy_rows_f32x4") } else { (1, "copy_rows_f32") };
         let (n64, c64, sp, so, dp, dof) = ((n / w) as u64, (chunk / w) as u64, (src_pitch / w) as u64, (src_off / w) as u64, (dst_pitch / w) as u64, (dst_off / w) as u64);
         launch!(self, op, self.function(&kernels::LAYOUT, name)?, grid_1d(n / w), src, dst, n64, c64, sp, so, dp, dof)
@@ -105,7 +105,7 @@ impl CudaBackend {
             // Whole float4s: the innermost merged run is contiguous with a length that is a
             // multiple of 4, every other stride is too, and both bases are 16-byte aligned.
             let last = shp.len() - 1;
-            let vec4 = st[last] == 1 && shp[last] % 4 == 0 && st[..last].iter().all(|s| s % 4 == 0) && xp % 16 == 0 && yp % 16 == 0;
+            let vec4 = st[last] == 1 && shp[last] % 4 == 0 && st[..last].iter().all(|s| s % 4 == 0) && xp % 16 == 0 && yp.is_multiple_of(16);
             let w = if vec4 { 4 } else { 1 };
             let mut p = Permute { ndim: shp.len() as u32, pad: 0, shape: [1; 8], src_stride: [0; 8] };
             for i in 0..shp.len() {
