@@ -432,7 +432,11 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Opt
         order.push(bytes);
     }
     let mut hbytes = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| Error::Output { path: path.into(), msg: e.to_string() })?;
-    while (8 + hbytes.len()) % 8 != 0 {
+    // Spaces pad the header so the data starts on a 64-byte boundary: the CPU kernels read
+    // weight rows in place with 512-bit loads when they are cache-line aligned (safetensors
+    // allows no gaps between tensors, so later tensors stay aligned when sizes are multiples of
+    // 64 bytes, as every SmolLM2 or CLIP tensor's is).
+    while !(8 + hbytes.len()).is_multiple_of(64) {
         hbytes.push(b' ');
     }
     write_atomic(path, |f| {

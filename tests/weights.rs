@@ -49,6 +49,11 @@ fn round_trip_every_dtype_zero_copy() {
     assert_eq!(w.names().count(), 4);
     let got = w.get("a.f32").unwrap();
     assert_eq!(got.shape(), &[3, 5]);
+    // The header is padded so the data (and with it the first tensor) starts on a cache line.
+    let bytes = std::fs::read(&p).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!((8 + header_len) % 64, 0, "tensor data must start 64-byte aligned");
+    assert_eq!(got.as_f32().unwrap().as_ptr() as usize % 64, 0, "the first tensor, mapped, sits on a cache line");
     assert_eq!(got.as_f32().unwrap(), a.as_f32().unwrap());
     assert!(matches!(got.cpu_data(), Some(CpuData::Mapped { .. })), "f32 tensors must be mapped, not copied");
     let h = w.get("a.bf16").unwrap().to_f32_vec().unwrap();
