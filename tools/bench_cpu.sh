@@ -58,13 +58,10 @@ echo "### Ops (criterion median; GEMM in GFLOP/s, GEMV in GB/s of weights stream
 echo
 cargo bench --quiet --bench ops -- "gemm_f32|gemv|copy|attention|small_ops" 2>/dev/null > "$LOG_DIR/ops.log" || true
 python3 tools/bench_torch.py --threads "$THREADS" gemm 2>/dev/null > "$LOG_DIR/torch_gemm.jsonl"
-python3 - "$LOG_DIR/ops.log" "$LOG_DIR/torch_gemm.jsonl" <<'PY'
-import json, re, sys
-text = open(sys.argv[1]).read()
-unit = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
-rows = {}
-for m in re.finditer(r"^(\S+)\s*\n?\s*time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", text, re.M):
-    rows[m.group(1)] = float(m.group(2)) * unit[m.group(3)]
+crit_medians "$LOG_DIR/ops.log" > "$LOG_DIR/ops_medians.txt"
+python3 - "$LOG_DIR/ops_medians.txt" "$LOG_DIR/torch_gemm.jsonl" <<'PY'
+import json, sys
+rows = {name: float(t) for name, t in (line.split() for line in open(sys.argv[1]))}
 torch = {j["op"]: j["median_ms"] * 1e-3 for j in map(json.loads, open(sys.argv[2]))}
 print("| op | visword | PyTorch | visword / PyTorch |")
 print("|---|---|---|---|")

@@ -415,10 +415,11 @@ impl Backend {
     /// Per mask plane of `logits` (f32 [..., H, W]), over the cell rectangle `rect` =
     /// [y0, x0, h, w]: what SAM's mask filters need, so the full logits never leave the device.
     /// Returns I32 [planes, MASK_STATS_HEADER + h·⌈w/32⌉]; row i holds
-    /// `[area, stable, loose, bx0, by0, bx1, by1, 0]` — the counts of cells with logit > 0,
-    /// > offset and > −offset, the inclusive rectangle-relative box of the logit > 0 cells
-    /// > (all −1 when there are none) — then the binary mask: word j of rectangle row r has bit b
-    /// > set where logit[y0 + r, x0 + 32j + b] > 0. Integer results: identical on every backend.
+    /// `[area, stable, loose, bx0, by0, bx1, by1, 0]` — the counts of cells with logit > 0, with
+    /// logit > offset and with logit > −offset, the inclusive rectangle-relative box of the
+    /// logit > 0 cells (all −1 when there are none) — then the binary mask: word j of rectangle
+    /// row r has bit b set where logit[y0 + r, x0 + 32j + b] > 0. Integer results: identical on
+    /// every backend.
     pub fn mask_stats(&self, logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tensor> {
         op!(self, "mask_stats", be => be.mask_stats(logits, rect, offset))
     }

@@ -4,18 +4,21 @@
 //! A packed GEMM vectorises along m or n, so it must first transpose the k-contiguous weight rows
 //! into panels; for the prefill shapes (m ≈ 128) that gather costs as much as the multiply
 //! (measured: 26% of a SmolLM2 prefill in the gemm crate's scalar packing loop, against 42% in
-//! its microkernel). Here the dot products run along k instead: a 4×4 tile of outputs keeps 16
-//! accumulators, and each 16-wide step of k loads 4 rows of x and 4 rows of w for 16 FMAs, so the
-//! loop is bound by the FMA ports, not by loads. The 16 accumulators are reduced together with a
-//! shuffle tree (45 instructions per tile, against ~860 in the k loop at k = 576).
+//! its microkernel). Here the dot products run along k instead: a 4 × TILE_N (6) tile of outputs
+//! keeps 24 accumulators, and each 16-wide step of k loads 4 rows of x and 6 rows of w for 24
+//! FMAs, so the loop is bound by the FMA ports, not by loads. The accumulators are reduced in
+//! groups of 16 with a shuffle tree (45 instructions per group).
 //!
 //! Blocking: each thread owns a contiguous range of weight rows (which may span several weight
-//! matrices, for fused Q/K/V or gate/up); a tile of 4 weight rows (≤ 24 KB at k = 1536) stays in
-//! L1 while the x rows of an m-block (≤ 768 KB) stream from L2. Half-precision weight rows are
-//! widened once per tile into an L1 buffer.
+//! matrices, for fused Q/K/V or gate/up); a tile of 6 weight rows (≤ 36 KB at k = 1536) stays in
+//! L1 while the x rows of an m-block (≤ 768 KB) stream from L2, and the next tile is prefetched
+//! into L2. Half-precision or misaligned weight rows are widened once per tile into an aligned
+//! L1 buffer.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+use super::matmul::{SendPtr, WeightElem};
 
 /// Whether this CPU runs the kernel (AVX-512F); otherwise callers use the packed GEMM.
 pub fn available() -> bool {
@@ -94,7 +97,7 @@ pub fn gemm_nt<W: NtWeight>(x: &[f32], m: usize, k: usize, ws: &[&[W]], ns: &[us
     let kp = k.next_multiple_of(16);
     let mut x_buf = Aligned::default();
     let (x, xs) = if (x.as_ptr() as usize).is_multiple_of(64) && k == kp { (&x[..m * k], k) } else { (x_buf.rows_of(&x[..m * k], k, kp), kp) };
-    let out_ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let out_ptrs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
     let threads = rayon::current_num_threads().max(1);
     // Enough tasks to balance uneven tails, each a multiple of 4 rows.
     let tasks = if total * k * m < 1 << 18 { 1 } else { (threads * 2).min(total.div_ceil(16)) };
@@ -137,28 +140,23 @@ impl Aligned {
     }
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements (see gemm_nt).
-unsafe impl Sync for OutPtr {}
-unsafe impl Send for OutPtr {}
-
 /// The global weight rows g0..g1, in tiles of up to 4 rows that never cross a segment.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_rows<W: NtWeight>(x: &[f32], xs: usize, m: usize, k: usize, ws: &[&[W]], ns: &[usize], starts: &[usize], outs: &[OutPtr], g0: usize, g1: usize) {
+unsafe fn run_rows<W: NtWeight>(x: &[f32], xs: usize, m: usize, k: usize, ws: &[&[W]], ns: &[usize], starts: &[usize], outs: &[SendPtr], g0: usize, g1: usize) {
     // Weight tiles go through an aligned L1 buffer when they are halves or misaligned f32.
     let mut tile_buf = Aligned::default();
     let kp = k.next_multiple_of(16);
     let buf = tile_buf.zeroed(TILE_N * kp);
     let mb = m_block(k);
+    // Segment, row within it, and rows of the tile that starts at global row g.
+    let tile_at = |g: usize| {
+        let s = starts.partition_point(|&st| st <= g) - 1;
+        let j = g - starts[s];
+        (s, j, TILE_N.min(g1 - g).min(ns[s] - j))
+    };
     let mut i0 = 0;
     while i0 < m {
         let i1 = (i0 + mb).min(m);
-        let tile_at = |g: usize| {
-            let s = starts.partition_point(|&st| st <= g) - 1;
-            let j = g - starts[s];
-            (s, j, TILE_N.min(g1 - g).min(ns[s] - j))
-        };
         let mut g = g0;
         while g < g1 {
             let (s, j, rn) = tile_at(g);
@@ -216,8 +214,9 @@ unsafe fn tile_rows(x: &[f32], xs: usize, k: usize, w: &[f32], wst: usize, rn: u
         }
         while i < i1 {
             fetch();
+            let xr = &x[i * xs..i * xs + k];
             for r in 0..rn {
-                *out.add(i * ld + r) = x86::dot(x.as_ptr().add(i * xs), w.as_ptr().add(r * wst), k);
+                *out.add(i * ld + r) = <f32 as WeightElem>::dot(&w[r * wst..r * wst + k], xr);
             }
             i += 1;
         }
@@ -257,24 +256,6 @@ mod x86 {
     #[inline(always)]
     fn tail_mask(rem: usize) -> __mmask16 {
         ((1u32 << rem) - 1) as __mmask16
-    }
-
-    /// Σ x[t]·w[t] for t < k.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot(x: *const f32, w: *const f32, k: usize) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut t = 0;
-        while t + 32 <= k {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(t)), _mm512_loadu_ps(w.add(t)), acc[0]);
-            acc[1] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(t + 16)), _mm512_loadu_ps(w.add(t + 16)), acc[1]);
-            t += 32;
-        }
-        while t < k {
-            let mk = if k - t >= 16 { 0xffff } else { tail_mask(k - t) };
-            acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, x.add(t)), _mm512_maskz_loadu_ps(mk, w.add(t)), acc[0]);
-            t += 16;
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
     }
 
     /// out[i·ld + j] = Σ_{t<k} x[i·xs + t]·w[j·ws + t] for i < 4, j < N.
@@ -354,6 +335,15 @@ mod tests {
             .collect()
     }
 
+    /// gemm_nt into NaN-filled outputs (so an unwritten element fails the comparison).
+    fn run<W: NtWeight>(x: &[f32], m: usize, k: usize, ws: &[Vec<W>], ns: &[usize]) -> Vec<Vec<f32>> {
+        let wsl: Vec<&[W]> = ws.iter().map(|w| w.as_slice()).collect();
+        let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        gemm_nt(x, m, k, &wsl, ns, &mut refs);
+        outs
+    }
+
     fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
         for i in 0..m {
@@ -383,28 +373,11 @@ mod tests {
                     }
                 }
             };
-            let run = |wsl: &[&[f32]]| {
-                let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
-                let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-                gemm_nt(&x, m, k, wsl, ns, &mut refs);
-                outs
-            };
-            let wsl: Vec<&[f32]> = ws.iter().map(|w| w.as_slice()).collect();
-            check(&run(&wsl), &|s| ws[s].clone(), "f32");
-
+            check(&run(&x, m, k, &ws, ns), &|s| ws[s].clone(), "f32");
             let wb: Vec<Vec<bf16>> = ws.iter().map(|w| w.iter().map(|&v| bf16::from_f32(v)).collect()).collect();
-            let wbl: Vec<&[bf16]> = wb.iter().map(|w| w.as_slice()).collect();
-            let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
-            let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            gemm_nt(&x, m, k, &wbl, ns, &mut refs);
-            check(&outs, &|s| wb[s].iter().map(|v| v.to_f32()).collect(), "bf16");
-
+            check(&run(&x, m, k, &wb, ns), &|s| wb[s].iter().map(|v| v.to_f32()).collect(), "bf16");
             let wh: Vec<Vec<f16>> = ws.iter().map(|w| w.iter().map(|&v| f16::from_f32(v)).collect()).collect();
-            let whl: Vec<&[f16]> = wh.iter().map(|w| w.as_slice()).collect();
-            let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
-            let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            gemm_nt(&x, m, k, &whl, ns, &mut refs);
-            check(&outs, &|s| wh[s].iter().map(|v| v.to_f32()).collect(), "f16");
+            check(&run(&x, m, k, &wh, ns), &|s| wh[s].iter().map(|v| v.to_f32()).collect(), "f16");
         }
     }
 }

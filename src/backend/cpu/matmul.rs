@@ -353,8 +353,10 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
     Ok(res)
 }
 
-struct SendPtr(*mut f32);
-// SAFETY: used only to write disjoint elements from parallel tasks (see gemv).
+/// An output pointer that parallel tasks share; each writes only its own disjoint elements.
+#[derive(Clone, Copy)]
+pub(super) struct SendPtr(pub(super) *mut f32);
+// SAFETY: used only to write disjoint elements from parallel tasks (see gemv and gemm_nt).
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 

@@ -105,7 +105,7 @@ impl CudaBackend {
             // Whole float4s: the innermost merged run is contiguous with a length that is a
             // multiple of 4, every other stride is too, and both bases are 16-byte aligned.
             let last = shp.len() - 1;
-            let vec4 = st[last] == 1 && shp[last] % 4 == 0 && st[..last].iter().all(|s| s % 4 == 0) && xp % 16 == 0 && yp.is_multiple_of(16);
+            let vec4 = st[last] == 1 && shp[last] % 4 == 0 && st[..last].iter().all(|s| s % 4 == 0) && xp.is_multiple_of(16) && yp.is_multiple_of(16);
             let w = if vec4 { 4 } else { 1 };
             let mut p = Permute { ndim: shp.len() as u32, pad: 0, shape: [1; 8], src_stride: [0; 8] };
             for i in 0..shp.len() {
