@@ -76,3 +76,108 @@ extern "C" __global__ void __launch_bounds__(256) mask_stats_f32(const float* __
         o[7] = 0;
     }
 }
+
+// SAM's upscaler tail fused with the hypernetwork product (Backend::upscale_masks, spec in
+// src/backend/cpu/masks.rs). y [P, E, E, 4·C1] holds the first transposed conv, channels-last:
+// 2E-grid pixel (r, q) = (2i + a, 2j + b) is y[p, i, j, a·2 + b, :]. Per such pixel: LayerNorm
+// over its C1 channels, GELU, then for each of its 2×2 output pixels (4i + 2a + c, 4j + 2b + d)
+// the C2 features gelu(b2 + w2[(c·2 + d)·C2 + o, :] · g) and their dot product with each of the
+// M hypernetwork rows of prompt p: out [P, M, 4E, 4E]. The [P, C2, 4E, 4E] features are never
+// stored.
+//
+// Launch: 128 threads per block, one block per (p, UPS_ROWS consecutive 2E-grid rows), 2-D grid
+// (block_row()). Threads stride over the row's 2E pixels; each keeps its pixel's C1 channels in
+// registers and writes its two horizontally adjacent outputs per (mask, c) as one float2. The
+// block stages w2, b2 and prompt p's hypernetwork rows in shared memory; every warp reads the
+// same w2 row at a time (a broadcast). Limits (CudaBackend::upscale_masks_fits): C1 ≤ 64 and a
+// multiple of 4, 4·C2·C1 ≤ UPS_W, C2 ≤ 64, M ≤ UPS_M.
+#define UPS_C1 64
+#define UPS_W 8192
+#define UPS_M 8
+#define UPS_ROWS 8
+
+extern "C" __global__ void __launch_bounds__(128) upscale_masks_f32(const float* __restrict__ y, const float* __restrict__ ln_w,
+                                                                    const float* __restrict__ ln_b, float eps,
+                                                                    const float* __restrict__ w2, const float* __restrict__ b2,
+                                                                    const float* __restrict__ hyper, float* __restrict__ out,
+                                                                    unsigned P, unsigned E, unsigned C1, unsigned C2, unsigned M) {
+    __shared__ __align__(16) float s_w[UPS_W];
+    __shared__ float s_b[64];
+    __shared__ float s_h[UPS_M * 64];
+    __shared__ float s_lw[UPS_C1], s_lb[UPS_C1];
+    const unsigned side2 = 2 * E, blocks_per_p = (side2 + UPS_ROWS - 1) / UPS_ROWS;
+    const u64 blk = block_row();
+    if (blk >= (u64)P * blocks_per_p) return;
+    const unsigned p = (unsigned)(blk / blocks_per_p), r0 = (unsigned)(blk % blocks_per_p) * UPS_ROWS;
+    for (unsigned k = threadIdx.x; k < 4 * C2 * C1; k += blockDim.x) s_w[k] = w2[k];
+    for (unsigned k = threadIdx.x; k < C2; k += blockDim.x) s_b[k] = b2[k];
+    for (unsigned k = threadIdx.x; k < M * C2; k += blockDim.x) s_h[k] = hyper[(u64)p * M * C2 + k];
+    for (unsigned k = threadIdx.x; k < C1; k += blockDim.x) {
+        s_lw[k] = ln_w[k];
+        s_lb[k] = ln_b[k];
+    }
+    __syncthreads();
+    const unsigned L = 4 * E;
+    const unsigned nc4 = C1 / 4;
+    const float inv_c1 = 1.0f / (float)C1;
+    for (unsigned r = r0; r < min(r0 + UPS_ROWS, side2); ++r) {
+        const unsigned i = r >> 1, a = r & 1;
+        for (unsigned q = threadIdx.x; q < side2; q += blockDim.x) {
+            const unsigned j = q >> 1, b = q & 1;
+            const float4* src = reinterpret_cast<const float4*>(y + ((((u64)p * E + i) * E + j) * 4 + a * 2 + b) * C1);
+            float g[UPS_C1];
+#pragma unroll
+            for (unsigned c4 = 0; c4 < UPS_C1 / 4; ++c4) {
+                const float4 v = c4 < nc4 ? src[c4] : make_float4(0.f, 0.f, 0.f, 0.f);
+                g[4 * c4] = v.x;
+                g[4 * c4 + 1] = v.y;
+                g[4 * c4 + 2] = v.z;
+                g[4 * c4 + 3] = v.w;
+            }
+            float mean = 0.f;
+#pragma unroll
+            for (unsigned c = 0; c < UPS_C1; ++c) mean += g[c];
+            mean *= inv_c1;
+            float var = 0.f;
+#pragma unroll
+            for (unsigned c = 0; c < UPS_C1; ++c) {
+                const float d = c < C1 ? g[c] - mean : 0.f;
+                var += d * d;
+            }
+            const float rstd = rsqrtf(var * inv_c1 + eps);
+#pragma unroll
+            for (unsigned c = 0; c < UPS_C1; ++c) g[c] = c < C1 ? act_apply((g[c] - mean) * rstd * s_lw[c] + s_lb[c], ACT_GELU) : 0.f;
+            for (unsigned c = 0; c < 2; ++c) {
+                float acc[2][UPS_M];
+#pragma unroll
+                for (unsigned m = 0; m < UPS_M; ++m) acc[0][m] = acc[1][m] = 0.f;
+#pragma unroll
+                for (unsigned d = 0; d < 2; ++d) {
+                    for (unsigned o = 0; o < C2; ++o) {
+                        const float4* wr = reinterpret_cast<const float4*>(s_w + ((c * 2 + d) * C2 + o) * C1);
+                        float z = s_b[o];
+#pragma unroll
+                        for (unsigned c4 = 0; c4 < UPS_C1 / 4; ++c4) {
+                            if (c4 < nc4) {
+                                const float4 w = wr[c4];
+                                z = fmaf(w.x, g[4 * c4], z);
+                                z = fmaf(w.y, g[4 * c4 + 1], z);
+                                z = fmaf(w.z, g[4 * c4 + 2], z);
+                                z = fmaf(w.w, g[4 * c4 + 3], z);
+                            }
+                        }
+                        z = act_apply(z, ACT_GELU);
+#pragma unroll
+                        for (unsigned m = 0; m < UPS_M; ++m)
+                            if (m < M) acc[d][m] = fmaf(s_h[m * C2 + o], z, acc[d][m]);
+                    }
+                }
+                const unsigned row = 2 * r + c;
+#pragma unroll
+                for (unsigned m = 0; m < UPS_M; ++m)
+                    if (m < M)
+                        *reinterpret_cast<float2*>(out + (((u64)p * M + m) * L + row) * L + 2 * q) = make_float2(acc[0][m], acc[1][m]);
+            }
+        }
+    }
+}

@@ -1,23 +1,17 @@
 // needs: common.wgsl
-// conv.wgsl: the data-movement halves of the convolutions (twin of kernels/conv.cu); the
-// multiply-adds run in matmul.wgsl.
+// conv.wgsl: the data-movement half of conv2d (twin of kernels/conv.cu); the multiply-adds
+// run in matmul.wgsl.
 //
 // * im2col: x [B, Cin, H, W] → cols [B, OH·OW, Cin·kh·kw] (row per output pixel, zero padding
 //   applied here), so conv2d is one batched GEMM cols · Wᵀ whose output is stored transposed
 //   into [B, Cout, OH·OW]. One thread per cols element; 8 bytes moved per element.
-// * shuffle: conv_transpose2d with kernel == stride k: the GEMM gives y [B, H·W, Cout·k·k]
-//   (every input pixel's k×k patch per output channel); this scatters the patches into
-//   [B, Cout, H·k, W·k] and adds the bias. One thread per output element.
 //
-// params: im2col [n, kk, np, cin, h, w, kh, kw, ow, stride, pad]
-//         shuffle [n, cout, h, w, k, has_bias]
-// bindings: im2col (x, cols); shuffle (y, bias f32 [Cout], out).
+// params: [n, kk, np, cin, h, w, kh, kw, ow, stride, pad]
+// bindings: x, cols.
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> cols: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 256u;
 
@@ -51,28 +45,4 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         v = src[((b * cin + ci) * h + iy) * w + ix];
     }
     cols[e] = v;
-}
-
-@compute @workgroup_size(256)
-fn shuffle(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = flat_wg(wid, nwg) * WG + lid;
-    if (e >= params[0]) {
-        return;
-    }
-    let cout = params[1];
-    let h = params[2];
-    let w = params[3];
-    let k = params[4];
-    let ow = w * k;
-    let oh = h * k;
-    let ox = e % ow;
-    let oy = (e / ow) % oh;
-    let co = (e / (ow * oh)) % cout;
-    let b = e / (ow * oh * cout);
-    let pixel = (b * h + oy / k) * w + ox / k;
-    var v = src[pixel * cout * k * k + (co * k + oy % k) * k + ox % k];
-    if (params[5] != 0u) {
-        v += bias[co];
-    }
-    out[e] = v;
 }

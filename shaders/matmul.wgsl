@@ -1,6 +1,6 @@
 // needs: common.wgsl
 // matmul.wgsl: tiled GEMM with a fused epilogue (twin of kernels/matmul.cu), for linear (M > 1),
-// batched matmul, and the GEMM halves of conv2d / conv_transpose2d.
+// batched matmul, and the GEMM half of conv2d.
 //
 //   C[z, m, n] = act(Σ_k A[z, m, k]·B[z, k, n] + bias[n]) + residual[z, m, n]
 //

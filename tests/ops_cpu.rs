@@ -289,7 +289,7 @@ fn layout_ops_and_broadcasting() {
 }
 
 #[test]
-fn conv2d_and_transposed_conv_match_direct_loops() {
+fn conv2d_matches_direct_loops() {
     let mut rng = Rng::new(6);
     for &(b, cin, h, w, cout, k, stride, pad) in &[(1, 1, 1, 1, 1, 1, 1, 0), (2, 3, 7, 9, 5, 3, 1, 1), (1, 4, 8, 8, 6, 2, 2, 0), (1, 3, 10, 6, 2, 4, 4, 0)] {
         let x = rng.tensor(&[b, cin, h, w]);
@@ -322,28 +322,80 @@ fn conv2d_and_transposed_conv_match_direct_loops() {
         }
         assert_close("conv2d", got.as_f32().unwrap(), &want, tol_k(cin * k * k));
     }
-    // Transposed conv, kernel = stride = 2.
-    let (b, cin, h, w, cout, k) = (2, 3, 4, 5, 4, 2);
-    let x = rng.tensor(&[b, cin, h, w]);
-    let wt = rng.tensor(&[cin, cout, k, k]);
-    let bias = rng.tensor(&[cout]);
-    let got = be().conv_transpose2d(&x, &wt, Some(&bias), k).unwrap();
-    let (xv, wv) = (x.as_f32().unwrap(), wt.as_f32().unwrap());
-    let mut want = vec![0f32; b * cout * h * k * w * k];
-    for bi in 0..b {
-        for co in 0..cout {
-            for y in 0..h * k {
-                for xx in 0..w * k {
-                    let mut s = bias.as_f32().unwrap()[co] as f64;
-                    for ci in 0..cin {
-                        s += xv[((bi * cin + ci) * h + y / k) * w + xx / k] as f64 * wv[((ci * cout + co) * k + y % k) * k + xx % k] as f64;
-                    }
-                    want[((bi * cout + co) * h * k + y) * w * k + xx] = s as f32;
+}
+
+/// The fused upscaler tail against its definition in f64: HF's ConvTranspose2d(k = s = 2) on
+/// channels-first maps, LayerNorm2d, GELU, ConvTranspose2d, GELU, then the hypernetwork product.
+#[test]
+fn upscale_masks_matches_the_upscaler_and_hypernetwork_product() {
+    let mut rng = Rng::new(41);
+    for (p, e, c1, c2, m) in [(2usize, 3usize, 8usize, 4usize, 3usize), (1, 2, 6, 3, 1), (3, 1, 4, 5, 2)] {
+        let y = rng.tensor(&[p, e, e, 4 * c1]);
+        let (lw, lb) = (rng.tensor(&[c1]), rng.tensor(&[c1]));
+        // HF layout [C1, C2, 2, 2], and the op's [4·C2, C1] rows (c·2 + d)·C2 + o.
+        let w_hf = rng.tensor(&[c1, c2, 2, 2]);
+        let whf = w_hf.as_f32().unwrap();
+        let mut w2 = vec![0f32; 4 * c2 * c1];
+        for ch in 0..c1 {
+            for o in 0..c2 {
+                for cd in 0..4 {
+                    w2[(cd * c2 + o) * c1 + ch] = whf[(ch * c2 + o) * 4 + cd];
                 }
             }
         }
+        let w2 = Tensor::from_f32(w2, vec![4 * c2, c1]).unwrap();
+        let b2 = rng.tensor(&[c2]);
+        let hyper = rng.tensor(&[p, m, c2]);
+        let got = be().upscale_masks(&y, (&lw, &lb, 1e-6), &w2, &b2, &hyper).unwrap();
+        assert_eq!(got.shape(), &[p, m, 4 * e, 4 * e]);
+
+        let (yv, lwv, lbv, b2v, hv) = (y.as_f32().unwrap(), lw.as_f32().unwrap(), lb.as_f32().unwrap(), b2.as_f32().unwrap(), hyper.as_f32().unwrap());
+        let gelu = |x: f64| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2));
+        let (s2, s4) = (2 * e, 4 * e);
+        let mut want = vec![0f32; p * m * s4 * s4];
+        for pi in 0..p {
+            // First map, channels-first [C1, 2E, 2E], normalised and activated per pixel.
+            let mut f1 = vec![0f64; c1 * s2 * s2];
+            for r in 0..s2 {
+                for q in 0..s2 {
+                    let px = &yv[(((pi * e + r / 2) * e + q / 2) * 4 + (r % 2) * 2 + q % 2) * c1..][..c1];
+                    let mean = px.iter().map(|&v| v as f64).sum::<f64>() / c1 as f64;
+                    let var = px.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c1 as f64;
+                    for ch in 0..c1 {
+                        let n = (px[ch] as f64 - mean) / (var + 1e-6).sqrt() * lwv[ch] as f64 + lbv[ch] as f64;
+                        f1[(ch * s2 + r) * s2 + q] = gelu(n);
+                    }
+                }
+            }
+            for oy in 0..s4 {
+                for ox in 0..s4 {
+                    let feats: Vec<f64> = (0..c2)
+                        .map(|o| {
+                            let mut z = b2v[o] as f64;
+                            for ch in 0..c1 {
+                                z += f1[(ch * s2 + oy / 2) * s2 + ox / 2] * whf[((ch * c2 + o) * 2 + oy % 2) * 2 + ox % 2] as f64;
+                            }
+                            gelu(z)
+                        })
+                        .collect();
+                    for mi in 0..m {
+                        let h = &hv[(pi * m + mi) * c2..][..c2];
+                        want[((pi * m + mi) * s4 + oy) * s4 + ox] = feats.iter().zip(h).map(|(f, &w)| f * w as f64).sum::<f64>() as f32;
+                    }
+                }
+            }
+        }
+        assert_close(&format!("upscale_masks P{p} E{e} C1 {c1} C2 {c2} M{m}"), got.as_f32().unwrap(), &want, tol_k(c1 * c2));
     }
-    assert_close("conv_transpose2d", got.as_f32().unwrap(), &want, F32_OP);
+    // Operands that do not fit each other are an error, not a panic.
+    let y = rng.tensor(&[1, 2, 2, 32]);
+    let (lw, lb, b2) = (rng.tensor(&[8]), rng.tensor(&[8]), rng.tensor(&[4]));
+    let (w2, hyper) = (rng.tensor(&[16, 8]), rng.tensor(&[1, 3, 4]));
+    assert!(be().upscale_masks(&y, (&lw, &lb, 1e-6), &w2, &b2, &hyper).is_ok());
+    assert!(be().upscale_masks(&rng.tensor(&[1, 2, 3, 32]), (&lw, &lb, 1e-6), &w2, &b2, &hyper).is_err(), "non-square grid");
+    assert!(be().upscale_masks(&y, (&lw, &lb, 1e-6), &rng.tensor(&[16, 7]), &b2, &hyper).is_err(), "w2 width ≠ C1");
+    assert!(be().upscale_masks(&y, (&lw, &lb, 1e-6), &w2, &b2, &rng.tensor(&[2, 3, 4])).is_err(), "hyper for another P");
+    assert!(be().upscale_masks(&y, (&lw, &lb, 1e-6), &w2, &b2, &rng.tensor(&[1, 3, 5])).is_err(), "hyper width ≠ C2");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod profile;
+mod upscale;
 pub mod wgpu;
 
 pub use cpu::BinaryOp;
@@ -149,6 +150,51 @@ pub(crate) fn mask_stats_shape(logits: &Tensor, rect: [usize; 4]) -> Result<(usi
     }
     let planes = s[..s.len() - 2].iter().product();
     Ok((planes, ph, pw, w.div_ceil(32)))
+}
+
+/// The sizes of one `upscale_masks` call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UpscaleShape {
+    /// Prompts P, feature grid side E, first and second upscaler widths C1 and C2, masks M.
+    pub p: usize,
+    pub e: usize,
+    pub c1: usize,
+    pub c2: usize,
+    pub m: usize,
+}
+
+/// Check `upscale_masks`' operands: y [P, E, E, 4·C1] f32, ln_w/ln_b [C1], w2 [4·C2, C1] f32,
+/// b2 [C2], hyper [P, M, C2] f32.
+pub(crate) fn upscale_masks_shape(y: &Tensor, ln_w: &Tensor, ln_b: &Tensor, w2: &Tensor, b2: &Tensor, hyper: &Tensor) -> Result<UpscaleShape> {
+    let (ys, ws, hs) = (y.shape(), w2.shape(), hyper.shape());
+    let f32s = [y, ln_w, ln_b, w2, b2, hyper].iter().all(|t| t.dtype() == crate::dtype::DType::F32);
+    let ok = f32s
+        && ys.len() == 4
+        && ys[1] == ys[2]
+        && ys[3] % 4 == 0
+        && ys[3] > 0
+        && ws.len() == 2
+        && ws[0] % 4 == 0
+        && ws[0] > 0
+        && ws[1] * 4 == ys[3]
+        && ln_w.shape() == [ws[1]]
+        && ln_b.shape() == [ws[1]]
+        && b2.shape() == [ws[0] / 4]
+        && hs.len() == 3
+        && hs[0] == ys[0]
+        && hs[2] == ws[0] / 4;
+    if !ok {
+        return Err(Error::shape(
+            "upscale_masks",
+            format!(
+                "y {ys:?}, norm {:?}/{:?}, w2 {ws:?}, b2 {:?}, hyper {hs:?}: expected f32 [P, E, E, 4·C1], [C1], [C1], [4·C2, C1], [C2], [P, M, C2]",
+                ln_w.shape(),
+                ln_b.shape(),
+                b2.shape()
+            ),
+        ));
+    }
+    Ok(UpscaleShape { p: ys[0], e: ys[1], c1: ws[1], c2: ws[0] / 4, m: hs[1] })
 }
 
 /// Which backend the user asked for.
@@ -393,12 +439,6 @@ impl Backend {
         op!(self, "conv2d", be => be.conv2d(x, w, bias, stride, padding))
     }
 
-    /// Transposed 2-D convolution with kernel == stride and no padding (SAM's upscaler):
-    /// x [B, Cin, H, W], w [Cin, Cout, k, k] → [B, Cout, H·k, W·k].
-    pub fn conv_transpose2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
-        op!(self, "conv_transpose2d", be => be.conv_transpose2d(x, w, bias, stride))
-    }
-
     /// Write `new` [B, H, n, D] into `cache` [B, H, max, D] at positions `pos..pos+n`, in place.
     pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
         op!(self, "write_kv", be => be.write_kv(cache, new, pos))
@@ -422,6 +462,32 @@ impl Backend {
     /// every backend.
     pub fn mask_stats(&self, logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tensor> {
         op!(self, "mask_stats", be => be.mask_stats(logits, rect, offset))
+    }
+
+    /// The second half of SAM's upscaler fused with the hypernetwork product (the mask
+    /// decoder's output). `y` [P, E, E, 4·C1] is the first transposed conv (kernel = stride = 2)
+    /// as a channels-last linear: pixel (i, j), sub-position a·2 + b, C1 channels, which is
+    /// output pixel (2i + a, 2j + b) of the 2E × 2E map. Each such pixel gets LayerNorm over its
+    /// C1 channels (`ln_w`, `ln_b`, `eps`) and GELU, then the second transposed conv: `w2`
+    /// [4·C2, C1], row (c·2 + d)·C2 + o holding HF's weight[:, o, c, d], plus `b2` [C2], GELU,
+    /// giving C2 features at output pixel (4i + 2a + c, 4j + 2b + d); mask m there is their dot
+    /// product with `hyper[p, m]` [P, M, C2]. Returns [P, M, 4E, 4E]. The upscaled features
+    /// ([P, C2, 4E, 4E], 16× the input's pixels) never exist in memory.
+    pub fn upscale_masks(&self, y: &Tensor, ln: (&Tensor, &Tensor, f32), w2: &Tensor, b2: &Tensor, hyper: &Tensor) -> Result<Tensor> {
+        let s = upscale_masks_shape(y, ln.0, ln.1, w2, b2, hyper)?;
+        // The composed path's ops are profiled one by one.
+        let span = || profile::Span::start(self, || "upscale_masks".to_string());
+        match self {
+            Backend::Cpu(b) => {
+                let _span = span();
+                b.upscale_masks(y, ln, w2, b2, hyper)
+            }
+            Backend::Cuda(b) if cuda::CudaBackend::upscale_masks_fits(&s) => {
+                let _span = span();
+                b.upscale_masks(y, ln, w2, b2, hyper, s)
+            }
+            _ => upscale::composed(self, y, ln, w2, b2, hyper, s),
+        }
     }
 
     /// Block until every op queued so far has finished, so a host clock brackets real work

@@ -198,47 +198,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padd
     Tensor::from_f32(out, vec![b, cout, oh, ow])
 }
 
-/// Kernel == stride, no padding: every input pixel writes its own k×k output patch.
-pub fn conv_transpose2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
-    let (xs_, ws_) = (x.shape(), w.shape());
-    if xs_.len() != 4 || ws_.len() != 4 || xs_[1] != ws_[0] || ws_[2] != stride || ws_[3] != stride {
-        return Err(Error::shape("conv_transpose2d", format!("x {xs_:?}, weight {ws_:?}, stride {stride}: need weight [Cin, Cout, stride, stride]")));
-    }
-    let (b, cin, h, wd) = (xs_[0], xs_[1], xs_[2], xs_[3]);
-    let (cout, k) = (ws_[1], stride);
-    let wf = w.to_f32()?;
-    let wv = wf.as_f32()?; // [cin, cout*k*k]
-    let bv = bias.map(|b| b.to_f32_vec()).transpose()?;
-    if bv.as_ref().is_some_and(|v| v.len() != cout) {
-        return Err(Error::shape("conv_transpose2d", format!("bias must have {cout} elements")));
-    }
-    let xv = check_f32("conv_transpose2d", x)?;
-    let np = h * wd;
-    let ck = cout * k * k;
-    let (oh, ow) = (h * k, wd * k);
-    let mut out = vec![0f32; b * cout * oh * ow];
-    for bi in 0..b {
-        // y[ck, np] = wᵀ[ck, cin] · x[cin, np]
-        let mut y = vec![0f32; ck * np];
-        sgemm(ck, np, cin, wv, 1, ck, &xv[bi * cin * np..][..cin * np], np, 1, &mut y, false);
-        let ob = &mut out[bi * cout * oh * ow..][..cout * oh * ow];
-        ob.par_chunks_mut(oh * ow).enumerate().for_each(|(co, o)| {
-            let bias = bv.as_ref().map_or(0.0, |v| v[co]);
-            for ky in 0..k {
-                for kx in 0..k {
-                    let yr = &y[((co * k + ky) * k + kx) * np..][..np];
-                    for iy in 0..h {
-                        for ix in 0..wd {
-                            o[(iy * k + ky) * ow + ix * k + kx] = yr[iy * wd + ix] + bias;
-                        }
-                    }
-                }
-            }
-        });
-    }
-    Tensor::from_f32(out, vec![b, cout, oh, ow])
-}
-
 pub fn write_kv(cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
     let (cs, ns) = (cache.shape().to_vec(), new.shape());
     if cs.len() != 4 || ns.len() != 4 || cs[0] != ns[0] || cs[1] != ns[1] || cs[3] != ns[3] || pos + ns[2] > cs[2] {

@@ -1,10 +1,11 @@
-//! `mask_stats`: counts, box and bits of each mask plane over a cell rectangle (the spec for
+//! `mask_stats`: counts, box and bits of each mask plane over a cell rectangle, and
+//! `upscale_masks`: SAM's upscaler tail fused with the hypernetwork product (the specs for
 //! kernels/masks.cu and shaders/masks.wgsl).
 
 use rayon::prelude::*;
 
 use super::check_f32;
-use crate::backend::{mask_stats_shape, MASK_STATS_HEADER};
+use crate::backend::{mask_stats_shape, upscale_masks_shape, Activation, MASK_STATS_HEADER};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -43,4 +44,37 @@ pub fn mask_stats(logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tens
         head.copy_from_slice(&[area as i32, stable as i32, loose as i32, bbox[0], bbox[1], bbox[2], bbox[3], 0]);
     });
     Tensor::from_i32(out, vec![planes, row_len])
+}
+
+/// `Backend::upscale_masks`, one prompt at a time so the [4E², 4·C2] features of only one
+/// prompt exist at once: LayerNorm + GELU over the C1 channels of each 2E-grid pixel, the
+/// second transposed conv as one GEMM with a bias + GELU epilogue, then each mask's dot
+/// product with the hypernetwork output, written in output-pixel order.
+pub fn upscale_masks(y: &Tensor, ln: (&Tensor, &Tensor, f32), w2: &Tensor, b2: &Tensor, hyper: &Tensor) -> Result<Tensor> {
+    let s = upscale_masks_shape(y, ln.0, ln.1, w2, b2, hyper)?;
+    let (e, c1, c2, m) = (s.e, s.c1, s.c2, s.m);
+    let (yv, hv) = (check_f32("upscale_masks", y)?, check_f32("upscale_masks", hyper)?);
+    let bias4 = Tensor::from_f32(check_f32("upscale_masks", b2)?.repeat(4), vec![4 * c2])?;
+    let side = 4 * e;
+    let rows = e * e * 4;
+    let mut out = vec![0f32; s.p * m * side * side];
+    for (p, o) in out.chunks_mut((m * side * side).max(1)).enumerate().take(s.p) {
+        let yp = Tensor::from_f32(yv[p * rows * c1..][..rows * c1].to_vec(), vec![rows, c1])?;
+        let g = super::elementwise::activate(&super::norm::layer_norm(&yp, ln.0, ln.1, ln.2)?, Activation::Gelu)?;
+        // z[(i·E + j)·4 + a·2 + b, (c·2 + d)·C2 + o]
+        let z = super::matmul::linear(&g, w2, Some(&bias4), Activation::Gelu, None)?;
+        let zv = z.as_f32()?;
+        let h = &hv[p * m * c2..][..m * c2];
+        o.par_chunks_mut(side).enumerate().for_each(|(row, orow)| {
+            let (mi, py) = (row / side, row % side);
+            let hm = &h[mi * c2..][..c2];
+            let (i, a, c) = (py / 4, (py / 2) % 2, py % 2);
+            for (px, v) in orow.iter_mut().enumerate() {
+                let (j, b, d) = (px / 4, (px / 2) % 2, px % 2);
+                let zr = &zv[((i * e + j) * 4 + a * 2 + b) * 4 * c2 + (c * 2 + d) * c2..][..c2];
+                *v = zr.iter().zip(hm).map(|(x, w)| x * w).sum();
+            }
+        });
+    }
+    Tensor::from_f32(out, vec![s.p, m, side, side])
 }

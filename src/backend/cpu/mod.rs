@@ -84,14 +84,14 @@ impl CpuBackend {
     pub fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
         layout::conv2d(x, w, bias, stride, padding)
     }
-    pub fn conv_transpose2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
-        layout::conv_transpose2d(x, w, bias, stride)
-    }
     pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
         layout::write_kv(cache, new, pos)
     }
     pub fn mask_stats(&self, logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tensor> {
         masks::mask_stats(logits, rect, offset)
+    }
+    pub fn upscale_masks(&self, y: &Tensor, ln: (&Tensor, &Tensor, f32), w2: &Tensor, b2: &Tensor, hyper: &Tensor) -> Result<Tensor> {
+        masks::upscale_masks(y, ln, w2, b2, hyper)
     }
     pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
         let (w, f) = (weights.shape(), feats.shape());

@@ -1,11 +1,6 @@
-//! Convolutions (kernels/conv.cu around a cuBLAS GEMM).
-//!
-//! * conv2d: per image, im2col into cols [cin·kh·kw, oh·ow] (skipped for 1×1, stride 1, no
-//!   padding, where x itself is that matrix), then y [cout, oh·ow] = w [cout, cin·kh·kw] · cols,
-//!   then the per-channel bias.
-//! * conv_transpose2d (kernel == stride, no padding): y [cout·k·k, h·w] = wᵀ · x for a group of
-//!   images in one strided-batched GEMM (groups sized so the scratch stays ≤ 256 MiB), then one
-//!   scatter launch per group places each k×k patch and adds the bias.
+//! conv2d (kernels/conv.cu around a cuBLAS GEMM): per image, im2col into cols [cin·kh·kw, oh·ow] (skipped for 1×1, stride 1, no
+//! padding, where x itself is that matrix), then y [cout, oh·ow] = w [cout, cin·kh·kw] · cols,
+//! then the per-channel bias.
 //!
 //! Weights may be f32, f16 or bf16 (widened once per call to f32 for the f32 GEMM).
 
@@ -66,59 +61,6 @@ impl CudaBackend {
             self.bias_channels(OP, &out, b * cout * np, cout, np, bv)?;
         }
         drop(cols);
-        drop(widened);
-        Ok(self.wrap_f32(out, vec![b, cout, oh, ow]))
-    }
-
-    pub fn conv_transpose2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
-        const OP: &str = "conv_transpose2d";
-        let (xs_, ws_) = (x.shape(), w.shape());
-        if xs_.len() != 4 || ws_.len() != 4 || xs_[1] != ws_[0] || ws_[2] != stride || ws_[3] != stride || stride == 0 {
-            return Err(Error::shape(OP, format!("x {xs_:?}, weight {ws_:?}, stride {stride}: need weight [Cin, Cout, stride, stride]")));
-        }
-        let (b, cin, h, wd) = (xs_[0], xs_[1], xs_[2], xs_[3]);
-        let (cout, k) = (ws_[1], stride);
-        if bias.is_some_and(|bv| bv.numel() != cout) {
-            return Err(Error::shape(OP, format!("bias must have {cout} elements")));
-        }
-        let xp = self.f32_ptr(x, OP)?;
-        let widened = self.widen(OP, w)?;
-        let wp = match &widened {
-            Some(s) => self.ptr(s),
-            None => self.f32_ptr(w, OP)?,
-        };
-        let (bp, bdt) = match bias {
-            Some(bv) => self.any_float(bv, OP)?,
-            None => (0u64, 0i32),
-        };
-        let (np, ck) = (h * wd, cout * k * k);
-        let (oh, ow) = (h * k, wd * k);
-        let out = self.alloc_f32(&[b, cout, oh, ow])?;
-        let per_image = cout * oh * ow;
-        if b * per_image > 0 {
-            // Images per batched GEMM: as many as keep the scratch y within SCRATCH floats.
-            const SCRATCH: usize = 64 << 20;
-            let group = (SCRATCH / (ck * np).max(1)).clamp(1, b);
-            let y = if cin == 0 { self.zeros_f32(group * ck * np, OP)? } else { self.alloc::<f32>(group * ck * np, OP)? };
-            let ybuf = self.ptr(&y);
-            let mut b0 = 0;
-            while b0 < b {
-                let g = group.min(b - b0);
-                if cin > 0 {
-                    // Row-major y [ck, np] = wᵀ [ck, cin] · x [cin, np] per image; column-major:
-                    // y [np, ck] = x [np, cin] (ld np) · w' where w row-major [cin, ck] is
-                    // column-major [ck, cin] (ld ck), transposed to [cin, ck]; w is shared.
-                    let mut gemm = Gemm::single(false, true, np, ck, cin, xp + (b0 * cin * np * 4) as u64, np, wp, ck, ybuf, np);
-                    gemm.batched(cin * np, 0, ck * np, g);
-                    self.sgemm(OP, &gemm)?;
-                }
-                let op_ = self.ptr(&out) + (b0 * per_image * 4) as u64;
-                let (n64, c32, k32, h32, w32) = ((g * per_image) as u64, cout as u32, k as u32, h as u32, wd as u32);
-                launch!(self, OP, self.function(&kernels::CONV, "conv_t_scatter_f32")?, grid_1d(g * per_image), ybuf, op_, n64, c32, k32, h32, w32, bp, bdt)?;
-                b0 += g;
-            }
-            drop(y);
-        }
         drop(widened);
         Ok(self.wrap_f32(out, vec![b, cout, oh, ow]))
     }

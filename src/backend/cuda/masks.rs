@@ -1,9 +1,9 @@
-//! SAM mask filtering statistics (kernels/masks.cu).
+//! SAM mask filtering statistics and the fused upscaler tail (kernels/masks.cu).
 
 use std::sync::Arc;
 
 use super::{grid_rows, kernels, launch, CudaBackend, CudaData};
-use crate::backend::{mask_stats_shape, MASK_STATS_HEADER};
+use crate::backend::{mask_stats_shape, UpscaleShape, MASK_STATS_HEADER};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -24,5 +24,28 @@ impl CudaBackend {
             launch!(self, OP, self.function(&kernels::MASKS, "mask_stats_f32")?, grid_rows(planes, 256, 0), xp, op, n, ph32, pw32, y0, x0, h, w, offset)?;
         }
         Ok(Tensor::from_storage(Storage::Cuda(Arc::new(CudaData::I32(out))), DType::I32, vec![planes, row_len]))
+    }
+
+    /// Whether `upscale_masks_f32` takes these sizes (its register and shared-memory limits in
+    /// kernels/masks.cu); `Backend::upscale_masks` composes other ops otherwise.
+    pub(crate) fn upscale_masks_fits(s: &UpscaleShape) -> bool {
+        s.c1 > 0 && s.c1 <= 64 && s.c1 % 4 == 0 && s.c2 <= 64 && 4 * s.c2 * s.c1 <= 8192 && s.m <= 8 && s.e <= 1 << 14
+    }
+
+    /// `Backend::upscale_masks` in one kernel (the shape is checked by the caller).
+    pub(crate) fn upscale_masks(&self, y: &Tensor, ln: (&Tensor, &Tensor, f32), w2: &Tensor, b2: &Tensor, hyper: &Tensor, s: UpscaleShape) -> Result<Tensor> {
+        const OP: &str = "upscale_masks";
+        const ROWS: usize = 8; // UPS_ROWS
+        let side = 4 * s.e;
+        let out = self.alloc_f32(&[s.p, s.m, side, side])?;
+        if s.p * s.m * s.e > 0 {
+            let (yp, lwp, lbp, eps) = (self.f32_ptr(y, OP)?, self.f32_ptr(ln.0, OP)?, self.f32_ptr(ln.1, OP)?, ln.2);
+            let (wp, bp, hp, op) = (self.f32_ptr(w2, OP)?, self.f32_ptr(b2, OP)?, self.f32_ptr(hyper, OP)?, self.ptr(&out));
+            let u32_of = |v: usize| u32::try_from(v).map_err(|_| Error::shape(OP, format!("{v} prompts exceed u32")));
+            let (p32, e32, c1, c2, m32) = (u32_of(s.p)?, s.e as u32, s.c1 as u32, s.c2 as u32, s.m as u32);
+            let cfg = grid_rows(s.p * (2 * s.e).div_ceil(ROWS), 128, 0);
+            launch!(self, OP, self.function(&kernels::MASKS, "upscale_masks_f32")?, cfg, yp, lwp, lbp, eps, wp, bp, hp, op, p32, e32, c1, c2, m32)?;
+        }
+        Ok(self.wrap_f32(out, vec![s.p, s.m, side, side]))
     }
 }

@@ -59,11 +59,6 @@ impl Gemm {
     pub(super) fn single(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, a: u64, lda: usize, b: u64, ldb: usize, c: u64, ldc: usize) -> Gemm {
         Gemm { bf16: false, trans_a, trans_b, m, n, k, a, lda, stride_a: 0, b, ldb, stride_b: 0, c, ldc, stride_c: 0, batch: 1 }
     }
-
-    /// Make it `batch` GEMMs whose A, B and C start `stride_*` elements apart (0: shared).
-    pub(super) fn batched(&mut self, stride_a: usize, stride_b: usize, stride_c: usize, batch: usize) {
-        (self.stride_a, self.stride_b, self.stride_c, self.batch) = (stride_a, stride_b, stride_c, batch);
-    }
 }
 
 impl CudaBackend {

@@ -1,5 +1,4 @@
-//! conv2d (im2col + GEMM) and conv_transpose2d with kernel == stride (GEMM + patch shuffle):
-//! shaders/conv.wgsl for the data movement, shaders/matmul.wgsl for the multiply-adds.
+//! conv2d (im2col + GEMM): shaders/conv.wgsl for the data movement, shaders/matmul.wgsl for the multiply-adds.
 
 use super::elementwise::{f32_len, groups};
 use super::matmul::{gemm, Gemm, Strides};
@@ -54,48 +53,5 @@ pub(super) fn conv2d(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Ten
         residual: None,
     };
     gemm(be, "conv2d", &g)?;
-    Ok(out)
-}
-
-/// x [B, Cin, H, W], w [Cin, Cout, k, k] with k == stride → [B, Cout, H·k, W·k].
-pub(super) fn conv_transpose2d(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
-    let (xs, ws) = (x.shape(), w.shape());
-    if xs.len() != 4 || ws.len() != 4 || xs[1] != ws[0] || ws[2] != stride || ws[3] != stride {
-        return Err(Error::shape("conv_transpose2d", format!("x {xs:?}, weight {ws:?}, stride {stride}: need weight [Cin, Cout, stride, stride]")));
-    }
-    let (b, cin, h, wd) = (xs[0], xs[1], xs[2], xs[3]);
-    let (cout, k) = (ws[1], stride);
-    if let Some(bi) = bias {
-        if bi.numel() != cout {
-            return Err(Error::shape("conv_transpose2d", format!("bias must have {cout} elements")));
-        }
-        f32_len("conv_transpose2d", bi)?;
-    }
-    f32_len("conv_transpose2d", x)?;
-    let (np, ck) = (h * wd, cout * k * k);
-    let out = be.alloc(vec![b, cout, h * k, wd * k], DType::F32)?;
-    let n = out.numel();
-    if n == 0 {
-        return Ok(out);
-    }
-    // y[b, p, ck] = Σ_ci x[b, ci, p] · w[ci, ck]
-    let y = be.alloc(vec![b, np, ck], DType::F32)?;
-    let g = Gemm {
-        m: np,
-        n: ck,
-        k: cin,
-        batch: b,
-        a: (x, Strides { batch: cin * np, row: 1, col: np }),
-        b: (w, Strides { batch: 0, row: ck, col: 1 }),
-        c: (&y, Strides { batch: np * ck, row: ck, col: 1 }),
-        bias: None,
-        act: Activation::None,
-        residual: None,
-    };
-    gemm(be, "conv_transpose2d", &g)?;
-    let yb = be.buffer(&y, "conv_transpose2d")?;
-    let bias_buf = bias.map(|t| be.buffer(t, "conv_transpose2d")).transpose()?.unwrap_or(yb);
-    let params = [u32_of("conv_transpose2d", n)?, cout as u32, h as u32, wd as u32, k as u32, bias.is_some() as u32];
-    be.dispatch(&CONV, "shuffle", &[yb, bias_buf, be.buffer(&out, "conv_transpose2d")?], &params, groups(n))?;
     Ok(out)
 }

@@ -179,9 +179,6 @@ impl WgpuBackend {
     pub fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
         conv::conv2d(self, x, w, bias, stride, padding)
     }
-    pub fn conv_transpose2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
-        conv::conv_transpose2d(self, x, w, bias, stride)
-    }
     pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
         layout::write_kv(self, cache, new, pos)
     }

@@ -2,8 +2,9 @@
 //! the image embedding, then per-mask-token hypernetwork MLPs that weight the upscaled image
 //! features into mask logits, and an MLP head that predicts each mask's IoU.
 //!
-//! Every prompt (point set / box) is a batch entry: tokens `[P, T, C]`, image keys `[P, E·E, C]`
-//! (the keys diverge per prompt after the first block, so they are not shared).
+//! Every prompt (point set / box) is a batch entry: tokens `[P, T, C]`, image keys `[P, E·E, C]`.
+//! The keys are one shared `[1, E·E, C]` until the first block's image-to-token attention makes
+//! them diverge, so that block projects them once for all prompts.
 
 use crate::backend::{Activation, AttnParams, Backend};
 use crate::error::{Error, Result};
@@ -45,20 +46,46 @@ impl Attention {
         })
     }
 
-    /// q [B, Nq, C], k/v [B, Nk, C] → [B, Nq, C] (+ `residual`, fused into the output projection).
+    /// q [Bq, Nq, C], k/v [B, Nk, C] → [B, Nq, C], with Bq = B or 1 (one set of queries for
+    /// every batch entry, projected once). `residual` is added to the output projection (fused
+    /// when it has the output's shape, else broadcast).
     fn forward(&self, be: &Backend, q: &Tensor, k: &Tensor, v: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let (b, nq, nk) = (q.dim(0), q.dim(1), k.dim(1));
+        let (b, nq, nk) = (k.dim(0), q.dim(1), k.dim(1));
         let hd = self.inner / self.heads;
         let split = |x: &Tensor, w: &Linear, n: usize| -> Result<Tensor> {
             let y = be.linear(x, &w.0, Some(&w.1), Activation::None, None)?;
-            be.permute(&y.reshape(&[b, n, self.heads, hd])?, &[0, 2, 1, 3])
+            be.permute(&y.reshape(&[x.dim(0), n, self.heads, hd])?, &[0, 2, 1, 3])
         };
-        let qh = split(q, &self.q, nq)?;
+        let mut qh = split(q, &self.q, nq)?;
+        if q.dim(0) != b {
+            qh = be.concat(&vec![&qh; b], 0)?;
+        }
         let kh = split(k, &self.k, nk)?;
         let vh = split(v, &self.v, nk)?;
         let o = be.attention(&qh, &kh, &vh, &AttnParams::new(hd))?;
         let o = be.permute(&o, &[0, 2, 1, 3])?.reshape(&[b, nq, self.inner])?;
-        be.linear(&o, &self.out.0, Some(&self.out.1), Activation::None, residual)
+        match residual {
+            Some(r) if r.shape() != [b, nq, self.hidden_out()] => {
+                let y = be.linear(&o, &self.out.0, Some(&self.out.1), Activation::None, None)?;
+                be.add(&y, r)
+            }
+            _ => be.linear(&o, &self.out.0, Some(&self.out.1), Activation::None, residual),
+        }
+    }
+
+    /// Width of the output projection (the model's hidden size).
+    fn hidden_out(&self) -> usize {
+        self.out.0.dim(0)
+    }
+
+    /// Token-to-image attention where the image keys are one set shared by every prompt
+    /// (before the first image-to-token update): the P prompts' query tokens are folded into
+    /// one batch entry, so the keys are projected once instead of P times. q, residual
+    /// [P, T, C]; k, v [1, Nk, C].
+    fn forward_shared_keys(&self, be: &Backend, q: &Tensor, k: &Tensor, v: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (p, t, c) = (q.dim(0), q.dim(1), q.dim(2));
+        let fold = |x: &Tensor| x.reshape(&[1, p * t, c]);
+        self.forward(be, &fold(q)?, k, v, Some(&fold(residual)?))?.reshape(&[p, t, c])
     }
 }
 
@@ -108,8 +135,11 @@ pub struct MaskDecoder {
     blocks: Vec<TwoWayBlock>,
     final_attn: Attention,
     ln_final: Linear,
+    /// upscale_conv1 as a linear: [4·C/4, C] (row (a·2 + b)·C/4 + o is weight[:, o, a, b]) and
+    /// the bias repeated per sub-position.
     upscale_conv1: Linear,
     upscale_ln: Linear,
+    /// upscale_conv2 as `Backend::upscale_masks` takes it: [4·C/8, C/4] f32, and the bias [C/8].
     upscale_conv2: Linear,
     hypernetworks: Vec<FeedForward>,
     iou_head: FeedForward,
@@ -153,18 +183,24 @@ impl MaskDecoder {
                 skip_first_layer_pe: i == 0,
             });
         }
-        let conv_t = |name: &str, cin: usize, cout: usize| -> Result<Linear> {
+        // The upscaler's transposed convs (kernel = stride = 2) as linears over channels-last
+        // pixels: conv1 keeps the checkpoint's dtype (a GEMM), conv2 is f32 for `upscale_masks`.
+        let conv_t = |name: &str, cin: usize, cout: usize, f32_weight: bool| -> Result<Linear> {
             let p = vv.pp(name);
-            Ok((p.get_f32("weight", &[cin, cout, 2, 2])?, p.get_f32("bias", &[cout])?))
+            let w = conv_t_as_linear(&p.get_host("weight", &[cin, cout, 2, 2])?)?;
+            let w = if f32_weight { vv.backend().upload(&w.to_f32()?)? } else { vv.backend().upload_weight(&w)? };
+            Ok((w, p.get_f32("bias", &[cout])?))
         };
+        let (conv1_w, conv1_b) = conv_t("upscale_conv1", c, c / 4, false)?;
+        let conv1_b = vv.backend().concat(&[&conv1_b, &conv1_b, &conv1_b, &conv1_b], 0)?;
         Ok(MaskDecoder {
             output_tokens,
             blocks,
             final_attn: Attention::load(&t.pp("final_attn_token_to_image"), c, ds, heads)?,
             ln_final: norm(&t.pp("layer_norm_final_attn"), c)?,
-            upscale_conv1: conv_t("upscale_conv1", c, c / 4)?,
+            upscale_conv1: (conv1_w, conv1_b),
             upscale_ln: norm(&vv.pp("upscale_layer_norm"), c / 4)?,
-            upscale_conv2: conv_t("upscale_conv2", c / 4, c / 8)?,
+            upscale_conv2: conv_t("upscale_conv2", c / 4, c / 8, true)?,
             hypernetworks: (0..m)
                 .map(|i| FeedForward::load(&vv.pp("output_hypernetworks_mlps").pp(i), c, c, c / 8, 3))
                 .collect::<Result<_>>()?,
@@ -206,15 +242,18 @@ impl MaskDecoder {
             Some(s) => be.concat(&[&out_tokens, s], 1)?,
             None => out_tokens,
         };
-        // Image keys: embedding + dense prompt, channels-last, one copy per prompt.
+        // Image keys: embedding + dense prompt, channels-last. They are the same for every
+        // prompt until the first block's image-to-token attention, which makes them [P, E·E, C].
         let src = be.add(image_embeddings, dense)?;
-        let src = be.permute(&src, &[0, 2, 3, 1])?.reshape(&[1, hw, c])?;
-        let mut keys = be.concat(&vec![&src; p], 0)?;
+        let mut keys = be.permute(&src, &[0, 2, 3, 1])?.reshape(&[1, hw, c])?;
         let key_pe = image_pe.reshape(&[1, hw, c])?;
 
         let mut queries = tokens.clone();
         for blk in &self.blocks {
             (queries, keys) = self.block_forward(be, blk, &queries, &keys, &tokens, &key_pe)?;
+        }
+        if keys.dim(0) != p {
+            keys = be.concat(&vec![&keys; p], 0)?;
         }
         let q = be.add(&queries, &tokens)?;
         let k = be.add(&keys, &key_pe)?;
@@ -222,30 +261,23 @@ impl MaskDecoder {
         // transformers builds this LayerNorm with the default eps (1e-5), not the config's.
         let queries = be.layer_norm(&queries, &self.ln_final.0, &self.ln_final.1, 1e-5)?;
 
-        // Upscale the image features: [P, C, E, E] → [P, C/8, 4E, 4E].
-        let img = be.permute(&keys, &[0, 2, 1])?.reshape(&[p, c, e, e])?;
-        let up = be.conv_transpose2d(&img, &self.upscale_conv1.0, Some(&self.upscale_conv1.1), 2)?;
-        let up = be.layer_norm_channels(&up, &self.upscale_ln.0, &self.upscale_ln.1, 1e-6)?;
-        let up = be.activate(&up, Activation::Gelu)?;
-        let up = be.conv_transpose2d(&up, &self.upscale_conv2.0, Some(&self.upscale_conv2.1), 2)?;
-        let up = be.activate(&up, Activation::Gelu)?;
-        let side = 4 * e;
-        let up = up.reshape(&[p, c / 8, side * side])?;
-
-        // One hypernetwork per mask token → [P, M, C/8]; masks = hyper · upscaled.
+        // Masks: upscale_conv1 as a linear over the channels-last keys, then the rest of the
+        // upscaler fused with each needed mask token's hypernetwork: [P, M', 4E, 4E].
+        let (c4, side) = (c / 4, 4 * e);
+        let y = be.linear(&keys, &self.upscale_conv1.0, Some(&self.upscale_conv1.1), Activation::None, None)?.reshape(&[p, e, e, 4 * c4])?;
+        // Multimask: the M − 1 ambiguity-aware masks; otherwise the single-mask token 0.
         let m = self.num_mask_tokens;
-        let mut hyper = Vec::with_capacity(m);
-        for (i, mlp) in self.hypernetworks.iter().enumerate() {
+        let (start, len) = if multimask { (1, m - 1) } else { (0, 1) };
+        let mut hyper = Vec::with_capacity(len);
+        for (i, mlp) in self.hypernetworks.iter().enumerate().skip(start).take(len) {
             let tok = be.narrow(&queries, 1, 1 + i, 1)?;
             hyper.push(mlp.forward(be, &tok)?);
         }
         let hyper = be.concat(&hyper.iter().collect::<Vec<_>>(), 1)?;
-        let masks = be.matmul(&hyper, &up, false)?.reshape(&[1, p, m, side, side])?;
+        let masks = be.upscale_masks(&y, (&self.upscale_ln.0, &self.upscale_ln.1, 1e-6), &self.upscale_conv2.0, &self.upscale_conv2.1, &hyper)?;
+        let pred_masks = masks.reshape(&[1, p, len, side, side])?;
         let iou = self.iou_head.forward(be, &be.narrow(&queries, 1, 0, 1)?)?.reshape(&[1, p, m])?;
-
-        // Multimask: the M − 1 ambiguity-aware masks; otherwise the single-mask token 0.
-        let (start, len) = if multimask { (1, m - 1) } else { (0, 1) };
-        Ok(DecoderOutput { pred_masks: be.narrow(&masks, 2, start, len)?, iou_scores: be.narrow(&iou, 2, start, len)? })
+        Ok(DecoderOutput { pred_masks, iou_scores: be.narrow(&iou, 2, start, len)? })
     }
 
     fn block_forward(
@@ -266,19 +298,41 @@ impl MaskDecoder {
         };
         let queries = be.layer_norm(&queries, &blk.ln1.0, &blk.ln1.1, eps)?;
 
+        // keys + key_pe serves both cross attentions (the keys change only after the second).
         let q = be.add(&queries, query_pe)?;
         let k = be.add(keys, key_pe)?;
-        let queries = blk.cross_t2i.forward(be, &q, &k, keys, Some(&queries))?;
+        let queries = if keys.dim(0) == 1 && queries.dim(0) > 1 {
+            blk.cross_t2i.forward_shared_keys(be, &q, &k, keys, &queries)?
+        } else {
+            blk.cross_t2i.forward(be, &q, &k, keys, Some(&queries))?
+        };
         let queries = be.layer_norm(&queries, &blk.ln2.0, &blk.ln2.1, eps)?;
 
         let h = be.linear(&queries, &blk.mlp1.0, Some(&blk.mlp1.1), self.act, None)?;
         let queries = be.linear(&h, &blk.mlp2.0, Some(&blk.mlp2.1), Activation::None, Some(&queries))?;
         let queries = be.layer_norm(&queries, &blk.ln3.0, &blk.ln3.1, eps)?;
 
+        // Shared keys give one set of image queries for every prompt, projected once.
         let q = be.add(&queries, query_pe)?;
-        let k = be.add(keys, key_pe)?;
         let keys = blk.cross_i2t.forward(be, &k, &q, &queries, Some(keys))?;
         let keys = be.layer_norm(&keys, &blk.ln4.0, &blk.ln4.1, eps)?;
         Ok((queries, keys))
     }
+}
+
+/// A transposed-conv weight with kernel = stride = 2, [Cin, Cout, 2, 2], as the weight of a
+/// linear over channels-last pixels: [4·Cout, Cin], row (a·2 + b)·Cout + o holding
+/// weight[:, o, a, b] (output sub-pixel (a, b), channel o). Same dtype (values are only moved).
+fn conv_t_as_linear(w: &Tensor) -> Result<Tensor> {
+    let (cin, cout) = (w.dim(0), w.dim(1));
+    let v = w.to_f32_vec()?;
+    let mut out = vec![0f32; v.len()];
+    for ch in 0..cin {
+        for o in 0..cout {
+            for ab in 0..4 {
+                out[(ab * cout + o) * cin + ch] = v[(ch * cout + o) * 4 + ab];
+            }
+        }
+    }
+    Tensor::from_f32(out, vec![4 * cout, cin])?.to_dtype(w.dtype())
 }
