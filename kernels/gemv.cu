@@ -4,7 +4,7 @@
 // Layout: x [m, k] f32, w [n, k] (f32 / f16 / bf16), y [m, n] f32, residual [m, n] f32,
 // bias [n] of dtype bdt (null = none). Epilogue: y = act(acc + bias) + residual (the CPU's).
 // Launch: one warp per weight row, 8 warps per 256-thread block, warps stride over rows (any
-// n). When k % 8 == 0 each lane loads 8 weights per step with 128-bit loads (two for f32) and
+// n). gemv_many_*: the same over the rows of up to three weights sharing x, in one launch. When k % 8 == 0 each lane loads 8 weights per step with 128-bit loads (two for f32) and
 // the matching 8 activations with two float4 loads; otherwise a scalar loop. Bytes per row:
 // k·sizeof(w) of weights (read once, bypassing L1) + m·k·4 of x (L1/L2 resident).
 // Flops: 2·m·n·k. Bound by weight bandwidth: a 576×1536 bf16 matrix is 1.8 MB.
@@ -37,6 +37,43 @@ __device__ __forceinline__ float load1(const u16* w, u64 e, int dt) {
     return dt == DT_F16 ? f16_to_f32(h) : bf16_to_f32(h);
 }
 
+// acc[mi] (summed over the warp, every lane gets it) = x[mi, :] · wr[:] for mi < m.
+template <typename W, int DT>
+__device__ __forceinline__ void row_dot(const float* __restrict__ x, const W* __restrict__ wr, unsigned m, unsigned k, unsigned lane,
+                                        float* acc) {
+#pragma unroll
+    for (int mi = 0; mi < GEMV_MAX_M; ++mi) acc[mi] = 0.0f;
+    if ((k & 7u) == 0) {
+        const unsigned chunks = k >> 3;
+#pragma unroll 2
+        for (unsigned c = lane; c < chunks; c += 32) {
+            float wv[8];
+            if constexpr (DT == DT_F32) load8w(wr, (u64)c * 8, wv);
+            else load8w<DT>(wr, (u64)c * 8, wv);
+#pragma unroll
+            for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
+                if (mi < (int)m) {
+                    const float* xr = x + (u64)mi * k + (u64)c * 8;
+                    const float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
+                    float s = acc[mi];
+                    s = fmaf(wv[0], a.x, s); s = fmaf(wv[1], a.y, s); s = fmaf(wv[2], a.z, s); s = fmaf(wv[3], a.w, s);
+                    s = fmaf(wv[4], b.x, s); s = fmaf(wv[5], b.y, s); s = fmaf(wv[6], b.z, s); s = fmaf(wv[7], b.w, s);
+                    acc[mi] = s;
+                }
+            }
+        }
+    } else {
+        for (unsigned j = lane; j < k; j += 32) {
+            const float wv = load1(wr, j, DT);
+#pragma unroll
+            for (int mi = 0; mi < GEMV_MAX_M; ++mi)
+                if (mi < (int)m) acc[mi] = fmaf(wv, x[(u64)mi * k + j], acc[mi]);
+        }
+    }
+#pragma unroll
+    for (int mi = 0; mi < GEMV_MAX_M; ++mi) acc[mi] = warp_sum(acc[mi]);
+}
+
 template <typename W, int DT>
 __device__ __forceinline__ void gemv_impl(const float* __restrict__ x, const W* __restrict__ w, float* __restrict__ y, unsigned m,
                                           u64 n, unsigned k, const void* bias, int bdt, int act, const float* __restrict__ residual) {
@@ -44,38 +81,7 @@ __device__ __forceinline__ void gemv_impl(const float* __restrict__ x, const W* 
     const u64 step = (u64)gridDim.x * wpb;
     for (u64 row = (u64)blockIdx.x * wpb + (threadIdx.x >> 5); row < n; row += step) {
         float acc[GEMV_MAX_M];
-#pragma unroll
-        for (int mi = 0; mi < GEMV_MAX_M; ++mi) acc[mi] = 0.0f;
-        const W* wr = w + row * k;
-        if ((k & 7u) == 0) {
-            const unsigned chunks = k >> 3;
-#pragma unroll 2
-            for (unsigned c = lane; c < chunks; c += 32) {
-                float wv[8];
-                if constexpr (DT == DT_F32) load8w(wr, (u64)c * 8, wv);
-                else load8w<DT>(wr, (u64)c * 8, wv);
-#pragma unroll
-                for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
-                    if (mi < (int)m) {
-                        const float* xr = x + (u64)mi * k + (u64)c * 8;
-                        const float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
-                        float s = acc[mi];
-                        s = fmaf(wv[0], a.x, s); s = fmaf(wv[1], a.y, s); s = fmaf(wv[2], a.z, s); s = fmaf(wv[3], a.w, s);
-                        s = fmaf(wv[4], b.x, s); s = fmaf(wv[5], b.y, s); s = fmaf(wv[6], b.z, s); s = fmaf(wv[7], b.w, s);
-                        acc[mi] = s;
-                    }
-                }
-            }
-        } else {
-            for (unsigned j = lane; j < k; j += 32) {
-                const float wv = load1(wr, j, DT);
-#pragma unroll
-                for (int mi = 0; mi < GEMV_MAX_M; ++mi)
-                    if (mi < (int)m) acc[mi] = fmaf(wv, x[(u64)mi * k + j], acc[mi]);
-            }
-        }
-#pragma unroll
-        for (int mi = 0; mi < GEMV_MAX_M; ++mi) acc[mi] = warp_sum(acc[mi]);
+        row_dot<W, DT>(x, w + row * k, m, k, lane, acc);
         if (lane == 0) {
             float b = 0.0f;
             if (bias) b = bdt == DT_F32 ? ((const float*)bias)[row] : load1((const u16*)bias, row, bdt);
@@ -85,6 +91,28 @@ __device__ __forceinline__ void gemv_impl(const float* __restrict__ x, const W* 
                 y[(u64)mi * n + row] = v;
             }
         }
+    }
+}
+
+// Up to three weights that share x (fused Q/K/V or gate/up, Backend::linear_many) in one launch:
+// their rows are numbered one after another (n0, then n1, then n2; an unused weight has n = 0)
+// and each warp row writes y_s[mi, r] of its own weight s. No epilogue.
+template <typename W, int DT>
+__device__ __forceinline__ void gemv_many_impl(const float* __restrict__ x, const W* w0, const W* w1, const W* w2, float* y0, float* y1,
+                                               float* y2, unsigned m, u64 n0, u64 n1, u64 n2, unsigned k) {
+    const unsigned lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
+    const u64 step = (u64)gridDim.x * wpb, total = n0 + n1 + n2;
+    for (u64 row = (u64)blockIdx.x * wpb + (threadIdx.x >> 5); row < total; row += step) {
+        const W* w;
+        float* y;
+        u64 r, n;
+        if (row < n0) { w = w0; y = y0; r = row; n = n0; }
+        else if (row < n0 + n1) { w = w1; y = y1; r = row - n0; n = n1; }
+        else { w = w2; y = y2; r = row - n0 - n1; n = n2; }
+        float acc[GEMV_MAX_M];
+        row_dot<W, DT>(x, w + r * k, m, k, lane, acc);
+        if (lane == 0)
+            for (unsigned mi = 0; mi < m; ++mi) y[(u64)mi * n + r] = acc[mi];
     }
 }
 
@@ -99,4 +127,17 @@ extern "C" __global__ void gemv_f16(const float* x, const u16* w, float* y, unsi
 extern "C" __global__ void gemv_bf16(const float* x, const u16* w, float* y, unsigned m, u64 n, unsigned k, const void* bias,
                                      int bdt, int act, const float* residual) {
     gemv_impl<u16, DT_BF16>(x, w, y, m, n, k, bias, bdt, act, residual);
+}
+
+extern "C" __global__ void gemv_many_f32(const float* x, const float* w0, const float* w1, const float* w2, float* y0, float* y1,
+                                         float* y2, unsigned m, u64 n0, u64 n1, u64 n2, unsigned k) {
+    gemv_many_impl<float, DT_F32>(x, w0, w1, w2, y0, y1, y2, m, n0, n1, n2, k);
+}
+extern "C" __global__ void gemv_many_f16(const float* x, const u16* w0, const u16* w1, const u16* w2, float* y0, float* y1,
+                                         float* y2, unsigned m, u64 n0, u64 n1, u64 n2, unsigned k) {
+    gemv_many_impl<u16, DT_F16>(x, w0, w1, w2, y0, y1, y2, m, n0, n1, n2, k);
+}
+extern "C" __global__ void gemv_many_bf16(const float* x, const u16* w0, const u16* w1, const u16* w2, float* y0, float* y1,
+                                          float* y2, unsigned m, u64 n0, u64 n1, u64 n2, unsigned k) {
+    gemv_many_impl<u16, DT_BF16>(x, w0, w1, w2, y0, y1, y2, m, n0, n1, n2, k);
 }

@@ -151,7 +151,7 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
         }
     }
     // The LLM at the table's fixed token counts, decode after the long prefill.
-    let (mut prefill_long, mut prefill_short, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut prefill_long, mut prefill_short, mut decode, mut issue) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for it in 0..iterations {
         bar.set_message(format!("LLM {PREFILL_LONG} and {PREFILL_SHORT} tokens ({})", if it == 0 { "warm-up".into() } else { format!("run {it}/{}", opts.runs) }));
         let decode_tokens = if it == 0 { opts.decode_tokens.min(WARMUP_DECODE_TOKENS) } else { opts.decode_tokens };
@@ -162,6 +162,12 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
             prefill_long.push(long.prefill_ms);
             prefill_short.push(short.prefill_ms);
             decode.extend(long.decode_ms_per_token);
+            issue.extend(long.decode_issue_ms_per_token);
+        }
+    }
+    if let (Some(total), Some(host)) = (median(&decode), median(&issue)) {
+        if be.name() != "cpu" {
+            bar.suspend(|| eprintln!("decode: the host issues a step's ops in {host:.2} ms of its {total:.2} ms"));
         }
     }
     bar.set_message("scatter-mean pooling");

@@ -151,6 +151,9 @@ pub struct LlmTimes {
     pub prefill_ms: f64,
     /// None when no decode step was asked for.
     pub decode_ms_per_token: Option<f64>,
+    /// Host time spent issuing each decode step's ops (before waiting for its token): close
+    /// to `decode_ms_per_token` means the host, not the device, sets the pace.
+    pub decode_issue_ms_per_token: Option<f64>,
 }
 
 /// Time one prefill of `tokens` random embeddings and `decode_tokens` steps after it. The
@@ -171,13 +174,16 @@ pub fn llm_prefill_decode(be: &Backend, llm: &Llama, tokens: usize, decode_token
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
 
     let start = Instant::now();
+    let mut issue = 0.0;
     for _ in 0..decode_tokens {
+        let t0 = Instant::now();
         let out = llm.forward(be, Input::Ids(&[token]), &mut cache, Logits::Last, false)?;
+        issue += t0.elapsed().as_secs_f64() * 1e3;
         token = super::stack::next_token(be, out.logits)?;
     }
     be.synchronize()?;
-    let decode_ms_per_token = (decode_tokens > 0).then(|| start.elapsed().as_secs_f64() * 1e3 / decode_tokens as f64);
-    Ok(LlmTimes { prefill_ms, decode_ms_per_token })
+    let per_token = |ms: f64| (decode_tokens > 0).then(|| ms / decode_tokens as f64);
+    Ok(LlmTimes { prefill_ms, decode_ms_per_token: per_token(start.elapsed().as_secs_f64() * 1e3), decode_issue_ms_per_token: per_token(issue) })
 }
 
 #[cfg(test)]

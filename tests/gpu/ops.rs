@@ -257,6 +257,25 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
                 same(&format!("linear_many {:?} #{i}", xs.shape()), &g, gt, wt, tol_k(&g, 24));
             }
         }
+        // Same-dtype weights: CUDA runs them as one GEMV over all their rows (M ≤ 4, up to
+        // three weights) or shares one bf16 copy of x between the tensor-core GEMMs.
+        for (m, k) in [(1usize, 64usize), (3, 13), (6, 40)] {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let xs = r.tensor(&[m, k]);
+                let ws: Vec<Tensor> = [33usize, 8, 17].iter().map(|&n| r.tensor(&[n, k]).to_dtype(dtype).unwrap()).collect();
+                let wsg: Vec<Tensor> = ws.iter().map(|w| g.backend.upload_weight(w).unwrap()).collect();
+                let tensor_cores = matches!(&g.backend, Backend::Cuda(cb) if cb.bf16_gemm()) && dtype == DType::BF16 && m > 4;
+                let x_ref = if tensor_cores { xs.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap() } else { xs.clone() };
+                for count in [2, 3] {
+                    let want = cpu().linear_many(&x_ref, &ws.iter().take(count).collect::<Vec<_>>()).unwrap();
+                    let got = g.backend.linear_many(&up(&g, &xs), &wsg.iter().take(count).collect::<Vec<_>>()).unwrap();
+                    assert_eq!(got.len(), count);
+                    for (i, (gt, wt)) in got.iter().zip(&want).enumerate() {
+                        same(&format!("linear_many {m}×{k} {dtype} {count} weights #{i}"), &g, gt, wt, tol_k(&g, k));
+                    }
+                }
+            }
+        }
         assert!(g.backend.linear(&up(&g, &x), &up(&g, &r.tensor(&[10, 23])), None, Activation::None, None).is_err(), "K mismatch must be an error");
     }
 }

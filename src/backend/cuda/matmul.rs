@@ -147,8 +147,9 @@ impl CudaBackend {
     }
 
     /// y [m, n] = x [m, k] · wᵀ with cuBLAS (k ≥ 1): bf16 tensor cores for a bf16 weight (unless
-    /// switched off), else f32 SGEMM, widening a half weight block by block.
-    fn gemm_nt(&self, op: &'static str, xp: u64, w: &Tensor, y: &CudaSlice<f32>, m: usize) -> Result<()> {
+    /// switched off; `xb`, when given, is x already rounded to bf16), else f32 SGEMM, widening a
+    /// half weight block by block.
+    fn gemm_nt(&self, op: &'static str, xp: u64, xb: Option<u64>, w: &Tensor, y: &CudaSlice<f32>, m: usize) -> Result<()> {
         let (n, k) = (w.dim(0), w.dim(1));
         if n == 0 || m == 0 {
             return Ok(());
@@ -179,10 +180,11 @@ impl CudaBackend {
             return self.sgemm(op, &gemm(false, wp, xp, n, 0));
         }
         if dt == 2 && self.bf16_gemm() {
-            let xb = self.alloc::<half::bf16>(m * k, op)?;
-            let (xbp, n64) = (self.ptr(&xb), (m * k) as u64);
-            launch!(self, op, self.function(&kernels::ELEMENTWISE, "f32_to_bf16_rn")?, grid_1d(m * k), xp, xbp, n64)?;
-            return self.sgemm(op, &gemm(true, wp, xbp, n, 0));
+            if let Some(xbp) = xb {
+                return self.sgemm(op, &gemm(true, wp, xbp, n, 0));
+            }
+            let xb = self.to_bf16(op, xp, m * k)?;
+            return self.sgemm(op, &gemm(true, wp, self.ptr(&xb), n, 0));
         }
         let rows_per = (WIDEN_CHUNK / k).clamp(1, n);
         let scratch = self.alloc::<f32>(rows_per * k, op)?;
@@ -233,18 +235,68 @@ impl CudaBackend {
             self.gemv(OP, xp, w, &y, m, bias, act, residual)?;
         } else {
             if k > 0 {
-                self.gemm_nt(OP, xp, w, &y, m)?;
+                self.gemm_nt(OP, xp, None, w, &y, m)?;
             }
             self.epilogue(OP, &y, m * n, n, bias, act, residual)?;
         }
         Ok(self.wrap_f32(y, out_shape))
     }
 
+    /// Several weights on one x: one GEMV launch over all their rows for M ≤ 4 (up to three
+    /// weights of one dtype), and for the bf16 tensor-core GEMMs one bf16 copy of x.
     pub fn linear_many(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        const OP: &str = "linear_many";
         if ws.is_empty() {
-            return Err(Error::shape("linear_many", "no weights"));
+            return Err(Error::shape(OP, "no weights"));
         }
-        ws.iter().map(|w| self.linear(x, w, None, Activation::None, None)).collect()
+        let shapes = ws.iter().map(|w| Self::check_linear(OP, x, w)).collect::<Result<Vec<_>>>()?;
+        let (m, k) = (shapes[0].0, ws[0].dim(1));
+        if k == 0 || m == 0 || ws.len() > 3 || ws.iter().any(|w| w.dtype() != ws[0].dtype()) {
+            return ws.iter().map(|w| self.linear(x, w, None, Activation::None, None)).collect();
+        }
+        let xp = self.f32_ptr(x, OP)?;
+        let ys = shapes.iter().map(|(_, _, s)| self.alloc_f32(s)).collect::<Result<Vec<_>>>()?;
+        if m <= GEMV_MAX_M {
+            self.gemv_many(OP, xp, ws, &ys, m)?;
+        } else {
+            let xb = if ws[0].dtype() == crate::dtype::DType::BF16 && self.bf16_gemm() { Some(self.to_bf16(OP, xp, m * k)?) } else { None };
+            for (w, y) in ws.iter().zip(&ys) {
+                self.gemm_nt(OP, xp, xb.as_ref().map(|b| self.ptr(b)), w, y, m)?;
+            }
+        }
+        Ok(ys.into_iter().zip(shapes).map(|(y, (_, _, s))| self.wrap_f32(y, s)).collect())
+    }
+
+    /// `gemv_many_*`: the rows of up to three same-dtype weights [nᵢ, K] on x [m, K], m ≤ 4.
+    fn gemv_many(&self, op: &'static str, xp: u64, ws: &[&Tensor], ys: &[CudaSlice<f32>], m: usize) -> Result<()> {
+        let k32 = u32::try_from(ws[0].dim(1)).map_err(|_| Error::shape(op, format!("K = {} exceeds u32", ws[0].dim(1))))?;
+        let (mut wp, mut yp, mut n) = ([0u64; 3], [0u64; 3], [0u64; 3]);
+        let mut dt = 0;
+        for (i, (w, y)) in ws.iter().zip(ys).enumerate() {
+            (wp[i], dt) = self.any_float(w, op)?;
+            (yp[i], n[i]) = (self.ptr(y), w.dim(0) as u64);
+        }
+        let total: u64 = n.iter().sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let name = match dt {
+            0 => "gemv_many_f32",
+            1 => "gemv_many_f16",
+            _ => "gemv_many_bf16",
+        };
+        let blocks = (total as usize).div_ceil(8).min(65_535 * 8) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let ([w0, w1, w2], [y0, y1, y2], [n0, n1, n2], m32) = (wp, yp, n, m as u32);
+        launch!(self, op, self.function(&kernels::GEMV, name)?, cfg, xp, w0, w1, w2, y0, y1, y2, m32, n0, n1, n2, k32)
+    }
+
+    /// x [n] f32 at `xp` rounded to a new bf16 buffer (the tensor cores' operand).
+    fn to_bf16(&self, op: &'static str, xp: u64, n: usize) -> Result<CudaSlice<half::bf16>> {
+        let xb = self.alloc::<half::bf16>(n, op)?;
+        let (xbp, n64) = (self.ptr(&xb), n as u64);
+        launch!(self, op, self.function(&kernels::ELEMENTWISE, "f32_to_bf16_rn")?, grid_1d(n), xp, xbp, n64)?;
+        Ok(xb)
     }
 
     pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
