@@ -12,10 +12,26 @@
 //
 // params: [planes, ph, pw, y0, x0, h, w, bits(offset)]
 // bindings: logits, out.
+//
+// upscale_masks: SAM's upscaler tail fused with the hypernetwork product (twin of
+// upscale_masks_f32; spec in src/backend/cpu/masks.rs). One invocation per pixel (r, q) of the
+// 2E × 2E map, r = 2i + a, q = 2j + b: LayerNorm + GELU over its C1 channels y[p, i, j, a·2 + b]
+// (kept in a private array), then for each of its 2×2 output pixels (2r + c, 2q + d) the C2
+// features gelu(b2 + w2[(c·2 + d)·C2 + o] · g) and their dot products with the M hypernetwork
+// rows of prompt p, written to out [P, M, 4E, 4E] (f32 bits). Workgroups of 64, folded to 2-D.
+// Limits (WgpuBackend::upscale_masks_fits): C1 ≤ 64, M ≤ 8.
+// params: [P, E, C1, C2, M, bits(eps)]
+// bindings: y (as logits), out, ln_w, ln_b, w2, b2, hyper.
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
+
+@group(0) @binding(3) var<storage, read> ln_w: array<f32>;
+@group(0) @binding(4) var<storage, read> ln_b: array<f32>;
+@group(0) @binding(5) var<storage, read> w2: array<f32>;
+@group(0) @binding(6) var<storage, read> b2: array<f32>;
+@group(0) @binding(7) var<storage, read> hyper: array<f32>;
 
 const HEADER: u32 = 8u;
 
@@ -98,5 +114,63 @@ fn mask_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             out[o + 3u + i] = select(bitcast<u32>(atomicLoad(&s_box[i])), 0xffffffffu, a == 0u);
         }
         out[o + 7u] = 0u;
+    }
+}
+
+@compute @workgroup_size(64)
+fn upscale_masks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let P = params[0];
+    let E = params[1];
+    let C1 = params[2];
+    let C2 = params[3];
+    let M = params[4];
+    let eps = bitcast<f32>(params[5]);
+    let side2 = 2u * E;
+    let idx = flat_wg(wid, nwg) * 64u + lid;
+    if (idx >= P * side2 * side2) {
+        return;
+    }
+    let p = idx / (side2 * side2);
+    let r = (idx / side2) % side2;
+    let q = idx % side2;
+    let base = (((p * E + r / 2u) * E + q / 2u) * 4u + (r % 2u) * 2u + q % 2u) * C1;
+    var g: array<f32, 64>;
+    var mean = 0.0;
+    for (var c = 0u; c < C1; c++) {
+        g[c] = logits[base + c];
+        mean += g[c];
+    }
+    mean /= f32(C1);
+    var var_ = 0.0;
+    for (var c = 0u; c < C1; c++) {
+        let d = g[c] - mean;
+        var_ += d * d;
+    }
+    let rstd = inverseSqrt(var_ / f32(C1) + eps);
+    for (var c = 0u; c < C1; c++) {
+        g[c] = act_apply((g[c] - mean) * rstd * ln_w[c] + ln_b[c], ACT_GELU);
+    }
+    let L = 4u * E;
+    for (var cd = 0u; cd < 4u; cd++) {
+        var acc: array<f32, 8>;
+        for (var m = 0u; m < M; m++) {
+            acc[m] = 0.0;
+        }
+        for (var o = 0u; o < C2; o++) {
+            let row = (cd * C2 + o) * C1;
+            var z = b2[o];
+            for (var c = 0u; c < C1; c++) {
+                z = fma(w2[row + c], g[c], z);
+            }
+            z = act_apply(z, ACT_GELU);
+            for (var m = 0u; m < M; m++) {
+                acc[m] = fma(hyper[(p * M + m) * C2 + o], z, acc[m]);
+            }
+        }
+        let oy = 2u * r + cd / 2u;
+        let ox = 2u * q + cd % 2u;
+        for (var m = 0u; m < M; m++) {
+            out[((p * M + m) * L + oy) * L + ox] = bitcast<u32>(acc[m]);
+        }
     }
 }

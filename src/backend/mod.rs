@@ -486,6 +486,10 @@ impl Backend {
                 let _span = span();
                 b.upscale_masks(y, ln, w2, b2, hyper, s)
             }
+            Backend::Wgpu(b) if wgpu::WgpuBackend::upscale_masks_fits(&s) => {
+                let _span = span();
+                b.upscale_masks(y, ln, w2, b2, hyper, s)
+            }
             _ => upscale::composed(self, y, ln, w2, b2, hyper, s),
         }
     }

@@ -54,13 +54,47 @@ impl Drop for Span<'_> {
 /// The totals so far, largest first: op, calls, total ms, mean µs, share of the sum.
 pub fn report() -> String {
     let t = totals().lock().unwrap_or_else(|p| p.into_inner());
-    let mut rows: Vec<_> = t.iter().collect();
+    format_rows(t.iter().map(|(k, &v)| (k.clone(), v)).collect())
+}
+
+fn format_rows(mut rows: Vec<(String, (u64, f64))>) -> String {
     rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
     let sum: f64 = rows.iter().map(|r| r.1 .1).sum();
     let mut out = format!("{:<28} {:>9} {:>11} {:>10} {:>6}\n", "op (device time, synced)", "calls", "total ms", "mean µs", "share");
-    for (name, &(calls, ms)) in rows {
+    for (name, (calls, ms)) in rows {
         out += &format!("{name:<28} {calls:>9} {ms:>11.2} {:>10.1} {:>5.1}%\n", ms * 1e3 / calls.max(1) as f64, 100.0 * ms / sum.max(1e-12));
     }
     out += &format!("{:<28} {:>9} {sum:>11.2}\n", "all ops", "");
     out
+}
+
+/// While profiling, the ops of one section of a run (e.g. one benchmark stage): on drop, the
+/// ops timed since `start` are printed to stderr under `name`. The totals keep counting.
+pub struct Section {
+    on: Option<(String, HashMap<String, (u64, f64)>)>,
+}
+
+impl Section {
+    pub fn start(name: &str) -> Section {
+        if !enabled() {
+            return Section { on: None };
+        }
+        Section { on: Some((name.to_string(), totals().lock().unwrap_or_else(|p| p.into_inner()).clone())) }
+    }
+}
+
+impl Drop for Section {
+    fn drop(&mut self) {
+        if let Some((name, before)) = self.on.take() {
+            let now = totals().lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let rows = now
+                .into_iter()
+                .filter_map(|(k, (c, ms))| {
+                    let (c0, ms0) = before.get(&k).copied().unwrap_or_default();
+                    (c > c0).then(|| (k, (c - c0, ms - ms0)))
+                })
+                .collect();
+            eprintln!("profile of {name}:\n{}", format_rows(rows));
+        }
+    }
 }

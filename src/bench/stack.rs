@@ -271,6 +271,7 @@ impl Stack {
     /// at eos) → mask decoder.
     pub fn run_path(&self, be: &Backend, enc: &Encoded, projector: &Projector, decode_tokens: usize) -> Result<PathTimes> {
         let (superpixels, superpixels_ms, superpixels_split_ms) = if projector.kind == ProjectorKind::Svp {
+            let _section = crate::backend::profile::Section::start("superpixels");
             let ((sp, stats), ms) = timed(be, || generate_with_stats(be, &self.sam, &enc.image_embeddings, &enc.frame, self.grid, &self.superpixels))?;
             (Some(sp), Some(ms), Some((stats.decoder_ms, stats.postprocess_ms)))
         } else {

@@ -173,6 +173,7 @@ pub fn llm_prefill_decode(be: &Backend, llm: &Llama, tokens: usize, decode_token
     be.synchronize()?;
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
 
+    let _section = (decode_tokens > 0).then(|| crate::backend::profile::Section::start("decode"));
     let start = Instant::now();
     let mut issue = 0.0;
     for _ in 0..decode_tokens {

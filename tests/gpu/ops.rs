@@ -399,14 +399,15 @@ fn conv2d_for_every_weight_dtype() {
     }
 }
 
-/// The fused upscaler tail: SAM's sizes and small ones take the CUDA kernel (grids wider than
-/// one block's 128 threads, one mask, up to 8); widths it does not take (C1 not a multiple of
-/// 4, w2 over its shared memory) and wgpu go through the composed ops.
+/// The fused upscaler tail: SAM's sizes and small ones take the CUDA kernel and the WGSL shader
+/// (grids wider than one CUDA block's 128 threads, one mask, up to 8); sizes a fused path does
+/// not take go through the composed ops (CUDA: C1 not a multiple of 4, w2 over its shared
+/// memory; both: C1 > 64, more than 8 masks).
 #[test]
 fn upscale_masks_fused_and_composed() {
     let mut r = rng("upscale_masks");
     for g in gpus("upscale_masks") {
-        for (p, e, c1, c2, m) in [(2usize, 4usize, 8usize, 4usize, 3usize), (2, 5, 64, 32, 3), (1, 70, 8, 4, 1), (1, 3, 4, 3, 8), (1, 3, 6, 3, 1), (1, 2, 64, 64, 2)] {
+        for (p, e, c1, c2, m) in [(2usize, 4usize, 8usize, 4usize, 3usize), (2, 5, 64, 32, 3), (1, 70, 8, 4, 1), (1, 3, 4, 3, 8), (1, 3, 6, 3, 1), (1, 2, 64, 64, 2), (1, 2, 68, 2, 1), (2, 2, 4, 2, 9)] {
             let y = r.tensor(&[p, e, e, 4 * c1]);
             let (lw, lb) = (r.tensor(&[c1]), r.tensor(&[c1]));
             let (w2, b2, hyper) = (r.tensor(&[4 * c2, c1]), r.tensor(&[c2]), r.tensor(&[p, m, c2]));

@@ -188,6 +188,12 @@ impl WgpuBackend {
     pub fn mask_stats(&self, logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tensor> {
         masks::mask_stats(self, logits, rect, offset)
     }
+    pub(crate) fn upscale_masks_fits(s: &crate::backend::UpscaleShape) -> bool {
+        masks::upscale_masks_fits(s)
+    }
+    pub(crate) fn upscale_masks(&self, y: &Tensor, ln: (&Tensor, &Tensor, f32), w2: &Tensor, b2: &Tensor, hyper: &Tensor, s: crate::backend::UpscaleShape) -> Result<Tensor> {
+        masks::upscale_masks(self, y, ln, w2, b2, hyper, s)
+    }
 }
 
 #[cfg(test)]
