@@ -280,6 +280,42 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
     }
 }
 
+/// RMSNorm fused into the projections that follow it (Q/K/V; SwiGLU gate and up): one GEMV
+/// launch on CUDA for M ≤ 4 (K a multiple of 8 or not), the separate ops above that.
+#[test]
+fn rms_norm_fused_into_linear_many_and_swiglu() {
+    let mut r = rng("rms_norm_linear");
+    for g in gpus("rms_norm_linear") {
+        for (m, k) in [(1usize, 64usize), (2, 13), (4, 96), (6, 40)] {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let x = r.tensor(&[m, k]);
+                let nw = r.tensor(&[k]);
+                let ws: Vec<Tensor> = [33usize, 8, 17].iter().map(|&n| r.tensor(&[n, k]).to_dtype(dtype).unwrap()).collect();
+                let wsg: Vec<Tensor> = ws.iter().map(|w| g.backend.upload_weight(w).unwrap()).collect();
+                // Above M = 4 the norm output is the GEMM's input (bf16-rounded on CUDA's tensor cores).
+                let tensor_cores = matches!(&g.backend, Backend::Cuda(cb) if cb.bf16_gemm()) && dtype == DType::BF16 && m > 4;
+                let normed = cpu().rms_norm(&x, &nw, 1e-5).unwrap();
+                let normed = if tensor_cores { normed.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap() } else { normed };
+                let (xg, nwg) = (up(&g, &x), up(&g, &nw));
+                let want = cpu().linear_many(&normed, &ws.iter().collect::<Vec<_>>()).unwrap();
+                let got = g.backend.rms_norm_linear_many(&xg, &nwg, 1e-5, &wsg.iter().collect::<Vec<_>>()).unwrap();
+                assert_eq!(got.len(), 3);
+                for (i, (gt, wt)) in got.iter().zip(&want).enumerate() {
+                    same(&format!("rms_norm_linear_many {m}×{k} {dtype} #{i}"), &g, gt, wt, tol_k(&g, k));
+                }
+                let (gate, upw) = (&ws[0], &r.tensor(&[33, k]).to_dtype(dtype).unwrap());
+                let gu = cpu().linear_many(&normed, &[gate, upw]).unwrap();
+                let want = cpu().silu_mul(&gu[0], &gu[1]).unwrap();
+                let got = g.backend.rms_norm_swiglu(&xg, &nwg, 1e-5, &wsg[0], &g.backend.upload_weight(upw).unwrap()).unwrap();
+                same(&format!("rms_norm_swiglu {m}×{k} {dtype}"), &g, &got, &want, tol_k(&g, k));
+            }
+        }
+        let x = r.tensor(&[1, 16]);
+        assert!(g.backend.rms_norm_swiglu(&up(&g, &x), &up(&g, &r.tensor(&[16])), 1e-5, &up(&g, &r.tensor(&[8, 16])), &up(&g, &r.tensor(&[9, 16]))).is_err(), "gate and up of different shapes");
+        assert!(g.backend.rms_norm_linear_many(&up(&g, &x), &up(&g, &r.tensor(&[15])), 1e-5, &[&up(&g, &r.tensor(&[8, 16]))]).is_err(), "norm weight of the wrong length");
+    }
+}
+
 #[test]
 fn batched_matmul_plain_transposed_and_shared() {
     let mut r = rng("matmul");

@@ -269,26 +269,76 @@ impl CudaBackend {
 
     /// `gemv_many_*`: the rows of up to three same-dtype weights [nᵢ, K] on x [m, K], m ≤ 4.
     fn gemv_many(&self, op: &'static str, xp: u64, ws: &[&Tensor], ys: &[CudaSlice<f32>], m: usize) -> Result<()> {
+        self.gemv_many_launch(op, "gemv_many", xp, None, ws, ys, m)
+    }
+
+    /// Launch `family`_{f32,f16,bf16} (kernels/gemv.cu) over the weights' rows; `norm` is the
+    /// fused RMSNorm's weight pointer and eps. The caller checked shapes and dtypes.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_many_launch(&self, op: &'static str, family: &str, xp: u64, norm: Option<(u64, f32)>, ws: &[&Tensor], ys: &[CudaSlice<f32>], m: usize) -> Result<()> {
         let k32 = u32::try_from(ws[0].dim(1)).map_err(|_| Error::shape(op, format!("K = {} exceeds u32", ws[0].dim(1))))?;
-        let (mut wp, mut yp, mut n) = ([0u64; 3], [0u64; 3], [0u64; 3]);
+        let (mut wp, mut n) = ([0u64; 3], [0u64; 3]);
+        let mut yp = [0u64; 3];
         let mut dt = 0;
-        for (i, (w, y)) in ws.iter().zip(ys).enumerate() {
+        for (i, w) in ws.iter().enumerate() {
             (wp[i], dt) = self.any_float(w, op)?;
-            (yp[i], n[i]) = (self.ptr(y), w.dim(0) as u64);
+            n[i] = w.dim(0) as u64;
         }
-        let total: u64 = n.iter().sum();
-        if total == 0 {
+        for (i, y) in ys.iter().enumerate() {
+            yp[i] = self.ptr(y);
+        }
+        let total: u64 = if family == "gemv_norm_swiglu" { n[0] } else { n.iter().sum() };
+        if total == 0 || m == 0 {
             return Ok(());
         }
-        let name = match dt {
-            0 => "gemv_many_f32",
-            1 => "gemv_many_f16",
-            _ => "gemv_many_bf16",
-        };
+        let name = format!(
+            "{family}_{}",
+            match dt {
+                0 => "f32",
+                1 => "f16",
+                _ => "bf16",
+            }
+        );
         let blocks = (total as usize).div_ceil(8).min(65_535 * 8) as u32;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (gp, eps) = norm.unwrap_or((0, 0.0));
         let ([w0, w1, w2], [y0, y1, y2], [n0, n1, n2], m32) = (wp, yp, n, m as u32);
-        launch!(self, op, self.function(&kernels::GEMV, name)?, cfg, xp, w0, w1, w2, y0, y1, y2, m32, n0, n1, n2, k32)
+        launch!(self, op, self.function(&kernels::GEMV, &name)?, cfg, xp, gp, eps, w0, w1, w2, y0, y1, y2, m32, n0, n1, n2, k32)
+    }
+
+    /// Whether the fused RMSNorm GEMVs take these operands: M ≤ 4 rows of x, at most three
+    /// weights of one dtype, an f32 norm weight of length K ≥ 1.
+    pub(crate) fn norm_gemv_fits(x: &Tensor, norm_w: &Tensor, ws: &[&Tensor]) -> bool {
+        let k = norm_w.numel();
+        let m = if k == 0 { 0 } else { x.numel() / k };
+        k > 0
+            && x.shape().last() == Some(&k)
+            && (1..=GEMV_MAX_M).contains(&m)
+            && norm_w.dtype() == crate::dtype::DType::F32
+            && (1..=3).contains(&ws.len())
+            && ws.iter().all(|w| w.dims() == 2 && w.dim(1) == k && w.dtype() == ws[0].dtype())
+    }
+
+    /// `Backend::rms_norm_linear_many` in one launch (operands checked by `norm_gemv_fits`).
+    pub(crate) fn rms_norm_linear_many(&self, x: &Tensor, norm_w: &Tensor, eps: f32, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        const OP: &str = "rms_norm_linear_many";
+        let shapes = ws.iter().map(|w| Self::check_linear(OP, x, w)).collect::<Result<Vec<_>>>()?;
+        let m = shapes[0].0;
+        let ys = shapes.iter().map(|(_, _, s)| self.alloc_f32(s)).collect::<Result<Vec<_>>>()?;
+        let (xp, gp) = (self.f32_ptr(x, OP)?, self.f32_ptr(norm_w, OP)?);
+        self.gemv_many_launch(OP, "gemv_norm_many", xp, Some((gp, eps)), ws, &ys, m)?;
+        Ok(ys.into_iter().zip(shapes).map(|(y, (_, _, s))| self.wrap_f32(y, s)).collect())
+    }
+
+    /// `Backend::rms_norm_swiglu` in one launch (operands checked by `norm_gemv_fits` and the
+    /// caller: gate and up of one shape).
+    pub(crate) fn rms_norm_swiglu(&self, x: &Tensor, norm_w: &Tensor, eps: f32, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
+        const OP: &str = "rms_norm_swiglu";
+        let (m, _, shape) = Self::check_linear(OP, x, w_gate)?;
+        let y = self.alloc_f32(&shape)?;
+        let (xp, gp) = (self.f32_ptr(x, OP)?, self.f32_ptr(norm_w, OP)?);
+        self.gemv_many_launch(OP, "gemv_norm_swiglu", xp, Some((gp, eps)), &[w_gate, w_up], std::slice::from_ref(&y), m)?;
+        Ok(self.wrap_f32(y, shape))
     }
 
     /// x [n] f32 at `xp` rounded to a new bf16 buffer (the tensor cores' operand).

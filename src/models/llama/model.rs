@@ -283,13 +283,14 @@ impl Llama {
         let c = &self.config;
         let (h, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let a = &layer.self_attn;
-        let normed = be.rms_norm(x, &layer.input_layernorm, eps)?;
         let (q, k, v) = if a.q_proj.bias.is_none() && a.k_proj.bias.is_none() && a.v_proj.bias.is_none() {
-            // One pass over the three weights (one parallel region per token, not three).
-            let mut qkv = be.linear_many(&normed, &[&a.q_proj.weight, &a.k_proj.weight, &a.v_proj.weight])?.into_iter();
+            // One pass over the three weights (one parallel region per token, not three), the
+            // norm fused in where the backend can.
+            let mut qkv = be.rms_norm_linear_many(x, &layer.input_layernorm, eps, &[&a.q_proj.weight, &a.k_proj.weight, &a.v_proj.weight])?.into_iter();
             let mut next = || qkv.next().ok_or_else(|| Error::shape("linear_many", "missing output"));
             (next()?, next()?, next()?)
         } else {
+            let normed = be.rms_norm(x, &layer.input_layernorm, eps)?;
             (
                 a.q_proj.forward(be, &normed, Activation::None, None)?,
                 a.k_proj.forward(be, &normed, Activation::None, None)?,
@@ -308,19 +309,17 @@ impl Llama {
         let attn = from_heads(be, &be.attention(&q, k_cache, v_cache, &params)?, n, h * d)?;
         let x = a.o_proj.forward(be, &attn, Activation::None, Some(x))?;
 
-        let normed = be.rms_norm(&x, &layer.post_attention_layernorm, eps)?;
         let m = &layer.mlp;
+        let post_ln = &layer.post_attention_layernorm;
         let act = if c.hidden_act == Activation::Silu && m.gate_proj.bias.is_none() && m.up_proj.bias.is_none() {
-            let gu = be.linear_many(&normed, &[&m.gate_proj.weight, &m.up_proj.weight])?;
-            match gu.as_slice() {
-                [gate, up] => be.silu_mul(gate, up)?,
-                _ => return Err(Error::shape("linear_many", "expected two outputs")),
-            }
+            be.rms_norm_swiglu(&x, post_ln, eps, &m.gate_proj.weight, &m.up_proj.weight)?
         } else if c.hidden_act == Activation::Silu {
+            let normed = be.rms_norm(&x, post_ln, eps)?;
             let gate = m.gate_proj.forward(be, &normed, Activation::None, None)?;
             let up = m.up_proj.forward(be, &normed, Activation::None, None)?;
             be.silu_mul(&gate, &up)?
         } else {
+            let normed = be.rms_norm(&x, post_ln, eps)?;
             let gate = m.gate_proj.forward(be, &normed, c.hidden_act, None)?;
             let up = m.up_proj.forward(be, &normed, Activation::None, None)?;
             be.mul(&gate, &up)?
