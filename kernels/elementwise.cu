@@ -6,7 +6,9 @@
 // * binary_f32:        y = a ∘ b, same shapes          (op 0 add, 1 sub, 2 mul)
 // * binary_bcast_f32:  y = a ∘ b with numpy broadcasting: per output index, each operand's
 //                      offset from per-dim strides that are 0 on broadcast dims (≤ 8 dims)
-// * f32_to_bf16_rn, to_f32: dtype conversions around cuBLAS (see src/backend/cuda/matmul.rs)
+// * f32_to_bf16_rn(_x4), to_f32: dtype conversions around cuBLAS (see src/backend/cuda/matmul.rs)
+// * epilogue_f32(x4): bias + activation + residual after a cuBLAS GEMM; the x4 variants move
+//   four elements per step when the sizes allow
 // * softmax_f32:       softmax over the last dim, one block per row; a row of all −∞ → zeros
 //
 // Launch: the 1-D kernels use grid-stride loops (any n); softmax uses a 2-D grid of rows
@@ -96,6 +98,29 @@ extern "C" __global__ void epilogue_f32(float* __restrict__ y, u64 total, unsign
     }
 }
 
+// The same four columns at a time (n % 4 == 0, total / 4 < 2^31): one float4 load and store of
+// y (and residual) per thread step and 32-bit column arithmetic, so the pass runs at copy
+// bandwidth instead of paying a 64-bit modulo per element.
+extern "C" __global__ void epilogue_f32x4(float4* __restrict__ y, unsigned total4, unsigned n4, const void* bias, int bdt, int act,
+                                          const float4* __restrict__ residual) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total4; i += blockDim.x * gridDim.x) {
+        float4 v = y[i];
+        if (bias) {
+            const unsigned c = (i % n4) * 4;
+            v.x += load_any(bias, bdt, c);
+            v.y += load_any(bias, bdt, c + 1);
+            v.z += load_any(bias, bdt, c + 2);
+            v.w += load_any(bias, bdt, c + 3);
+        }
+        v = make_float4(act_apply(v.x, act), act_apply(v.y, act), act_apply(v.z, act), act_apply(v.w, act));
+        if (residual) {
+            const float4 r = residual[i];
+            v = make_float4(v.x + r.x, v.y + r.y, v.z + r.z, v.w + r.w);
+        }
+        y[i] = v;
+    }
+}
+
 // y [outer, c, hw] += bias[c] (conv bias), bias of dtype bdt.
 extern "C" __global__ void bias_channels_f32(float* __restrict__ y, u64 total, unsigned c, u64 hw, const void* bias, int bdt) {
     GRID_STRIDE(i, total) { y[i] += load_any(bias, bdt, (i / hw) % c); }
@@ -104,6 +129,15 @@ extern "C" __global__ void bias_channels_f32(float* __restrict__ y, u64 total, u
 // f32 activations → bf16 (round to nearest even), the operand of the bf16 tensor-core GEMM.
 extern "C" __global__ void f32_to_bf16_rn(const float* __restrict__ x, u16* __restrict__ y, u64 n) {
     GRID_STRIDE(i, n) { y[i] = f32_to_bf16(x[i]); }
+}
+
+// The same, four elements per thread step (n % 4 == 0, n / 4 < 2^31): float4 in, 8 bytes out.
+extern "C" __global__ void f32_to_bf16_rn_x4(const float4* __restrict__ x, uint2* __restrict__ y, unsigned n4) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += blockDim.x * gridDim.x) {
+        const float4 v = x[i];
+        y[i] = make_uint2((unsigned)f32_to_bf16(v.x) | ((unsigned)f32_to_bf16(v.y) << 16),
+                          (unsigned)f32_to_bf16(v.z) | ((unsigned)f32_to_bf16(v.w) << 16));
+    }
 }
 
 // f16 / bf16 buffer → f32 buffer (weights handed to cuBLAS's f32 GEMM).

@@ -187,6 +187,12 @@ impl CudaBackend {
             Some(r) => self.f32_ptr(r, op)?,
             None => 0u64,
         };
+        if n % 4 == 0 && total % n == 0 && total / 4 < 1 << 31 {
+            // Whole float4s per row (device buffers are 256-byte aligned); below 2^31 so the kernel's
+            // 32-bit grid-stride index cannot wrap.
+            let (yp, t4, n4, a) = (self.ptr(y), (total / 4) as u32, (n / 4) as u32, act_code(act));
+            return launch!(self, op, self.function(&kernels::ELEMENTWISE, "epilogue_f32x4")?, grid_1d(total / 4), yp, t4, n4, bp, bdt, a, rp);
+        }
         let (yp, t64, n32, a) = (self.ptr(y), total as u64, n as u32, act_code(act));
         launch!(self, op, self.function(&kernels::ELEMENTWISE, "epilogue_f32")?, grid_1d(total), yp, t64, n32, bp, bdt, a, rp)
     }

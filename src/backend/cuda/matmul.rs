@@ -344,6 +344,11 @@ impl CudaBackend {
     /// x [n] f32 at `xp` rounded to a new bf16 buffer (the tensor cores' operand).
     fn to_bf16(&self, op: &'static str, xp: u64, n: usize) -> Result<CudaSlice<half::bf16>> {
         let xb = self.alloc::<half::bf16>(n, op)?;
+        if n % 4 == 0 && n / 4 < 1 << 31 {
+            let (xbp, n4) = (self.ptr(&xb), (n / 4) as u32);
+            launch!(self, op, self.function(&kernels::ELEMENTWISE, "f32_to_bf16_rn_x4")?, grid_1d(n / 4), xp, xbp, n4)?;
+            return Ok(xb);
+        }
         let (xbp, n64) = (self.ptr(&xb), n as u64);
         launch!(self, op, self.function(&kernels::ELEMENTWISE, "f32_to_bf16_rn")?, grid_1d(n), xp, xbp, n64)?;
         Ok(xb)
