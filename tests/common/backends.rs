@@ -7,6 +7,8 @@
 //! `VISWORD_BACKENDS=cuda` (or `wgpu`) tries only the listed backends, so one run's pass/fail
 //! counts belong to one backend (scripts/gpu-check.sh runs the binary once per backend).
 
+use std::sync::Mutex;
+
 use visword::{Backend, BackendKind};
 
 use super::Tol;
@@ -18,6 +20,24 @@ pub struct Gpu {
     pub op_tol: Tol,
     /// Whole f32 models against transformers.
     pub model_tol: Tol,
+}
+
+/// wgpu backends of finished tests, reused by later ones: NVIDIA's Vulkan driver stopped
+/// reporting an adapter after about 30 devices had been created in one process (on an H100,
+/// driver 580), so a test binary makes at most one per concurrently running test.
+static WGPU_POOL: Mutex<Vec<Backend>> = Mutex::new(Vec::new());
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        let backend = std::mem::replace(&mut self.backend, Backend::cpu());
+        if let Backend::Wgpu(w) = &backend {
+            // Undo what tests switch (their defaults: subgroups where the adapter has them, the
+            // adapter's own workgroup limit).
+            w.set_use_subgroups(true);
+            w.set_max_workgroups_per_dim(u32::MAX);
+            WGPU_POOL.lock().unwrap_or_else(|p| p.into_inner()).push(backend);
+        }
+    }
 }
 
 /// Whether `VISWORD_BACKENDS` (a comma-separated list; unset = all) lets `name` be tried.
@@ -37,7 +57,8 @@ pub fn gpus(test: &str) -> Vec<Gpu> {
             eprintln!("{test}: skipping {name}: not in VISWORD_BACKENDS");
             continue;
         }
-        match Backend::new(kind) {
+        let pooled = if kind == BackendKind::Wgpu { WGPU_POOL.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        match pooled.map_or_else(|| Backend::new(kind), Ok) {
             Ok(backend) => out.push(Gpu {
                 backend,
                 op_tol: Tol { atol: 1e-4, rtol: 1e-4 },
