@@ -104,6 +104,55 @@ __device__ __forceinline__ void row_dot(const float* __restrict__ x, const W* __
     }
 }
 
+// Two weight rows against the same RMS-normalised x in one pass (the SwiGLU gate and up rows):
+// both rows' loads are in flight together. acc / acc2 as row_dot's acc for wa / wb; ss as its
+// ss. K a multiple of 8 (the caller falls back to two row_dot calls otherwise).
+template <typename W, int DT>
+__device__ __forceinline__ void row_dot2_norm(const float* __restrict__ x, const W* __restrict__ wa, const W* __restrict__ wb,
+                                              unsigned m, unsigned k, unsigned lane, float* acc, float* acc2,
+                                              const float* __restrict__ g, float* ss) {
+#pragma unroll
+    for (int mi = 0; mi < GEMV_MAX_M; ++mi) acc[mi] = acc2[mi] = ss[mi] = 0.0f;
+    const unsigned chunks = k >> 3;
+    for (unsigned c = lane; c < chunks; c += 32) {
+        float va[8], vb[8];
+        if constexpr (DT == DT_F32) {
+            load8w(wa, (u64)c * 8, va);
+            load8w(wb, (u64)c * 8, vb);
+        } else {
+            load8w<DT>(wa, (u64)c * 8, va);
+            load8w<DT>(wb, (u64)c * 8, vb);
+        }
+        const float4 ga = *(const float4*)(g + (u64)c * 8), gb = *(const float4*)(g + (u64)c * 8 + 4);
+#pragma unroll
+        for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
+            if (mi < (int)m) {
+                const float* xr = x + (u64)mi * k + (u64)c * 8;
+                const float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
+                const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                const float gv[8] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
+                float q = ss[mi], s1 = acc[mi], s2 = acc2[mi];
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    q = fmaf(xv[e], xv[e], q);
+                    const float xg = xv[e] * gv[e];
+                    s1 = fmaf(va[e], xg, s1);
+                    s2 = fmaf(vb[e], xg, s2);
+                }
+                ss[mi] = q;
+                acc[mi] = s1;
+                acc2[mi] = s2;
+            }
+        }
+    }
+#pragma unroll
+    for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
+        acc[mi] = warp_sum(acc[mi]);
+        acc2[mi] = warp_sum(acc2[mi]);
+        ss[mi] = warp_sum(ss[mi]);
+    }
+}
+
 template <typename W, int DT>
 __device__ __forceinline__ void gemv_impl(const float* __restrict__ x, const W* __restrict__ w, float* __restrict__ y, unsigned m,
                                           u64 n, unsigned k, const void* bias, int bdt, int act, const float* __restrict__ residual) {
@@ -135,6 +184,7 @@ template <typename W, int DT, bool NORM, bool SWIGLU>
 __device__ __forceinline__ void gemv_many_impl(const float* __restrict__ x, const float* __restrict__ g, float eps, const W* w0,
                                                const W* w1, const W* w2, float* y0, float* y1, float* y2, unsigned m, u64 n0,
                                                u64 n1, u64 n2, unsigned k) {
+    static_assert(!SWIGLU || NORM, "the SwiGLU GEMV always has the RMSNorm in front");
     const unsigned lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
     const u64 step = (u64)gridDim.x * wpb, total = SWIGLU ? n0 : n0 + n1 + n2;
     for (u64 row = (u64)blockIdx.x * wpb + (threadIdx.x >> 5); row < total; row += step) {
@@ -145,10 +195,15 @@ __device__ __forceinline__ void gemv_many_impl(const float* __restrict__ x, cons
         else if (row < n0 + n1) { w = w1; y = y1; r = row - n0; n = n1; }
         else { w = w2; y = y2; r = row - n0 - n1; n = n2; }
         float acc[GEMV_MAX_M], ss[GEMV_MAX_M];
-        row_dot<W, DT, NORM>(x, w + r * k, m, k, lane, acc, g, ss);
         if constexpr (SWIGLU) {
-            float up[GEMV_MAX_M], ss2[GEMV_MAX_M];
-            row_dot<W, DT, NORM>(x, w1 + r * k, m, k, lane, up, g, ss2);
+            float up[GEMV_MAX_M];
+            if ((k & 7u) == 0) {
+                row_dot2_norm<W, DT>(x, w0 + r * k, w1 + r * k, m, k, lane, acc, up, g, ss);
+            } else {
+                float ss2[GEMV_MAX_M];
+                row_dot<W, DT, NORM>(x, w0 + r * k, m, k, lane, acc, g, ss);
+                row_dot<W, DT, NORM>(x, w1 + r * k, m, k, lane, up, g, ss2);
+            }
 #pragma unroll
             for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
                 if constexpr (NORM) {
@@ -158,7 +213,10 @@ __device__ __forceinline__ void gemv_many_impl(const float* __restrict__ x, cons
                 }
                 acc[mi] = act_apply(acc[mi], ACT_SILU) * up[mi];
             }
-        } else if constexpr (NORM) {
+        } else {
+            row_dot<W, DT, NORM>(x, w + r * k, m, k, lane, acc, g, ss);
+        }
+        if constexpr (!SWIGLU && NORM) {
 #pragma unroll
             for (int mi = 0; mi < GEMV_MAX_M; ++mi) acc[mi] *= rsqrtf(ss[mi] / (float)k + eps);
         }
