@@ -214,6 +214,19 @@ fn query_and_key_counts() {
 }
 
 #[test]
+fn few_queries_over_many_heads() {
+    // Nq ≤ 8 with ≥ 512 batch·heads (SAM's token-to-image attention: 7 tokens per prompt, 8
+    // heads, head dim 16): CUDA takes the forward kernel here, not the decode kernel.
+    let name = "attention::few_queries_over_many_heads";
+    let g = gpus(name);
+    for (b, nq) in [(64, 7), (64, 2), (128, 8)] {
+        check(name, &g, Case::new(b, 8, 8, nq, 300, 16).q_amp(3.0));
+    }
+    check(name, &g, Case::new(64, 8, 8, 7, 300, 16).causal());
+    check(name, &g, Case::new(64, 8, 8, 5, 300, 16).kv_len(97));
+}
+
+#[test]
 fn grouped_query_heads() {
     // 4 query heads per KV head, batch 2 (the KV head index mixes batch and group).
     let name = "attention::grouped_query_heads";

@@ -5,7 +5,8 @@
 //! Two kernels, picked by the number of queries per head:
 //! * Nq > 8: `attention_fwd_d{DP}_f32`, flash forward, one block per 32 queries of one head;
 //!   DP is D rounded up to a multiple of 16 (D = 80 runs the 80-wide variant, not 128).
-//! * Nq <= 8: `attention_decode_d{DP}_f32` (DP = D rounded up to 32), one block per query row
+//! * Nq <= 8 (unless Nq > 1 over ≥ DEC_TARGET_BLOCKS batch·heads, which takes the forward
+//!   kernel): `attention_decode_d{DP}_f32` (DP = D rounded up to 32), one block per query row
 //!   and key split, then `attention_combine_f32` merges the splits when there is more than one.
 //!   The split count depends only on the shapes (never on the card), so results are the same
 //!   on every device and every run.
@@ -93,7 +94,11 @@ impl CudaBackend {
         };
         let stream = self.stream();
 
-        if nq > DECODE_MAX_NQ {
+        // A few queries over many heads (SAM's token-to-image attention: 64 prompts × 8 heads ×
+        // 7 tokens) take the forward kernel too: it reads each head's keys once per block of 32
+        // queries, where the decode kernel reads them once per query; with this many heads its
+        // grid fills the device without key splits.
+        if nq > DECODE_MAX_NQ || (nq > 1 && bh >= DEC_TARGET_BLOCKS) {
             let tiles = nq.div_ceil(FWD_BQ);
             if bh > GRID_X_MAX || tiles > GRID_Y_MAX {
                 return Err(Error::shape(OP, format!("{bh} heads × {tiles} query tiles exceed the CUDA grid")));
