@@ -11,8 +11,11 @@ use std::time::Instant;
 
 use super::Backend;
 
-fn totals() -> &'static Mutex<HashMap<String, (u64, f64)>> {
-    static T: OnceLock<Mutex<HashMap<String, (u64, f64)>>> = OnceLock::new();
+/// Per op name: calls and total milliseconds.
+type Totals = HashMap<String, (u64, f64)>;
+
+fn totals() -> &'static Mutex<Totals> {
+    static T: OnceLock<Mutex<Totals>> = OnceLock::new();
     T.get_or_init(Default::default)
 }
 
@@ -71,7 +74,7 @@ fn format_rows(mut rows: Vec<(String, (u64, f64))>) -> String {
 /// While profiling, the ops of one section of a run (e.g. one benchmark stage): on drop, the
 /// ops timed since `start` are printed to stderr under `name`. The totals keep counting.
 pub struct Section {
-    on: Option<(String, HashMap<String, (u64, f64)>)>,
+    on: Option<(String, Totals)>,
 }
 
 impl Section {

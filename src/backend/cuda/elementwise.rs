@@ -187,7 +187,7 @@ impl CudaBackend {
             Some(r) => self.f32_ptr(r, op)?,
             None => 0u64,
         };
-        if n % 4 == 0 && total % n == 0 && total / 4 < 1 << 31 {
+        if n.is_multiple_of(4) && total.is_multiple_of(n) && total / 4 < 1 << 31 {
             // Whole float4s per row (device buffers are 256-byte aligned); below 2^31 so the kernel's
             // 32-bit grid-stride index cannot wrap.
             let (yp, t4, n4, a) = (self.ptr(y), (total / 4) as u32, (n / 4) as u32, act_code(act));

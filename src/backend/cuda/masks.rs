@@ -29,7 +29,7 @@ impl CudaBackend {
     /// Whether `upscale_masks_f32` takes these sizes (its register and shared-memory limits in
     /// kernels/masks.cu); `Backend::upscale_masks` composes other ops otherwise.
     pub(crate) fn upscale_masks_fits(s: &UpscaleShape) -> bool {
-        s.c1 > 0 && s.c1 <= 64 && s.c1 % 4 == 0 && s.c2 <= 64 && 4 * s.c2 * s.c1 <= 8192 && s.m <= 8 && s.e <= 1 << 14
+        s.c1 > 0 && s.c1 <= 64 && s.c1.is_multiple_of(4) && s.c2 <= 64 && 4 * s.c2 * s.c1 <= 8192 && s.m <= 8 && s.e <= 1 << 14
     }
 
     /// `Backend::upscale_masks` in one kernel (the shape is checked by the caller).

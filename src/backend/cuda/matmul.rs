@@ -310,7 +310,7 @@ impl CudaBackend {
     /// weights of one dtype, an f32 norm weight of length K ≥ 1.
     pub(crate) fn norm_gemv_fits(x: &Tensor, norm_w: &Tensor, ws: &[&Tensor]) -> bool {
         let k = norm_w.numel();
-        let m = if k == 0 { 0 } else { x.numel() / k };
+        let m = x.numel().checked_div(k).unwrap_or(0);
         k > 0
             && x.shape().last() == Some(&k)
             && (1..=GEMV_MAX_M).contains(&m)
@@ -344,7 +344,7 @@ impl CudaBackend {
     /// x [n] f32 at `xp` rounded to a new bf16 buffer (the tensor cores' operand).
     fn to_bf16(&self, op: &'static str, xp: u64, n: usize) -> Result<CudaSlice<half::bf16>> {
         let xb = self.alloc::<half::bf16>(n, op)?;
-        if n % 4 == 0 && n / 4 < 1 << 31 {
+        if n.is_multiple_of(4) && n / 4 < 1 << 31 {
             let (xbp, n4) = (self.ptr(&xb), (n / 4) as u32);
             launch!(self, op, self.function(&kernels::ELEMENTWISE, "f32_to_bf16_rn_x4")?, grid_1d(n / 4), xp, xbp, n4)?;
             return Ok(xb);
