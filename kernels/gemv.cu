@@ -6,8 +6,9 @@
 // Launch: one warp per weight row, 8 warps per 256-thread block, warps stride over rows (any
 // n). gemv_many_*: the same over the rows of up to three weights sharing x, in one launch;
 // gemv_norm_many_* with RMSNorm fused in front, gemv_norm_swiglu_* also with the SwiGLU product
-// of a gate and an up weight (see gemv_many_impl). When k % 8 == 0 each lane loads 8 weights per step with 128-bit loads (two for f32) and
-// the matching 8 activations with two float4 loads; otherwise a scalar loop. Bytes per row:
+// of a gate and an up weight (see gemv_many_impl). When k % 8 == 0 each lane loads 8 weights
+// per step with 128-bit loads (two for f32) and the matching 8 activations with two float4
+// loads; otherwise a scalar loop. Bytes per row:
 // k·sizeof(w) of weights (read once, bypassing L1) + m·k·4 of x (L1/L2 resident).
 // Flops: 2·m·n·k. Bound by weight bandwidth: a 576×1536 bf16 matrix is 1.8 MB.
 #include "common.cuh"

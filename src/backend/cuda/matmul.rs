@@ -25,6 +25,32 @@ use crate::tensor::Tensor;
 
 /// Largest M that takes the GEMV path (kernels/gemv.cu GEMV_MAX_M; the CPU's bound too).
 const GEMV_MAX_M: usize = 4;
+
+/// The multi-weight GEMV families of kernels/gemv.cu; `Norm*` carry the fused RMSNorm's
+/// weight pointer and eps.
+#[derive(Clone, Copy)]
+enum GemvMany {
+    Plain,
+    Norm { weight: u64, eps: f32 },
+    NormSwiglu { weight: u64, eps: f32 },
+}
+
+impl GemvMany {
+    fn kernel(self) -> &'static str {
+        match self {
+            GemvMany::Plain => "gemv_many",
+            GemvMany::Norm { .. } => "gemv_norm_many",
+            GemvMany::NormSwiglu { .. } => "gemv_norm_swiglu",
+        }
+    }
+
+    fn norm(self) -> Option<(u64, f32)> {
+        match self {
+            GemvMany::Plain => None,
+            GemvMany::Norm { weight, eps } | GemvMany::NormSwiglu { weight, eps } => Some((weight, eps)),
+        }
+    }
+}
 /// Most weight elements widened to f32 at once (128 MB of scratch).
 const WIDEN_CHUNK: usize = 1 << 25;
 
@@ -269,13 +295,12 @@ impl CudaBackend {
 
     /// `gemv_many_*`: the rows of up to three same-dtype weights [nᵢ, K] on x [m, K], m ≤ 4.
     fn gemv_many(&self, op: &'static str, xp: u64, ws: &[&Tensor], ys: &[CudaSlice<f32>], m: usize) -> Result<()> {
-        self.gemv_many_launch(op, "gemv_many", xp, None, ws, ys, m)
+        self.gemv_many_launch(op, GemvMany::Plain, xp, ws, ys, m)
     }
 
-    /// Launch `family`_{f32,f16,bf16} (kernels/gemv.cu) over the weights' rows; `norm` is the
-    /// fused RMSNorm's weight pointer and eps. The caller checked shapes and dtypes.
-    #[allow(clippy::too_many_arguments)]
-    fn gemv_many_launch(&self, op: &'static str, family: &str, xp: u64, norm: Option<(u64, f32)>, ws: &[&Tensor], ys: &[CudaSlice<f32>], m: usize) -> Result<()> {
+    /// Launch one `GemvMany` family of kernels/gemv.cu over the weights' rows. The caller
+    /// checked shapes and dtypes.
+    fn gemv_many_launch(&self, op: &'static str, family: GemvMany, xp: u64, ws: &[&Tensor], ys: &[CudaSlice<f32>], m: usize) -> Result<()> {
         let k32 = u32::try_from(ws[0].dim(1)).map_err(|_| Error::shape(op, format!("K = {} exceeds u32", ws[0].dim(1))))?;
         let (mut wp, mut n) = ([0u64; 3], [0u64; 3]);
         let mut yp = [0u64; 3];
@@ -287,12 +312,14 @@ impl CudaBackend {
         for (i, y) in ys.iter().enumerate() {
             yp[i] = self.ptr(y);
         }
-        let total: u64 = if family == "gemv_norm_swiglu" { n[0] } else { n.iter().sum() };
+        // The SwiGLU kernel takes gate row r and up row r together: n0 outputs.
+        let total: u64 = if matches!(family, GemvMany::NormSwiglu { .. }) { n[0] } else { n.iter().sum() };
         if total == 0 || m == 0 {
             return Ok(());
         }
         let name = format!(
-            "{family}_{}",
+            "{}_{}",
+            family.kernel(),
             match dt {
                 0 => "f32",
                 1 => "f16",
@@ -301,7 +328,7 @@ impl CudaBackend {
         );
         let blocks = (total as usize).div_ceil(8).min(65_535 * 8) as u32;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let (gp, eps) = norm.unwrap_or((0, 0.0));
+        let (gp, eps) = family.norm().unwrap_or((0, 0.0));
         let ([w0, w1, w2], [y0, y1, y2], [n0, n1, n2], m32) = (wp, yp, n, m as u32);
         launch!(self, op, self.function(&kernels::GEMV, &name)?, cfg, xp, gp, eps, w0, w1, w2, y0, y1, y2, m32, n0, n1, n2, k32)
     }
@@ -326,7 +353,7 @@ impl CudaBackend {
         let m = shapes[0].0;
         let ys = shapes.iter().map(|(_, _, s)| self.alloc_f32(s)).collect::<Result<Vec<_>>>()?;
         let (xp, gp) = (self.f32_ptr(x, OP)?, self.f32_ptr(norm_w, OP)?);
-        self.gemv_many_launch(OP, "gemv_norm_many", xp, Some((gp, eps)), ws, &ys, m)?;
+        self.gemv_many_launch(OP, GemvMany::Norm { weight: gp, eps }, xp, ws, &ys, m)?;
         Ok(ys.into_iter().zip(shapes).map(|(y, (_, _, s))| self.wrap_f32(y, s)).collect())
     }
 
@@ -337,7 +364,7 @@ impl CudaBackend {
         let (m, _, shape) = Self::check_linear(OP, x, w_gate)?;
         let y = self.alloc_f32(&shape)?;
         let (xp, gp) = (self.f32_ptr(x, OP)?, self.f32_ptr(norm_w, OP)?);
-        self.gemv_many_launch(OP, "gemv_norm_swiglu", xp, Some((gp, eps)), &[w_gate, w_up], std::slice::from_ref(&y), m)?;
+        self.gemv_many_launch(OP, GemvMany::NormSwiglu { weight: gp, eps }, xp, &[w_gate, w_up], std::slice::from_ref(&y), m)?;
         Ok(self.wrap_f32(y, shape))
     }
 
