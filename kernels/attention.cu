@@ -2,11 +2,14 @@
 // memory, only one tile of it per block (flash attention) or one score per warp step (decode).
 //
 // Contract (the CPU backend's `attention` is the spec; src/backend/cuda/attention.rs checks it):
-//   q   [B, H, Nq, d]        contiguous f32
-//   k,v [B, Hkv, nk_all, d]  contiguous f32; H a multiple of Hkv (GQA: head h reads kv head
+//   q   [B, H, Nq, d]        f32, rows of d contiguous, placed by AttnStrides (below)
+//   k,v [B, Hkv, nk_all, d]  f32 likewise; H a multiple of Hkv (GQA: head h reads kv head
 //                            h / (H / Hkv)); only the first `nk` keys are valid (nk <= nk_all,
 //                            a KV cache larger than the sequence)
 //   out [B, H, Nq, d]
+//   Element (b, h, i, c) of q sits at q[b·q_b + h·q_h + i·q_r + c] (k and v share kv_*, out has
+//   o_*): head-major tensors ([B, H, N, d]) and token-major ones ([B, N, H·d], no permutes) are
+//   both just strides, and a batch stride of 0 shares one q or k/v among every batch entry.
 //   score(i, j) = (q_i · k_j) · scale + bias(i, j), softmax over the valid keys j of row i
 //   causal: query i sits at absolute position nk − Nq + i and sees keys j <= that position
 //   bias (k_w > 0): SAM's decomposed relative position, key j at grid cell (j / k_w, j % k_w) of
@@ -46,6 +49,12 @@
 
 #include "common.cuh"
 
+// Element strides of q, k/v and out: batch, head, row. Must match `Strides` in
+// src/backend/cuda/attention.rs.
+struct AttnStrides {
+    long long q_b, q_h, q_r, kv_b, kv_h, kv_r, o_b, o_h, o_r;
+};
+
 namespace {
 
 constexpr int FWD_BQ = 32;                   // queries per block
@@ -83,9 +92,9 @@ __device__ __forceinline__ float rescale(float m_old, float m_new) {
 template <int DP>
 __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const float* __restrict__ k,
                                               const float* __restrict__ v, const float* __restrict__ rel_h,
-                                              const float* __restrict__ rel_w, float* __restrict__ out, int H,
-                                              int Hkv, int nq, int nk_all, int nk, int d, float scale, int causal,
-                                              int k_h, int k_w) {
+                                              const float* __restrict__ rel_w, float* __restrict__ out,
+                                              AttnStrides st, int H, int Hkv, int nq, int nk, int d,
+                                              float scale, int causal, int k_h, int k_w) {
     static_assert(DP % FWD_TC == 0 && DP <= 128, "DP must be a multiple of 16, at most 128");
     // Row stride DP + 4: rows stay 16-byte aligned for float4 reads, and (DP + 4) / 4 is odd, so
     // the 8 rows one quarter warp reads at once land in distinct bank groups.
@@ -98,11 +107,12 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
     const int tid = threadIdx.x;
     const int tr = tid / FWD_TC, tc = tid % FWD_TC;
     const long long bh = blockIdx.x; // b·H + h
+    const long long b = bh / H;
+    const int h = (int)(bh % H), kvh = h / (H / Hkv);
     const int q0 = blockIdx.y * FWD_BQ;
-    const long long kvh = (bh / H) * Hkv + (bh % H) / (H / Hkv);
-    const float* qh = q + (bh * nq + q0) * d;
-    const float* kh = k + kvh * nk_all * d;
-    const float* vh = v + kvh * nk_all * d;
+    const float* qh = q + b * st.q_b + h * st.q_h + q0 * st.q_r;
+    const float* kh = k + b * st.kv_b + kvh * st.kv_h;
+    const float* vh = v + b * st.kv_b + kvh * st.kv_h;
     const int bq = min(FWD_BQ, nq - q0);
     // Keys any query of this block sees: causally, up to the last query's position.
     const int kend = causal ? nk - nq + q0 + bq : nk;
@@ -110,7 +120,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 #pragma unroll 4
     for (int t = 0; t < FWD_BQ * DP / FWD_THREADS; ++t) {
         const int idx = tid + t * FWD_THREADS, r = idx / DP, c = idx % DP;
-        sQ[r * STRIDE + c] = (r < bq && c < d) ? qh[(long long)r * d + c] : 0.0f;
+        sQ[r * STRIDE + c] = (r < bq && c < d) ? qh[r * st.q_r + c] : 0.0f;
     }
 
     float m[FWD_RPT], l[FWD_RPT], acc[FWD_RPT][OPT];
@@ -126,7 +136,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 #pragma unroll 4 // fully unrolled, the 32 loads of a tile pin 32+ registers
         for (int t = 0; t < FWD_BK * DP / FWD_THREADS; ++t) {
             const int idx = tid + t * FWD_THREADS, r = idx / DP, c = idx % DP;
-            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? kh[(long long)(k0 + r) * d + c] : 0.0f;
+            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? kh[(k0 + r) * st.kv_r + c] : 0.0f;
         }
         __syncthreads(); // K tile (and, on the first pass, the Q tile) in place
 
@@ -193,7 +203,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 #pragma unroll 4 // fully unrolled, the 32 loads of a tile pin 32+ registers
         for (int t = 0; t < FWD_BK * DP / FWD_THREADS; ++t) {
             const int idx = tid + t * FWD_THREADS, r = idx / DP, c = idx % DP;
-            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? vh[(long long)(k0 + r) * d + c] : 0.0f;
+            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? vh[(k0 + r) * st.kv_r + c] : 0.0f;
         }
         __syncthreads(); // V tile in place
 
@@ -224,7 +234,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
         const int r = tr + FWD_TR * i;
         if (r >= bq) continue;
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-        float* orow = out + (bh * nq + q0 + r) * d;
+        float* orow = out + b * st.o_b + h * st.o_h + (q0 + r) * st.o_r;
 #pragma unroll
         for (int j = 0; j < OPT; ++j) {
             const int c = tc + FWD_TC * j;
@@ -236,9 +246,9 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 template <int DP>
 __device__ __forceinline__ void attention_decode(const float* __restrict__ q, const float* __restrict__ k,
                                                  const float* __restrict__ v, const float* __restrict__ rel_h,
-                                                 const float* __restrict__ rel_w, float* __restrict__ out, int H,
-                                                 int Hkv, int nq, int nk_all, int nk, int d, float scale,
-                                                 int causal, int k_h, int k_w, float* __restrict__ part_o,
+                                                 const float* __restrict__ rel_w, float* __restrict__ out,
+                                                 AttnStrides st, int H, int Hkv, int nq, int nk, int d,
+                                                 float scale, int causal, int k_h, int k_w, float* __restrict__ part_o,
                                                  float* __restrict__ part_ml, int chunk) {
     static_assert(DP % 32 == 0 && DP <= 128, "DP must be a multiple of 32, at most 128");
     constexpr int CPL = DP / 32; // head-dim columns per lane: lane + 32·i
@@ -248,11 +258,11 @@ __device__ __forceinline__ void attention_decode(const float* __restrict__ q, co
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const long long row = blockIdx.x; // (b·H + h)·Nq + i
     const int split = blockIdx.y, nsplit = gridDim.y;
-    const long long bh = row / nq;
-    const int qi = (int)(row % nq);
-    const long long kvh = (bh / H) * Hkv + (bh % H) / (H / Hkv);
-    const float* kh = k + kvh * nk_all * d;
-    const float* vh = v + kvh * nk_all * d;
+    const long long bh = row / nq, b = bh / H;
+    const int qi = (int)(row % nq), h = (int)(bh % H), kvh = h / (H / Hkv);
+    const float* qrow = q + b * st.q_b + h * st.q_h + qi * st.q_r;
+    const float* kh = k + b * st.kv_b + kvh * st.kv_h;
+    const float* vh = v + b * st.kv_b + kvh * st.kv_h;
     const int kend = causal ? nk - nq + qi + 1 : nk;
     const int start = split * chunk;
     const int stop = min(start + chunk, kend);
@@ -261,7 +271,7 @@ __device__ __forceinline__ void attention_decode(const float* __restrict__ q, co
 #pragma unroll
     for (int i = 0; i < CPL; ++i) {
         const int c = lane + 32 * i;
-        qr[i] = c < d ? q[row * d + c] : 0.0f;
+        qr[i] = c < d ? qrow[c] : 0.0f;
         o[i] = 0.0f;
     }
     float m = NEG_INF, l = 0.0f;
@@ -277,8 +287,8 @@ __device__ __forceinline__ void attention_decode(const float* __restrict__ q, co
             for (int i = 0; i < CPL; ++i) {
                 const int c = lane + 32 * i;
                 const bool ok = key < stop && c < d;
-                s[u] = ok ? fmaf(qr[i], kh[(long long)key * d + c], s[u]) : s[u];
-                vv[u][i] = ok ? vh[(long long)key * d + c] : 0.0f;
+                s[u] = ok ? fmaf(qr[i], kh[key * st.kv_r + c], s[u]) : s[u];
+                vv[u][i] = ok ? vh[key * st.kv_r + c] : 0.0f;
             }
         }
         // Butterfly sums: every lane ends with the same bits (each step adds the same pair).
@@ -337,7 +347,7 @@ __device__ __forceinline__ void attention_decode(const float* __restrict__ q, co
             bo += sO[w * DP + c] * wt;
         }
         if (nsplit == 1) {
-            out[row * d + c] = bl > 0.0f ? bo / bl : 0.0f;
+            out[b * st.o_b + h * st.o_h + qi * st.o_r + c] = bl > 0.0f ? bo / bl : 0.0f;
         } else {
             const long long slot = row * nsplit + split;
             part_o[slot * d + c] = bo;
@@ -354,9 +364,9 @@ __device__ __forceinline__ void attention_decode(const float* __restrict__ q, co
 // Entry points, spelled out so each name is greppable; the argument lists are shared.
 #define FWD_PARAMS                                                                                     \
     const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,            \
-        const float *__restrict__ rel_h, const float *__restrict__ rel_w, float *__restrict__ out, int H, \
-        int Hkv, int nq, int nk_all, int nk, int d, float scale, int causal, int k_h, int k_w
-#define FWD_ARGS q, k, v, rel_h, rel_w, out, H, Hkv, nq, nk_all, nk, d, scale, causal, k_h, k_w
+        const float *__restrict__ rel_h, const float *__restrict__ rel_w, float *__restrict__ out,         \
+        AttnStrides st, int H, int Hkv, int nq, int nk, int d, float scale, int causal, int k_h, int k_w
+#define FWD_ARGS q, k, v, rel_h, rel_w, out, st, H, Hkv, nq, nk, d, scale, causal, k_h, k_w
 
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d16_f32(FWD_PARAMS) { attention_fwd<16>(FWD_ARGS); }
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d32_f32(FWD_PARAMS) { attention_fwd<32>(FWD_ARGS); }
@@ -375,10 +385,14 @@ extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d64_f
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d96_f32(DEC_PARAMS) { attention_decode<96>(DEC_ARGS); }
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d128_f32(DEC_PARAMS) { attention_decode<128>(DEC_ARGS); }
 
-// Merge the nsplit partial results of each row (grid: one block per row; any block size).
+// Merge the nsplit partial results of each row (grid: one block per row; any block size) into
+// out, placed by st.o_* as in the other kernels.
 extern "C" __global__ void attention_combine_f32(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                                 float* __restrict__ out, int d, int nsplit) {
+                                                 float* __restrict__ out, AttnStrides st, int H, int nq, int d,
+                                                 int nsplit) {
     const long long row = blockIdx.x;
+    const long long bh = row / nq;
+    float* orow = out + (bh / H) * st.o_b + (bh % H) * st.o_h + (row % nq) * st.o_r;
     const float* ml = part_ml + row * nsplit * 2;
     float bm = NEG_INF;
     for (int s = 0; s < nsplit; ++s) bm = fmaxf(bm, ml[2 * s]);
@@ -389,6 +403,6 @@ extern "C" __global__ void attention_combine_f32(const float* __restrict__ part_
             bl += ml[2 * s + 1] * wt;
             bo += part_o[(row * nsplit + s) * d + c] * wt;
         }
-        out[row * d + c] = bl > 0.0f ? bo / bl : 0.0f;
+        orow[c] = bl > 0.0f ? bo / bl : 0.0f;
     }
 }

@@ -86,14 +86,15 @@ __device__ __forceinline__ float load_any(const void* p, int dt, u64 i) {
 }
 
 // GEMM epilogue, in place on y [m, n]: y = act(y + bias[col]) + residual. bias (dtype bdt)
-// and residual may be null.
+// and residual may be null. The residual has res_n elements (a whole number of rows): when
+// fewer than y's, its rows repeat (one residual shared by every batch entry).
 extern "C" __global__ void epilogue_f32(float* __restrict__ y, u64 total, unsigned n, const void* bias, int bdt,
-                                        int act, const float* __restrict__ residual) {
+                                        int act, const float* __restrict__ residual, u64 res_n) {
     GRID_STRIDE(i, total) {
         float v = y[i];
         if (bias) v += load_any(bias, bdt, i % n);
         v = act_apply(v, act);
-        if (residual) v += residual[i];
+        if (residual) v += residual[i < res_n ? i : i % res_n];
         y[i] = v;
     }
 }
@@ -102,7 +103,7 @@ extern "C" __global__ void epilogue_f32(float* __restrict__ y, u64 total, unsign
 // y (and residual) per thread step and 32-bit column arithmetic, so the pass runs at copy
 // bandwidth instead of paying a 64-bit modulo per element.
 extern "C" __global__ void epilogue_f32x4(float4* __restrict__ y, unsigned total4, unsigned n4, const void* bias, int bdt, int act,
-                                          const float4* __restrict__ residual) {
+                                          const float4* __restrict__ residual, unsigned res4) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total4; i += blockDim.x * gridDim.x) {
         float4 v = y[i];
         if (bias) {
@@ -114,7 +115,7 @@ extern "C" __global__ void epilogue_f32x4(float4* __restrict__ y, unsigned total
         }
         v = make_float4(act_apply(v.x, act), act_apply(v.y, act), act_apply(v.z, act), act_apply(v.w, act));
         if (residual) {
-            const float4 r = residual[i];
+            const float4 r = residual[i < res4 ? i : i % res4];
             v = make_float4(v.x + r.x, v.y + r.y, v.z + r.z, v.w + r.w);
         }
         y[i] = v;

@@ -179,6 +179,51 @@ fn attention_matches_reference_noncausal_causal_gqa_kvlen_relpos() {
 }
 
 #[test]
+fn attention_tokens_is_attention_on_token_major_tensors() {
+    // q [Bq, Nq, H·D], k/v [Bk, Nk, Hkv·D] with one side's batch shared, against the f64
+    // reference on each batch entry's heads.
+    let mut rng = Rng::new(0x70CE);
+    let (b, h, hkv, d) = (3, 4, 2, 5);
+    for (bq, bk, nq, nk) in [(3, 3, 6, 9), (1, 3, 11, 4), (3, 1, 2, 13)] {
+        let q = rng.tensor(&[bq, nq, h * d]);
+        let k = rng.tensor(&[bk, nk, hkv * d]);
+        let v = rng.tensor(&[bk, nk, hkv * d]);
+        let p = AttnParams::new(d);
+        let got = be().attention_tokens(&q, &k, &v, h, &p).unwrap();
+        assert_eq!(got.shape(), [b, nq, h * d]);
+        let heads = |t: &Tensor, j: usize, nh: usize| -> Vec<f32> {
+            let (n, j) = (t.dim(1), if t.dim(0) == 1 { 0 } else { j });
+            let x = t.as_f32().unwrap();
+            let mut out = Vec::with_capacity(nh * n * d);
+            for hh in 0..nh {
+                for i in 0..n {
+                    out.extend_from_slice(&x[(j * n + i) * nh * d + hh * d..][..d]);
+                }
+            }
+            out
+        };
+        let got = got.as_f32().unwrap();
+        for j in 0..b {
+            let want = naive_attention(&heads(&q, j, h), &heads(&k, j, hkv), &heads(&v, j, hkv), 1, h, hkv, nq, nk, nk, d, p.scale, false, None);
+            for hh in 0..h {
+                for i in 0..nq {
+                    let g = &got[(j * nq + i) * h * d + hh * d..][..d];
+                    assert_close(&format!("attention_tokens {bq}/{bk} entry {j} head {hh} row {i}"), g, &want[(hh * nq + i) * d..][..d], tol_k(d));
+                }
+            }
+        }
+    }
+    // Batches that are neither equal nor 1, heads that do not divide the width, a KV width
+    // that is no whole number of heads, a 4-D operand.
+    let t = |s: &[usize]| Tensor::from_f32(vec![0.0; s.iter().product()], s.to_vec()).unwrap();
+    let p = AttnParams::new(4);
+    assert!(be().attention_tokens(&t(&[2, 3, 8]), &t(&[3, 3, 8]), &t(&[3, 3, 8]), 2, &p).is_err());
+    assert!(be().attention_tokens(&t(&[1, 3, 8]), &t(&[1, 3, 8]), &t(&[1, 3, 8]), 3, &p).is_err());
+    assert!(be().attention_tokens(&t(&[1, 3, 8]), &t(&[1, 3, 6]), &t(&[1, 3, 6]), 2, &p).is_err());
+    assert!(be().attention_tokens(&t(&[1, 1, 3, 8]), &t(&[1, 3, 8]), &t(&[1, 3, 8]), 2, &p).is_err());
+}
+
+#[test]
 fn norms_softmax_rope() {
     let mut rng = Rng::new(4);
     for &(rows, d) in &[(1, 1), (3, 7), (17, 576), (2, 1030)] {

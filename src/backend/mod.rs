@@ -4,8 +4,8 @@
 //! returns `Error::Shape` instead of panicking. Activations are f32 (the CPU backend's only
 //! activation dtype); weights passed to `linear`/`embedding` may be f32, f16 or bf16.
 //!
-//! Layout conventions: tensors are contiguous and row-major. Attention takes
-//! `[batch, heads, seq, head_dim]`.
+//! Layout conventions: tensors are contiguous and row-major. `attention` takes
+//! `[batch, heads, seq, head_dim]`, `attention_tokens` `[batch, seq, heads·head_dim]`.
 
 pub mod cpu;
 pub mod cuda;
@@ -109,27 +109,79 @@ pub(crate) fn attention_shape(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams
     if qs.len() != 4 || ks.len() != 4 || k.shape() != v.shape() || qs[0] != ks[0] || qs[3] != ks[3] || ks[1] == 0 || qs[1] % ks[1] != 0 {
         return Err(Error::shape("attention", format!("q {qs:?}, k {ks:?}, v {:?}: need [B, H, N, D] with H a multiple of Hkv", v.shape())));
     }
-    let (b, h, nq, d) = (qs[0], qs[1], qs[2], qs[3]);
-    let (hkv, nk_all) = (ks[1], ks[2]);
+    attention_keys("attention", qs[0], qs[1], ks[1], qs[2], ks[2], qs[3], p)
+}
+
+/// The sizes of one `attention_tokens` call: the heads-split problem, and which operand is one
+/// batch entry shared by all.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenAttnShape {
+    pub s: AttnShape,
+    pub q_shared: bool,
+    pub kv_shared: bool,
+}
+
+/// Check `attention_tokens`' operands: q [Bq, Nq, H·D], k = v [Bk, Nk, Hkv·D] with Bq, Bk ∈ {1, B},
+/// D ≥ 1 and H a multiple of Hkv; then as `attention_shape`.
+pub(crate) fn attention_tokens_shape(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, p: &AttnParams) -> Result<TokenAttnShape> {
+    const OP: &str = "attention_tokens";
+    let (qs, ks) = (q.shape(), k.shape());
+    let bad = || Error::shape(OP, format!("q {qs:?}, k {ks:?}, v {:?} with {heads} heads: need [Bq, Nq, H·D] and [Bk, Nk, Hkv·D], Bq and Bk 1 or B, H a multiple of Hkv", v.shape()));
+    if qs.len() != 3 || ks.len() != 3 || ks != v.shape() || heads == 0 || qs[2] % heads != 0 || qs[2] == 0 {
+        return Err(bad());
+    }
+    let d = qs[2] / heads;
+    if !ks[2].is_multiple_of(d) || ks[2] == 0 || !heads.is_multiple_of(ks[2] / d) {
+        return Err(bad());
+    }
+    let b = qs[0].max(ks[0]);
+    if (qs[0] != b && qs[0] != 1) || (ks[0] != b && ks[0] != 1) {
+        return Err(bad());
+    }
+    let s = attention_keys(OP, b, heads, ks[2] / d, qs[1], ks[1], d, p)?;
+    Ok(TokenAttnShape { s, q_shared: qs[0] != b, kv_shared: ks[0] != b })
+}
+
+/// The checks `attention` and `attention_tokens` share, on the heads-split sizes.
+#[allow(clippy::too_many_arguments)]
+fn attention_keys(op: &'static str, b: usize, h: usize, hkv: usize, nq: usize, nk_all: usize, d: usize, p: &AttnParams) -> Result<AttnShape> {
     let nk = p.kv_len.unwrap_or(nk_all);
     if nk > nk_all {
-        return Err(Error::shape("attention", format!("kv_len {nk} > {nk_all} keys")));
+        return Err(Error::shape(op, format!("kv_len {nk} > {nk_all} keys")));
     }
     if nk == 0 && b * h * nq > 0 {
-        return Err(Error::shape("attention", format!("{nq} queries over no keys (kv_len 0)")));
+        return Err(Error::shape(op, format!("{nq} queries over no keys (kv_len 0)")));
     }
     if p.causal && nq > nk {
-        return Err(Error::shape("attention", format!("causal attention with {nq} queries but {nk} keys")));
+        return Err(Error::shape(op, format!("causal attention with {nq} queries but {nk} keys")));
     }
     if let AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } = p.bias {
         if k_h.checked_mul(k_w) != Some(nk) || rel_h.shape() != [b, h, nq, k_h] || rel_w.shape() != [b, h, nq, k_w] {
             return Err(Error::shape(
-                "attention",
+                op,
                 format!("rel_h {:?} / rel_w {:?} do not fit {nq} queries over a {k_h}×{k_w} key grid of {nk}", rel_h.shape(), rel_w.shape()),
             ));
         }
     }
     Ok(AttnShape { b, h, hkv, nq, nk_all, nk, d })
+}
+
+/// Whether `residual` is `linear`'s shared form (y's shape with a leading 1, y's first dim
+/// larger) rather than y's own shape; an error when it is neither.
+pub(crate) fn shared_residual(op: &'static str, x: &Tensor, w: &Tensor, r: &Tensor) -> Result<bool> {
+    let mut y = x.shape().to_vec();
+    match (y.last_mut(), w.shape()) {
+        (Some(last), &[n, _]) => *last = n,
+        _ => return Err(Error::shape(op, format!("x {:?}, weight {:?}: weight must be [N, K]", x.shape(), w.shape()))),
+    }
+    let rs = r.shape();
+    if rs == y.as_slice() {
+        return Ok(false);
+    }
+    if y.len() >= 2 && rs.len() == y.len() && rs[0] == 1 && rs[1..] == y[1..] {
+        return Ok(true);
+    }
+    Err(Error::shape(op, format!("residual {rs:?} is neither the output's shape {y:?} nor shared by its first dim")))
 }
 
 /// Header words of each `mask_stats` row: area, stable count, loose count, box x0, y0, x1, y1,
@@ -329,8 +381,16 @@ impl Backend {
     }
 
     /// y = act(x · wᵀ + bias) (+ residual). x: [.., K] f32; w: [N, K] f32/f16/bf16; bias: [N];
-    /// residual: same shape as y, added after the activation.
+    /// residual: y's shape, or y's shape with a leading 1 (one residual shared by every entry of
+    /// y's first dim), added after the activation. CUDA fuses a shared residual into the GEMM;
+    /// elsewhere it is a broadcasting `add`.
     pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(r) = residual {
+            if shared_residual("linear", x, w, r)? && !matches!(self, Backend::Cuda(_)) {
+                let y = self.linear(x, w, bias, act, None)?;
+                return self.add(&y, r);
+            }
+        }
         op!(self, if x.numel() / x.shape().last().copied().unwrap_or(1).max(1) <= 4 { "linear, M ≤ 4" } else { "linear, M > 4" }, b => b.linear(x, w, bias, act, residual))
     }
 
@@ -429,6 +489,30 @@ impl Backend {
     /// Returns [B, H, Nq, D]. Never materialises more than a block of scores.
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
         op!(self, if q.dims() == 4 && q.dim(2) <= 8 { "attention, Nq ≤ 8" } else { "attention" }, be => be.attention(q, k, v, p))
+    }
+
+    /// Attention on token-major tensors: q [Bq, Nq, H·D]; k, v [Bk, Nk, Hkv·D], where a batch
+    /// of 1 is shared by every entry of the other operand's batch B (Bq, Bk ∈ {1, B}). Returns
+    /// [B, Nq, H·D]: what splitting the heads, `attention` and merging them would give. CUDA
+    /// reads and writes this layout directly (no permutes, no copies of a shared batch);
+    /// elsewhere it is those ops. Params as for `attention` (a bias is [B, H, Nq, k_*]).
+    pub fn attention_tokens(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, p: &AttnParams) -> Result<Tensor> {
+        let t = attention_tokens_shape(q, k, v, heads, p)?;
+        if let Backend::Cuda(b) = self {
+            let _span = profile::Span::start(self, || format!("attention_tokens, Nq {} 8", if t.s.nq <= 8 { "≤" } else { ">" }));
+            return b.attention_tokens(q, k, v, &t, p);
+        }
+        let s = t.s;
+        let split = |x: &Tensor, heads: usize| -> Result<Tensor> {
+            let y = self.permute(&x.reshape(&[x.dim(0), x.dim(1), heads, s.d])?, &[0, 2, 1, 3])?;
+            if y.dim(0) == s.b {
+                Ok(y)
+            } else {
+                self.concat(&vec![&y; s.b], 0)
+            }
+        };
+        let o = self.attention(&split(q, s.h)?, &split(k, s.hkv)?, &split(v, s.hkv)?, p)?;
+        self.permute(&o, &[0, 2, 1, 3])?.reshape(&[s.b, s.nq, s.h * s.d])
     }
 
     /// Rotary embedding, HF "rotate_half" layout: x [B, H, N, D]; cos, sin [max_pos, D/2];

@@ -199,15 +199,10 @@ pub struct SelfAttention {
 
 impl SelfAttention {
     pub fn forward(&self, be: &Backend, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n) = (x.dim(0), x.dim(1));
-        let split = |t: Tensor| -> Result<Tensor> {
-            be.permute(&t.reshape(&[b, n, self.heads, self.head_dim])?, &[0, 2, 1, 3])
-        };
-        let q = split(self.q.forward(be, x, Activation::None, None)?)?;
-        let k = split(self.k.forward(be, x, Activation::None, None)?)?;
-        let v = split(self.v.forward(be, x, Activation::None, None)?)?;
-        let o = be.attention(&q, &k, &v, &AttnParams::new(self.head_dim))?;
-        let o = be.permute(&o, &[0, 2, 1, 3])?.reshape(&[b, n, self.heads * self.head_dim])?;
+        let q = self.q.forward(be, x, Activation::None, None)?;
+        let k = self.k.forward(be, x, Activation::None, None)?;
+        let v = self.v.forward(be, x, Activation::None, None)?;
+        let o = be.attention_tokens(&q, &k, &v, self.heads, &AttnParams::new(self.head_dim))?;
         self.out.forward(be, &o, Activation::None, residual)
     }
 }

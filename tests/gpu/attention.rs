@@ -188,6 +188,18 @@ fn check(name: &str, gpus: &[Gpu], c: Case) {
         let err = max_err(&got, &truth);
         eprintln!("    max error against f64: {} {err:.2e}, naive f32 {naive_err:.2e}", be.name());
         assert!(err <= 2.0 * naive_err + 1e-7, "{what}: max error {err:.3e} against f64 exceeds twice a naive f32 implementation's ({naive_err:.3e})");
+
+        // The same problem token-major ([B, N, H·D] in and out): same kernels, other strides.
+        let tokens = |t: &Tensor| {
+            let s = t.shape();
+            cpu.permute(t, &[0, 2, 1, 3]).unwrap().reshape(&[s[0], s[2], s[1] * s[3]]).unwrap()
+        };
+        let (qt, kt, vt) = (up(&tokens(&x.q)), up(&tokens(&x.k)), up(&tokens(&x.v)));
+        let out = be.attention_tokens(&qt, &kt, &vt, c.h, &p).unwrap_or_else(|e| panic!("{name}: attention_tokens on {}: {e}", be.name()));
+        assert_eq!(out.shape(), [c.b, c.nq, c.h * c.d], "{name}: token-major output shape on {}", be.name());
+        let heads = be.to_host(&out).unwrap().reshape(&[c.b, c.nq, c.h, c.d]).unwrap();
+        let got = cpu.permute(&heads, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap();
+        assert_close(&format!("{what}, token-major"), &got, &want, gpu.op_tol);
     }
 }
 
@@ -224,6 +236,38 @@ fn few_queries_over_many_heads() {
     }
     check(name, &g, Case::new(64, 8, 8, 7, 300, 16).causal());
     check(name, &g, Case::new(64, 8, 8, 5, 300, 16).kv_len(97));
+}
+
+#[test]
+fn token_major_with_a_shared_batch() {
+    // SAM's mask decoder: one set of image queries against every prompt's tokens (q shared),
+    // and every prompt's tokens against one shared image (k/v shared), with GQA and kv_len.
+    let name = "attention::token_major_with_a_shared_batch";
+    let g = gpus(name);
+    let cpu = Backend::cpu();
+    for (i, &(q_shared, nq, nk, hkv, kv_len)) in [(true, 300, 7, 8, None), (false, 7, 300, 8, None), (true, 5, 65, 2, Some(40)), (false, 40, 33, 4, Some(33))].iter().enumerate() {
+        let (b, h, d) = (5, 8, 16);
+        let mut rng = Rng::new(0x70C3 + i as u64);
+        let (bq, bk) = if q_shared { (1, b) } else { (b, 1) };
+        let q = rng.tensor(&[bq, nq, h * d]);
+        let k = rng.tensor(&[bk, nk, hkv * d]);
+        let v = rng.tensor(&[bk, nk, hkv * d]);
+        let mut p = AttnParams::new(d);
+        p.kv_len = kv_len;
+        // Reference: every batch entry on its own, the shared operand repeated.
+        let entry = |t: &Tensor, j: usize| if t.dim(0) == 1 { t.clone() } else { cpu.narrow(t, 0, j, 1).unwrap() };
+        let parts: Vec<Tensor> = (0..b).map(|j| cpu.attention_tokens(&entry(&q, j), &entry(&k, j), &entry(&v, j), h, &p).unwrap()).collect();
+        let want = cpu.concat(&parts.iter().collect::<Vec<_>>(), 0).unwrap();
+        let shared = cpu.attention_tokens(&q, &k, &v, h, &p).unwrap();
+        assert_eq!(shared.shape(), [b, nq, h * d]);
+        assert_close(&format!("{name} case {i} on the CPU"), &shared.to_f32_vec().unwrap(), &want.to_f32_vec().unwrap(), crate::common::Tol { atol: 0.0, rtol: 0.0 });
+        for gpu in &g {
+            let be = &gpu.backend;
+            let out = be.attention_tokens(&be.upload(&q).unwrap(), &be.upload(&k).unwrap(), &be.upload(&v).unwrap(), h, &p).unwrap();
+            assert_eq!(out.shape(), [b, nq, h * d], "{name} case {i} on {}", be.name());
+            assert_close(&format!("{name} case {i} on {}", be.name()), &be.to_vec_f32(&out).unwrap(), &want.to_f32_vec().unwrap(), gpu.op_tol);
+        }
+    }
 }
 
 #[test]

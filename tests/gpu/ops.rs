@@ -280,6 +280,63 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
     }
 }
 
+/// A residual shared by every batch entry ([1, ..] for a [B, ..] output), and the path CUDA
+/// gives activation-dominated linears on bf16 weights (M ≥ 8·N: cuBLASLt, x read as TF32 with
+/// bias, ReLU and residual fused). TF32 keeps 10 mantissa bits of x (the weight is exact), so
+/// each output may differ from the f32 result by 2⁻¹⁰·Σ|x||w| (times GELU's slope ≤ 1.13), plus
+/// the f32 tolerance: checked element by element.
+#[test]
+fn linear_with_a_shared_residual_and_fused_epilogues() {
+    let mut r = rng("linear_shared_residual");
+    for g in gpus("linear_shared_residual") {
+        for (b, rows, k, n) in [(3usize, 200usize, 64usize, 24usize), (2, 100, 37, 12), (5, 1, 16, 8)] {
+            let x = r.tensor(&[b, rows, k]);
+            let w = r.tensor(&[n, k]).to_dtype(DType::BF16).unwrap();
+            let bias = r.tensor(&[n]);
+            let (shared, full) = (r.tensor(&[1, rows, n]), r.tensor(&[b, rows, n]));
+            // Σ|x||w| per output: the TF32 rounding bound's scale.
+            let abs = |t: &Tensor| Tensor::from_f32(t.to_f32_vec().unwrap().iter().map(|v| v.abs()).collect(), t.shape().to_vec()).unwrap();
+            let bound = cpu().linear(&abs(&x), &abs(&w), None, Activation::None, None).unwrap().to_f32_vec().unwrap();
+            let (xg, wg, bg) = (up(&g, &x), g.backend.upload_weight(&w).unwrap(), up(&g, &bias));
+            let (sg, fg) = (up(&g, &shared), up(&g, &full));
+            let lt_modes: &[bool] = if matches!(g.backend, Backend::Cuda(_)) { &[true, false] } else { &[true] };
+            for &lt in lt_modes {
+                if let Backend::Cuda(cb) = &g.backend {
+                    cb.set_lt_gemm(lt);
+                }
+                // Off, CUDA's M > 4 GEMM rounds x to bf16 (and adds the shared residual in its
+                // epilogue pass): the reference takes the same rounding.
+                let bf16_x = matches!(g.backend, Backend::Cuda(_)) && !lt && b * rows > 4;
+                let x_ref = if bf16_x { x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap() } else { x.clone() };
+                for act in [Activation::None, Activation::Relu, Activation::Gelu] {
+                    for (res, rg, with_bias) in [(Some(&shared), Some(&sg), true), (Some(&full), Some(&fg), true), (None, None, false), (Some(&shared), Some(&sg), false)] {
+                        let bias_c = with_bias.then_some(&bias);
+                        let want = cpu().linear(&x_ref, &w, bias_c, act, res).unwrap();
+                        let got = g.backend.linear(&xg, &wg, with_bias.then_some(&bg), act, rg).unwrap();
+                        let what = format!("linear [{b}, {rows}, {k}]·[{n}, {k}]ᵀ {act:?} bias {with_bias} residual {:?} cuBLASLt {lt} on {}", res.map(|t| t.shape().to_vec()), g.backend.name());
+                        assert_eq!(got.shape(), [b, rows, n], "{what}");
+                        let (got, want) = (g.backend.to_vec_f32(&got).unwrap(), want.to_f32_vec().unwrap());
+                        let t = tol_k(&g, k);
+                        for (i, (&gv, &wv)) in got.iter().zip(&want).enumerate() {
+                            let tf32 = if bf16_x { 0.0 } else { 1.13 * bound[i] / 1024.0 };
+                            let allowed = t.atol + t.rtol * wv.abs() + tf32;
+                            assert!((gv - wv).abs() <= allowed, "{what}: element {i}: {gv} vs {wv} (allowed {allowed:.2e})");
+                        }
+                    }
+                }
+            }
+            if let Backend::Cuda(cb) = &g.backend {
+                cb.set_lt_gemm(true);
+            }
+            // A residual that is neither the output's shape nor shared by its first dim.
+            let bad = up(&g, &r.tensor(&[2, rows, n]));
+            if b != 2 {
+                assert!(g.backend.linear(&xg, &wg, None, Activation::None, Some(&bad)).is_err(), "residual [2, ..] for [{b}, ..] must be an error");
+            }
+        }
+    }
+}
+
 /// RMSNorm fused into the projections that follow it (Q/K/V; SwiGLU gate and up): one GEMV
 /// launch on CUDA for M ≤ 4 (K a multiple of 8 or not), the separate ops above that.
 #[test]

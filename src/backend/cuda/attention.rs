@@ -1,6 +1,8 @@
 //! Attention on CUDA: the wrapper of kernels/attention.cu. Same contract as the CPU backend's
 //! `attention` (q [B, H, Nq, D], k/v [B, Hkv, Nk, D], GQA, scale, causal, kv_len, SAM's
-//! decomposed relative-position bias), f32 in and out, head dims up to 128.
+//! decomposed relative-position bias), f32 in and out, head dims up to 128. The kernels take
+//! each operand's batch/head/row strides, so `attention_tokens` ([B, N, H·D] operands, a shared
+//! batch of 1) runs them on the models' token-major projections without permutes or copies.
 //!
 //! Two kernels, picked by the number of queries per head:
 //! * Nq > 8: `attention_fwd_d{DP}_f32`, flash forward, one block per 32 queries of one head;
@@ -11,10 +13,10 @@
 //!   The split count depends only on the shapes (never on the card), so results are the same
 //!   on every device and every run.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{dev_err, kernels, CudaBackend};
-use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape};
+use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape, TokenAttnShape};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -61,9 +63,59 @@ fn i32_arg(what: &str, x: usize) -> Result<i32> {
     Ok(x as i32)
 }
 
+/// Element strides of q, k/v and out (batch, head, row), the kernels' `AttnStrides`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Strides {
+    q: [i64; 3],
+    kv: [i64; 3],
+    o: [i64; 3],
+}
+
+// SAFETY: plain old data of nine i64s, laid out as kernels/attention.cu's AttnStrides.
+unsafe impl DeviceRepr for Strides {}
+
+impl Strides {
+    /// Contiguous [B, H, N, D] tensors.
+    fn head_major(s: &AttnShape) -> Strides {
+        let (nq, nk, d) = (s.nq as i64, s.nk_all as i64, s.d as i64);
+        let (h, hkv) = (s.h as i64, s.hkv as i64);
+        Strides { q: [h * nq * d, nq * d, d], kv: [hkv * nk * d, nk * d, d], o: [h * nq * d, nq * d, d] }
+    }
+
+    /// Contiguous [B, N, H·D] tensors; a shared q or k/v (batch 1) gets batch stride 0.
+    fn token_major(t: &TokenAttnShape) -> Strides {
+        let s = &t.s;
+        let (nq, nk, d) = (s.nq as i64, s.nk_all as i64, s.d as i64);
+        let (h, hkv) = (s.h as i64, s.hkv as i64);
+        let q_b = if t.q_shared { 0 } else { nq * h * d };
+        let kv_b = if t.kv_shared { 0 } else { nk * hkv * d };
+        Strides { q: [q_b, d, h * d], kv: [kv_b, d, hkv * d], o: [nq * h * d, d, h * d] }
+    }
+}
+
 impl CudaBackend {
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
-        let AttnShape { b, h, hkv, nq, nk_all, nk, d } = attention_shape(q, k, v, p)?;
+        let s = attention_shape(q, k, v, p)?;
+        let shape = vec![s.b, s.h, s.nq, s.d];
+        let mut out = self.alloc_f32(&shape)?;
+        self.run_attention(q, k, v, &mut out, &s, &Strides::head_major(&s), p)?;
+        Ok(self.wrap_f32(out, shape))
+    }
+
+    /// `Backend::attention_tokens`: the same kernels reading and writing [B, N, H·D] through
+    /// strides (operands checked by `attention_tokens_shape`).
+    pub(crate) fn attention_tokens(&self, q: &Tensor, k: &Tensor, v: &Tensor, t: &TokenAttnShape, p: &AttnParams) -> Result<Tensor> {
+        let s = &t.s;
+        let shape = vec![s.b, s.nq, s.h * s.d];
+        let mut out = self.alloc_f32(&shape)?;
+        self.run_attention(q, k, v, &mut out, s, &Strides::token_major(t), p)?;
+        Ok(self.wrap_f32(out, shape))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, out: &mut CudaSlice<f32>, s: &AttnShape, st: &Strides, p: &AttnParams) -> Result<()> {
+        let AttnShape { b, h, hkv, nq, nk, d, .. } = *s;
         if d > MAX_HEAD_DIM {
             return Err(Error::shape(OP, format!("head dim {d}: the CUDA kernels support head dims up to {MAX_HEAD_DIM}")));
         }
@@ -72,10 +124,8 @@ impl CudaBackend {
             AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => (Some((self.f32_slice(rel_h, OP)?, self.f32_slice(rel_w, OP)?)), k_h, k_w),
         };
         let (qd, kd, vd) = (self.f32_slice(q, OP)?, self.f32_slice(k, OP)?, self.f32_slice(v, OP)?);
-        let shape = vec![b, h, nq, d];
-        let mut out = self.alloc_f32(&shape)?;
         if b * h * nq * d == 0 {
-            return Ok(self.wrap_f32(out, shape));
+            return Ok(());
         }
         // Without a bias the kernels never read rel_h / rel_w (k_w = 0): q stands in.
         let (rh, rw) = rel.unwrap_or((qd, qd));
@@ -84,8 +134,7 @@ impl CudaBackend {
             h: i32_arg("heads", h)?,
             hkv: i32_arg("kv heads", hkv)?,
             nq: i32_arg("queries", nq)?,
-            nk_all: i32_arg("keys", nk_all)?,
-            nk: nk as i32,
+            nk: i32_arg("keys", nk)?,
             d: d as i32,
             scale: p.scale,
             causal: p.causal as i32,
@@ -107,15 +156,16 @@ impl CudaBackend {
             let f = self.function(&kernels::ATTENTION, &format!("attention_fwd_d{dp}_f32"))?;
             let cfg = LaunchConfig { grid_dim: (bh as u32, tiles as u32, 1), block_dim: (FWD_THREADS, 1, 1), shared_mem_bytes: 0 };
             let mut l = stream.launch_builder(&f);
-            l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut out);
+            l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut *out).arg(st);
             args.push(&mut l);
-            // SAFETY: argument list matches FWD_PARAMS in kernels/attention.cu; q is
-            // [bh, nq, d], k/v [b·hkv, nk_all, d] with nk <= nk_all, out [bh, nq, d], rel_h/rel_w
-            // [bh, nq, k_h/k_w] when k_w > 0 (checked above); the kernel reads keys < nk only,
-            // query rows < nq only, and the grid is (bh, ceil(nq / 32)) with 128 threads as it
-            // assumes. Static shared memory (≤ 38.4 KB) needs no opt-in.
+            // SAFETY: argument list matches FWD_PARAMS in kernels/attention.cu; the strides place
+            // q [b, h, nq, d], k/v [b, hkv, nk_all, d] (nk <= nk_all) and out [b, h, nq, d]
+            // inside their buffers (the callers' shape checks; a batch stride of 0 reads one
+            // shared batch entry); rel_h/rel_w are [bh, nq, k_h/k_w] when k_w > 0; the kernel
+            // reads keys < nk only, query rows < nq only, and the grid is (bh, ceil(nq / 32))
+            // with 128 threads as it assumes. Static shared memory (≤ 38.4 KB) needs no opt-in.
             unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
-            return Ok(self.wrap_f32(out, shape));
+            return Ok(());
         }
 
         let (nsplit, chunk) = decode_splits(rows, nk);
@@ -134,14 +184,14 @@ impl CudaBackend {
         }
         {
             let mut l = stream.launch_builder(&f);
-            l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut out);
+            l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut *out).arg(st);
             args.push(&mut l);
             match parts.as_mut() {
                 Some((po, pml)) => l.arg(po).arg(pml),
                 None => l.arg(qd).arg(qd),
             };
             l.arg(&chunk_arg);
-            // SAFETY: argument list matches DEC_PARAMS in kernels/attention.cu; shapes as for
+            // SAFETY: argument list matches DEC_PARAMS in kernels/attention.cu; operands as for
             // the forward launch; grid (rows, nsplit) with nsplit · chunk >= nk, so block
             // (row, s) reads keys [s·chunk, min((s + 1)·chunk, nk)) only; with nsplit > 1 it
             // writes part_o[(row·nsplit + s)·d ..][..d] and part_ml[(row·nsplit + s)·2 ..][..2],
@@ -155,13 +205,13 @@ impl CudaBackend {
             let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
             let (d_arg, n_arg) = (d as i32, nsplit as i32);
             let mut l = stream.launch_builder(&f);
-            l.arg(po).arg(pml).arg(&mut out).arg(&d_arg).arg(&n_arg);
+            l.arg(po).arg(pml).arg(&mut *out).arg(st).arg(&args.h).arg(&args.nq).arg(&d_arg).arg(&n_arg);
             // SAFETY: part_o [rows, nsplit, d] and part_ml [rows, nsplit, 2] were fully written
-            // by the decode launch queued before on the same stream; out is [rows, d]; one
-            // block per row, threads stride over d.
+            // by the decode launch queued before on the same stream; out is placed by the
+            // strides as above; one block per row, threads stride over d.
             unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
         }
-        Ok(self.wrap_f32(out, shape))
+        Ok(())
     }
 }
 
@@ -170,7 +220,6 @@ struct KernelArgs {
     h: i32,
     hkv: i32,
     nq: i32,
-    nk_all: i32,
     nk: i32,
     d: i32,
     scale: f32,
@@ -181,7 +230,7 @@ struct KernelArgs {
 
 impl KernelArgs {
     fn push<'a>(&'a self, l: &mut cudarc::driver::LaunchArgs<'a>) {
-        l.arg(&self.h).arg(&self.hkv).arg(&self.nq).arg(&self.nk_all).arg(&self.nk).arg(&self.d).arg(&self.scale).arg(&self.causal).arg(&self.k_h).arg(&self.k_w);
+        l.arg(&self.h).arg(&self.hkv).arg(&self.nq).arg(&self.nk).arg(&self.d).arg(&self.scale).arg(&self.causal).arg(&self.k_h).arg(&self.k_w);
     }
 }
 

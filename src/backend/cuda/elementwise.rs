@@ -172,6 +172,9 @@ impl CudaBackend {
 
     /// In place on the first `total` elements of `y` [rows, n]: y = act(y + bias) + residual (skipped when all are absent).
     #[allow(clippy::too_many_arguments)]
+    /// y [total / n, n] = act(y + bias) + residual, in place. The residual is y's size, or a
+    /// whole number of rows that repeat (`linear`'s shared residual).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn epilogue(&self, op: &'static str, y: &CudaSlice<f32>, total: usize, n: usize, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<()> {
         if bias.is_none() && act == Activation::None && residual.is_none() {
             return Ok(());
@@ -183,18 +186,19 @@ impl CudaBackend {
             Some(b) => self.any_float(b, op)?,
             None => (0u64, 0i32),
         };
-        let rp = match residual {
-            Some(r) => self.f32_ptr(r, op)?,
-            None => 0u64,
+        let (rp, res_n) = match residual {
+            Some(r) if r.numel() > 0 && r.numel().is_multiple_of(n) && total.is_multiple_of(r.numel()) => (self.f32_ptr(r, op)?, r.numel()),
+            Some(r) => return Err(Error::shape(op, format!("residual of {} elements for an output of {total} in rows of {n}", r.numel()))),
+            None => (0u64, total),
         };
         if n.is_multiple_of(4) && total.is_multiple_of(n) && total / 4 < 1 << 31 {
             // Whole float4s per row (device buffers are 256-byte aligned); below 2^31 so the kernel's
             // 32-bit grid-stride index cannot wrap.
-            let (yp, t4, n4, a) = (self.ptr(y), (total / 4) as u32, (n / 4) as u32, act_code(act));
-            return launch!(self, op, self.function(&kernels::ELEMENTWISE, "epilogue_f32x4")?, grid_1d(total / 4), yp, t4, n4, bp, bdt, a, rp);
+            let (yp, t4, n4, a, r4) = (self.ptr(y), (total / 4) as u32, (n / 4) as u32, act_code(act), (res_n / 4) as u32);
+            return launch!(self, op, self.function(&kernels::ELEMENTWISE, "epilogue_f32x4")?, grid_1d(total / 4), yp, t4, n4, bp, bdt, a, rp, r4);
         }
-        let (yp, t64, n32, a) = (self.ptr(y), total as u64, n as u32, act_code(act));
-        launch!(self, op, self.function(&kernels::ELEMENTWISE, "epilogue_f32")?, grid_1d(total), yp, t64, n32, bp, bdt, a, rp)
+        let (yp, t64, n32, a, r64) = (self.ptr(y), total as u64, n as u32, act_code(act), res_n as u64);
+        launch!(self, op, self.function(&kernels::ELEMENTWISE, "epilogue_f32")?, grid_1d(total), yp, t64, n32, bp, bdt, a, rp, r64)
     }
 
     /// y [outer, c, hw] += bias[c] over the first `total` elements.

@@ -18,7 +18,9 @@ use std::ffi::c_void;
 use cudarc::cublas::{result as blas, sys as bsys};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
+use super::lt::LtGemm;
 use super::{act_code, grid_1d, kernels, launch, CudaBackend};
+use crate::dtype::DType;
 use crate::backend::Activation;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -249,23 +251,62 @@ impl CudaBackend {
                 return Err(Error::shape(OP, format!("bias has {} elements, expected {n}", b.numel())));
             }
         }
-        if let Some(r) = residual {
-            if r.shape() != out_shape.as_slice() {
-                return Err(Error::shape(OP, format!("residual {:?} ≠ output {out_shape:?}", r.shape())));
-            }
-        }
+        let shared = match residual {
+            Some(r) => crate::backend::shared_residual(OP, x, w, r)?,
+            None => false,
+        };
         let xp = self.f32_ptr(x, OP)?;
         let k = w.dim(1);
         let y = if k == 0 { self.zeros_f32(m * n, OP)? } else { self.alloc_f32(&out_shape)? };
         if m <= GEMV_MAX_M {
-            self.gemv(OP, xp, w, &y, m, bias, act, residual)?;
-        } else {
+            // The GEMV adds a residual of the output's shape itself; a shared one afterwards.
+            self.gemv(OP, xp, w, &y, m, bias, act, residual.filter(|_| !shared))?;
+            if shared {
+                self.epilogue(OP, &y, m * n, n, None, Activation::None, residual)?;
+            }
+        } else if k == 0 || !self.lt_linear(OP, xp, w, bias, act, residual, &y, m)? {
             if k > 0 {
                 self.gemm_nt(OP, xp, None, w, &y, m)?;
             }
             self.epilogue(OP, &y, m * n, n, bias, act, residual)?;
         }
         Ok(self.wrap_f32(y, out_shape))
+    }
+
+    /// y = act(x · wᵀ + bias) + residual through cuBLASLt (lt.rs) when the activations
+    /// dominate (M ≥ 8·N) and the weight is bf16 in the bf16 GEMM mode: the weight is
+    /// widened to f32 (exact), x is read as f32 by the TF32 tensor cores, and the bias (an f32
+    /// one), ReLU and the residual are fused when the activation allows. Ok(false): not taken,
+    /// nothing queued but the widening.
+    #[allow(clippy::too_many_arguments)]
+    fn lt_linear(&self, op: &'static str, xp: u64, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>, y: &CudaSlice<f32>, m: usize) -> Result<bool> {
+        let (n, k) = (w.dim(0), w.dim(1));
+        if !self.bf16_gemm() || !self.lt_gemm() || w.dtype() != DType::BF16 || m < super::lt::LT_MIN_M_PER_N * n || self.lt().is_none() {
+            return Ok(false);
+        }
+        let Some(wide) = self.widen(op, w)? else { return Ok(false) };
+        // Fused: the bias (f32) and ReLU in cuBLASLt's epilogue, the residual as C (added
+        // before that epilogue, so only without an activation).
+        let bias_ok = bias.is_none_or(|b| b.dtype() == DType::F32);
+        let fuse = bias_ok && (act == Activation::None || (act == Activation::Relu && residual.is_none()));
+        let (mut rows, mut c) = (m, None);
+        let mut bp = None;
+        if fuse {
+            if let Some(r) = residual {
+                let shared = r.numel() < m * n;
+                rows = if shared { r.numel() / n.max(1) } else { m };
+                c = Some((self.f32_ptr(r, op)?, shared));
+            }
+            bp = bias.map(|b| self.f32_ptr(b, op)).transpose()?;
+        }
+        let g = LtGemm { m, n, k, x: xp, w: self.ptr(&wide), bias: bp, relu: fuse && act == Activation::Relu, c, rows, y: self.ptr(y) };
+        if !self.run_lt(op, &g)? {
+            return Ok(false);
+        }
+        if !fuse {
+            self.epilogue(op, y, m * n, n, bias, act, residual)?;
+        }
+        Ok(true)
     }
 
     /// Several weights on one x: one GEMV launch over all their rows for M ≤ 4 (up to three

@@ -15,6 +15,7 @@ mod conv;
 mod elementwise;
 mod layout;
 mod libs;
+mod lt;
 mod masks;
 mod matmul;
 mod norm;
@@ -61,6 +62,9 @@ pub struct CudaBackend {
     name: String,
     /// GEMMs on bf16 weights run on the bf16 tensor cores (matmul.rs); off: exact f32 SGEMM.
     bf16_gemm: std::sync::atomic::AtomicBool,
+    /// Activation-dominated linears on bf16 weights go through cuBLASLt (lt.rs).
+    lt_gemm: std::sync::atomic::AtomicBool,
+    lt: std::sync::OnceLock<Option<lt::Lt>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -155,7 +159,35 @@ impl CudaBackend {
         let (major, minor) = ctx.compute_capability().map_err(|e| unavailable(format!("compute capability: {e}")))?;
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let bf16_gemm = std::env::var("VISWORD_CUDA_GEMM").map(|v| v.trim() != "f32").unwrap_or(true);
-        Ok(CudaBackend { ctx, stream, blas, modules: Default::default(), arch: format!("compute_{major}{minor}"), name, bf16_gemm: bf16_gemm.into() })
+        let lt_gemm = std::env::var("VISWORD_CUDA_LT").map(|v| v.trim() != "0").unwrap_or(true);
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas,
+            modules: Default::default(),
+            arch: format!("compute_{major}{minor}"),
+            name,
+            bf16_gemm: bf16_gemm.into(),
+            lt_gemm: lt_gemm.into(),
+            lt: Default::default(),
+        })
+    }
+
+    /// Whether linears with far more activation rows than weight rows (M ≥ 8·N) on bf16
+    /// weights run as one cuBLASLt TF32 GEMM with bias and residual fused (lt.rs; the default,
+    /// within the bf16 GEMM mode), or take the bf16 path (`VISWORD_CUDA_LT=0` at start-up, or
+    /// `set_lt_gemm(false)`).
+    pub fn lt_gemm(&self) -> bool {
+        self.lt_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_lt_gemm(&self, on: bool) {
+        self.lt_gemm.store(on, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The cuBLASLt handle, created on first use (None without libcublasLt).
+    fn lt(&self) -> Option<&lt::Lt> {
+        self.lt.get_or_init(|| lt::Lt::new(self)).as_ref()
     }
 
     /// Whether GEMMs (M > 4) on bf16 weights round the activations to bf16 and run on the tensor

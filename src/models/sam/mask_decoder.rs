@@ -4,7 +4,9 @@
 //!
 //! Every prompt (point set / box) is a batch entry: tokens `[P, T, C]`, image keys `[P, E·E, C]`.
 //! The keys are one shared `[1, E·E, C]` until the first block's image-to-token attention makes
-//! them diverge, so that block projects them once for all prompts.
+//! them diverge, so that block projects them once for all prompts. Attention runs on the
+//! token-major projections (`Backend::attention_tokens`, no head permutes), and keys + pe is
+//! never formed: pe goes through each projection once per image and joins as a shared residual.
 
 use crate::backend::{Activation, AttnParams, Backend};
 use crate::error::{Error, Result};
@@ -46,47 +48,47 @@ impl Attention {
         })
     }
 
-    /// q [Bq, Nq, C], k/v [B, Nk, C] → [B, Nq, C], with Bq = B or 1 (one set of queries for
-    /// every batch entry, projected once). `residual` is added to the output projection (fused
-    /// when it has the output's shape, else broadcast).
+    /// q [Bq, Nq, C], k/v [Bk, Nk, C] → [B, Nq, C], with Bq, Bk = B or 1 (one set of queries
+    /// or keys for every batch entry, projected once). `residual` ([B, Nq, C], or [1, Nq, C]
+    /// shared) is added to the output projection.
     fn forward(&self, be: &Backend, q: &Tensor, k: &Tensor, v: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let (b, nq, nk) = (k.dim(0), q.dim(1), k.dim(1));
-        let hd = self.inner / self.heads;
-        let split = |x: &Tensor, w: &Linear, n: usize| -> Result<Tensor> {
-            let y = be.linear(x, &w.0, Some(&w.1), Activation::None, None)?;
-            be.permute(&y.reshape(&[x.dim(0), n, self.heads, hd])?, &[0, 2, 1, 3])
-        };
-        let mut qh = split(q, &self.q, nq)?;
-        if q.dim(0) != b {
-            qh = be.concat(&vec![&qh; b], 0)?;
-        }
-        let kh = split(k, &self.k, nk)?;
-        let vh = split(v, &self.v, nk)?;
-        let o = be.attention(&qh, &kh, &vh, &AttnParams::new(hd))?;
-        let o = be.permute(&o, &[0, 2, 1, 3])?.reshape(&[b, nq, self.inner])?;
-        match residual {
-            Some(r) if r.shape() != [b, nq, self.hidden_out()] => {
-                let y = be.linear(&o, &self.out.0, Some(&self.out.1), Activation::None, None)?;
-                be.add(&y, r)
-            }
-            _ => be.linear(&o, &self.out.0, Some(&self.out.1), Activation::None, residual),
-        }
+        self.attend(be, &proj(be, q, &self.q)?, &proj(be, k, &self.k)?, &proj(be, v, &self.v)?, residual)
     }
 
-    /// Width of the output projection (the model's hidden size).
-    fn hidden_out(&self) -> usize {
-        self.out.0.dim(0)
+    /// Attention over projected q, k, v ([B or 1, N, inner]), then the output projection plus
+    /// `residual`.
+    fn attend(&self, be: &Backend, qp: &Tensor, kp: &Tensor, vp: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let o = be.attention_tokens(qp, kp, vp, self.heads, &AttnParams::new(self.inner / self.heads))?;
+        be.linear(&o, &self.out.0, Some(&self.out.1), Activation::None, residual)
     }
 
     /// Token-to-image attention where the image keys are one set shared by every prompt
     /// (before the first image-to-token update): the P prompts' query tokens are folded into
-    /// one batch entry, so the keys are projected once instead of P times. q, residual
-    /// [P, T, C]; k, v [1, Nk, C].
-    fn forward_shared_keys(&self, be: &Backend, q: &Tensor, k: &Tensor, v: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    /// one batch entry, so every backend projects and reads the keys once. q, residual
+    /// [P, T, C]; kp, vp [1, Nk, inner].
+    fn attend_shared_keys(&self, be: &Backend, q: &Tensor, kp: &Tensor, vp: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (p, t, c) = (q.dim(0), q.dim(1), q.dim(2));
         let fold = |x: &Tensor| x.reshape(&[1, p * t, c]);
-        self.forward(be, &fold(q)?, k, v, Some(&fold(residual)?))?.reshape(&[p, t, c])
+        self.attend(be, &proj(be, &fold(q)?, &self.q)?, kp, vp, Some(&fold(residual)?))?.reshape(&[p, t, c])
     }
+}
+
+fn proj(be: &Backend, x: &Tensor, w: &Linear) -> Result<Tensor> {
+    be.linear(x, &w.0, Some(&w.1), Activation::None, None)
+}
+
+/// `w` applied to image tokens plus their positional encoding, (x + pe)·Wᵀ + b, as
+/// x·Wᵀ + pe_w with `pe_w` = pe·Wᵀ + b ([1, N, out], once per image): the sum x + pe over every
+/// prompt's keys is never formed.
+fn proj_pe(be: &Backend, x: &Tensor, w: &Linear, pe_w: &Tensor) -> Result<Tensor> {
+    be.linear(x, &w.0, None, Activation::None, Some(pe_w))
+}
+
+/// The image positional encoding through the projections that read keys + pe: each block's
+/// token-to-image keys and image-to-token queries, and the final attention's keys.
+struct PeProjections {
+    blocks: Vec<(Tensor, Tensor)>,
+    final_k: Tensor,
 }
 
 struct TwoWayBlock {
@@ -248,16 +250,21 @@ impl MaskDecoder {
         let mut keys = be.permute(&src, &[0, 2, 3, 1])?.reshape(&[1, hw, c])?;
         let key_pe = image_pe.reshape(&[1, hw, c])?;
 
+        let pe = PeProjections {
+            blocks: self.blocks.iter().map(|b| Ok((proj(be, &key_pe, &b.cross_t2i.k)?, proj(be, &key_pe, &b.cross_i2t.q)?))).collect::<Result<_>>()?,
+            final_k: proj(be, &key_pe, &self.final_attn.k)?,
+        };
         let mut queries = tokens.clone();
-        for blk in &self.blocks {
-            (queries, keys) = self.block_forward(be, blk, &queries, &keys, &tokens, &key_pe)?;
+        for (blk, pe_w) in self.blocks.iter().zip(&pe.blocks) {
+            (queries, keys) = self.block_forward(be, blk, &queries, &keys, &tokens, pe_w)?;
         }
         if keys.dim(0) != p {
             keys = be.concat(&vec![&keys; p], 0)?;
         }
         let q = be.add(&queries, &tokens)?;
-        let k = be.add(&keys, &key_pe)?;
-        let queries = self.final_attn.forward(be, &q, &k, &keys, Some(&queries))?;
+        let f = &self.final_attn;
+        let (kp, vp) = (proj_pe(be, &keys, &f.k, &pe.final_k)?, proj(be, &keys, &f.v)?);
+        let queries = f.attend(be, &proj(be, &q, &f.q)?, &kp, &vp, Some(&queries))?;
         // transformers builds this LayerNorm with the default eps (1e-5), not the config's.
         let queries = be.layer_norm(&queries, &self.ln_final.0, &self.ln_final.1, 1e-5)?;
 
@@ -280,6 +287,8 @@ impl MaskDecoder {
         Ok(DecoderOutput { pred_masks, iou_scores: be.narrow(&iou, 2, start, len)? })
     }
 
+    /// One two-way block; `pe_w` holds the positional encoding through the block's token-to-
+    /// image key projection and image-to-token query projection (`PeProjections`).
     fn block_forward(
         &self,
         be: &Backend,
@@ -287,7 +296,7 @@ impl MaskDecoder {
         queries: &Tensor,
         keys: &Tensor,
         query_pe: &Tensor,
-        key_pe: &Tensor,
+        pe_w: &(Tensor, Tensor),
     ) -> Result<(Tensor, Tensor)> {
         let eps = self.eps;
         let queries = if blk.skip_first_layer_pe {
@@ -298,13 +307,14 @@ impl MaskDecoder {
         };
         let queries = be.layer_norm(&queries, &blk.ln1.0, &blk.ln1.1, eps)?;
 
-        // keys + key_pe serves both cross attentions (the keys change only after the second).
+        // Token-to-image: keys + pe through k_proj, the keys through v_proj.
+        let t2i = &blk.cross_t2i;
         let q = be.add(&queries, query_pe)?;
-        let k = be.add(keys, key_pe)?;
+        let (kp, vp) = (proj_pe(be, keys, &t2i.k, &pe_w.0)?, proj(be, keys, &t2i.v)?);
         let queries = if keys.dim(0) == 1 && queries.dim(0) > 1 {
-            blk.cross_t2i.forward_shared_keys(be, &q, &k, keys, &queries)?
+            t2i.attend_shared_keys(be, &q, &kp, &vp, &queries)?
         } else {
-            blk.cross_t2i.forward(be, &q, &k, keys, Some(&queries))?
+            t2i.attend(be, &proj(be, &q, &t2i.q)?, &kp, &vp, Some(&queries))?
         };
         let queries = be.layer_norm(&queries, &blk.ln2.0, &blk.ln2.1, eps)?;
 
@@ -312,9 +322,12 @@ impl MaskDecoder {
         let queries = be.linear(&h, &blk.mlp2.0, Some(&blk.mlp2.1), Activation::None, Some(&queries))?;
         let queries = be.layer_norm(&queries, &blk.ln3.0, &blk.ln3.1, eps)?;
 
-        // Shared keys give one set of image queries for every prompt, projected once.
+        // Image-to-token: keys + pe through q_proj (shared keys give one set of image queries
+        // for every prompt, projected once), the keys updated with a residual.
+        let i2t = &blk.cross_i2t;
         let q = be.add(&queries, query_pe)?;
-        let keys = blk.cross_i2t.forward(be, &k, &q, &queries, Some(keys))?;
+        let qp = proj_pe(be, keys, &i2t.q, &pe_w.1)?;
+        let keys = i2t.attend(be, &qp, &proj(be, &q, &i2t.k)?, &proj(be, &queries, &i2t.v)?, Some(keys))?;
         let keys = be.layer_norm(&keys, &blk.ln4.0, &blk.ln4.1, eps)?;
         Ok((queries, keys))
     }
