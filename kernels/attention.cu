@@ -35,6 +35,10 @@
 //       max and sum (part_ml [rows, nsplit, 2]) and
 //   attention_combine_f32 merges the splits in a fixed order (deterministic, no atomics):
 //       grid (B·H·Nq), block min(128, d rounded up to 32) threads striding over d.
+//   attention_fewkeys_d{16,32}_f32  at most 64 keys, d <= 32, no bias (SAM's image-to-token
+//       attention: 4096 queries per head over 7 tokens, where a 32-key tile would be mostly
+//       padding): grid (B·H, ceil(Nq / 128)), block 128, one query row per thread with the
+//       head's K and V in static shared memory (2·64·DP floats).
 //
 // Napkin math: forward does 4·Nq·nk·d flops per head and reads K/V once per 32 queries
 // (8·nk·d / 32 bytes per query); it is bound by the FMA pipe and shared-memory loads (per 4
@@ -359,6 +363,62 @@ __device__ __forceinline__ void attention_decode(const float* __restrict__ q, co
     }
 }
 
+constexpr int FEW_THREADS = 128; // query rows per block of attention_fewkeys
+constexpr int FEW_MAX_KEYS = 64;
+
+// A handful of keys (SAM's image-to-token attention: 4096 image queries per head over 7 prompt
+// tokens): one thread per query row, the head's K and V in shared memory, the scores in two
+// passes over them (max, then exp-sum and P·V). No bias.
+template <int DP>
+__device__ __forceinline__ void attention_fewkeys(const float* __restrict__ q, const float* __restrict__ k,
+                                                  const float* __restrict__ v, float* __restrict__ out, AttnStrides st,
+                                                  int H, int Hkv, int nq, int nk, int d, float scale, int causal) {
+    __shared__ float sK[FEW_MAX_KEYS * DP];
+    __shared__ float sV[FEW_MAX_KEYS * DP];
+    const long long bh = blockIdx.x, b = bh / H;
+    const int h = (int)(bh % H), kvh = h / (H / Hkv);
+    const float* kh = k + b * st.kv_b + kvh * st.kv_h;
+    const float* vh = v + b * st.kv_b + kvh * st.kv_h;
+    for (int idx = threadIdx.x; idx < nk * d; idx += FEW_THREADS) {
+        const int j = idx / d, c = idx % d;
+        sK[j * DP + c] = kh[j * st.kv_r + c];
+        sV[j * DP + c] = vh[j * st.kv_r + c];
+    }
+    __syncthreads();
+    const int qi = blockIdx.y * FEW_THREADS + threadIdx.x;
+    if (qi >= nq) return;
+    const float* qrow = q + b * st.q_b + h * st.q_h + qi * st.q_r;
+    float qr[DP], acc[DP];
+#pragma unroll
+    for (int c = 0; c < DP; ++c) {
+        qr[c] = c < d ? qrow[c] : 0.0f;
+        acc[c] = 0.0f;
+    }
+    const int kend = causal ? nk - nq + qi + 1 : nk;
+    float m = NEG_INF;
+    for (int j = 0; j < kend; ++j) {
+        float sc = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DP; ++c) sc = fmaf(qr[c], sK[j * DP + c], sc);
+        m = fmaxf(m, sc * scale);
+    }
+    float l = 0.0f;
+    for (int j = 0; j < kend; ++j) {
+        float sc = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DP; ++c) sc = fmaf(qr[c], sK[j * DP + c], sc);
+        const float p = expf(sc * scale - m);
+        l += p;
+#pragma unroll
+        for (int c = 0; c < DP; ++c) acc[c] = fmaf(p, sV[j * DP + c], acc[c]);
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float* orow = out + b * st.o_b + h * st.o_h + qi * st.o_r;
+#pragma unroll
+    for (int c = 0; c < DP; ++c)
+        if (c < d) orow[c] = acc[c] * inv;
+}
+
 } // namespace
 
 // Entry points, spelled out so each name is greppable; the argument lists are shared.
@@ -384,6 +444,14 @@ extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d32_f
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d64_f32(DEC_PARAMS) { attention_decode<64>(DEC_ARGS); }
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d96_f32(DEC_PARAMS) { attention_decode<96>(DEC_ARGS); }
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d128_f32(DEC_PARAMS) { attention_decode<128>(DEC_ARGS); }
+
+#define FEW_PARAMS                                                                                       \
+    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ out, \
+        AttnStrides st, int H, int Hkv, int nq, int nk, int d, float scale, int causal
+#define FEW_ARGS q, k, v, out, st, H, Hkv, nq, nk, d, scale, causal
+
+extern "C" __launch_bounds__(FEW_THREADS) __global__ void attention_fewkeys_d16_f32(FEW_PARAMS) { attention_fewkeys<16>(FEW_ARGS); }
+extern "C" __launch_bounds__(FEW_THREADS) __global__ void attention_fewkeys_d32_f32(FEW_PARAMS) { attention_fewkeys<32>(FEW_ARGS); }
 
 // Merge the nsplit partial results of each row (grid: one block per row; any block size) into
 // out, placed by st.o_* as in the other kernels.

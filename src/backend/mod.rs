@@ -391,7 +391,12 @@ impl Backend {
                 return self.add(&y, r);
             }
         }
-        op!(self, if x.numel() / x.shape().last().copied().unwrap_or(1).max(1) <= 4 { "linear, M ≤ 4" } else { "linear, M > 4" }, b => b.linear(x, w, bias, act, residual))
+        let m = x.numel() / x.shape().last().copied().unwrap_or(1).max(1);
+        let _span = profile::Span::start(self, || match self {
+            Backend::Cuda(b) => b.linear_path(m, w).to_string(),
+            _ => (if m <= 4 { "linear, M ≤ 4" } else { "linear, M > 4" }).to_string(),
+        });
+        dispatch!(self, b => b.linear(x, w, bias, act, residual))
     }
 
     /// x · wᵢᵀ for several weights that share the input (fused Q/K/V or gate/up projections
@@ -503,6 +508,12 @@ impl Backend {
             return b.attention_tokens(q, k, v, &t, p);
         }
         let s = t.s;
+        // Queries over one shared set of keys are independent rows: fold the batch into the
+        // query count, so the keys are split into heads once instead of copied per entry.
+        if t.kv_shared && !t.q_shared && !p.causal && matches!(p.bias, AttnBias::None) && s.b > 1 {
+            let q1 = q.reshape(&[1, s.b * s.nq, s.h * s.d])?;
+            return self.attention_tokens(&q1, k, v, heads, p)?.reshape(&[s.b, s.nq, s.h * s.d]);
+        }
         let split = |x: &Tensor, heads: usize| -> Result<Tensor> {
             let y = self.permute(&x.reshape(&[x.dim(0), x.dim(1), heads, s.d])?, &[0, 2, 1, 3])?;
             if y.dim(0) == s.b {

@@ -337,6 +337,43 @@ fn linear_with_a_shared_residual_and_fused_epilogues() {
     }
 }
 
+/// Wall time of CUDA linears at the mask decoder's image-side shapes (64 prompts × 4096 image
+/// tokens), on cuBLASLt and on the bf16 path, with the bytes they must move: a measurement, run
+/// on request (`gpu linear_timings -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn linear_timings_at_mask_decoder_shapes() {
+    let mut r = rng("linear_timings");
+    for g in gpus("linear_timings") {
+        let Backend::Cuda(cb) = &g.backend else { continue };
+        let be = &g.backend;
+        let (p, rows) = (64usize, 4096usize);
+        for (k, n, residual, bias) in [(256usize, 128usize, Some(true), false), (256, 128, None, true), (128, 256, Some(true), true), (128, 256, Some(false), true), (256, 256, None, true)] {
+            let x = up(&g, &r.tensor(&[p, rows, k]));
+            let w = be.upload_weight(&r.tensor(&[n, k]).to_dtype(DType::BF16).unwrap()).unwrap();
+            let b = up(&g, &r.tensor(&[n]));
+            let res = residual.map(|shared| up(&g, &r.tensor(&[if shared { 1 } else { p }, rows, n])));
+            let bytes = 4.0 * (p * rows * (k + n)) as f64 + residual.map_or(0.0, |shared| 4.0 * ((if shared { 1 } else { p }) * rows * n) as f64);
+            for lt in [true, false] {
+                cb.set_lt_gemm(lt);
+                let mut times = Vec::new();
+                for _ in 0..6 {
+                    be.synchronize().unwrap();
+                    let t0 = std::time::Instant::now();
+                    let y = be.linear(&x, &w, bias.then_some(&b), Activation::None, res.as_ref()).unwrap();
+                    be.synchronize().unwrap();
+                    times.push(t0.elapsed().as_secs_f64());
+                    drop(y);
+                }
+                times.sort_by(f64::total_cmp);
+                let t = times[times.len() / 2];
+                eprintln!("linear [{p}·{rows}, {k}] → {n}, bias {bias}, residual {residual:?} ({}): {:.1} µs, {:.0} GB/s of the bytes it must move", cb.linear_path(p * rows, &w), t * 1e6, bytes / t / 1e9);
+            }
+            cb.set_lt_gemm(true);
+        }
+    }
+}
+
 /// RMSNorm fused into the projections that follow it (Q/K/V; SwiGLU gate and up): one GEMV
 /// launch on CUDA for M ≤ 4 (K a multiple of 8 or not), the separate ops above that.
 #[test]
@@ -399,7 +436,9 @@ fn batched_matmul_plain_transposed_and_shared() {
 fn layer_norm_rms_norm_and_channel_norm() {
     let mut r = rng("norms");
     for g in gpus("norms") {
-        for (rows, d) in [(1usize, 1usize), (3, 7), (4, 256), (5, 1000), (70, 33)] {
+        // CUDA takes rows that are whole float4s up to 1024 one warp each (4, 256, 1000, 1024;
+        // row counts around its 8 rows per block), the others one block each.
+        for (rows, d) in [(1usize, 1usize), (3, 7), (4, 256), (5, 1000), (70, 33), (13, 1024), (9, 1028), (17, 4)] {
             let x = Tensor::from_f32(r.vec(rows * d).iter().map(|v| v * 3.0 + 0.5).collect(), vec![rows, d]).unwrap();
             let (w, b) = (r.tensor(&[d]), r.tensor(&[d]));
             let (xg, wg, bg) = (up(&g, &x), up(&g, &w), up(&g, &b));

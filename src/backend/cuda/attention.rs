@@ -4,7 +4,9 @@
 //! each operand's batch/head/row strides, so `attention_tokens` ([B, N, H·D] operands, a shared
 //! batch of 1) runs them on the models' token-major projections without permutes or copies.
 //!
-//! Two kernels, picked by the number of queries per head:
+//! Three kernels, picked by the number of keys and of queries per head:
+//! * at most 64 keys with d ≤ 32 and no bias: `attention_fewkeys_d{16,32}_f32`, one thread per
+//!   query row over the head's keys in shared memory (SAM's image-to-token attention);
 //! * Nq > 8: `attention_fwd_d{DP}_f32`, flash forward, one block per 32 queries of one head;
 //!   DP is D rounded up to a multiple of 16 (D = 80 runs the 80-wide variant, not 128).
 //! * Nq <= 8 (unless Nq > 1 over ≥ DEC_TARGET_BLOCKS batch·heads, which takes the forward
@@ -30,6 +32,11 @@ const DECODE_MAX_NQ: usize = 8;
 /// Queries per forward block and threads per block (FWD_BQ, FWD_THREADS in the kernel).
 const FWD_BQ: usize = 32;
 const FWD_THREADS: u32 = 128;
+/// The few-keys kernel: query rows (threads) per block, most keys and largest head dim
+/// (FEW_THREADS, FEW_MAX_KEYS and its widest variant).
+const FEW_THREADS: u32 = 128;
+const FEW_MAX_KEYS: usize = 64;
+const FEW_MAX_D: usize = 32;
 /// Threads per decode block (DEC_THREADS): 4 warps taking 4 keys each per step.
 const DEC_THREADS: u32 = 128;
 const DEC_KEYS_PER_STEP: usize = 16;
@@ -142,6 +149,25 @@ impl CudaBackend {
             k_w: i32_arg("k_w", k_w)?,
         };
         let stream = self.stream();
+
+        // A handful of keys: one thread per query row (kernels/attention.cu attention_fewkeys).
+        if rel.is_none() && nk <= FEW_MAX_KEYS && d <= FEW_MAX_D {
+            let chunks = nq.div_ceil(FEW_THREADS as usize);
+            if bh > GRID_X_MAX || chunks > GRID_Y_MAX {
+                return Err(Error::shape(OP, format!("{bh} heads × {chunks} query chunks exceed the CUDA grid")));
+            }
+            let dp = if d <= 16 { 16 } else { 32 };
+            let f = self.function(&kernels::ATTENTION, &format!("attention_fewkeys_d{dp}_f32"))?;
+            let cfg = LaunchConfig { grid_dim: (bh as u32, chunks as u32, 1), block_dim: (FEW_THREADS, 1, 1), shared_mem_bytes: 0 };
+            let mut l = stream.launch_builder(&f);
+            l.arg(qd).arg(kd).arg(vd).arg(&mut *out).arg(st).arg(&args.h).arg(&args.hkv).arg(&args.nq).arg(&args.nk).arg(&args.d).arg(&args.scale).arg(&args.causal);
+            // SAFETY: argument list matches FEW_PARAMS in kernels/attention.cu; operands placed by
+            // the strides as for the other kernels; nk <= 64 keys and d <= 32 fit its static
+            // shared arrays (2·64·32 floats); grid (bh, ceil(nq / 128)) with 128 threads, each
+            // reading and writing one query row < nq.
+            unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
+            return Ok(());
+        }
 
         // A few queries over many heads (SAM's token-to-image attention: 64 prompts × 8 heads ×
         // 7 tokens) take the forward kernel too: it reads each head's keys once per block of 32

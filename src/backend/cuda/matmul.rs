@@ -273,6 +273,24 @@ impl CudaBackend {
         Ok(self.wrap_f32(y, out_shape))
     }
 
+    /// Which path `linear` takes for `m` rows of x on `w` (the profile's label).
+    pub fn linear_path(&self, m: usize, w: &Tensor) -> &'static str {
+        let n = w.dims().checked_sub(2).map_or(0, |_| w.dim(0));
+        if m <= GEMV_MAX_M {
+            "linear, M ≤ 4 (GEMV)"
+        } else if self.takes_lt(m, n, w) {
+            "linear, M > 4 (cuBLASLt TF32)"
+        } else if w.dtype() == DType::BF16 && self.bf16_gemm() {
+            "linear, M > 4 (bf16 GEMM)"
+        } else {
+            "linear, M > 4 (f32 GEMM)"
+        }
+    }
+
+    fn takes_lt(&self, m: usize, n: usize, w: &Tensor) -> bool {
+        self.bf16_gemm() && self.lt_gemm() && w.dtype() == DType::BF16 && m >= super::lt::LT_MIN_M_PER_N * n && self.lt().is_some()
+    }
+
     /// y = act(x · wᵀ + bias) + residual through cuBLASLt (lt.rs) when the activations
     /// dominate (M ≥ 8·N) and the weight is bf16 in the bf16 GEMM mode: the weight is
     /// widened to f32 (exact), x is read as f32 by the TF32 tensor cores, and the bias (an f32
@@ -281,7 +299,7 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn lt_linear(&self, op: &'static str, xp: u64, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>, y: &CudaSlice<f32>, m: usize) -> Result<bool> {
         let (n, k) = (w.dim(0), w.dim(1));
-        if !self.bf16_gemm() || !self.lt_gemm() || w.dtype() != DType::BF16 || m < super::lt::LT_MIN_M_PER_N * n || self.lt().is_none() {
+        if !self.takes_lt(m, n, w) {
             return Ok(false);
         }
         let Some(wide) = self.widen(op, w)? else { return Ok(false) };

@@ -1,10 +1,17 @@
 //! LayerNorm, LayerNorm over channels (NCHW), RMSNorm (kernels/norm.cu). Weights and biases may
 //! be f32, f16 or bf16 (widened inside the kernel).
 
+use cudarc::driver::LaunchConfig;
+
 use super::elementwise::row_threads;
 use super::{grid_1d, grid_rows, kernels, launch, CudaBackend};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+/// Rows per block and the longest row of kernels/norm.cu's layer_norm_warp_f32 (LN_WARP_ROWS,
+/// 32 lanes × LN_WARP_MAX_V4 float4s).
+const LN_WARP_ROWS: usize = 8;
+const LN_WARP_MAX_D: usize = 1024;
 
 fn last_dim(op: &'static str, x: &Tensor, w: &Tensor) -> Result<usize> {
     let d = *x.shape().last().ok_or_else(|| Error::shape(op, "scalar input"))?;
@@ -28,8 +35,16 @@ impl CudaBackend {
         let rows = x.numel().checked_div(d).unwrap_or(0);
         if rows > 0 {
             let (yp, r64, d32) = (self.ptr(&out), rows as u64, d as u32);
-            let cfg = grid_rows(rows, row_threads(d), 0);
-            launch!(self, OP, self.function(&kernels::NORM, "layer_norm_f32")?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
+            if d.is_multiple_of(4) && d <= LN_WARP_MAX_D && rows.div_ceil(LN_WARP_ROWS) < i32::MAX as usize {
+                // Short rows: one warp each, the row in registers (device buffers are 256-byte
+                // aligned and rows whole float4s).
+                let blocks = rows.div_ceil(LN_WARP_ROWS) as u32;
+                let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * LN_WARP_ROWS as u32, 1, 1), shared_mem_bytes: 0 };
+                launch!(self, OP, self.function(&kernels::NORM, "layer_norm_warp_f32")?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
+            } else {
+                let cfg = grid_rows(rows, row_threads(d), 0);
+                launch!(self, OP, self.function(&kernels::NORM, "layer_norm_f32")?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
+            }
         }
         Ok(self.wrap_f32(out, x.shape().to_vec()))
     }

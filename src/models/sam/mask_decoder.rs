@@ -61,16 +61,6 @@ impl Attention {
         let o = be.attention_tokens(qp, kp, vp, self.heads, &AttnParams::new(self.inner / self.heads))?;
         be.linear(&o, &self.out.0, Some(&self.out.1), Activation::None, residual)
     }
-
-    /// Token-to-image attention where the image keys are one set shared by every prompt
-    /// (before the first image-to-token update): the P prompts' query tokens are folded into
-    /// one batch entry, so every backend projects and reads the keys once. q, residual
-    /// [P, T, C]; kp, vp [1, Nk, inner].
-    fn attend_shared_keys(&self, be: &Backend, q: &Tensor, kp: &Tensor, vp: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let (p, t, c) = (q.dim(0), q.dim(1), q.dim(2));
-        let fold = |x: &Tensor| x.reshape(&[1, p * t, c]);
-        self.attend(be, &proj(be, &fold(q)?, &self.q)?, kp, vp, Some(&fold(residual)?))?.reshape(&[p, t, c])
-    }
 }
 
 fn proj(be: &Backend, x: &Tensor, w: &Linear) -> Result<Tensor> {
@@ -311,11 +301,7 @@ impl MaskDecoder {
         let t2i = &blk.cross_t2i;
         let q = be.add(&queries, query_pe)?;
         let (kp, vp) = (proj_pe(be, keys, &t2i.k, &pe_w.0)?, proj(be, keys, &t2i.v)?);
-        let queries = if keys.dim(0) == 1 && queries.dim(0) > 1 {
-            t2i.attend_shared_keys(be, &q, &kp, &vp, &queries)?
-        } else {
-            t2i.attend(be, &proj(be, &q, &t2i.q)?, &kp, &vp, Some(&queries))?
-        };
+        let queries = t2i.attend(be, &proj(be, &q, &t2i.q)?, &kp, &vp, Some(&queries))?;
         let queries = be.layer_norm(&queries, &blk.ln2.0, &blk.ln2.1, eps)?;
 
         let h = be.linear(&queries, &blk.mlp1.0, Some(&blk.mlp1.1), self.act, None)?;
