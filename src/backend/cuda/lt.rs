@@ -7,15 +7,13 @@
 //! precise than the bf16 rounding it replaces; a bf16 weight is exact in TF32), and the bias
 //! (plus ReLU) and the residual are applied as the GEMM writes y: one read of x, one write of y.
 //! A residual shared by every batch entry (`linear`'s [1, ..] form) is a batched GEMM whose C
-//! has batch stride 0. The first call of each problem times the heuristic's candidates and
-//! keeps the fastest (the heuristic's first choice unless another is 10% faster).
+//! has batch stride 0.
 //!
 //! Column-major view, as in matmul.rs: yᵀ [n, m] (ld n) = w [n, k] (row-major = column-major
 //! [k, n], transposed) · xᵀ [k, m] (row-major x = column-major [k, m]).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use cudarc::cublaslt::{result as lt, sys};
@@ -29,11 +27,6 @@ use crate::error::{Error, Result};
 pub(super) const LT_MIN_M_PER_N: usize = 8;
 /// cuBLASLt workspace (the H100 kernels ask for up to 32 MiB).
 const WORKSPACE_BYTES: usize = 32 << 20;
-/// Algorithms asked of cuBLASLt's heuristic for a new problem, timed runs of each, and how much
-/// faster than the heuristic's first choice another must be to replace it.
-const CANDIDATES: usize = 8;
-const TIMED_RUNS: usize = 3;
-const SWITCH_GAIN: f64 = 1.1;
 
 /// A cuBLASLt handle, its workspace and the algorithms chosen per problem.
 pub(super) struct Lt {
@@ -152,8 +145,8 @@ fn layout(op: &'static str, rows: usize, cols: usize, ld: usize, batch: usize, s
 }
 
 impl CudaBackend {
-    /// Run `g` on cuBLASLt. Ok(false) when cuBLASLt is unavailable or has no algorithm that
-    /// runs for this problem (the caller then computes y on another path).
+    /// Run `g` on cuBLASLt. Ok(false) when cuBLASLt is unavailable or has no algorithm for
+    /// this problem (nothing was queued; the caller takes another path).
     pub(super) fn run_lt(&self, op: &'static str, g: &LtGemm) -> Result<bool> {
         let Some(lt) = self.lt() else { return Ok(false) };
         let batch = g.m / g.rows.max(1);
@@ -202,72 +195,13 @@ impl CudaBackend {
                     lt::set_matmul_pref_attribute(pref.0, sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const usize as *const c_void, 8)
                 }
                 .map_err(lt_err(op, "preference attribute"))?;
-                let mut found = [MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::uninit(); CANDIDATES];
-                let mut count = 0i32;
-                // SAFETY: every descriptor is live and describes this problem; `found` has room
-                // for the CANDIDATES results asked for, and `count` says how many were written.
-                let status = unsafe { sys::cublasLtMatmulAlgoGetHeuristic(lt.handle, desc.0, a_l.0, b_l.0, c_l.0, d_l.0, pref.0, CANDIDATES as i32, found[0].as_mut_ptr(), &mut count) };
-                let candidates: Vec<sys::cublasLtMatmulAlgo_t> = if status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                    found[..(count.clamp(0, CANDIDATES as i32) as usize)]
-                        .iter()
-                        // SAFETY: the first `count` entries were written by the call above.
-                        .map(|r| unsafe { r.assume_init() })
-                        .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && r.workspaceSize <= WORKSPACE_BYTES)
-                        .map(|r| r.algo)
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let a = self.fastest(lt, &desc, [&a_l, &b_l, &c_l, &d_l], g, &candidates)?;
+                // SAFETY: every descriptor is live and describes this problem.
+                let a = unsafe { lt::get_matmul_algo_heuristic(lt.handle, desc.0, a_l.0, b_l.0, c_l.0, d_l.0, pref.0) }.ok().map(|h| h.algo);
                 lt.algos.lock().unwrap_or_else(|p| p.into_inner()).insert(key, a);
                 a
             }
         };
         let Some(algo) = algo else { return Ok(false) };
-        self.lt_matmul(lt, &desc, [&a_l, &b_l, &c_l, &d_l], g, &algo)
-            .map_err(lt_err(op, "matmul"))?;
-        Ok(true)
-    }
-
-    /// The heuristic's candidates timed on this problem (a few runs each, on first use of a
-    /// shape): the fastest, unless it beats the heuristic's own first choice by less than
-    /// `SWITCH_GAIN` (which keeps the choice, and so the rounding, stable from run to run).
-    /// None when no candidate runs.
-    fn fastest(&self, lt: &Lt, desc: &Desc, l: [&Layout; 4], g: &LtGemm, candidates: &[sys::cublasLtMatmulAlgo_t]) -> Result<Option<sys::cublasLtMatmulAlgo_t>> {
-        if candidates.len() <= 1 {
-            return Ok(candidates.first().copied());
-        }
-        let mut best: Option<(f64, usize)> = None;
-        let mut first = f64::INFINITY;
-        for (i, algo) in candidates.iter().enumerate() {
-            // A candidate that fails to run is skipped (the first one must run).
-            if self.lt_matmul(lt, desc, l, g, algo).is_err() {
-                continue;
-            }
-            self.synchronize()?;
-            let t0 = std::time::Instant::now();
-            let mut ok = true;
-            for _ in 0..TIMED_RUNS {
-                ok &= self.lt_matmul(lt, desc, l, g, algo).is_ok();
-            }
-            self.synchronize()?;
-            let t = t0.elapsed().as_secs_f64();
-            if !ok {
-                continue;
-            }
-            if i == 0 {
-                first = t;
-            }
-            if best.is_none_or(|(bt, _)| t < bt) {
-                best = Some((t, i));
-            }
-        }
-        let Some((bt, bi)) = best else { return Ok(None) };
-        let pick = if bt * SWITCH_GAIN < first { bi } else if first.is_finite() { 0 } else { bi };
-        Ok(Some(candidates[pick]))
-    }
-
-    fn lt_matmul(&self, lt: &Lt, desc: &Desc, [a_l, b_l, c_l, d_l]: [&Layout; 4], g: &LtGemm, algo: &sys::cublasLtMatmulAlgo_t) -> std::result::Result<(), lt::CublasError> {
         let (alpha, beta) = (1.0f32, if g.c.is_some() { 1.0f32 } else { 0.0f32 });
         let c_ptr = g.c.map_or(g.y, |c| c.0);
         let ws_ptr = self.ptr(&lt.workspace);
@@ -275,8 +209,7 @@ impl CudaBackend {
         // SAFETY: x [m, k], w [n, k], y [m, n], c (y's size, or rows × n when shared) and the
         // bias [n] are live f32 device buffers of this context (the caller's shape checks); the
         // layouts describe exactly those extents; the workspace holds WORKSPACE_BYTES, the most
-        // the heuristic was allowed; the call is queued on the backend's one stream. c is never
-        // y, so running the product again gives the same y.
+        // the heuristic was allowed; the call is queued on the backend's one stream.
         unsafe {
             lt::matmul(
                 lt.handle,
@@ -291,11 +224,13 @@ impl CudaBackend {
                 c_l.0,
                 g.y as *mut c_void,
                 d_l.0,
-                algo,
+                &algo,
                 ws_ptr as *mut c_void,
                 WORKSPACE_BYTES,
                 stream,
             )
         }
+        .map_err(lt_err(op, "matmul"))?;
+        Ok(true)
     }
 }
