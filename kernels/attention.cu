@@ -38,7 +38,8 @@
 //   attention_fewkeys_d{16,32}_f32  at most 64 keys, d <= 32, no bias (SAM's image-to-token
 //       attention: 4096 queries per head over 7 tokens, where a 32-key tile would be mostly
 //       padding): grid (B·H, ceil(Nq / 128)), block 128, one query row per thread with the
-//       head's K and V in static shared memory (2·64·DP floats).
+//       head's K and V in static shared memory (2·64·DP floats) and the block's q rows and
+//       outputs staged there too (128·(DP + 1) floats), so global accesses are row-contiguous.
 //
 // Napkin math: forward does 4·Nq·nk·d flops per head and reads K/V once per 32 queries
 // (8·nk·d / 32 bytes per query); it is bound by the FMA pipe and shared-memory loads (per 4
@@ -368,55 +369,72 @@ constexpr int FEW_MAX_KEYS = 64;
 
 // A handful of keys (SAM's image-to-token attention: 4096 image queries per head over 7 prompt
 // tokens): one thread per query row, the head's K and V in shared memory, the scores in two
-// passes over them (max, then exp-sum and P·V). No bias.
+// passes over them (max, then exp-sum and P·V). No bias. The block's 128 query rows are
+// loaded and its outputs stored through shared memory, so global accesses run along each
+// row's d contiguous floats (one thread per row would touch 32 rows per instruction).
 template <int DP>
 __device__ __forceinline__ void attention_fewkeys(const float* __restrict__ q, const float* __restrict__ k,
                                                   const float* __restrict__ v, float* __restrict__ out, AttnStrides st,
                                                   int H, int Hkv, int nq, int nk, int d, float scale, int causal) {
+    constexpr int QS = DP + 1; // odd row stride: each thread's own row is conflict-free
     __shared__ float sK[FEW_MAX_KEYS * DP];
     __shared__ float sV[FEW_MAX_KEYS * DP];
+    __shared__ float sQ[FEW_THREADS * QS];
     const long long bh = blockIdx.x, b = bh / H;
     const int h = (int)(bh % H), kvh = h / (H / Hkv);
     const float* kh = k + b * st.kv_b + kvh * st.kv_h;
     const float* vh = v + b * st.kv_b + kvh * st.kv_h;
+    const int q0 = blockIdx.y * FEW_THREADS;
+    const int rows = min(FEW_THREADS, nq - q0);
+    const float* qh = q + b * st.q_b + h * st.q_h + q0 * st.q_r;
+    float* oh = out + b * st.o_b + h * st.o_h + q0 * st.o_r;
     for (int idx = threadIdx.x; idx < nk * d; idx += FEW_THREADS) {
         const int j = idx / d, c = idx % d;
         sK[j * DP + c] = kh[j * st.kv_r + c];
         sV[j * DP + c] = vh[j * st.kv_r + c];
     }
+    for (int idx = threadIdx.x; idx < rows * d; idx += FEW_THREADS) {
+        const int r = idx / d, c = idx % d;
+        sQ[r * QS + c] = qh[r * st.q_r + c];
+    }
     __syncthreads();
-    const int qi = blockIdx.y * FEW_THREADS + threadIdx.x;
-    if (qi >= nq) return;
-    const float* qrow = q + b * st.q_b + h * st.q_h + qi * st.q_r;
-    float qr[DP], acc[DP];
+    const int r = threadIdx.x;
+    if (r < rows) {
+        float qr[DP], acc[DP];
 #pragma unroll
-    for (int c = 0; c < DP; ++c) {
-        qr[c] = c < d ? qrow[c] : 0.0f;
-        acc[c] = 0.0f;
+        for (int c = 0; c < DP; ++c) {
+            qr[c] = c < d ? sQ[r * QS + c] : 0.0f;
+            acc[c] = 0.0f;
+        }
+        const int kend = causal ? nk - nq + q0 + r + 1 : nk;
+        float m = NEG_INF;
+        for (int j = 0; j < kend; ++j) {
+            float sc = 0.0f;
+#pragma unroll
+            for (int c = 0; c < DP; ++c) sc = fmaf(qr[c], sK[j * DP + c], sc);
+            m = fmaxf(m, sc * scale);
+        }
+        float l = 0.0f;
+        for (int j = 0; j < kend; ++j) {
+            float sc = 0.0f;
+#pragma unroll
+            for (int c = 0; c < DP; ++c) sc = fmaf(qr[c], sK[j * DP + c], sc);
+            const float p = expf(sc * scale - m);
+            l += p;
+#pragma unroll
+            for (int c = 0; c < DP; ++c) acc[c] = fmaf(p, sV[j * DP + c], acc[c]);
+        }
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        // Each thread overwrites only its own row of sQ, which only it has read.
+#pragma unroll
+        for (int c = 0; c < DP; ++c)
+            if (c < d) sQ[r * QS + c] = acc[c] * inv;
     }
-    const int kend = causal ? nk - nq + qi + 1 : nk;
-    float m = NEG_INF;
-    for (int j = 0; j < kend; ++j) {
-        float sc = 0.0f;
-#pragma unroll
-        for (int c = 0; c < DP; ++c) sc = fmaf(qr[c], sK[j * DP + c], sc);
-        m = fmaxf(m, sc * scale);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < rows * d; idx += FEW_THREADS) {
+        const int rr = idx / d, c = idx % d;
+        oh[rr * st.o_r + c] = sQ[rr * QS + c];
     }
-    float l = 0.0f;
-    for (int j = 0; j < kend; ++j) {
-        float sc = 0.0f;
-#pragma unroll
-        for (int c = 0; c < DP; ++c) sc = fmaf(qr[c], sK[j * DP + c], sc);
-        const float p = expf(sc * scale - m);
-        l += p;
-#pragma unroll
-        for (int c = 0; c < DP; ++c) acc[c] = fmaf(p, sV[j * DP + c], acc[c]);
-    }
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    float* orow = out + b * st.o_b + h * st.o_h + qi * st.o_r;
-#pragma unroll
-    for (int c = 0; c < DP; ++c)
-        if (c < d) orow[c] = acc[c] * inv;
 }
 
 } // namespace

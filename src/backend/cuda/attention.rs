@@ -163,8 +163,8 @@ impl CudaBackend {
             l.arg(qd).arg(kd).arg(vd).arg(&mut *out).arg(st).arg(&args.h).arg(&args.hkv).arg(&args.nq).arg(&args.nk).arg(&args.d).arg(&args.scale).arg(&args.causal);
             // SAFETY: argument list matches FEW_PARAMS in kernels/attention.cu; operands placed by
             // the strides as for the other kernels; nk <= 64 keys and d <= 32 fit its static
-            // shared arrays (2·64·32 floats); grid (bh, ceil(nq / 128)) with 128 threads, each
-            // reading and writing one query row < nq.
+            // shared arrays (2·64·32 + 128·33 floats, 33 KB); grid (bh, ceil(nq / 128)) with 128
+            // threads, a block reading and writing only its query rows < nq.
             unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
             return Ok(());
         }
