@@ -2,17 +2,18 @@
 // common.cuh), matching the CPU backend's two-pass formulas.
 //
 // * layer_norm_f32:           rows of length d: (x − mean)·rsqrt(var + eps)·w + b
-// * layer_norm_warp_f32:      the same for d % 4 == 0, d <= 1024 (SAM's mask decoder: 262144 rows
-//                             of 256 per batch; ViT-L: rows of 1024): one warp per row, 8 rows
-//                             per block, the row held in registers as float4s (read once,
-//                             written once) and both sums as warp shuffles, no shared memory
+// * layer_norm_warp{V}_f32:   the same for d % 4 == 0, d <= 128·V, V = 1, 2, 4, 8 (SAM's mask
+//                             decoder: 262144 rows of 256 per batch; ViT-L: rows of 1024): one
+//                             warp per row, 8 rows per block, the row held in registers as V
+//                             float4s per lane (read once, written once), both sums as warp
+//                             shuffles, no shared memory
 // * rms_norm_f32:             rows of length d: w · (x · rsqrt(mean(x²) + eps))
 // * layer_norm_channels_f32:  x [B, C, H·W]: each (b, pixel) normalised over C (SAM's
 //                             LayerNorm2d); one thread per pixel, channel loop strided by H·W so a
 //                             warp reads 32 consecutive pixels (coalesced)
 //
 // Launch: the row kernels take a 2-D grid of rows (block_row()), blockDim.x a multiple of 32
-// (layer_norm_warp_f32: a 1-D grid of ceil(rows / 8) blocks of 256 threads);
+// (layer_norm_warp*_f32: a 1-D grid of ceil(rows / 8) blocks of 256 threads);
 // each row is read twice (layer_norm: three times: mean, variance, write) from L1/L2. The
 // channel kernel is 1-D with a grid-stride loop over B·H·W.
 #include "common.cuh"
@@ -43,20 +44,27 @@ extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, float* __
     for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = (xr[j] - mean) * r * wload(w, wdt, j) + wload(b, bdt, j);
 }
 
-constexpr int LN_WARP_ROWS = 8;    // rows (warps) per block of layer_norm_warp_f32
-constexpr int LN_WARP_MAX_V4 = 8;  // float4s per lane: d <= 32 · 8 · 4 = 1024
+constexpr int LN_WARP_ROWS = 8; // rows (warps) per block of layer_norm_warp*_f32
 
-extern "C" __global__ void layer_norm_warp_f32(const float4* __restrict__ x, float4* __restrict__ y, u64 rows, unsigned d,
-                                               const void* w, int wdt, const void* b, int bdt, float eps) {
+// Four weights from column c0 (a multiple of 4; f32 buffers are 16-byte aligned there).
+__device__ __forceinline__ float4 wload4(const void* p, int dt, u64 c0) {
+    if (dt == DT_F32) return reinterpret_cast<const float4*>(p)[c0 / 4];
+    return make_float4(wload(p, dt, c0), wload(p, dt, c0 + 1), wload(p, dt, c0 + 2), wload(p, dt, c0 + 3));
+}
+
+// V float4s per lane: rows of d <= 128·V (d % 4 == 0).
+template <int V>
+__device__ __forceinline__ void layer_norm_warp(const float4* __restrict__ x, float4* __restrict__ y, u64 rows, unsigned d,
+                                                const void* w, int wdt, const void* b, int bdt, float eps) {
     const unsigned lane = threadIdx.x & 31;
     const u64 row = (u64)blockIdx.x * LN_WARP_ROWS + (threadIdx.x >> 5);
     if (row >= rows) return;
     const unsigned d4 = d / 4;
     const float4* xr = x + row * d4;
-    float4 v[LN_WARP_MAX_V4];
+    float4 v[V];
     float s = 0.0f;
 #pragma unroll
-    for (int i = 0; i < LN_WARP_MAX_V4; ++i) {
+    for (int i = 0; i < V; ++i) {
         const unsigned j = lane + 32 * i;
         v[i] = j < d4 ? xr[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         s += (v[i].x + v[i].y) + (v[i].z + v[i].w);
@@ -64,7 +72,7 @@ extern "C" __global__ void layer_norm_warp_f32(const float4* __restrict__ x, flo
     const float mean = warp_sum(s) / (float)d;
     float q = 0.0f;
 #pragma unroll
-    for (int i = 0; i < LN_WARP_MAX_V4; ++i) {
+    for (int i = 0; i < V; ++i) {
         if (lane + 32 * i < d4) {
             const float a = v[i].x - mean, bb = v[i].y - mean, c = v[i].z - mean, e = v[i].w - mean;
             q += (a * a + bb * bb) + (c * c + e * e);
@@ -73,17 +81,24 @@ extern "C" __global__ void layer_norm_warp_f32(const float4* __restrict__ x, flo
     const float r = 1.0f / sqrtf(warp_sum(q) / (float)d + eps);
     float4* yr = y + row * d4;
 #pragma unroll
-    for (int i = 0; i < LN_WARP_MAX_V4; ++i) {
+    for (int i = 0; i < V; ++i) {
         const unsigned j = lane + 32 * i;
         if (j < d4) {
-            const u64 c0 = 4 * (u64)j;
-            yr[j] = make_float4((v[i].x - mean) * r * wload(w, wdt, c0) + wload(b, bdt, c0),
-                                (v[i].y - mean) * r * wload(w, wdt, c0 + 1) + wload(b, bdt, c0 + 1),
-                                (v[i].z - mean) * r * wload(w, wdt, c0 + 2) + wload(b, bdt, c0 + 2),
-                                (v[i].w - mean) * r * wload(w, wdt, c0 + 3) + wload(b, bdt, c0 + 3));
+            const float4 g = wload4(w, wdt, 4 * (u64)j), o = wload4(b, bdt, 4 * (u64)j);
+            yr[j] = make_float4((v[i].x - mean) * r * g.x + o.x, (v[i].y - mean) * r * g.y + o.y,
+                                (v[i].z - mean) * r * g.z + o.z, (v[i].w - mean) * r * g.w + o.w);
         }
     }
 }
+
+#define LN_WARP_PARAMS                                                                                 \
+    const float4 *__restrict__ x, float4 *__restrict__ y, u64 rows, unsigned d, const void *w, int wdt, \
+        const void *b, int bdt, float eps
+#define LN_WARP_ARGS x, y, rows, d, w, wdt, b, bdt, eps
+extern "C" __global__ void layer_norm_warp1_f32(LN_WARP_PARAMS) { layer_norm_warp<1>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp2_f32(LN_WARP_PARAMS) { layer_norm_warp<2>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp4_f32(LN_WARP_PARAMS) { layer_norm_warp<4>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp8_f32(LN_WARP_PARAMS) { layer_norm_warp<8>(LN_WARP_ARGS); }
 
 extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, float* __restrict__ y, u64 rows, unsigned d,
                                         const void* w, int wdt, float eps) {

@@ -436,9 +436,10 @@ fn batched_matmul_plain_transposed_and_shared() {
 fn layer_norm_rms_norm_and_channel_norm() {
     let mut r = rng("norms");
     for g in gpus("norms") {
-        // CUDA takes rows that are whole float4s up to 1024 one warp each (4, 256, 1000, 1024;
-        // row counts around its 8 rows per block), the others one block each.
-        for (rows, d) in [(1usize, 1usize), (3, 7), (4, 256), (5, 1000), (70, 33), (13, 1024), (9, 1028), (17, 4)] {
+        // CUDA takes rows that are whole float4s up to 1024 one warp each (4, 128, 256, 388, 1000,
+        // 1024: 1, 2, 4 and 8 float4s per lane; row counts around its 8 rows per block), the
+        // others one block each.
+        for (rows, d) in [(1usize, 1usize), (3, 7), (4, 256), (5, 1000), (70, 33), (13, 1024), (9, 1028), (17, 4), (3, 128), (6, 388)] {
             let x = Tensor::from_f32(r.vec(rows * d).iter().map(|v| v * 3.0 + 0.5).collect(), vec![rows, d]).unwrap();
             let (w, b) = (r.tensor(&[d]), r.tensor(&[d]));
             let (xg, wg, bg) = (up(&g, &x), up(&g, &w), up(&g, &b));
@@ -474,6 +475,15 @@ fn permute_narrow_concat_pad_and_kv_writes() {
             let z = r.tensor(&shape);
             let want = cpu().concat(&[&x, &y, &z], dim).unwrap();
             same(&format!("concat dim {dim}"), &g, &g.backend.concat(&[&xg, &up(&g, &y), &up(&g, &z)], dim).unwrap(), &want, Tol { atol: 0.0, rtol: 0.0 });
+        }
+        // One tensor repeated (CUDA: one launch when the leading dims are 1), odd and float4 sizes.
+        for shape in [vec![1usize, 7, 3], vec![1, 4, 8], vec![2, 3, 4]] {
+            let t = r.tensor(&shape);
+            let tg = up(&g, &t);
+            for dim in 0..shape.len() {
+                let want = cpu().concat(&vec![&t; 5], dim).unwrap();
+                same(&format!("concat of one {shape:?} ×5 along {dim}"), &g, &g.backend.concat(&vec![&tg; 5], dim).unwrap(), &want, Tol { atol: 0.0, rtol: 0.0 });
+            }
         }
         for (t, b, l, rt) in [(0usize, 0usize, 0usize, 0usize), (1, 2, 3, 0), (0, 3, 0, 5)] {
             same(&format!("pad2d {t},{b},{l},{rt}"), &g, &g.backend.pad2d(&xg, t, b, l, rt).unwrap(), &cpu().pad2d(&x, t, b, l, rt).unwrap(), Tol { atol: 0.0, rtol: 0.0 });

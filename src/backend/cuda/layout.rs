@@ -157,6 +157,12 @@ impl CudaBackend {
         shape[dim] = total;
         let out = self.alloc_f32(&shape)?;
         let yp = self.ptr(&out);
+        if outer == 1 && xs.len() > 1 && ptrs.iter().all(|&p| p == ptrs[0]) && xs.iter().all(|t| t.shape() == s0) {
+            // One tensor repeated (the same prompt tokens for every prompt): one launch reading
+            // it with pitch 0.
+            let chunk = s0[dim] * inner;
+            return self.copy_rows(OP, ptrs[0], yp, xs.len() * chunk, chunk, 0, 0, chunk, 0).map(|_| self.wrap_f32(out, shape));
+        }
         let mut off = 0;
         for (t, &p) in xs.iter().zip(&ptrs) {
             let chunk = t.dim(dim) * inner;

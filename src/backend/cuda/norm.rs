@@ -8,8 +8,8 @@ use super::{grid_1d, grid_rows, kernels, launch, CudaBackend};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// Rows per block and the longest row of kernels/norm.cu's layer_norm_warp_f32 (LN_WARP_ROWS,
-/// 32 lanes × LN_WARP_MAX_V4 float4s).
+/// Rows per block and the longest row of kernels/norm.cu's layer_norm_warp*_f32 (LN_WARP_ROWS,
+/// 32 lanes × 8 float4s).
 const LN_WARP_ROWS: usize = 8;
 const LN_WARP_MAX_D: usize = 1024;
 
@@ -40,7 +40,9 @@ impl CudaBackend {
                 // aligned and rows whole float4s).
                 let blocks = rows.div_ceil(LN_WARP_ROWS) as u32;
                 let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * LN_WARP_ROWS as u32, 1, 1), shared_mem_bytes: 0 };
-                launch!(self, OP, self.function(&kernels::NORM, "layer_norm_warp_f32")?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
+                // The fewest float4s per lane that hold a row: 1, 2, 4 or 8.
+                let v = (d / 4).div_ceil(32).next_power_of_two();
+                launch!(self, OP, self.function(&kernels::NORM, &format!("layer_norm_warp{v}_f32"))?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
             } else {
                 let cfg = grid_rows(rows, row_threads(d), 0);
                 launch!(self, OP, self.function(&kernels::NORM, "layer_norm_f32")?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
