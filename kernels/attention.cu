@@ -40,10 +40,6 @@
 //       padding): grid (B·H, ceil(Nq / 128)), block 128, one query row per thread with the
 //       head's K and V in static shared memory (2·64·DP floats) and the block's q rows and
 //       outputs staged there too (128·(DP + 1) floats), so global accesses are row-contiguous.
-//   attention_fewq_d32_f32  2..8 queries per head over more keys, d <= 32, no bias (SAM's
-//       token-to-image attention): grid (B·H, nsplit), block 128 = 4 warps, lanes over d; every
-//       query of the head in one block (each key read once per head), then
-//       attention_combine_f32 when nsplit > 1.
 //
 // Napkin math: forward does 4·Nq·nk·d flops per head and reads K/V once per 32 queries
 // (8·nk·d / 32 bytes per query); it is bound by the FMA pipe and shared-memory loads (per 4
@@ -392,10 +388,12 @@ __device__ __forceinline__ void attention_fewkeys(const float* __restrict__ q, c
     const int rows = min(FEW_THREADS, nq - q0);
     const float* qh = q + b * st.q_b + h * st.q_h + q0 * st.q_r;
     float* oh = out + b * st.o_b + h * st.o_h + q0 * st.o_r;
-    for (int idx = threadIdx.x; idx < nk * d; idx += FEW_THREADS) {
-        const int j = idx / d, c = idx % d;
-        sK[j * DP + c] = kh[j * st.kv_r + c];
-        sV[j * DP + c] = vh[j * st.kv_r + c];
+    // Columns d..DP are zero: the score loop runs over all DP (shared memory holds whatever
+    // the last kernel left, and 0 · NaN is NaN).
+    for (int idx = threadIdx.x; idx < nk * DP; idx += FEW_THREADS) {
+        const int j = idx / DP, c = idx % DP;
+        sK[idx] = c < d ? kh[j * st.kv_r + c] : 0.0f;
+        sV[idx] = c < d ? vh[j * st.kv_r + c] : 0.0f;
     }
     for (int idx = threadIdx.x; idx < rows * d; idx += FEW_THREADS) {
         const int r = idx / d, c = idx % d;
@@ -441,116 +439,6 @@ __device__ __forceinline__ void attention_fewkeys(const float* __restrict__ q, c
     }
 }
 
-constexpr int FEWQ_MAX = 8; // queries per head of attention_fewq
-
-// A few queries (2..8) per head over many keys, d <= 32 (SAM's token-to-image attention: 7
-// prompt tokens over 4096 image keys in each of 512 heads): flash-decoding with every query of
-// the head in the block, so each key is read once per head, not once per query. Lanes split d
-// (lane c < d holds column c), each warp takes DEC_KU keys per step, keeps a running max / sum /
-// output per query, and the 4 warps merge in shared memory; with nsplit > 1 the block writes
-// partials for attention_combine_f32 (rows (b·H + h)·Nq + i). No bias.
-__device__ __forceinline__ void attention_fewq(const float* __restrict__ q, const float* __restrict__ k,
-                                               const float* __restrict__ v, float* __restrict__ out, AttnStrides st,
-                                               int H, int Hkv, int nq, int nk, int d, float scale, int causal,
-                                               float* __restrict__ part_o, float* __restrict__ part_ml, int chunk) {
-    __shared__ float sM[DEC_WARPS][FEWQ_MAX], sL[DEC_WARPS][FEWQ_MAX];
-    __shared__ float sO[DEC_WARPS][FEWQ_MAX][32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long long bh = blockIdx.x, b = bh / H;
-    const int h = (int)(bh % H), kvh = h / (H / Hkv);
-    const int split = blockIdx.y, nsplit = gridDim.y;
-    const float* kh = k + b * st.kv_b + kvh * st.kv_h;
-    const float* vh = v + b * st.kv_b + kvh * st.kv_h;
-    const int start = split * chunk, stop = min(start + chunk, nk);
-    const bool col = lane < d;
-
-    float qr[FEWQ_MAX], m[FEWQ_MAX], l[FEWQ_MAX], o[FEWQ_MAX];
-#pragma unroll
-    for (int i = 0; i < FEWQ_MAX; ++i) {
-        qr[i] = (i < nq && col) ? q[b * st.q_b + h * st.q_h + i * st.q_r + lane] : 0.0f;
-        m[i] = NEG_INF;
-        l[i] = 0.0f;
-        o[i] = 0.0f;
-    }
-    for (int key0 = start + warp * DEC_KU; key0 < stop; key0 += DEC_WARPS * DEC_KU) {
-        float kk[DEC_KU], vv[DEC_KU];
-#pragma unroll
-        for (int u = 0; u < DEC_KU; ++u) {
-            const bool ok = key0 + u < stop && col;
-            kk[u] = ok ? kh[(key0 + u) * st.kv_r + lane] : 0.0f;
-            vv[u] = ok ? vh[(key0 + u) * st.kv_r + lane] : 0.0f;
-        }
-#pragma unroll
-        for (int i = 0; i < FEWQ_MAX; ++i) {
-            if (i >= nq) break;
-            float sc[DEC_KU];
-#pragma unroll
-            for (int u = 0; u < DEC_KU; ++u) sc[u] = qr[i] * kk[u];
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1)
-#pragma unroll
-                for (int u = 0; u < DEC_KU; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
-            // Causal: query i sits at position nk − nq + i and sees keys up to it.
-            const int last = causal ? nk - nq + i : nk - 1;
-            float mx = NEG_INF;
-#pragma unroll
-            for (int u = 0; u < DEC_KU; ++u) {
-                const int key = key0 + u;
-                sc[u] = (key < stop && key <= last) ? sc[u] * scale : NEG_INF;
-                mx = fmaxf(mx, sc[u]);
-            }
-            const float m_new = fmaxf(m[i], mx);
-            const float alpha = rescale(m[i], m_new);
-            float sum = 0.0f, acc = o[i] * alpha;
-#pragma unroll
-            for (int u = 0; u < DEC_KU; ++u) {
-                const float p = sc[u] == NEG_INF ? 0.0f : expf(sc[u] - m_new);
-                sum += p;
-                acc = fmaf(p, vv[u], acc);
-            }
-            l[i] = l[i] * alpha + sum;
-            m[i] = m_new;
-            o[i] = acc;
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < FEWQ_MAX; ++i) {
-        if (lane == 0) {
-            sM[warp][i] = m[i];
-            sL[warp][i] = l[i];
-        }
-        sO[warp][i][lane] = o[i];
-    }
-    __syncthreads();
-    // Thread t merges query i = t / 32, column t % 32 over the warps (4 warps × 32 lanes cover
-    // 4 queries at a time).
-    for (int t = threadIdx.x; t < nq * 32; t += DEC_THREADS) {
-        const int i = t / 32, c = t % 32;
-        float bm = NEG_INF;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; ++w) bm = fmaxf(bm, sM[w][i]);
-        float bl = 0.0f, bo = 0.0f;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; ++w) {
-            const float wt = sM[w][i] == NEG_INF ? 0.0f : expf(sM[w][i] - bm);
-            bl += sL[w][i] * wt;
-            bo += sO[w][i][c] * wt;
-        }
-        if (c >= d) continue;
-        const long long row = bh * nq + i;
-        if (nsplit == 1) {
-            out[b * st.o_b + h * st.o_h + i * st.o_r + c] = bl > 0.0f ? bo / bl : 0.0f;
-        } else {
-            const long long slot = row * nsplit + split;
-            part_o[slot * d + c] = bo;
-            if (c == 0) {
-                part_ml[slot * 2] = bm;
-                part_ml[slot * 2 + 1] = bl;
-            }
-        }
-    }
-}
-
 } // namespace
 
 // Entry points, spelled out so each name is greppable; the argument lists are shared.
@@ -584,13 +472,6 @@ extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d128_
 
 extern "C" __launch_bounds__(FEW_THREADS) __global__ void attention_fewkeys_d16_f32(FEW_PARAMS) { attention_fewkeys<16>(FEW_ARGS); }
 extern "C" __launch_bounds__(FEW_THREADS) __global__ void attention_fewkeys_d32_f32(FEW_PARAMS) { attention_fewkeys<32>(FEW_ARGS); }
-
-extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_fewq_d32_f32(
-    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ out,
-    AttnStrides st, int H, int Hkv, int nq, int nk, int d, float scale, int causal, float* __restrict__ part_o,
-    float* __restrict__ part_ml, int chunk) {
-    attention_fewq(q, k, v, out, st, H, Hkv, nq, nk, d, scale, causal, part_o, part_ml, chunk);
-}
 
 // Merge the nsplit partial results of each row (grid: one block per row; any block size) into
 // out, placed by st.o_* as in the other kernels.

@@ -236,7 +236,7 @@ fn query_and_key_counts() {
 #[test]
 fn few_queries_over_many_heads() {
     // Nq ≤ 8 with ≥ 512 batch·heads (SAM's token-to-image attention: 7 tokens per prompt, 8
-    // heads, head dim 16): CUDA takes its few-queries kernel here, not the decode kernel.
+    // heads, head dim 16): CUDA takes the forward kernel here, not the decode kernel.
     let name = "attention::few_queries_over_many_heads";
     let g = gpus(name);
     for (b, nq) in [(64, 7), (64, 2), (128, 8)] {
@@ -244,8 +244,7 @@ fn few_queries_over_many_heads() {
     }
     check(name, &g, Case::new(64, 8, 8, 7, 300, 16).causal());
     check(name, &g, Case::new(64, 8, 8, 5, 300, 16).kv_len(97));
-    // CUDA's few-queries kernel (2..8 queries, d ≤ 32) with GQA and its keys split across
-    // blocks, causal rows, kv_len and an odd head dim.
+    // A few queries over long key ranges with GQA, causal rows, kv_len and an odd head dim.
     check(name, &g, Case::new(2, 8, 2, 8, 4096, 32).causal().q_amp(3.0));
     check(name, &g, Case::new(1, 4, 4, 3, 1000, 20).kv_len(777));
 }

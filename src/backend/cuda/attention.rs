@@ -4,12 +4,9 @@
 //! each operand's batch/head/row strides, so `attention_tokens` ([B, N, H·D] operands, a shared
 //! batch of 1) runs them on the models' token-major projections without permutes or copies.
 //!
-//! The kernel is picked by the number of keys and of queries per head:
+//! Three kernels, picked by the number of keys and of queries per head:
 //! * at most 64 keys with d ≤ 32 and no bias: `attention_fewkeys_d{16,32}_f32`, one thread per
 //!   query row over the head's keys in shared memory (SAM's image-to-token attention);
-//! * 2..8 queries per head, d ≤ 32, no bias: `attention_fewq_d32_f32`, all of a head's
-//!   queries in one block over one split of its keys (SAM's token-to-image attention), then
-//!   `attention_combine_f32`;
 //! * Nq > 8: `attention_fwd_d{DP}_f32`, flash forward, one block per 32 queries of one head;
 //!   DP is D rounded up to a multiple of 16 (D = 80 runs the 80-wide variant, not 128).
 //! * Nq <= 8 (unless Nq > 1 over ≥ DEC_TARGET_BLOCKS batch·heads, which takes the forward
@@ -40,12 +37,6 @@ const FWD_THREADS: u32 = 128;
 const FEW_THREADS: u32 = 128;
 const FEW_MAX_KEYS: usize = 64;
 const FEW_MAX_D: usize = 32;
-/// The few-queries kernel: most queries per head and largest head dim (FEWQ_MAX, its d32
-/// variant), and the blocks its key splits aim for (several per SM: each block streams its
-/// chunk with 4 warps).
-const FEWQ_MAX: usize = 8;
-const FEWQ_MAX_D: usize = 32;
-const FEWQ_TARGET_BLOCKS: usize = 2048;
 /// Threads per decode block (DEC_THREADS): 4 warps taking 4 keys each per step.
 const DEC_THREADS: u32 = 128;
 const DEC_KEYS_PER_STEP: usize = 16;
@@ -65,12 +56,7 @@ const DIM_MAX: usize = 1 << 30;
 /// How the keys of a decode row are split: (number of splits, keys per split). Every split is
 /// non-empty for the last row; chunk is a multiple of the keys one block takes per step.
 fn decode_splits(rows: usize, nk: usize) -> (usize, usize) {
-    key_splits(rows, nk, DEC_TARGET_BLOCKS)
-}
-
-/// `units` blocks' worth of work along nk keys split so that about `target` blocks run.
-fn key_splits(units: usize, nk: usize, target: usize) -> (usize, usize) {
-    let wanted = target.div_ceil(units.max(1));
+    let wanted = DEC_TARGET_BLOCKS.div_ceil(rows.max(1));
     let most = (nk / DEC_MIN_CHUNK).max(1);
     let n = wanted.clamp(1, most);
     let chunk = nk.div_ceil(n).next_multiple_of(DEC_KEYS_PER_STEP).max(DEC_KEYS_PER_STEP);
@@ -183,42 +169,6 @@ impl CudaBackend {
             return Ok(());
         }
 
-        // 2..8 queries per head over more keys with d ≤ 32 (SAM's token-to-image attention):
-        // every query of a head in one block, the keys split across blocks.
-        if rel.is_none() && (2..=FEWQ_MAX).contains(&nq) && d <= FEWQ_MAX_D {
-            let (nsplit, chunk) = key_splits(bh, nk, FEWQ_TARGET_BLOCKS);
-            if bh > GRID_X_MAX || nsplit > GRID_Y_MAX {
-                return Err(Error::shape(OP, format!("{bh} heads × {nsplit} key splits exceed the CUDA grid")));
-            }
-            let chunk_arg = i32_arg("key chunk", chunk)?;
-            let mut parts: Option<(CudaSlice<f32>, CudaSlice<f32>)> = None;
-            if nsplit > 1 {
-                parts = Some((self.alloc::<f32>(rows * nsplit * d, OP)?, self.alloc::<f32>(rows * nsplit * 2, OP)?));
-            }
-            let f = self.function(&kernels::ATTENTION, "attention_fewq_d32_f32")?;
-            let cfg = LaunchConfig { grid_dim: (bh as u32, nsplit as u32, 1), block_dim: (DEC_THREADS, 1, 1), shared_mem_bytes: 0 };
-            {
-                let mut l = stream.launch_builder(&f);
-                l.arg(qd).arg(kd).arg(vd).arg(&mut *out).arg(st).arg(&args.h).arg(&args.hkv).arg(&args.nq).arg(&args.nk).arg(&args.d).arg(&args.scale).arg(&args.causal);
-                match parts.as_mut() {
-                    Some((po, pml)) => l.arg(po).arg(pml),
-                    None => l.arg(qd).arg(qd),
-                };
-                l.arg(&chunk_arg);
-                // SAFETY: argument list matches attention_fewq_d32_f32 in kernels/attention.cu;
-                // operands placed by the strides as for the other kernels; nq ≤ 8 and d ≤ 32 as
-                // its register arrays hold; grid (bh, nsplit) with nsplit · chunk >= nk, block
-                // (bh, s) reading keys [s·chunk, min((s + 1)·chunk, nk)) only and, with nsplit > 1,
-                // writing part_o[((bh·nq + i)·nsplit + s)·d ..][..d] and part_ml likewise (inside
-                // the rows·nsplit buffers above); with nsplit = 1 only out (stand-ins unread).
-                unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
-            }
-            if let Some((po, pml)) = &parts {
-                self.combine(po, pml, out, st, &args, rows, nsplit)?;
-            }
-            return Ok(());
-        }
-
         // A few queries over many heads (SAM's token-to-image attention: 64 prompts × 8 heads ×
         // 7 tokens) take the forward kernel too: it reads each head's keys once per block of 32
         // queries, where the decode kernel reads them once per query; with this many heads its
@@ -276,24 +226,17 @@ impl CudaBackend {
             unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
         }
         if let Some((po, pml)) = &parts {
-            self.combine(po, pml, out, st, &args, rows, nsplit)?;
+            let f = self.function(&kernels::ATTENTION, "attention_combine_f32")?;
+            let threads = (d.next_multiple_of(32) as u32).min(DEC_THREADS);
+            let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+            let (d_arg, n_arg) = (d as i32, nsplit as i32);
+            let mut l = stream.launch_builder(&f);
+            l.arg(po).arg(pml).arg(&mut *out).arg(st).arg(&args.h).arg(&args.nq).arg(&d_arg).arg(&n_arg);
+            // SAFETY: part_o [rows, nsplit, d] and part_ml [rows, nsplit, 2] were fully written
+            // by the decode launch queued before on the same stream; out is placed by the
+            // strides as above; one block per row, threads stride over d.
+            unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
         }
-        Ok(())
-    }
-
-    /// `attention_combine_f32`: the nsplit partials of each of `rows` query rows into out.
-    #[allow(clippy::too_many_arguments)]
-    fn combine(&self, po: &CudaSlice<f32>, pml: &CudaSlice<f32>, out: &mut CudaSlice<f32>, st: &Strides, args: &KernelArgs, rows: usize, nsplit: usize) -> Result<()> {
-        let f = self.function(&kernels::ATTENTION, "attention_combine_f32")?;
-        let threads = ((args.d as u32).next_multiple_of(32)).min(DEC_THREADS);
-        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        let n_arg = nsplit as i32;
-        let mut l = self.stream().launch_builder(&f);
-        l.arg(po).arg(pml).arg(out).arg(st).arg(&args.h).arg(&args.nq).arg(&args.d).arg(&n_arg);
-        // SAFETY: part_o [rows, nsplit, d] and part_ml [rows, nsplit, 2] were fully written by
-        // the launch queued before on the same stream; out is placed by the strides as for the
-        // other kernels; one block per row, threads stride over d.
-        unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
         Ok(())
     }
 }
