@@ -481,8 +481,8 @@ fn permute_narrow_concat_pad_and_kv_writes() {
             let t = r.tensor(&shape);
             let tg = up(&g, &t);
             for dim in 0..shape.len() {
-                let want = cpu().concat(&vec![&t; 5], dim).unwrap();
-                same(&format!("concat of one {shape:?} ×5 along {dim}"), &g, &g.backend.concat(&vec![&tg; 5], dim).unwrap(), &want, Tol { atol: 0.0, rtol: 0.0 });
+                let want = cpu().concat(&[&t; 5], dim).unwrap();
+                same(&format!("concat of one {shape:?} ×5 along {dim}"), &g, &g.backend.concat(&[&tg; 5], dim).unwrap(), &want, Tol { atol: 0.0, rtol: 0.0 });
             }
         }
         for (t, b, l, rt) in [(0usize, 0usize, 0usize, 0usize), (1, 2, 3, 0), (0, 3, 0, 5)] {
