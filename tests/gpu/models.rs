@@ -21,6 +21,9 @@
 //! * SAM: mask logits reach |x| ≈ 10 after the two-way transformer and the upscaler, so the rtol
 //!   term dominates: `model_tol`. The 1024² geometry runs a global attention over 4096 keys, the
 //!   longest reduction here: still `model_tol`.
+//! * SAM with bf16 weights, against the CPU on the same weights (no transformers reference):
+//!   CUDA rounds GEMM operands to bf16 / TF32, so 5e-2 + 5e-2·|x| and the masks the same on 99%
+//!   of the pixels away from the threshold (the test's own comment).
 //! * Projectors (a few layers of width ≤ 128, one softmax over 36 patches): `model_tol`, though
 //!   they need less.
 //! * Segmenter: the label map must be identical (its generator checked that ±2e-4 on every SAM
@@ -200,6 +203,67 @@ fn sam_prompt_cases_match_transformers() {
             check(&gpu, &format!("sam_tiny {case} iou_scores"), &out.iou_scores, &r, &format!("{case}_iou_scores"), gpu.model_tol);
         }
     }
+}
+
+/// SAM with bf16 weights (the tiny checkpoint converted), on each GPU against the CPU on the
+/// same weights: the precision the benchmarks run at. The CPU reads bf16 exactly and computes in
+/// f32; CUDA rounds GEMM operands to bf16 (M > 4) or reads them as TF32 (M ≥ 8·N, cuBLASLt), so
+/// each GEMM input carries a relative error up to 2⁻⁸. The bf16 tolerance: logits within
+/// 5e-2 + 5e-2·|x| (a wrong formula moves them by O(1)), and the masks (logit > 0) the same on
+/// at least 99% of the pixels whose logits are not within 0.1 of the threshold.
+#[test]
+fn sam_with_bf16_weights_matches_the_cpu() {
+    let g = gpus("models::sam_bf16");
+    if g.is_empty() {
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("visword-sam-bf16-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(dir("sam_tiny").join("config.json"), tmp.join("config.json")).unwrap();
+    let w = fixture("sam_tiny/model.safetensors");
+    let bf16: Vec<(String, Tensor)> = w
+        .names()
+        .map(|n| {
+            let t = w.get(n).unwrap();
+            let t = if t.dtype().is_float() { t.to_dtype(visword::DType::BF16).unwrap() } else { t };
+            (n.to_string(), t)
+        })
+        .collect();
+    visword::weights::save_safetensors(&tmp.join("model.safetensors"), &bf16, None).unwrap();
+    let r = fixture("sam_tiny/reference.safetensors");
+    let cpu = visword::Backend::cpu();
+    let run = |be: &visword::Backend| {
+        let sam = Sam::load(&tmp, be).unwrap();
+        let emb = sam.image_embeddings(be, &be.upload(&tensor(&r, "pixel_values")).unwrap()).unwrap();
+        let mut outs = vec![be.to_vec_f32(&emb).unwrap()];
+        for (case, boxes) in [("a", vec![]), ("b", boxes_from(&r, "b_input_boxes"))] {
+            let prompts = Prompts { points: points_from(&r, &format!("{case}_")), boxes, mask: None };
+            let out = sam.predict(be, &emb, &prompts, true).unwrap();
+            outs.push(be.to_vec_f32(&out.pred_masks).unwrap());
+            outs.push(be.to_vec_f32(&out.iou_scores).unwrap());
+        }
+        outs
+    };
+    let want = run(&cpu);
+    let tol = Tol { atol: 5e-2, rtol: 5e-2 };
+    for gpu in &g {
+        let got = run(&gpu.backend);
+        for (i, (gv, wv)) in got.iter().zip(&want).enumerate() {
+            let what = format!("sam_tiny bf16 weights, output {i} (embeddings, then masks / iou per case) on {}", gpu.backend.name());
+            assert_close(&what, gv, wv, tol);
+            if i % 2 == 1 {
+                let (mut same, mut n) = (0usize, 0usize);
+                for (&a, &b) in gv.iter().zip(wv) {
+                    if b.abs() > 0.1 {
+                        n += 1;
+                        same += ((a > 0.0) == (b > 0.0)) as usize;
+                    }
+                }
+                assert!(same as f64 >= 0.99 * n as f64, "{what}: masks agree on {same} of {n} pixels");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// Every `step`-th row and column of `[.., H, W]` planes.
