@@ -9,7 +9,13 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("visword-{tag}-{}", std::process::id()));
+        TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), tag)
+    }
+
+    /// The same under `base` (e.g. the system temp dir, for a prebuilt test binary run on a
+    /// machine where cargo's target dir does not exist).
+    pub fn new_in(base: &Path, tag: &str) -> TempDir {
+        let p = base.join(format!("visword-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         TempDir(p)

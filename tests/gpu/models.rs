@@ -217,8 +217,8 @@ fn sam_with_bf16_weights_matches_the_cpu() {
     if g.is_empty() {
         return;
     }
-    let tmp = std::env::temp_dir().join(format!("visword-sam-bf16-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
+    // The system temp dir: this binary also runs prebuilt on GPU machines without cargo's.
+    let tmp = crate::common::files::TempDir::new_in(&std::env::temp_dir(), "sam-bf16");
     std::fs::copy(dir("sam_tiny").join("config.json"), tmp.join("config.json")).unwrap();
     let w = fixture("sam_tiny/model.safetensors");
     let bf16: Vec<(String, Tensor)> = w
@@ -263,7 +263,6 @@ fn sam_with_bf16_weights_matches_the_cpu() {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// Every `step`-th row and column of `[.., H, W]` planes.

@@ -170,10 +170,9 @@ impl CudaBackend {
         Ok(self.wrap_f32(out, x.shape().to_vec()))
     }
 
-    /// In place on the first `total` elements of `y` [rows, n]: y = act(y + bias) + residual (skipped when all are absent).
-    #[allow(clippy::too_many_arguments)]
-    /// y [total / n, n] = act(y + bias) + residual, in place. The residual is y's size, or a
-    /// whole number of rows that repeat (`linear`'s shared residual).
+    /// In place on the first `total` elements of `y` [total / n, n]: y = act(y + bias) + residual
+    /// (skipped when all are absent). The residual is y's size, or a whole number of rows that
+    /// repeat (`linear`'s shared residual).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn epilogue(&self, op: &'static str, y: &CudaSlice<f32>, total: usize, n: usize, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<()> {
         if bias.is_none() && act == Activation::None && residual.is_none() {

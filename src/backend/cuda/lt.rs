@@ -85,7 +85,8 @@ struct LtKey {
 }
 
 /// One fused GEMM: y [m, n] = act(x [m, k] · w [n, k]ᵀ + bias) + c, all f32 device pointers.
-/// `c` is y's size, or (`c_shared`) `rows` × n repeated over the m / rows batch entries.
+/// `c` is (pointer, shared): y's size, or with `shared` `rows` × n repeated over the m / rows
+/// batch entries.
 pub(super) struct LtGemm {
     pub m: usize,
     pub n: usize,
