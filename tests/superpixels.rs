@@ -320,6 +320,11 @@ fn bad_inputs_are_errors() {
     assert!(from_logits(&logits, &iou, &frame, superpixels::MAX_GRID + 1, &cfg).is_err());
     let bad = SuperpixelConfig { stability_thresh: f32::NAN, ..cfg.clone() };
     assert!(from_logits(&logits, &iou, &frame, 24, &bad).is_err());
+    // NMS and level-selection thresholds are fractions.
+    for bad in [SuperpixelConfig { box_nms_thresh: 1.5, ..cfg.clone() }, SuperpixelConfig { level_overlap_thresh: -0.1, ..cfg.clone() }] {
+        let err = from_logits(&logits, &iou, &frame, 24, &bad).unwrap_err().to_string();
+        assert!(err.contains("expected a fraction in 0..=1"), "{err}");
+    }
     // No prompts: no masks, and the rest region is the whole view.
     let sp = from_logits(&[], &[], &frame, 24, &cfg).unwrap();
     assert_eq!(sp.count, 1);

@@ -9,11 +9,13 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod mask_select;
 pub mod profile;
 mod upscale;
 pub mod wgpu;
 
 pub use cpu::BinaryOp;
+pub use mask_select::{MaskCandidate, Selection};
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -543,12 +545,12 @@ impl Backend {
         op!(self, "permute", be => be.permute(x, dims))
     }
 
-    /// `len` entries of dim `dim` starting at `start` (a copy).
+    /// `len` entries of dim `dim` starting at `start` (a copy; f32 or i32).
     pub fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
         op!(self, "narrow", be => be.narrow(x, dim, start, len))
     }
 
-    /// Concatenate along `dim`.
+    /// Concatenate along `dim` (f32 or i32, all of one dtype).
     pub fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
         op!(self, "concat", be => be.concat(xs, dim))
     }

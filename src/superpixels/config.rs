@@ -20,11 +20,12 @@ pub struct SuperpixelConfig {
     pub stability_thresh: f32,
     /// Logit offset of the stability score.
     pub stability_offset: f32,
-    /// Box IoU above which a later mask is suppressed.
+    /// Box IoU above which a later mask is suppressed (0..=1, applied per mille and exactly).
     pub box_nms_thresh: f32,
     /// Masks under this many pixels (at SAM's input scale) are dropped.
     pub min_area: f32,
-    /// A part / sub-part mask is added only if less than this fraction of it is already covered.
+    /// A part / sub-part mask is added only if less than this fraction of it is already covered
+    /// (0..=1, applied per mille and exactly).
     pub level_overlap_thresh: f32,
     /// Regions under this many pixels (at SAM's input scale) are merged into a neighbour.
     pub min_region_area: f32,
@@ -76,6 +77,11 @@ impl SuperpixelConfig {
         for (name, v) in finite {
             if !v.is_finite() {
                 return bad(name, format!("is {v}, expected a finite number"));
+            }
+        }
+        for (name, v) in [("box_nms_thresh", self.box_nms_thresh), ("level_overlap_thresh", self.level_overlap_thresh)] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(name, format!("is {v}, expected a fraction in 0..=1"));
             }
         }
         if self.stability_offset < 0.0 {

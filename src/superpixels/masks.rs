@@ -1,37 +1,33 @@
 //! From mask logits to candidate masks (docs/svp.md §2.2–2.3): per (prompt, level), the counts
-//! over the view cells that the filters need, and for the masks that pass, the binary mask as a
-//! bitset over its box rows.
+//! and box over the view cells that the filters need, and for the masks that pass, a candidate
+//! that names the row holding its bitmap.
 //!
 //! Only the view cells are ever read: they form a rectangle of the crop (`ViewRect`), and every
 //! cell index below is relative to it. The scan itself is `Backend::mask_stats`, run where the
-//! logits are (on a GPU, the 3072 planes of the default 32×32 grid stay there and only their
-//! counts and bits, ≤ 8 KB a plane, come back); this module turns its rows into candidates.
-
-use rayon::prelude::*;
+//! logits are; its rows (counts, box, bitmap) stay there, and only their 8-int headers come to
+//! the host for the filters. NMS, level selection and painting then run on the bitmaps where
+//! they are (`Backend::mask_select`, `Backend::mask_paint`).
 
 use super::config::SuperpixelConfig;
-use crate::backend::MASK_STATS_HEADER;
+use crate::backend::{MaskCandidate, MASK_STATS_HEADER};
 use super::frame::Frame;
 
 /// SAM's multimask output: sub-part, part, whole object.
 pub const LEVELS: usize = 3;
 
-/// The view cells of the crop as an index rectangle, and the bitset row width over it.
+/// The view cells of the crop as an index rectangle.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ViewRect {
     pub y0: usize,
     pub x0: usize,
     pub h: usize,
     pub w: usize,
-    /// u64 words per bitset row.
-    pub words: usize,
 }
 
 impl ViewRect {
     pub fn new(frame: &Frame) -> ViewRect {
         let [y0, x0, y1, x1] = frame.view_cells();
-        let w = x1 - x0;
-        ViewRect { y0, x0, h: y1 - y0, w, words: w.div_ceil(64) }
+        ViewRect { y0, x0, h: y1 - y0, w: x1 - x0 }
     }
 
     pub fn cells(&self) -> usize {
@@ -44,30 +40,14 @@ impl ViewRect {
     }
 
     /// u32 words per row of a `mask_stats` bitmap.
-    fn words32(&self) -> usize {
+    pub fn words(&self) -> usize {
         self.w.div_ceil(32)
     }
 }
 
-/// A set of view cells, row-major bits (`words` per row).
-#[derive(Clone, Debug)]
-pub struct CellSet {
-    words: usize,
-    bits: Vec<u64>,
-}
-
-impl CellSet {
-    pub fn new(view: &ViewRect) -> CellSet {
-        CellSet { words: view.words, bits: vec![0; view.h * view.words] }
-    }
-
-    fn row(&self, y: usize) -> &[u64] {
-        &self.bits[y * self.words..(y + 1) * self.words]
-    }
-}
-
-/// A mask that passed the filters.
-#[derive(Clone, Debug)]
+/// A mask that passed the filters. Its bitmap stays in the `mask_stats` rows where the logits
+/// were reduced (on a GPU, on the device), at row `plane`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Candidate {
     /// Prompt index k (row-major over the point grid).
     pub prompt: usize,
@@ -79,62 +59,14 @@ pub struct Candidate {
     pub area: u32,
     /// Inclusive box `[x0, y0, x1, y1]` in view-rect cells.
     pub bbox: [usize; 4],
-    /// Bits of rows `bbox[1]..=bbox[3]`, `words` per row over the full view width.
-    bits: Vec<u64>,
-    words: usize,
+    /// Its row in the image's `mask_stats` rows (all batches, in prompt order).
+    pub plane: usize,
 }
 
 impl Candidate {
-    /// A candidate from explicit cells (view-rect coordinates); for tests of the later steps.
-    pub fn from_cells(prompt: usize, level: usize, score: f32, view: &ViewRect, cells: &[(usize, usize)]) -> Option<Candidate> {
-        let (&(fy, fx), rest) = cells.split_first()?;
-        let mut bbox = [fx, fy, fx, fy];
-        for &(y, x) in rest {
-            bbox = [bbox[0].min(x), bbox[1].min(y), bbox[2].max(x), bbox[3].max(y)];
-        }
-        if bbox[2] >= view.w || bbox[3] >= view.h {
-            return None;
-        }
-        let mut c = Candidate { prompt, level, score, area: 0, bbox, bits: vec![0; (bbox[3] - bbox[1] + 1) * view.words], words: view.words };
-        for &(y, x) in cells {
-            let word = &mut c.bits[(y - bbox[1]) * view.words + x / 64];
-            if *word & (1 << (x % 64)) == 0 {
-                *word |= 1 << (x % 64);
-                c.area += 1;
-            }
-        }
-        Some(c)
-    }
-
-    fn rows(&self) -> impl Iterator<Item = (usize, &[u64])> {
-        self.bits.chunks(self.words).enumerate().map(move |(i, r)| (self.bbox[1] + i, r))
-    }
-
-    /// Number of this mask's cells that are in `set`.
-    pub fn overlap(&self, set: &CellSet) -> u32 {
-        self.rows().map(|(y, row)| row.iter().zip(set.row(y)).map(|(a, b)| (a & b).count_ones()).sum::<u32>()).sum()
-    }
-
-    /// Add this mask's cells to `set`.
-    pub fn add_to(&self, set: &mut CellSet) {
-        for (y, row) in self.rows() {
-            for (dst, src) in set.bits[y * set.words..(y + 1) * set.words].iter_mut().zip(row) {
-                *dst |= src;
-            }
-        }
-    }
-
-    /// Call `f(y, x)` for every cell of the mask (view-rect coordinates), row-major.
-    pub fn for_each_cell(&self, mut f: impl FnMut(usize, usize)) {
-        for (y, row) in self.rows() {
-            for (wi, &word) in row.iter().enumerate() {
-                let mut bits = word;
-                while bits != 0 {
-                    f(y, wi * 64 + bits.trailing_zeros() as usize);
-                    bits &= bits - 1;
-                }
-            }
-        }
+    /// The candidate as `Backend::mask_select` takes it.
+    pub fn mask(&self) -> MaskCandidate {
+        MaskCandidate { plane: self.plane, whole: self.level == 2, area: self.area, bbox: self.bbox }
     }
 }
 
@@ -180,24 +112,22 @@ impl MaskFilter {
 
     /// Length of one `mask_stats` row over this filter's view.
     pub fn stats_row_len(&self) -> usize {
-        MASK_STATS_HEADER + self.view.h * self.view.words32()
+        MASK_STATS_HEADER + self.view.h * self.view.words()
     }
 
-    /// The masks that pass the filters, in (prompt, level) order, from `stats` (the
-    /// `Backend::mask_stats` rows of `[n, 3, L, L]` logits over `view().rect()`) and the IoU
-    /// predictions `iou` ([n, 3]); prompt indices start at `first_prompt`. The caller checks
-    /// the lengths.
-    pub fn candidates(&self, stats: &[i32], iou: &[f32], first_prompt: usize) -> Vec<Candidate> {
-        let row_len = self.stats_row_len();
+    /// The masks that pass the filters, in (prompt, level) order, from `headers` (the first
+    /// `MASK_STATS_HEADER` entries of each `Backend::mask_stats` row of `[n, 3, L, L]` logits
+    /// over `view().rect()`) and the IoU predictions `iou` ([n, 3]); prompt indices start at
+    /// `first_prompt` and their rows at `first_plane`. The caller checks the lengths.
+    pub fn candidates(&self, headers: &[i32], iou: &[f32], first_prompt: usize, first_plane: usize) -> Vec<Candidate> {
         (0..iou.len())
-            .into_par_iter()
             .filter_map(|i| {
                 let (k, m) = (i / LEVELS, i % LEVELS);
                 let score = iou[i] + if m == 2 { self.whole_level_bonus } else { 0.0 };
                 // Every test is written as "passes", so a NaN fails it.
                 let confident = score >= self.pred_iou_thresh;
-                let row = &stats[i * row_len..(i + 1) * row_len];
-                let (area, stable, loose) = (row[0] as u32, row[1] as u32, row[2] as u32);
+                let head = &headers[i * MASK_STATS_HEADER..(i + 1) * MASK_STATS_HEADER];
+                let (area, stable, loose) = (head[0] as u32, head[1] as u32, head[2] as u32);
                 if !confident || area == 0 {
                     return None;
                 }
@@ -207,28 +137,10 @@ impl MaskFilter {
                 if !stable || !large {
                     return None;
                 }
-                Some(self.candidate(row, first_prompt + k, m, score))
+                let bbox = [head[3] as usize, head[4] as usize, head[5] as usize, head[6] as usize];
+                Some(Candidate { prompt: first_prompt + k, level: m, score, area, bbox, plane: first_plane + i })
             })
             .collect()
-    }
-
-    /// A candidate from a non-empty mask's `mask_stats` row: its box rows' u32 words, paired
-    /// into the u64 words of a `CellSet` row.
-    fn candidate(&self, row: &[i32], prompt: usize, level: usize, score: f32) -> Candidate {
-        let v = &self.view;
-        let bbox = [row[3] as usize, row[4] as usize, row[5] as usize, row[6] as usize];
-        let w32 = v.words32();
-        let bits32 = &row[MASK_STATS_HEADER..];
-        let mut bits = vec![0u64; (bbox[3] - bbox[1] + 1) * v.words];
-        for (ry, dst) in (bbox[1]..=bbox[3]).zip(bits.chunks_mut(v.words)) {
-            let src = &bits32[ry * w32..(ry + 1) * w32];
-            for (j, word) in dst.iter_mut().enumerate() {
-                let lo = src[2 * j] as u32 as u64;
-                let hi = src.get(2 * j + 1).map_or(0, |&x| x as u32 as u64);
-                *word = lo | hi << 32;
-            }
-        }
-        Candidate { prompt, level, score, area: row[0] as u32, bbox, bits, words: v.words }
     }
 }
 
@@ -252,15 +164,17 @@ mod tests {
         p
     }
 
-    /// The filter's input for host logits: the CPU backend's `mask_stats` rows.
+    /// The filter's input for host logits: the headers of the CPU backend's `mask_stats` rows.
     fn candidates(f: &MaskFilter, logits: &[f32], iou: &[f32], first: usize) -> Vec<Candidate> {
         let t = crate::tensor::Tensor::from_f32(logits.to_vec(), vec![iou.len(), 64, 64]).unwrap();
-        let stats = crate::Backend::cpu().mask_stats(&t, f.view().rect(), f.stability_offset()).unwrap();
-        f.candidates(stats.as_i32().unwrap(), iou, first)
+        let be = crate::Backend::cpu();
+        let stats = be.mask_stats(&t, f.view().rect(), f.stability_offset()).unwrap();
+        let headers = be.narrow(&stats, 1, 0, MASK_STATS_HEADER).unwrap();
+        f.candidates(headers.as_i32().unwrap(), iou, first, 100)
     }
 
     #[test]
-    fn filters_area_box_and_bits() {
+    fn filters_area_and_box() {
         let cfg = SuperpixelConfig { pred_iou_thresh: 0.5, stability_thresh: 0.9, min_area: 16.0, ..Default::default() };
         let f = MaskFilter::new(&frame(), &cfg);
         // Prompt 0: a sharp 10×3 block (kept), an unstable one (logit 0.5: > 0 but not > 1),
@@ -277,17 +191,11 @@ mod tests {
         let logits: Vec<f32> = planes.concat();
         let iou = [0.9, 0.9, 0.3, 0.9, 0.9, 0.45];
         let c = candidates(&f, &logits, &iou, 10);
-        let got: Vec<_> = c.iter().map(|c| (c.prompt, c.level, c.area, c.bbox)).collect();
-        assert_eq!(got, vec![(10, 0, 30, [6, 2, 15, 4]), (11, 1, 1, [63, 63, 63, 63]), (11, 2, 4, [1, 1, 2, 2])]);
+        let got: Vec<_> = c.iter().map(|c| (c.prompt, c.level, c.area, c.bbox, c.plane)).collect();
+        assert_eq!(got, vec![(10, 0, 30, [6, 2, 15, 4], 100), (11, 1, 1, [63, 63, 63, 63], 104), (11, 2, 4, [1, 1, 2, 2], 105)]);
         assert!((c[2].score - 0.55).abs() < 1e-6);
-        let mut cells = Vec::new();
-        c[0].for_each_cell(|y, x| cells.push((y, x)));
-        assert_eq!(cells.len(), 30);
-        assert_eq!((cells[0], cells[29]), ((2, 6), (4, 15)));
-        let mut set = CellSet::new(f.view());
-        c[2].add_to(&mut set);
-        assert_eq!(c[2].overlap(&set), 4);
-        assert_eq!(c[0].overlap(&set), 0);
+        assert_eq!(c[2].mask(), MaskCandidate { plane: 105, whole: true, area: 4, bbox: [1, 1, 2, 2] });
+        assert!(!c[0].mask().whole);
     }
 
     /// Stability is #(logit > offset) / #(logit > −offset), 0 when nothing exceeds −offset.
@@ -300,5 +208,46 @@ mod tests {
         assert_eq!(candidates(&f, &p, &[1.0], 0).len(), 1);
         p[26] = 0.5; // 17 loose cells: 16 / 33 < 0.5
         assert_eq!(candidates(&f, &p, &[1.0], 0).len(), 0);
+    }
+}
+
+/// Candidates over a small view from explicit cells, with the `mask_stats` rows that hold their
+/// bitmaps (CPU), for the tests of the later steps.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Candidate, ViewRect};
+    use crate::backend::Backend;
+    use crate::tensor::Tensor;
+
+    /// A test mask: prompt, level, score and its cells as (y, x).
+    pub type Mask = (usize, usize, f32, Vec<(usize, usize)>);
+
+    /// The candidates of `masks` over an `h × w` view (every mask needs a cell).
+    pub fn candidates(h: usize, w: usize, masks: &[Mask]) -> (ViewRect, Tensor, Vec<Candidate>) {
+        let view = ViewRect { y0: 0, x0: 0, h, w };
+        let mut logits = vec![-1f32; masks.len() * h * w];
+        for (i, (.., cells)) in masks.iter().enumerate() {
+            for &(y, x) in cells {
+                logits[(i * h + y) * w + x] = 1.0;
+            }
+        }
+        let be = Backend::cpu();
+        let stats = be.mask_stats(&Tensor::from_f32(logits, vec![masks.len(), h, w]).unwrap(), view.rect(), 0.5).unwrap();
+        let rows = stats.as_i32().unwrap();
+        let cands = masks
+            .iter()
+            .enumerate()
+            .map(|(i, &(prompt, level, score, _))| {
+                let head = &rows[i * stats.dim(1)..];
+                let bbox = [head[3] as usize, head[4] as usize, head[5] as usize, head[6] as usize];
+                Candidate { prompt, level, score, area: head[0] as u32, bbox, plane: i }
+            })
+            .collect();
+        (view, stats, cands)
+    }
+
+    /// A filled rectangle [x0, x1] × [y0, y1] (inclusive) as cells.
+    pub fn rect(r: [usize; 4]) -> Vec<(usize, usize)> {
+        (r[1]..=r[3]).flat_map(|y| (r[0]..=r[2]).map(move |x| (y, x))).collect()
     }
 }

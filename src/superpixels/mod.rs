@@ -9,9 +9,12 @@
 //! ```
 //!
 //! After the mask decoder, `Backend::mask_stats` reduces each logit plane, where it lives, to the
-//! counts, box and bits of its view cells; the rest is host code on those bitsets: `masks`
-//! (filters, candidates), `selection` (NMS, levels), `regions` (paint, rest, merge), `coverage`
-//! (geometry, order, coverage), `render` (PNGs for the CLI).
+//! counts, box and bitmap of its view cells. The filters run on the host from the counts and
+//! boxes (`masks`); NMS and level selection (`selection`, `Backend::mask_select`) and painting
+//! (`regions::paint`, `Backend::mask_paint`) run on the bitmaps where they are, so on a GPU only
+//! the candidates, their verdicts and the region map cross to the host. The rest is host code
+//! on the region map: `regions` (rest, merge), `coverage` (geometry, order, coverage), `render`
+//! (PNGs for the CLI).
 
 pub mod config;
 pub mod coverage;
@@ -24,7 +27,7 @@ pub mod selection;
 
 use std::time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, MASK_STATS_HEADER};
 use crate::error::{Error, Result};
 use crate::models::sam::{PointPrompt, Prompts, Sam};
 use crate::tensor::Tensor;
@@ -74,86 +77,86 @@ pub struct Stats {
     pub merges: usize,
     /// Prompt encoder + mask decoder, until its IoU scores are on the host (generate only).
     pub decoder_ms: f64,
-    /// Everything after the decoder: `mask_stats` where the logits are and reading its rows
-    /// back, then the host steps.
+    /// Everything after the decoder: `mask_stats` where the logits are and reading its
+    /// headers back, NMS, level selection and painting where the rows are, then the host steps.
     pub postprocess_ms: f64,
 }
 
 /// Builds superpixels from mask logits that arrive in batches of prompts: each batch is reduced
-/// to its candidate masks at once, so the full `[N, 3, L, L]` logits never have to exist.
+/// by `Backend::mask_stats` where it lives, so the full `[N, 3, L, L]` logits never have to
+/// exist; the rows stay there too, and only their headers come to the host for the filters.
 pub struct Builder<'a> {
+    be: &'a Backend,
     frame: &'a Frame,
     cfg: &'a SuperpixelConfig,
     filter: MaskFilter,
     candidates: Vec<Candidate>,
+    /// The `mask_stats` rows of each batch, on `be`.
+    stats: Vec<Tensor>,
+    planes: usize,
     prompts: usize,
     busy_ms: f64,
 }
 
 impl<'a> Builder<'a> {
-    pub fn new(frame: &'a Frame, cfg: &'a SuperpixelConfig) -> Result<Builder<'a>> {
+    pub fn new(be: &'a Backend, frame: &'a Frame, cfg: &'a SuperpixelConfig) -> Result<Builder<'a>> {
         cfg.validate("the superpixel config")?;
         if frame.mask_size == 0 || frame.crop.0 > frame.mask_size || frame.crop.1 > frame.mask_size {
             return Err(Error::arg("frame", format!("crop {:?} does not fit {}² masks", frame.crop, frame.mask_size)));
         }
-        Ok(Builder { frame, cfg, filter: MaskFilter::new(frame, cfg), candidates: Vec::new(), prompts: 0, busy_ms: 0.0 })
+        let filter = MaskFilter::new(frame, cfg);
+        Ok(Builder { be, frame, cfg, filter, candidates: Vec::new(), stats: Vec::new(), planes: 0, prompts: 0, busy_ms: 0.0 })
     }
 
-    /// Add the next prompts' host logits `[n, 3, L, L]` and IoU predictions `[n, 3]`.
-    pub fn add(&mut self, logits: &[f32], iou: &[f32]) -> Result<()> {
-        let plane = self.frame.mask_size * self.frame.mask_size;
-        let n = iou.len() / LEVELS;
-        if !iou.len().is_multiple_of(LEVELS) || logits.len() != n * LEVELS * plane {
+    /// Add the next prompts' logits `[.., n, 3, L, L]` where they live on the builder's
+    /// backend, with their IoU predictions `[n, 3]` (host).
+    pub fn add(&mut self, logits: &Tensor, iou: &[f32]) -> Result<()> {
+        let start = Instant::now();
+        let l = self.frame.mask_size;
+        let s = logits.shape();
+        let planes = iou.len();
+        if !iou.len().is_multiple_of(LEVELS) || s.len() < 2 || s[s.len() - 2..] != [l, l] || logits.numel() != planes * l * l {
             return Err(Error::arg(
                 "mask logits",
-                format!(
-                    "{} logits and {} IoU predictions, expected [n, {LEVELS}, {l}, {l}] and [n, {LEVELS}]",
-                    logits.len(),
-                    iou.len(),
-                    l = self.frame.mask_size
-                ),
+                format!("{s:?} logits and {} IoU predictions, expected [n, {LEVELS}, {l}, {l}] and [n, {LEVELS}]", iou.len()),
             ));
         }
-        let l = self.frame.mask_size;
-        let logits = Tensor::from_f32(logits.to_vec(), vec![n * LEVELS, l, l])?;
-        self.add_on(&Backend::cpu(), &logits, iou)
-    }
-
-    /// Add the next prompts' logits `[.., n, 3, L, L]` where they live on `be`, with their IoU
-    /// predictions `[n, 3]` (host): `Backend::mask_stats` reduces the logits there, and only its
-    /// rows (counts, box and bits per mask) are read back.
-    pub fn add_on(&mut self, be: &Backend, logits: &Tensor, iou: &[f32]) -> Result<()> {
-        let start = Instant::now();
-        let stats = be.mask_stats(logits, self.filter.view().rect(), self.filter.stability_offset())?;
-        let stats = be.to_host(&stats)?;
-        let stats = stats.as_i32()?;
-        let row = self.filter.stats_row_len();
-        if !iou.len().is_multiple_of(LEVELS) || stats.len() != iou.len() * row {
-            return Err(Error::arg("mask logits", format!("{} mask planes for {} IoU predictions, expected one per prediction and n × {LEVELS} in all", stats.len() / row, iou.len())));
-        }
-        self.candidates.extend(self.filter.candidates(stats, iou, self.prompts));
-        self.prompts += iou.len() / LEVELS;
+        let stats = self.be.mask_stats(logits, self.filter.view().rect(), self.filter.stability_offset())?;
+        let headers = self.be.to_host(&self.be.narrow(&stats, 1, 0, MASK_STATS_HEADER)?)?;
+        self.candidates.extend(self.filter.candidates(headers.as_i32()?, iou, self.prompts, self.planes));
+        self.stats.push(stats);
+        self.planes += planes;
+        self.prompts += planes / LEVELS;
         self.busy_ms += start.elapsed().as_secs_f64() * 1e3;
         Ok(())
     }
 
-    /// NMS, level selection, painting, rest regions, merging, order, coverage on a `grid × grid`
-    /// patch grid.
+    /// NMS, level selection and painting where the mask rows are, then rest regions, merging,
+    /// order and coverage on a `grid × grid` patch grid on the host.
     pub fn finish(self, grid: usize) -> Result<(Superpixels, Stats)> {
         let start = Instant::now();
         if grid == 0 || grid > MAX_GRID {
             return Err(Error::arg("patch-grid", format!("is {grid}, expected 1..={MAX_GRID}")));
         }
-        let (cfg, view) = (self.cfg, self.filter.view());
-        let kept = selection::box_nms(&self.candidates, cfg.box_nms_thresh);
-        let accepted = selection::select_levels(&self.candidates, &kept, view, cfg.level_overlap_thresh);
-        let mut labels = regions::paint(&self.candidates, &accepted, view);
-        let mut present = vec![false; accepted.len()];
+        let (be, cfg, view) = (self.be, self.cfg, self.filter.view());
+        let (selected, mut labels) = if self.candidates.is_empty() {
+            (selection::Selected { after_nms: 0, accepted: Vec::new() }, vec![-1; view.cells()])
+        } else {
+            let stats = match self.stats.as_slice() {
+                [one] => one.clone(),
+                many => be.concat(&many.iter().collect::<Vec<_>>(), 0)?,
+            };
+            let selected = selection::select(be, &stats, view, &self.candidates, cfg.box_nms_thresh, cfg.level_overlap_thresh)?;
+            let labels = regions::paint(be, &stats, &self.candidates, &selected.accepted, view)?;
+            (selected, labels)
+        };
+        let accepted = selected.accepted.len();
+        let mut present = vec![false; accepted];
         for &l in labels.iter().filter(|&&l| l >= 0) {
             present[l as usize] = true;
         }
         let painted_over = present.iter().filter(|&&p| !p).count();
-        let rest = if cfg.rest_regions { regions::label_rest(&mut labels, view.w, accepted.len() as i32) } else { 0 };
+        let rest = if cfg.rest_regions { regions::label_rest(&mut labels, view.w, accepted as i32) } else { 0 };
         let rule = MergeRule { max_regions: cfg.max_superpixels, min_area: cfg.min_region_area, px_per_cell: self.frame.px_per_cell() };
         let merges = regions::merge(&mut labels, view.w, rule);
         let ordered = coverage::order_regions(&labels, view, self.frame, grid);
@@ -161,8 +164,8 @@ impl<'a> Builder<'a> {
         let stats = Stats {
             masks: self.prompts * LEVELS,
             filtered: self.candidates.len(),
-            after_nms: kept.len(),
-            accepted: accepted.len(),
+            after_nms: selected.after_nms,
+            accepted,
             painted_over,
             rest_regions: rest,
             merges,
@@ -182,8 +185,14 @@ pub fn from_logits(logits: &[f32], iou: &[f32], frame: &Frame, grid: usize, cfg:
 }
 
 pub fn from_logits_with_stats(logits: &[f32], iou: &[f32], frame: &Frame, grid: usize, cfg: &SuperpixelConfig) -> Result<(Superpixels, Stats)> {
-    let mut b = Builder::new(frame, cfg)?;
-    b.add(logits, iou)?;
+    let be = Backend::cpu();
+    let mut b = Builder::new(&be, frame, cfg)?;
+    let l = frame.mask_size;
+    if !logits.len().is_multiple_of(LEVELS * l * l) {
+        return Err(Error::arg("mask logits", format!("{} logits are not [n, {LEVELS}, {l}, {l}]", logits.len())));
+    }
+    let logits = Tensor::from_f32(logits.to_vec(), vec![logits.len() / (LEVELS * l * l), LEVELS, l, l])?;
+    b.add(&logits, iou)?;
     b.finish(grid)
 }
 
@@ -216,7 +225,7 @@ pub fn generate_with_stats(
     if grid == 0 || grid > MAX_GRID {
         return Err(Error::arg("patch-grid", format!("is {grid}, expected 1..={MAX_GRID}")));
     }
-    let mut builder = Builder::new(frame, cfg)?;
+    let mut builder = Builder::new(be, frame, cfg)?;
     let points = point_grid(frame, cfg.points_per_side);
     let mut decoder_ms = 0.0;
     for batch in points.chunks(cfg.points_per_batch) {
@@ -228,7 +237,7 @@ pub fn generate_with_stats(
         }
         let iou = be.to_vec_f32(&out.iou_scores)?;
         decoder_ms += start.elapsed().as_secs_f64() * 1e3;
-        builder.add_on(be, &out.pred_masks, &iou)?;
+        builder.add(&out.pred_masks, &iou)?;
     }
     let (sp, mut stats) = builder.finish(grid)?;
     stats.decoder_ms = decoder_ms;

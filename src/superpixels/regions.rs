@@ -8,21 +8,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::masks::{Candidate, ViewRect};
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::tensor::Tensor;
 
 /// Paint the accepted masks (`accepted`: candidate indices in acceptance order) coarse to fine;
-/// later paint wins. Region a is accepted mask a.
-pub fn paint(cands: &[Candidate], accepted: &[usize], view: &ViewRect) -> Vec<i32> {
+/// later paint wins. Region a is accepted mask a. The painting runs in `Backend::mask_paint`
+/// on `be`, which holds `stats` (the rows the candidates' planes index).
+pub fn paint(be: &Backend, stats: &Tensor, cands: &[Candidate], accepted: &[usize], view: &ViewRect) -> Result<Vec<i32>> {
     let mut order: Vec<usize> = (0..accepted.len()).collect();
     // Level descending, area descending, acceptance index descending.
     order.sort_by(|&a, &b| {
         let (ca, cb) = (&cands[accepted[a]], &cands[accepted[b]]);
         cb.level.cmp(&ca.level).then(cb.area.cmp(&ca.area)).then(b.cmp(&a))
     });
-    let mut labels = vec![-1i32; view.cells()];
-    for a in order {
-        cands[accepted[a]].for_each_cell(|y, x| labels[y * view.w + x] = a as i32);
+    if order.is_empty() {
+        return Ok(vec![-1; view.cells()]);
     }
-    labels
+    let masks: Vec<(usize, i32)> = order.iter().map(|&a| (cands[accepted[a]].plane, a as i32)).collect();
+    be.mask_paint(stats, view.h, view.w, &masks)
 }
 
 /// Number every 4-connected component of unlabelled cells, from `first` on, in the order of
@@ -169,6 +173,7 @@ pub fn merge(labels: &mut [i32], w: usize, rule: MergeRule) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::superpixels::masks::testing::candidates;
 
     fn map(rows: &[&str]) -> (Vec<i32>, usize) {
         let w = rows[0].len();
@@ -182,18 +187,25 @@ mod tests {
 
     #[test]
     fn painting_puts_finer_and_smaller_masks_on_top() {
-        let view = ViewRect { y0: 0, x0: 0, h: 1, w: 8, words: 1 };
         let row = |a: usize, b: usize| (a..b).map(|x| (0, x)).collect::<Vec<_>>();
-        let cands = vec![
-            Candidate::from_cells(0, 2, 1.0, &view, &row(0, 8)).unwrap(), // whole
-            Candidate::from_cells(1, 0, 1.0, &view, &row(1, 4)).unwrap(), // sub-part, 3 cells
-            Candidate::from_cells(2, 0, 1.0, &view, &row(3, 6)).unwrap(), // sub-part, 3 cells, later
-            Candidate::from_cells(3, 0, 1.0, &view, &row(5, 7)).unwrap(), // sub-part, 2 cells
-            Candidate::from_cells(4, 1, 1.0, &view, &row(0, 2)).unwrap(), // part
-        ];
+        let (view, stats, cands) = candidates(
+            1,
+            8,
+            &[
+                (0, 2, 1.0, row(0, 8)), // whole
+                (1, 0, 1.0, row(1, 4)), // sub-part, 3 cells
+                (2, 0, 1.0, row(3, 6)), // sub-part, 3 cells, later
+                (3, 0, 1.0, row(5, 7)), // sub-part, 2 cells
+                (4, 1, 1.0, row(0, 2)), // part
+            ],
+        );
         // Accepted in the order 0, 1, 2, 3, 4 → regions 0..4. Ties by area go to the earlier mask.
-        let labels = paint(&cands, &[0, 1, 2, 3, 4], &view);
+        let labels = paint(&Backend::cpu(), &stats, &cands, &[0, 1, 2, 3, 4], &view).unwrap();
         assert_eq!(labels, vec![4, 1, 1, 1, 2, 3, 3, 0]);
+        // Regions follow the acceptance order, not the candidates'.
+        let labels = paint(&Backend::cpu(), &stats, &cands, &[4, 0], &view).unwrap();
+        assert_eq!(labels, vec![0, 0, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(paint(&Backend::cpu(), &stats, &cands, &[], &view).unwrap(), vec![-1; 8]);
     }
 
     #[test]

@@ -488,6 +488,14 @@ fn permute_narrow_concat_pad_and_kv_writes() {
         for (t, b, l, rt) in [(0usize, 0usize, 0usize, 0usize), (1, 2, 3, 0), (0, 3, 0, 5)] {
             same(&format!("pad2d {t},{b},{l},{rt}"), &g, &g.backend.pad2d(&xg, t, b, l, rt).unwrap(), &cpu().pad2d(&x, t, b, l, rt).unwrap(), Tol { atol: 0.0, rtol: 0.0 });
         }
+        // i32 tensors (the superpixel stats rows) move as bits.
+        let ints: Vec<i32> = (0..2 * 3 * 5).map(|_| r.next_u64() as i32).collect();
+        let it = Tensor::from_i32(ints, vec![2, 3, 5]).unwrap();
+        let itg = up(&g, &it);
+        let host = |t: &Tensor| g.backend.to_host(t).unwrap().as_i32().unwrap().to_vec();
+        assert_eq!(host(&g.backend.narrow(&itg, 1, 1, 2).unwrap()), cpu().narrow(&it, 1, 1, 2).unwrap().as_i32().unwrap(), "i32 narrow on {}", g.backend.name());
+        assert_eq!(host(&g.backend.concat(&[&itg, &itg], 0).unwrap()), cpu().concat(&[&it, &it], 0).unwrap().as_i32().unwrap(), "i32 concat on {}", g.backend.name());
+        assert!(g.backend.concat(&[&itg, &xg], 0).is_err(), "concat of i32 and f32 must be an error");
         // KV cache: prefill 5 positions, then decode 2 single steps.
         let mut cache_cpu = Tensor::zeros(vec![1, 2, 9, 4]);
         let mut cache_gpu = up(&g, &cache_cpu);
@@ -611,5 +619,67 @@ fn mask_stats_match_the_cpu_exactly() {
         }
         let t = up(&g, &r.tensor(&[2, 8, 8]));
         assert!(g.backend.mask_stats(&t, [0, 0, 9, 1], 1.0).is_err(), "a rectangle outside the plane must be an error");
+    }
+}
+
+/// Random masks over an `h × w` rectangle: each plane the union of 1–3 random rectangles, some
+/// small and some nearly the whole view, so boxes both clash and nest. Returns the CPU's
+/// `mask_stats` rows.
+fn random_mask_rows(r: &mut crate::common::Rng, planes: usize, h: usize, w: usize) -> Tensor {
+    let mut v = vec![-1f32; planes * h * w];
+    let mut pick = |n: usize| (r.next_u64() % n as u64) as usize;
+    for plane in v.chunks_mut(h * w) {
+        for _ in 0..1 + pick(3) {
+            let (x0, y0) = (pick(w), pick(h));
+            let (x1, y1) = ((x0 + 1 + pick(w)).min(w), (y0 + 1 + pick(h)).min(h));
+            for y in y0..y1 {
+                plane[y * w + x0..y * w + x1].fill(1.0);
+            }
+        }
+    }
+    cpu().mask_stats(&Tensor::from_f32(v, vec![planes, h, w]).unwrap(), [0, 0, h, w], 0.5).unwrap()
+}
+
+#[test]
+fn mask_select_and_paint_match_the_cpu_exactly() {
+    use visword::backend::MaskCandidate;
+    let mut r = rng("mask_select");
+    for g in gpus("mask_select") {
+        // (planes, h, w): SAM's largest view (the kernels' whole bitmap), ragged widths, one
+        // cell, and a view too large for the kernels' workgroup bitmap (the host fallback).
+        for (planes, h, w) in [(700usize, 256usize, 256usize), (300, 37, 70), (5, 1, 1), (40, 300, 300)] {
+            let stats = random_mask_rows(&mut r, planes, h, w);
+            let rows = stats.as_i32().unwrap();
+            let row_len = stats.dim(1);
+            // Candidates in a shuffled visiting order; one in three a whole-object mask.
+            let mut cands: Vec<MaskCandidate> = (0..planes)
+                .map(|p| {
+                    let head = &rows[p * row_len..];
+                    let bbox = [head[3] as usize, head[4] as usize, head[5] as usize, head[6] as usize];
+                    MaskCandidate { plane: p, whole: p % 3 == 0, area: head[0] as u32, bbox }
+                })
+                .collect();
+            for i in (1..cands.len()).rev() {
+                cands.swap(i, (r.next_u64() % (i as u64 + 1)) as usize);
+            }
+            let sg = up(&g, &stats);
+            // 1000: nothing clashes, so more survivors than a workgroup has threads.
+            for (nms, overlap) in [(700u32, 300u32), (1000, 300), (0, 1000), (500, 0), (1000, 1000)] {
+                let want = cpu().mask_select(&stats, h, &cands, nms, overlap).unwrap();
+                let got = g.backend.mask_select(&sg, h, &cands, nms, overlap).unwrap();
+                assert!(got == want, "mask_select {planes} masks over {h}×{w}, nms {nms}‰, overlap {overlap}‰ on {}: differs from the CPU", g.backend.name());
+            }
+            // Paint every other mask, later entries on top, regions numbered backwards.
+            let masks: Vec<(usize, i32)> = cands.iter().step_by(2).enumerate().map(|(i, c)| (c.plane, 1000 - i as i32)).collect();
+            for list in [&masks[..], &masks[..1], &[]] {
+                let want = cpu().mask_paint(&stats, h, w, list).unwrap();
+                let got = g.backend.mask_paint(&sg, h, w, list).unwrap();
+                assert!(got == want, "mask_paint of {} masks over {h}×{w} on {}: differs from the CPU", list.len(), g.backend.name());
+            }
+        }
+        let stats = up(&g, &random_mask_rows(&mut r, 2, 4, 4));
+        let bad = MaskCandidate { plane: 2, whole: true, area: 1, bbox: [0, 0, 0, 0] };
+        assert!(g.backend.mask_select(&stats, 4, &[bad], 700, 300).is_err(), "a plane past the rows must be an error");
+        assert!(g.backend.mask_paint(&stats, 4, 33, &[]).is_err(), "a width past the bitmap must be an error");
     }
 }

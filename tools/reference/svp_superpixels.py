@@ -135,6 +135,12 @@ def point_grid(frame: Frame, n: int) -> np.ndarray:
     return np.array(pts, dtype=np.float64).astype(F32)
 
 
+def permille(t: float) -> int:
+    """A [0, 1] threshold as the integer per-mille value NMS and level selection compare with
+    exactly (1000 · intersection > nms · union), so every backend decides ties alike."""
+    return int(min(max(np.floor(float(F32(t)) * 1000.0 + 0.5), 0), 1000))
+
+
 def superpixels(logits: np.ndarray, iou: np.ndarray, frame: Frame, grid: int, cfg: Config) -> Result:
     """Steps 2–11 on mask logits [N, 3, L, L] and IoU predictions [N, 3]."""
     n_prompts = logits.shape[0]
@@ -186,7 +192,7 @@ def superpixels(logits: np.ndarray, iou: np.ndarray, frame: Frame, grid: int, cf
             inter = max(ix, 0) * max(iy, 0)
             a1 = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
             a2 = (q[2] - q[0] + 1) * (q[3] - q[1] + 1)
-            if F32(inter) / F32(a1 + a2 - inter) > F32(cfg.box_nms_thresh):
+            if 1000 * inter > permille(cfg.box_nms_thresh) * (a1 + a2 - inter):
                 suppressed = True
                 break
         if not suppressed:
@@ -200,7 +206,7 @@ def superpixels(logits: np.ndarray, iou: np.ndarray, frame: Frame, grid: int, cf
     accepted = []  # (k, m) in acceptance order
     for k, m in kept:  # already level 2, 1, 0, each by (score desc, k, m)
         mask = masks[k, m]
-        if m == 2 or F32((mask & union).sum()) / F32(area[k, m]) < F32(cfg.level_overlap_thresh):
+        if m == 2 or 1000 * int((mask & union).sum()) < permille(cfg.level_overlap_thresh) * int(area[k, m]):
             accepted.append((k, m))
             union |= mask
     stats["accepted"] = len(accepted)

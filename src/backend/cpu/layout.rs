@@ -77,17 +77,22 @@ pub fn narrow(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor
     if dim >= s.len() || start + len > s[dim] {
         return Err(Error::shape("narrow", format!("{start}..{} of dim {dim} in {s:?}", start + len)));
     }
-    let xs = check_f32("narrow", x)?;
     let outer: usize = s[..dim].iter().product();
     let inner: usize = s[dim + 1..].iter().product();
-    let mut out = Vec::with_capacity(outer * len * inner);
-    for o in 0..outer {
-        let base = (o * s[dim] + start) * inner;
-        out.extend_from_slice(&xs[base..base + len * inner]);
-    }
     let mut shape = s.to_vec();
     shape[dim] = len;
-    Tensor::from_f32(out, shape)
+    fn rows<T: Copy>(xs: &[T], outer: usize, pitch: usize, start: usize, chunk: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(outer * chunk);
+        for o in 0..outer {
+            out.extend_from_slice(&xs[o * pitch + start..][..chunk]);
+        }
+        out
+    }
+    if x.dtype() == DType::I32 {
+        return Tensor::from_i32(rows(x.as_i32()?, outer, s[dim] * inner, start * inner, len * inner), shape);
+    }
+    let xs = check_f32("narrow", x)?;
+    Tensor::from_f32(rows(xs, outer, s[dim] * inner, start * inner, len * inner), shape)
 }
 
 pub fn concat(xs: &[&Tensor], dim: usize) -> Result<Tensor> {
@@ -103,19 +108,25 @@ pub fn concat(xs: &[&Tensor], dim: usize) -> Result<Tensor> {
         }
     }
     let outer: usize = s0[..dim].iter().product();
-    let inner: usize = s0[dim + 1..].iter().product();
     let total: usize = xs.iter().map(|t| t.dim(dim)).sum();
-    let mut out = Vec::with_capacity(outer * total * inner);
-    let datas: Vec<&[f32]> = xs.iter().map(|t| check_f32("concat", t)).collect::<Result<_>>()?;
-    for o in 0..outer {
-        for (t, d) in xs.iter().zip(&datas) {
-            let n = t.dim(dim) * inner;
-            out.extend_from_slice(&d[o * n..(o + 1) * n]);
-        }
-    }
     let mut shape = s0.to_vec();
     shape[dim] = total;
-    Tensor::from_f32(out, shape)
+    fn join<T: Copy>(datas: &[&[T]], outer: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(datas.iter().map(|d| d.len()).sum());
+        for o in 0..outer {
+            for d in datas {
+                let n = d.len() / outer;
+                out.extend_from_slice(&d[o * n..(o + 1) * n]);
+            }
+        }
+        out
+    }
+    if first.dtype() == DType::I32 {
+        let datas: Vec<&[i32]> = xs.iter().map(|t| t.as_i32().map_err(|_| Error::shape("concat", format!("expected i32 tensors like the first, got {} {:?}", t.dtype(), t.shape())))).collect::<Result<_>>()?;
+        return Tensor::from_i32(join(&datas, outer), shape);
+    }
+    let datas: Vec<&[f32]> = xs.iter().map(|t| check_f32("concat", t)).collect::<Result<_>>()?;
+    Tensor::from_f32(join(&datas, outer), shape)
 }
 
 pub fn pad2d(x: &Tensor, top: usize, bottom: usize, left: usize, right: usize) -> Result<Tensor> {

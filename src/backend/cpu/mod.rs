@@ -8,6 +8,7 @@ mod attention;
 mod elementwise;
 mod gemm_nt;
 mod layout;
+pub(crate) mod mask_select;
 mod masks;
 mod matmul;
 mod norm;

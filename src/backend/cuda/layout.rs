@@ -125,15 +125,15 @@ impl CudaBackend {
         if dim >= s.len() || start + len > s[dim] {
             return Err(Error::shape(OP, format!("{start}..{} of dim {dim} in {s:?}", start + len)));
         }
-        let xp = self.f32_ptr(x, OP)?;
+        let xp = self.word_ptr(x, OP)?;
         let outer: usize = s[..dim].iter().product();
         let inner: usize = s[dim + 1..].iter().product();
         let mut shape = s.to_vec();
         shape[dim] = len;
-        let out = self.alloc_f32(&shape)?;
+        let (out, yp) = self.alloc_words(x, shape, OP)?;
         let chunk = len * inner;
-        self.copy_rows(OP, xp, self.ptr(&out), outer * chunk, chunk, s[dim] * inner, start * inner, chunk, 0)?;
-        Ok(self.wrap_f32(out, shape))
+        self.copy_rows(OP, xp, yp, outer * chunk, chunk, s[dim] * inner, start * inner, chunk, 0)?;
+        Ok(out)
     }
 
     pub fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
@@ -148,20 +148,22 @@ impl CudaBackend {
             if s.len() != s0.len() || s.iter().zip(s0).enumerate().any(|(i, (a, b))| i != dim && a != b) {
                 return Err(Error::shape(OP, format!("{s:?} does not match {s0:?} outside dim {dim}")));
             }
+            if t.dtype() != first.dtype() {
+                return Err(Error::shape(OP, format!("{} {s:?} does not match the first tensor's {}", t.dtype(), first.dtype())));
+            }
         }
-        let ptrs: Vec<u64> = xs.iter().map(|t| self.f32_ptr(t, OP)).collect::<Result<_>>()?;
+        let ptrs: Vec<u64> = xs.iter().map(|t| self.word_ptr(t, OP)).collect::<Result<_>>()?;
         let outer: usize = s0[..dim].iter().product();
         let inner: usize = s0[dim + 1..].iter().product();
         let total: usize = xs.iter().map(|t| t.dim(dim)).sum();
         let mut shape = s0.to_vec();
         shape[dim] = total;
-        let out = self.alloc_f32(&shape)?;
-        let yp = self.ptr(&out);
+        let (out, yp) = self.alloc_words(first, shape, OP)?;
         if outer == 1 && xs.len() > 1 && ptrs.iter().all(|&p| p == ptrs[0]) && xs.iter().all(|t| t.shape() == s0) {
             // One tensor repeated (the same prompt tokens for every prompt): one launch reading
             // it with pitch 0.
             let chunk = s0[dim] * inner;
-            return self.copy_rows(OP, ptrs[0], yp, xs.len() * chunk, chunk, 0, 0, chunk, 0).map(|_| self.wrap_f32(out, shape));
+            return self.copy_rows(OP, ptrs[0], yp, xs.len() * chunk, chunk, 0, 0, chunk, 0).map(|_| out);
         }
         let mut off = 0;
         for (t, &p) in xs.iter().zip(&ptrs) {
@@ -169,7 +171,7 @@ impl CudaBackend {
             self.copy_rows(OP, p, yp, outer * chunk, chunk, chunk, 0, total * inner, off * inner)?;
             off += t.dim(dim);
         }
-        Ok(self.wrap_f32(out, shape))
+        Ok(out)
     }
 
     pub fn pad2d(&self, x: &Tensor, top: usize, bottom: usize, left: usize, right: usize) -> Result<Tensor> {

@@ -16,6 +16,7 @@ mod elementwise;
 mod layout;
 mod libs;
 mod lt;
+mod mask_select;
 mod masks;
 mod matmul;
 mod norm;
@@ -272,6 +273,32 @@ impl CudaBackend {
     /// Device pointer of an f32 tensor.
     pub(crate) fn f32_ptr(&self, t: &Tensor, op: &'static str) -> Result<u64> {
         Ok(self.ptr(self.f32_slice(t, op)?))
+    }
+
+    /// Device pointer of a tensor of 4-byte elements (f32 or i32), for the layout ops, which
+    /// move bits.
+    pub(crate) fn word_ptr(&self, t: &Tensor, op: &'static str) -> Result<u64> {
+        match self.data(t, op)? {
+            CudaData::F32(s) => Ok(self.ptr(s)),
+            CudaData::I32(s) => Ok(self.ptr(s)),
+            _ => Err(Error::shape(op, format!("expected an f32 or i32 tensor, got {} {:?}", t.dtype(), t.shape()))),
+        }
+    }
+
+    /// An uninitialised output tensor of `like`'s 4-byte dtype (f32 or i32), and its pointer.
+    pub(crate) fn alloc_words(&self, like: &Tensor, shape: Vec<usize>, op: &'static str) -> Result<(Tensor, u64)> {
+        let n = shape.iter().product();
+        let data = match like.dtype() {
+            DType::I32 => CudaData::I32(self.alloc::<i32>(n, op)?),
+            DType::F32 => CudaData::F32(self.alloc::<f32>(n, op)?),
+            d => return Err(Error::shape(op, format!("expected an f32 or i32 tensor, got {d} {shape:?}"))),
+        };
+        let p = match &data {
+            CudaData::I32(s) => self.ptr(s),
+            CudaData::F32(s) => self.ptr(s),
+            _ => unreachable!("allocated above as f32 or i32"),
+        };
+        Ok((Tensor::from_storage(Storage::Cuda(Arc::new(data)), like.dtype(), shape), p))
     }
 
     pub(crate) fn wrap_f32(&self, s: CudaSlice<f32>, shape: Vec<usize>) -> Tensor {

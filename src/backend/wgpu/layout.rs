@@ -83,17 +83,25 @@ fn copy_block(be: &WgpuBackend, op: &'static str, src: &Tensor, dst: &Tensor, ou
     be.dispatch(&LAYOUT, "copy_block", &[be.buffer(src, op)?, be.buffer(dst, op)?], &params, groups(n))
 }
 
+/// Element count of a tensor of 4-byte elements (f32 or i32): narrow and concat move bits.
+fn words_len(op: &'static str, t: &Tensor) -> Result<u32> {
+    if !matches!(t.dtype(), DType::F32 | DType::I32) {
+        return Err(Error::shape(op, format!("expected an f32 or i32 tensor, got {} {:?}", t.dtype(), t.shape())));
+    }
+    u32_of(op, t.numel())
+}
+
 pub(super) fn narrow(be: &WgpuBackend, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
     let s = x.shape();
     if dim >= s.len() || start + len > s[dim] {
         return Err(Error::shape("narrow", format!("{start}..{} of dim {dim} in {s:?}", start + len)));
     }
-    f32_len("narrow", x)?;
+    words_len("narrow", x)?;
     let outer: usize = s[..dim].iter().product();
     let inner: usize = s[dim + 1..].iter().product();
     let mut shape = s.to_vec();
     shape[dim] = len;
-    let out = be.alloc(shape, DType::F32)?;
+    let out = be.alloc(shape, x.dtype())?;
     copy_block(be, "narrow", x, &out, outer, len * inner, s[dim] * inner, start * inner, len * inner, 0)?;
     Ok(out)
 }
@@ -109,14 +117,17 @@ pub(super) fn concat(be: &WgpuBackend, xs: &[&Tensor], dim: usize) -> Result<Ten
         if s.len() != s0.len() || s.iter().zip(s0).enumerate().any(|(i, (a, b))| i != dim && a != b) {
             return Err(Error::shape("concat", format!("{s:?} does not match {s0:?} outside dim {dim}")));
         }
-        f32_len("concat", t)?;
+        if t.dtype() != first.dtype() {
+            return Err(Error::shape("concat", format!("{} {s:?} does not match the first tensor's {}", t.dtype(), first.dtype())));
+        }
+        words_len("concat", t)?;
     }
     let outer: usize = s0[..dim].iter().product();
     let inner: usize = s0[dim + 1..].iter().product();
     let total: usize = xs.iter().map(|t| t.dim(dim)).sum();
     let mut shape = s0.to_vec();
     shape[dim] = total;
-    let out = be.alloc(shape, DType::F32)?;
+    let out = be.alloc(shape, first.dtype())?;
     let mut off = 0;
     for t in xs {
         let len = t.dim(dim);

@@ -48,6 +48,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod layout;
+mod mask_select;
 mod masks;
 mod matmul;
 mod norm;
@@ -187,6 +188,12 @@ impl WgpuBackend {
     }
     pub fn mask_stats(&self, logits: &Tensor, rect: [usize; 4], offset: f32) -> Result<Tensor> {
         masks::mask_stats(self, logits, rect, offset)
+    }
+    pub(crate) fn mask_select(&self, stats: &Tensor, rows: crate::backend::mask_select::MaskRows, cands: &[crate::backend::MaskCandidate], nms: u32, overlap: u32) -> Result<Vec<i32>> {
+        mask_select::mask_select(self, stats, rows, cands, nms, overlap)
+    }
+    pub(crate) fn mask_paint(&self, stats: &Tensor, rows: crate::backend::mask_select::MaskRows, w: usize, masks: &[(usize, i32)]) -> Result<Vec<i32>> {
+        mask_select::mask_paint(self, stats, rows, w, masks)
     }
     pub(crate) fn upscale_masks_fits(s: &crate::backend::UpscaleShape) -> bool {
         masks::upscale_masks_fits(s)
