@@ -1,6 +1,6 @@
 //! Per-op CPU benchmarks. GEMMs report FLOP throughput (elements = 2·M·N·K flops); GEMVs report
-//! weight bytes streamed per second, to compare with the machine's copy bandwidth (also
-//! measured here, as `copy/…`).
+//! weight bytes streamed per second, to compare with the machine's copy bandwidth and its
+//! read bandwidth over all pool threads (also measured here, as `copy/…` and `read/…`).
 //!
 //! `cargo bench --bench ops` — `tools/bench_cpu.sh` runs it next to PyTorch.
 
@@ -80,6 +80,17 @@ fn gemv(c: &mut Criterion) {
     let mut dst = vec![0u8; 256 << 20];
     g.throughput(Throughput::Bytes(2 * src.len() as u64));
     g.bench_function("256MiB", |b| b.iter(|| dst.copy_from_slice(black_box(&src))));
+    g.finish();
+    // The read bandwidth every pool thread together gets with plain loads (the hardware
+    // prefetchers only): the floor a weight-streaming decode step is held to.
+    let mut g = c.benchmark_group("read");
+    g.measurement_time(Duration::from_secs(3)).sample_size(20);
+    let words: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
+    g.throughput(Throughput::Bytes(8 * words.len() as u64));
+    g.bench_function("512MiB", |b| {
+        use rayon::prelude::*;
+        pooled(b, || words.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &w| a ^ w)).reduce(|| 0, |a, b| a ^ b))
+    });
     g.finish();
 }
 

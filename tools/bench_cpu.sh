@@ -56,7 +56,7 @@ done
 echo
 echo "### Ops (criterion median; GEMM in GFLOP/s, GEMV in GB/s of weights streamed)"
 echo
-cargo bench --quiet --bench ops -- "gemm_f32|gemv|copy|attention|small_ops" 2>/dev/null > "$LOG_DIR/ops.log" || true
+cargo bench --quiet --bench ops -- "gemm_f32|gemv|copy|read|attention|small_ops" 2>/dev/null > "$LOG_DIR/ops.log" || true
 python3 tools/bench_torch.py --threads "$THREADS" gemm 2>/dev/null > "$LOG_DIR/torch_gemm.jsonl"
 crit_medians "$LOG_DIR/ops.log" > "$LOG_DIR/ops_medians.txt"
 python3 - "$LOG_DIR/ops_medians.txt" "$LOG_DIR/torch_gemm.jsonl" <<'PY'
@@ -79,6 +79,8 @@ for name, t in rows.items():
         print(f"| {name} | {k * n * size / t / 1e9:.1f} GB/s ({t*1e6:.0f} µs) | — | — |")
     elif name.startswith("copy/"):
         print(f"| {name} (read + write) | {2 * 256 * 2**20 / t / 1e9:.1f} GB/s | — | — |")
+    elif name.startswith("read/"):
+        print(f"| {name} (all threads) | {512 * 2**20 / t / 1e9:.1f} GB/s | — | — |")
     elif name.startswith("attention/"):
         print(f"| {name} | {t*1e3:.2f} ms | — | — |")
     elif name.startswith("small_ops/"):

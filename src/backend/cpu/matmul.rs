@@ -400,7 +400,7 @@ mod simd {
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
-    const PREFETCH_BYTES: usize = 2048;
+    const PREFETCH_BYTES: usize = 8192;
 
     pub fn has_avx512() -> bool {
         std::is_x86_feature_detected!("avx512f")
@@ -413,13 +413,15 @@ mod simd {
     unsafe fn dot512<W>(w: *const W, x: *const f32, n: usize, load: impl Fn(*const W) -> __m512, scalar: impl Fn(*const W) -> f32) -> f32 {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
-        // Prefetch PREFETCH_BYTES ahead: rows of a GEMV task are contiguous, so this runs into
-        // the next row and keeps DRAM busy across row boundaries.
+        // Prefetch PREFETCH_BYTES ahead into L2 (T1): rows of a GEMV task are contiguous, so
+        // this runs into the next row and keeps DRAM busy across row boundaries. L2 tracks more
+        // misses in flight than L1, so one core streams faster this way: on a 2-core EPYC
+        // (Zen 4) VM a decode-shaped GEMV went from ~20 GB/s (2 KB ahead into L1) to ~35-45.
         let ahead = PREFETCH_BYTES / std::mem::size_of::<W>();
         while i + 64 <= n {
             // One prefetch per 64-byte line this iteration consumes (64 weights).
             for line in 0..std::mem::size_of::<W>() {
-                _mm_prefetch::<_MM_HINT_T0>((w.wrapping_add(i + ahead) as *const i8).wrapping_add(64 * line));
+                _mm_prefetch::<_MM_HINT_T1>((w.wrapping_add(i + ahead) as *const i8).wrapping_add(64 * line));
             }
             for (j, a) in acc.iter_mut().enumerate() {
                 *a = _mm512_fmadd_ps(load(w.add(i + 16 * j)), _mm512_loadu_ps(x.add(i + 16 * j)), *a);
