@@ -58,6 +58,20 @@ fn linear_matches_reference_for_every_weight_dtype_and_epilogue() {
             }
         }
     }
+    // A residual [1, R, N] shared by every entry of a [B, R, K] input, on the GEMV (M ≤ 4),
+    // unpacked-GEMM and packed-GEMM paths.
+    for &(bsz, rows, k, n) in &[(2, 2, 37, 5), (3, 3, 64, 17), (4, 120, 33, 20)] {
+        let x = rng.tensor(&[bsz, rows, k]);
+        let w = rng.tensor(&[n, k]);
+        let r = rng.tensor(&[1, rows, n]);
+        let base = naive_linear(x.as_f32().unwrap(), bsz * rows, k, w.as_f32().unwrap(), n);
+        let want: Vec<f32> = base.iter().enumerate().map(|(i, v)| v + r.as_f32().unwrap()[i % (rows * n)]).collect();
+        let got = be().linear(&x, &w, None, Activation::None, Some(&r)).unwrap();
+        assert_eq!(got.shape(), [bsz, rows, n]);
+        assert_close(&format!("linear {bsz}x{rows}x{k}x{n}, shared residual"), got.as_f32().unwrap(), &want, tol_k(k));
+    }
+    let x = rng.tensor(&[2, 3, 8]);
+    assert!(be().linear(&x, &rng.tensor(&[4, 8]), None, Activation::None, Some(&rng.tensor(&[2, 1, 4]))).is_err(), "a residual broadcast over another dim");
 }
 
 fn erf(x: f64) -> f64 {
@@ -182,13 +196,29 @@ fn attention_matches_reference_noncausal_causal_gqa_kvlen_relpos() {
 fn attention_tokens_is_attention_on_token_major_tensors() {
     // q [Bq, Nq, H·D], k/v [Bk, Nk, Hkv·D] with one side's batch shared, against the f64
     // reference on each batch entry's heads.
+    // Also: one query (the decode path), more queries than one block (128), a causal mask over
+    // a cache read up to kv_len, and SAM's decomposed relative-position bias over a 3×5 key grid.
     let mut rng = Rng::new(0x70CE);
     let (b, h, hkv, d) = (3, 4, 2, 5);
-    for (bq, bk, nq, nk) in [(3, 3, 6, 9), (1, 3, 11, 4), (3, 1, 2, 13)] {
+    for (bq, bk, nq, nk, causal, kv_len, rel) in [
+        (3, 3, 6, 9, false, None, false),
+        (1, 3, 11, 4, false, None, false),
+        (3, 1, 2, 13, false, None, false),
+        (3, 1, 1, 13, false, None, false),
+        (1, 3, 130, 7, false, None, false),
+        (3, 3, 5, 12, true, Some(9), false),
+        (3, 1, 4, 15, false, None, true),
+    ] {
         let q = rng.tensor(&[bq, nq, h * d]);
         let k = rng.tensor(&[bk, nk, hkv * d]);
         let v = rng.tensor(&[bk, nk, hkv * d]);
-        let p = AttnParams::new(d);
+        let (rel_h, rel_w) = (rng.tensor(&[b, h, nq, 3]), rng.tensor(&[b, h, nq, 5]));
+        let mut p = AttnParams::new(d);
+        p.causal = causal;
+        p.kv_len = kv_len;
+        if rel {
+            p.bias = AttnBias::DecomposedRelPos { rel_h: &rel_h, rel_w: &rel_w, k_h: 3, k_w: 5 };
+        }
         let got = be().attention_tokens(&q, &k, &v, h, &p).unwrap();
         assert_eq!(got.shape(), [b, nq, h * d]);
         let heads = |t: &Tensor, j: usize, nh: usize| -> Vec<f32> {
@@ -204,7 +234,10 @@ fn attention_tokens_is_attention_on_token_major_tensors() {
         };
         let got = got.as_f32().unwrap();
         for j in 0..b {
-            let want = naive_attention(&heads(&q, j, h), &heads(&k, j, hkv), &heads(&v, j, hkv), 1, h, hkv, nq, nk, nk, d, p.scale, false, None);
+            let bias = |t: &Tensor| t.as_f32().unwrap()[j * h * nq * t.dim(3)..][..h * nq * t.dim(3)].to_vec();
+            let (rh, rw) = (bias(&rel_h), bias(&rel_w));
+            let rel = rel.then_some((rh.as_slice(), rw.as_slice(), 3, 5));
+            let want = naive_attention(&heads(&q, j, h), &heads(&k, j, hkv), &heads(&v, j, hkv), 1, h, hkv, nq, nk, kv_len.unwrap_or(nk), d, p.scale, causal, rel);
             for hh in 0..h {
                 for i in 0..nq {
                     let g = &got[(j * nq + i) * h * d + hh * d..][..d];

@@ -388,7 +388,7 @@ impl Backend {
     /// elsewhere it is a broadcasting `add`.
     pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
         if let Some(r) = residual {
-            if shared_residual("linear", x, w, r)? && !matches!(self, Backend::Cuda(_)) {
+            if shared_residual("linear", x, w, r)? && matches!(self, Backend::Wgpu(_)) {
                 let y = self.linear(x, w, bias, act, None)?;
                 return self.add(&y, r);
             }
@@ -501,13 +501,21 @@ impl Backend {
     /// Attention on token-major tensors: q [Bq, Nq, H·D]; k, v [Bk, Nk, Hkv·D], where a batch
     /// of 1 is shared by every entry of the other operand's batch B (Bq, Bk ∈ {1, B}). Returns
     /// [B, Nq, H·D]: what splitting the heads, `attention` and merging them would give. CUDA
-    /// reads and writes this layout directly (no permutes, no copies of a shared batch);
-    /// elsewhere it is those ops. Params as for `attention` (a bias is [B, H, Nq, k_*]).
+    /// and the CPU read and write this layout directly through strides (no permutes, no copies
+    /// of a shared batch); on wgpu it is those ops. Params as for `attention` (a bias is [B, H, Nq, k_*]).
     pub fn attention_tokens(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, p: &AttnParams) -> Result<Tensor> {
         let t = attention_tokens_shape(q, k, v, heads, p)?;
-        if let Backend::Cuda(b) = self {
-            let _span = profile::Span::start(self, || format!("attention_tokens, Nq {} 8", if t.s.nq <= 8 { "≤" } else { ">" }));
-            return b.attention_tokens(q, k, v, &t, p);
+        let span = || profile::Span::start(self, || format!("attention_tokens, Nq {} 8", if t.s.nq <= 8 { "≤" } else { ">" }));
+        match self {
+            Backend::Cuda(b) => {
+                let _span = span();
+                return b.attention_tokens(q, k, v, &t, p);
+            }
+            Backend::Cpu(b) => {
+                let _span = span();
+                return b.attention_tokens(q, k, v, &t, p);
+            }
+            Backend::Wgpu(_) => {}
         }
         let s = t.s;
         // Queries over one shared set of keys are independent rows: fold the batch into the

@@ -3,22 +3,63 @@
 //! never materialises its 4096² score matrix). Each block is two small GEMMs (Q·Kᵀ, P·V) around a
 //! row softmax, with the optional bias, causal mask and GQA head mapping applied in between; a
 //! single query (decode) uses plain dot products instead of GEMM calls.
+//!
+//! Every operand is read through (batch, head, row) strides, so the head-major `[B, H, N, D]`
+//! tensors of `attention` and the token-major `[B, N, H·D]` ones of `attention_tokens` (a batch
+//! of 1 shared by all: batch stride 0) run the same code, with no head permutes.
 
 use rayon::prelude::*;
 
 use super::check_f32;
 use super::elementwise::softmax_row;
-use super::matmul::{sgemm_serial, WeightElem};
-use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape};
+use super::matmul::{sgemm_serial, SendPtr, WeightElem};
+use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape, TokenAttnShape};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
 const BLOCK_Q: usize = 128;
 
+/// Element offsets of an operand's (batch, head, row): `batch·b + head·h + row·r`.
+#[derive(Clone, Copy)]
+struct Strides {
+    b: usize,
+    h: usize,
+    r: usize,
+}
+
+impl Strides {
+    fn at(&self, batch: usize, head: usize, row: usize) -> usize {
+        batch * self.b + head * self.h + row * self.r
+    }
+}
+
+/// q [B, H, Nq, D], k = v [B, Hkv, Nk, D] → [B, H, Nq, D].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
-    let AttnShape { b, h, hkv, nq, nk_all, nk, d } = attention_shape(q, k, v, p)?;
-    if b * h * nq * d == 0 {
-        return Tensor::from_f32(Vec::new(), vec![b, h, nq, d]);
+    let s = attention_shape(q, k, v, p)?;
+    let (h, hkv, nq, nk_all, d) = (s.h, s.hkv, s.nq, s.nk_all, s.d);
+    let qs = Strides { b: h * nq * d, h: nq * d, r: d };
+    let ks = Strides { b: hkv * nk_all * d, h: nk_all * d, r: d };
+    let out = run(q, qs, k, v, ks, qs, &s, p)?;
+    Tensor::from_f32(out, vec![s.b, h, nq, d])
+}
+
+/// q [Bq, Nq, H·D], k = v [Bk, Nk, Hkv·D] (Bq, Bk ∈ {1, B}) → [B, Nq, H·D].
+pub fn attention_tokens(q: &Tensor, k: &Tensor, v: &Tensor, t: &TokenAttnShape, p: &AttnParams) -> Result<Tensor> {
+    let s = t.s;
+    let (h, hkv, nq, nk_all, d) = (s.h, s.hkv, s.nq, s.nk_all, s.d);
+    let qs = Strides { b: if t.q_shared { 0 } else { nq * h * d }, h: d, r: h * d };
+    let ks = Strides { b: if t.kv_shared { 0 } else { nk_all * hkv * d }, h: d, r: hkv * d };
+    let os = Strides { b: nq * h * d, h: d, r: h * d };
+    let out = run(q, qs, k, v, ks, os, &s, p)?;
+    Tensor::from_f32(out, vec![s.b, nq, h * d])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(q: &Tensor, qs: Strides, k: &Tensor, v: &Tensor, ks: Strides, os: Strides, s: &AttnShape, p: &AttnParams) -> Result<Vec<f32>> {
+    let AttnShape { b, h, hkv, nq, nk, d, .. } = *s;
+    let mut out = vec![0f32; b * h * nq * d];
+    if out.is_empty() {
+        return Ok(out);
     }
     let bias = match p.bias {
         AttnBias::None => None,
@@ -26,71 +67,70 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<T
     };
     let (qv, kv, vv) = (check_f32("attention", q)?, check_f32("attention", k)?, check_f32("attention", v)?);
     let group = h / hkv;
-    let mut out = vec![0f32; b * h * nq * d];
-    // Small problems (decode: one query over a short cache) run on the calling thread: waking
-    // the pool would cost more than the work.
-    let parallel = b * h * nq * nk * d > 1 << 20;
-    let head = |bh: usize, o_head: &mut [f32]| {
+    let blocks = nq.div_ceil(BLOCK_Q);
+    let ptr = SendPtr(out.as_mut_ptr());
+    // One task per (batch, head, query block); each writes only its own output rows.
+    let task = |t: usize| {
+        let (bh, blk) = (t / blocks, t % blocks);
         let (bi, hi) = (bh / h, bh % h);
-        let kvh = bi * hkv + hi / group;
-        let kh = &kv[kvh * nk_all * d..][..nk * d];
-        let vh = &vv[kvh * nk_all * d..][..nk * d];
-        let qh = &qv[bh * nq * d..][..nq * d];
-        let block = |blk: usize, o: &mut [f32]| {
-            let q0 = blk * BLOCK_Q;
-            let bq = (nq - q0).min(BLOCK_Q);
-            // Keys visible to this block: causal blocks stop at the last query's position.
-            let visible = if p.causal { nk - nq + q0 + bq } else { nk };
-            let mut s = vec![0f32; bq * visible];
-            if bq == 1 {
-                // Decode: one query; plain dot products beat a GEMM call's setup.
-                let qr = &qh[q0 * d..][..d];
-                for (j, sj) in s.iter_mut().enumerate() {
-                    *sj = <f32 as WeightElem>::dot(&kh[j * d..][..d], qr);
-                }
-            } else {
-                sgemm_serial(bq, visible, d, &qh[q0 * d..], d, 1, kh, 1, d, &mut s, false);
+        let (k0, q0) = (ks.at(bi, hi / group, 0), blk * BLOCK_Q);
+        let qbase = qs.at(bi, hi, q0);
+        let bq = (nq - q0).min(BLOCK_Q);
+        // Keys visible to this block: causal blocks stop at the last query's position.
+        let visible = if p.causal { nk - nq + q0 + bq } else { nk };
+        let mut sc = vec![0f32; bq * visible];
+        if bq == 1 {
+            // Decode: one query; plain dot products beat a GEMM call's setup.
+            let qr = &qv[qbase..][..d];
+            for (j, sj) in sc.iter_mut().enumerate() {
+                *sj = <f32 as WeightElem>::dot(&kv[k0 + j * ks.r..][..d], qr);
             }
-            for (r, row) in s.chunks_mut(visible).enumerate() {
-                let qi = q0 + r;
-                row.iter_mut().for_each(|x| *x *= p.scale);
-                if let Some((rh, rw, kgh, kgw)) = bias {
-                    let rh = &rh[(bh * nq + qi) * kgh..][..kgh];
-                    let rw = &rw[(bh * nq + qi) * kgw..][..kgw];
-                    for (y, rhv) in rh.iter().enumerate() {
-                        for (x, rwv) in rw.iter().enumerate() {
-                            row[y * kgw + x] += rhv + rwv;
-                        }
-                    }
-                }
-                if p.causal {
-                    let pos = nk - nq + qi;
-                    row[pos + 1..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-                }
-                softmax_row(row);
-            }
-            if bq == 1 {
-                let o = &mut o[..d];
-                o.iter_mut().for_each(|v| *v = 0.0);
-                for (j, &pj) in s.iter().enumerate() {
-                    for (ov, vv) in o.iter_mut().zip(&vh[j * d..][..d]) {
-                        *ov += pj * vv;
-                    }
-                }
-            } else {
-                sgemm_serial(bq, d, visible, &s, visible, 1, vh, d, 1, &mut o[..bq * d], false);
-            }
-        };
-        if parallel {
-            o_head.par_chunks_mut(BLOCK_Q * d).enumerate().for_each(|(blk, o)| block(blk, o));
         } else {
-            o_head.chunks_mut(BLOCK_Q * d).enumerate().for_each(|(blk, o)| block(blk, o));
+            sgemm_serial(bq, visible, d, &qv[qbase..], qs.r, 1, &kv[k0..], 1, ks.r, &mut sc, false);
+        }
+        for (r, row) in sc.chunks_mut(visible).enumerate() {
+            let qi = q0 + r;
+            row.iter_mut().for_each(|x| *x *= p.scale);
+            if let Some((rh, rw, kgh, kgw)) = bias {
+                let rh = &rh[(bh * nq + qi) * kgh..][..kgh];
+                let rw = &rw[(bh * nq + qi) * kgw..][..kgw];
+                for (y, rhv) in rh.iter().enumerate() {
+                    for (x, rwv) in rw.iter().enumerate() {
+                        row[y * kgw + x] += rhv + rwv;
+                    }
+                }
+            }
+            if p.causal {
+                let pos = nk - nq + qi;
+                row[pos + 1..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            }
+            softmax_row(row);
+        }
+        let mut o = vec![0f32; bq * d];
+        if bq == 1 {
+            for (j, &pj) in sc.iter().enumerate() {
+                for (ov, vv) in o.iter_mut().zip(&vv[k0 + j * ks.r..][..d]) {
+                    *ov += pj * vv;
+                }
+            }
+        } else {
+            sgemm_serial(bq, d, visible, &sc, visible, 1, &vv[k0..], ks.r, 1, &mut o, false);
+        }
+        let ptr = &ptr;
+        for (r, row) in o.chunks(d).enumerate() {
+            let at = os.at(bi, hi, q0 + r);
+            // SAFETY: (batch, head, query row) belongs to this task alone, and its d elements
+            // lie inside `out` (b·h·nq·d elements laid out by `os`).
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), ptr.0.add(at), d) };
         }
     };
-    if parallel {
-        out.par_chunks_mut(nq * d).enumerate().for_each(|(bh, o)| head(bh, o));
+    // Small problems (decode: one query over a short cache) run on the calling thread: waking
+    // the pool would cost more than the work.
+    let tasks = b * h * blocks;
+    if b * h * nq * nk * d > 1 << 20 {
+        (0..tasks).into_par_iter().for_each(task);
     } else {
-        out.chunks_mut(nq * d).enumerate().for_each(|(bh, o)| head(bh, o));
+        (0..tasks).for_each(task);
     }
-    Tensor::from_f32(out, vec![b, h, nq, d])
+    Ok(out)
 }

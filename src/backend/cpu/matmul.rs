@@ -82,9 +82,8 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, re
         }
     }
     if let Some(r) = residual {
-        if r.shape() != out_shape.as_slice() {
-            return Err(Error::shape("linear", format!("residual {:?} ≠ output {out_shape:?}", r.shape())));
-        }
+        // The output's shape, or shared by its first dim ([1, ..]).
+        crate::backend::shared_residual("linear", x, w, r)?;
     }
     let xs = check_f32("linear", x)?;
     let m = xs.len() / k.max(1);
@@ -195,11 +194,15 @@ impl Widen for bf16 {
     }
 }
 
+/// Bias, activation, then the residual; a residual with fewer rows than `out` (one batch entry
+/// shared by all) repeats.
 fn epilogue(out: &mut [f32], n: usize, bias: Option<&[f32]>, act: Activation, residual: Option<&[f32]>) {
     if bias.is_none() && act == Activation::None && residual.is_none() {
         return;
     }
+    let residual_rows = residual.map_or(1, |r| (r.len() / n.max(1)).max(1));
     super::for_chunks(out, n, |row, o| {
+        let row = row % residual_rows;
         if let Some(b) = bias {
             o.iter_mut().zip(b).for_each(|(o, b)| *o += b);
         }

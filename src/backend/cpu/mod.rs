@@ -64,6 +64,9 @@ impl CpuBackend {
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
         attention::attention(q, k, v, p)
     }
+    pub(crate) fn attention_tokens(&self, q: &Tensor, k: &Tensor, v: &Tensor, t: &crate::backend::TokenAttnShape, p: &AttnParams) -> Result<Tensor> {
+        attention::attention_tokens(q, k, v, t, p)
+    }
     pub fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
         elementwise::rope(x, cos, sin, pos_offset)
     }
