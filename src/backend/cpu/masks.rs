@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::check_f32;
+use super::matmul::{sgemm_serial, SendPtr};
 use crate::backend::{mask_stats_shape, upscale_masks_shape, Activation, MASK_STATS_HEADER};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -65,14 +66,22 @@ pub fn upscale_masks(y: &Tensor, ln: (&Tensor, &Tensor, f32), w2: &Tensor, b2: &
         let z = super::matmul::linear(&g, w2, Some(&bias4), Activation::Gelu, None)?;
         let zv = z.as_f32()?;
         let h = &hv[p * m * c2..][..m * c2];
-        o.par_chunks_mut(side).enumerate().for_each(|(row, orow)| {
-            let (mi, py) = (row / side, row % side);
-            let hm = &h[mi * c2..][..c2];
-            let (i, a, c) = (py / 4, (py / 2) % 2, py % 2);
-            for (px, v) in orow.iter_mut().enumerate() {
-                let (j, b, d) = (px / 4, (px / 2) % 2, px % 2);
-                let zr = &zv[((i * e + j) * 4 + a * 2 + b) * 4 * c2 + (c * 2 + d) * c2..][..c2];
-                *v = zr.iter().zip(hm).map(|(x, w)| x * w).sum();
+        // Sub-position (c, d) of every 2E-grid pixel: its C2 features are columns
+        // (c·2 + d)·C2.. of z, and their products with the M hypernetwork rows are one
+        // [4E², C2] · [C2, M] GEMM; its rows then land at output pixel (4i + 2a + c, 4j + 2b + d).
+        let ptr = SendPtr(o.as_mut_ptr());
+        (0..4).into_par_iter().for_each(|cd| {
+            let (c, d) = (cd / 2, cd % 2);
+            let mut dots = vec![0f32; rows * m];
+            sgemm_serial(rows, m, c2, &zv[cd * c2..], 4 * c2, 1, h, 1, c2, &mut dots, false);
+            let ptr = &ptr;
+            for (r, v) in dots.chunks(m).enumerate() {
+                let (i, j, a, b) = (r / (4 * e), (r / 4) % e, (r / 2) % 2, r % 2);
+                let (py, px) = (4 * i + 2 * a + c, 4 * j + 2 * b + d);
+                for (mi, &x) in v.iter().enumerate() {
+                    // SAFETY: (mi, py, px) < (M, 4E, 4E) is written by this (c, d) task alone.
+                    unsafe { *ptr.0.add((mi * side + py) * side + px) = x };
+                }
             }
         });
     }
