@@ -23,6 +23,18 @@ pub struct MaskCandidate {
     pub bbox: [usize; 4],
 }
 
+/// The candidates as the GPU kernels read them: 7 i32 each, `[plane, whole, area, x0, y0, x1,
+/// y1]` (the caller checked that every value fits).
+pub(crate) fn pack_candidates(cands: &[MaskCandidate]) -> Vec<i32> {
+    cands
+        .iter()
+        .flat_map(|c| {
+            let [x0, y0, x1, y1] = c.bbox.map(|v| v as i32);
+            [c.plane as i32, c.whole as i32, c.area as i32, x0, y0, x1, y1]
+        })
+        .collect()
+}
+
 /// What `mask_select` decided for one candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Selection {

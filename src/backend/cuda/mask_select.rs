@@ -3,7 +3,7 @@
 use cudarc::driver::LaunchConfig;
 
 use super::{dev_err, grid_1d, kernels, launch, CudaBackend, CudaData};
-use crate::backend::mask_select::{MaskCandidate, MaskRows};
+use crate::backend::mask_select::{pack_candidates, MaskCandidate, MaskRows};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -23,13 +23,7 @@ impl CudaBackend {
             return Ok(Vec::new());
         }
         let sp = self.stats_ptr(stats, OP)?;
-        let packed: Vec<i32> = cands
-            .iter()
-            .flat_map(|c| {
-                let [x0, y0, x1, y1] = c.bbox.map(|v| v as i32);
-                [c.plane as i32, c.whole as i32, c.area as i32, x0, y0, x1, y1]
-            })
-            .collect();
+        let packed = pack_candidates(cands);
         let cand_buf = self.htod(&packed, OP)?;
         let out = self.alloc::<i32>(cands.len(), OP)?;
         let kept = self.alloc::<i32>(4 * cands.len(), OP)?;

@@ -1,7 +1,7 @@
 //! Superpixel NMS, level selection and painting on the mask bitmaps (shaders/mask_select.wgsl).
 
 use super::{u32_of, Shader, WgpuBackend};
-use crate::backend::mask_select::{MaskCandidate, MaskRows};
+use crate::backend::mask_select::{pack_candidates, MaskCandidate, MaskRows};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -27,13 +27,7 @@ pub(super) fn mask_select(be: &WgpuBackend, stats: &Tensor, rows: MaskRows, cand
         return Ok(Vec::new());
     }
     let n = cands.len();
-    let packed: Vec<i32> = cands
-        .iter()
-        .flat_map(|c| {
-            let [x0, y0, x1, y1] = c.bbox.map(|v| v as i32);
-            [c.plane as i32, c.whole as i32, c.area as i32, x0, y0, x1, y1]
-        })
-        .collect();
+    let packed = pack_candidates(cands);
     let cand_t = be.upload(&Tensor::from_i32(packed, vec![n, 7])?)?;
     let out = be.alloc(vec![n], DType::I32)?;
     let kept = be.alloc(vec![n, 4], DType::I32)?;
