@@ -70,6 +70,18 @@ fn check_case(prefix: &str, prompts: Prompts, multimask: bool) {
     assert_eq!(out.iou_scores.shape(), shape_i, "{prefix}: iou_scores shape");
     assert_close(&format!("{prefix} pred_masks"), &be.to_vec_f32(&out.pred_masks).unwrap(), &want_m, F32_MODEL);
     assert_close(&format!("{prefix} iou_scores"), &be.to_vec_f32(&out.iou_scores).unwrap(), &want_i, F32_MODEL);
+    // The image side prepared once serves any number of prompt batches (automatic mask
+    // generation); a mask prompt needs `predict`.
+    let image = sam.prepare(&be, &emb).expect("prepare");
+    if prompts.mask.is_some() {
+        assert!(sam.predict_prepared(&be, &image, &prompts, multimask).is_err(), "{prefix}: a mask prompt on prepared keys");
+        return;
+    }
+    for run in 0..2 {
+        let out = sam.predict_prepared(&be, &image, &prompts, multimask).expect("predict_prepared");
+        assert_close(&format!("{prefix} pred_masks, prepared, run {run}"), &be.to_vec_f32(&out.pred_masks).unwrap(), &want_m, F32_MODEL);
+        assert_close(&format!("{prefix} iou_scores, prepared, run {run}"), &be.to_vec_f32(&out.iou_scores).unwrap(), &want_i, F32_MODEL);
+    }
 }
 
 #[test]

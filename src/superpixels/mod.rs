@@ -227,11 +227,14 @@ pub fn generate_with_stats(
     }
     let mut builder = Builder::new(be, frame, cfg)?;
     let points = point_grid(frame, cfg.points_per_side);
-    let mut decoder_ms = 0.0;
+    let start = Instant::now();
+    // The decoder's image side, shared by every batch of point prompts.
+    let image = sam.prepare(be, image_embeddings)?;
+    let mut decoder_ms = start.elapsed().as_secs_f64() * 1e3;
     for batch in points.chunks(cfg.points_per_batch) {
         let start = Instant::now();
         let prompts = Prompts { points: batch.iter().map(|&(x, y)| vec![PointPrompt { x, y, label: 1 }]).collect(), ..Default::default() };
-        let out = sam.predict(be, image_embeddings, &prompts, true)?;
+        let out = sam.predict_prepared(be, &image, &prompts, true)?;
         if out.iou_scores.shape() != [1, batch.len(), LEVELS] {
             return Err(Error::shape("superpixels", format!("mask decoder gave IoU scores {:?}, expected [1, {}, {LEVELS}]", out.iou_scores.shape(), batch.len())));
         }

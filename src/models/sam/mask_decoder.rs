@@ -81,6 +81,17 @@ struct PeProjections {
     final_k: Tensor,
 }
 
+/// What a mask-decoder pass computes from the image alone (embedding, positional encoding, dense
+/// prompt): the channels-last keys, the positional encoding through its projections, and the
+/// first block's projections of the keys, which every prompt shares. SAM's automatic mask
+/// generation runs many batches of point prompts on one image: it prepares these once.
+pub struct ImageKeys {
+    e: usize,
+    keys: Tensor,
+    pe: PeProjections,
+    first: Option<[Tensor; 3]>,
+}
+
 struct TwoWayBlock {
     self_attn: Attention,
     ln1: Linear,
@@ -215,6 +226,12 @@ impl MaskDecoder {
         dense: &Tensor,
         multimask: bool,
     ) -> Result<DecoderOutput> {
+        self.forward_keys(be, &self.image_keys(be, image_embeddings, image_pe, dense)?, sparse, multimask)
+    }
+
+    /// The prompt-independent image side of a forward pass (`ImageKeys`), to be shared by
+    /// every batch of prompts on one image with one dense prompt.
+    pub fn image_keys(&self, be: &Backend, image_embeddings: &Tensor, image_pe: &Tensor, dense: &Tensor) -> Result<ImageKeys> {
         let c = self.hidden;
         let sh = image_embeddings.shape();
         if sh.len() != 4 || sh[0] != 1 || sh[1] != c || sh[2] != sh[3] || sh[2] * sh[3] != image_pe.dim(0) {
@@ -225,6 +242,28 @@ impl MaskDecoder {
         }
         let e = sh[2];
         let hw = e * e;
+        // Image keys: embedding + dense prompt, channels-last. They are the same for every
+        // prompt until the first block's image-to-token attention, which makes them [P, E·E, C].
+        let src = be.add(image_embeddings, dense)?;
+        let keys = be.permute(&src, &[0, 2, 3, 1])?.reshape(&[1, hw, c])?;
+        let key_pe = image_pe.reshape(&[1, hw, c])?;
+        let pe = PeProjections {
+            blocks: self.blocks.iter().map(|b| Ok((proj(be, &key_pe, &b.cross_t2i.k)?, proj(be, &key_pe, &b.cross_i2t.q)?))).collect::<Result<_>>()?,
+            final_k: proj(be, &key_pe, &self.final_attn.k)?,
+        };
+        // The first block's projections of the shared keys: token-to-image keys and values,
+        // image-to-token queries.
+        let first = match (self.blocks.first(), pe.blocks.first()) {
+            (Some(b), Some(pe_w)) => Some([proj_pe(be, &keys, &b.cross_t2i.k, &pe_w.0)?, proj(be, &keys, &b.cross_t2i.v)?, proj_pe(be, &keys, &b.cross_i2t.q, &pe_w.1)?]),
+            _ => None,
+        };
+        Ok(ImageKeys { e, keys, pe, first })
+    }
+
+    /// `forward` on prepared image keys; `sparse` [P, N, C] or None (then P = 1).
+    pub fn forward_keys(&self, be: &Backend, image: &ImageKeys, sparse: Option<&Tensor>, multimask: bool) -> Result<DecoderOutput> {
+        let c = self.hidden;
+        let e = image.e;
         let p = sparse.map_or(1, |s| s.dim(0));
 
         // Tokens: [iou, mask tokens.., sparse prompt tokens..] per prompt.
@@ -234,19 +273,12 @@ impl MaskDecoder {
             Some(s) => be.concat(&[&out_tokens, s], 1)?,
             None => out_tokens,
         };
-        // Image keys: embedding + dense prompt, channels-last. They are the same for every
-        // prompt until the first block's image-to-token attention, which makes them [P, E·E, C].
-        let src = be.add(image_embeddings, dense)?;
-        let mut keys = be.permute(&src, &[0, 2, 3, 1])?.reshape(&[1, hw, c])?;
-        let key_pe = image_pe.reshape(&[1, hw, c])?;
-
-        let pe = PeProjections {
-            blocks: self.blocks.iter().map(|b| Ok((proj(be, &key_pe, &b.cross_t2i.k)?, proj(be, &key_pe, &b.cross_i2t.q)?))).collect::<Result<_>>()?,
-            final_k: proj(be, &key_pe, &self.final_attn.k)?,
-        };
+        let pe = &image.pe;
+        let mut keys = image.keys.clone();
         let mut queries = tokens.clone();
-        for (blk, pe_w) in self.blocks.iter().zip(&pe.blocks) {
-            (queries, keys) = self.block_forward(be, blk, &queries, &keys, &tokens, pe_w)?;
+        for (i, (blk, pe_w)) in self.blocks.iter().zip(&pe.blocks).enumerate() {
+            let first = if i == 0 { image.first.as_ref() } else { None };
+            (queries, keys) = self.block_forward(be, blk, &queries, &keys, &tokens, pe_w, first)?;
         }
         if keys.dim(0) != p {
             keys = be.concat(&vec![&keys; p], 0)?;
@@ -278,7 +310,9 @@ impl MaskDecoder {
     }
 
     /// One two-way block; `pe_w` holds the positional encoding through the block's token-to-
-    /// image key projection and image-to-token query projection (`PeProjections`).
+    /// image key projection and image-to-token query projection (`PeProjections`); `first`, the
+    /// first block's projections of the shared keys (`ImageKeys::first`), when computed already.
+    #[allow(clippy::too_many_arguments)]
     fn block_forward(
         &self,
         be: &Backend,
@@ -287,6 +321,7 @@ impl MaskDecoder {
         keys: &Tensor,
         query_pe: &Tensor,
         pe_w: &(Tensor, Tensor),
+        first: Option<&[Tensor; 3]>,
     ) -> Result<(Tensor, Tensor)> {
         let eps = self.eps;
         let queries = if blk.skip_first_layer_pe {
@@ -300,7 +335,10 @@ impl MaskDecoder {
         // Token-to-image: keys + pe through k_proj, the keys through v_proj.
         let t2i = &blk.cross_t2i;
         let q = be.add(&queries, query_pe)?;
-        let (kp, vp) = (proj_pe(be, keys, &t2i.k, &pe_w.0)?, proj(be, keys, &t2i.v)?);
+        let (kp, vp) = match first {
+            Some([kp, vp, _]) => (kp.clone(), vp.clone()),
+            None => (proj_pe(be, keys, &t2i.k, &pe_w.0)?, proj(be, keys, &t2i.v)?),
+        };
         let queries = t2i.attend(be, &proj(be, &q, &t2i.q)?, &kp, &vp, Some(&queries))?;
         let queries = be.layer_norm(&queries, &blk.ln2.0, &blk.ln2.1, eps)?;
 
@@ -312,7 +350,10 @@ impl MaskDecoder {
         // for every prompt, projected once), the keys updated with a residual.
         let i2t = &blk.cross_i2t;
         let q = be.add(&queries, query_pe)?;
-        let qp = proj_pe(be, keys, &i2t.q, &pe_w.1)?;
+        let qp = match first {
+            Some([_, _, qp]) => qp.clone(),
+            None => proj_pe(be, keys, &i2t.q, &pe_w.1)?,
+        };
         let keys = i2t.attend(be, &qp, &proj(be, &q, &i2t.k)?, &proj(be, &queries, &i2t.v)?, Some(keys))?;
         let keys = be.layer_norm(&keys, &blk.ln4.0, &blk.ln4.1, eps)?;
         Ok((queries, keys))

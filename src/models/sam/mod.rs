@@ -25,7 +25,7 @@ use crate::weights::{VarView, Weights};
 
 pub use config::SamConfig;
 pub use image_encoder::ImageEncoder;
-pub use mask_decoder::{DecoderOutput, MaskDecoder};
+pub use mask_decoder::{DecoderOutput, ImageKeys, MaskDecoder};
 pub use prompt_encoder::{PointPrompt, PromptEncoder, Prompts, PAD_LABEL};
 
 pub struct Sam {
@@ -87,6 +87,24 @@ impl Sam {
         let sparse = self.prompt_encoder.sparse(be, prompts)?;
         let dense = self.prompt_encoder.dense(be, prompts.mask.as_ref())?;
         self.mask_decoder.forward(be, image_embeddings, &self.image_pe, sparse.as_ref(), &dense, multimask)
+    }
+
+    /// The image side of the mask decoder for prompts without a mask (`ImageKeys`): computed
+    /// once per image, it serves every batch of `predict_prepared`.
+    pub fn prepare(&self, be: &Backend, image_embeddings: &Tensor) -> Result<ImageKeys> {
+        let dense = self.prompt_encoder.dense(be, None)?;
+        self.mask_decoder.image_keys(be, image_embeddings, &self.image_pe, &dense)
+    }
+
+    /// `predict` on an image prepared by `prepare`; the prompts may hold points and boxes but
+    /// no mask (the dense prompt is part of the prepared keys).
+    pub fn predict_prepared(&self, be: &Backend, image: &ImageKeys, prompts: &Prompts, multimask: bool) -> Result<DecoderOutput> {
+        prompts.validate()?;
+        if prompts.mask.is_some() {
+            return Err(Error::arg("prompts", "a mask prompt needs `predict`: prepared image keys hold the no-mask dense prompt"));
+        }
+        let sparse = self.prompt_encoder.sparse(be, prompts)?;
+        self.mask_decoder.forward_keys(be, image, sparse.as_ref(), multimask)
     }
 
     /// Masks for ready-made sparse prompt tokens `[P, N, C]` (LISA feeds each `[SEG]` embedding
