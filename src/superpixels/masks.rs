@@ -38,11 +38,6 @@ impl ViewRect {
     pub fn rect(&self) -> [usize; 4] {
         [self.y0, self.x0, self.h, self.w]
     }
-
-    /// u32 words per row of a `mask_stats` bitmap.
-    pub fn words(&self) -> usize {
-        self.w.div_ceil(32)
-    }
 }
 
 /// A mask that passed the filters. Its bitmap stays in the `mask_stats` rows where the logits
@@ -108,11 +103,6 @@ impl MaskFilter {
     /// The offset argument of `Backend::mask_stats` (stability counts logit > ±offset).
     pub fn stability_offset(&self) -> f32 {
         self.stability_offset
-    }
-
-    /// Length of one `mask_stats` row over this filter's view.
-    pub fn stats_row_len(&self) -> usize {
-        MASK_STATS_HEADER + self.view.h * self.view.words()
     }
 
     /// The masks that pass the filters, in (prompt, level) order, from `headers` (the first

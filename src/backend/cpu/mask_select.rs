@@ -7,7 +7,7 @@ use crate::backend::MASK_STATS_HEADER;
 
 /// Whether inclusive boxes `a` and `b` ([x0, y0, x1, y1]) overlap by an IoU above
 /// `nms / 1000`: 1000 · intersection > nms · union, exact in integers.
-pub fn boxes_clash(a: &[usize; 4], b: &[usize; 4], nms: u32) -> bool {
+fn boxes_clash(a: &[usize; 4], b: &[usize; 4], nms: u32) -> bool {
     let area = |b: &[usize; 4]| ((b[2] - b[0] + 1) * (b[3] - b[1] + 1)) as u64;
     let iw = (a[2].min(b[2]) + 1).saturating_sub(a[0].max(b[0]));
     let ih = (a[3].min(b[3]) + 1).saturating_sub(a[1].max(b[1]));

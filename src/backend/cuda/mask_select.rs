@@ -2,27 +2,20 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::{dev_err, grid_1d, kernels, launch, CudaBackend, CudaData};
+use super::{dev_err, grid_1d, kernels, launch, CudaBackend};
 use crate::backend::mask_select::{pack_candidates, MaskCandidate, MaskRows};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 impl CudaBackend {
-    fn stats_ptr(&self, stats: &Tensor, op: &'static str) -> Result<u64> {
-        match self.data(stats, op)? {
-            CudaData::I32(s) => Ok(self.ptr(s)),
-            _ => Err(Error::shape(op, format!("expected i32 mask_stats rows, got {} {:?}", stats.dtype(), stats.shape()))),
-        }
-    }
-
-    /// `Backend::mask_select` in one block (the caller checked the arguments and that the
-    /// rectangle's bitmap fits the kernel's shared memory).
+    /// `Backend::mask_select` in one block (the caller checked the arguments, the i32 rows
+    /// included, and that the rectangle's bitmap fits the kernel's shared memory).
     pub(crate) fn mask_select(&self, stats: &Tensor, rows: MaskRows, cands: &[MaskCandidate], nms: u32, overlap: u32) -> Result<Vec<i32>> {
         const OP: &str = "mask_select";
         if cands.is_empty() {
             return Ok(Vec::new());
         }
-        let sp = self.stats_ptr(stats, OP)?;
+        let sp = self.word_ptr(stats, OP)?;
         let packed = pack_candidates(cands);
         let cand_buf = self.htod(&packed, OP)?;
         let out = self.alloc::<i32>(cands.len(), OP)?;
@@ -39,7 +32,7 @@ impl CudaBackend {
     /// `Backend::mask_paint`, one thread per cell (arguments checked by the caller).
     pub(crate) fn mask_paint(&self, stats: &Tensor, rows: MaskRows, w: usize, masks: &[(usize, i32)]) -> Result<Vec<i32>> {
         const OP: &str = "mask_paint";
-        let sp = self.stats_ptr(stats, OP)?;
+        let sp = self.word_ptr(stats, OP)?;
         let cells = rows.h * w;
         let packed: Vec<i32> = masks.iter().flat_map(|&(p, r)| [p as i32, r]).collect();
         let mask_buf = self.htod(&packed, OP)?;

@@ -288,15 +288,18 @@ impl CudaBackend {
     /// An uninitialised output tensor of `like`'s 4-byte dtype (f32 or i32), and its pointer.
     pub(crate) fn alloc_words(&self, like: &Tensor, shape: Vec<usize>, op: &'static str) -> Result<(Tensor, u64)> {
         let n = shape.iter().product();
-        let data = match like.dtype() {
-            DType::I32 => CudaData::I32(self.alloc::<i32>(n, op)?),
-            DType::F32 => CudaData::F32(self.alloc::<f32>(n, op)?),
+        let (data, p) = match like.dtype() {
+            DType::I32 => {
+                let s = self.alloc::<i32>(n, op)?;
+                let p = self.ptr(&s);
+                (CudaData::I32(s), p)
+            }
+            DType::F32 => {
+                let s = self.alloc::<f32>(n, op)?;
+                let p = self.ptr(&s);
+                (CudaData::F32(s), p)
+            }
             d => return Err(Error::shape(op, format!("expected an f32 or i32 tensor, got {d} {shape:?}"))),
-        };
-        let p = match &data {
-            CudaData::I32(s) => self.ptr(s),
-            CudaData::F32(s) => self.ptr(s),
-            _ => unreachable!("allocated above as f32 or i32"),
         };
         Ok((Tensor::from_storage(Storage::Cuda(Arc::new(data)), like.dtype(), shape), p))
     }

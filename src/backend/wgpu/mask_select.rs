@@ -3,7 +3,7 @@
 use super::{u32_of, Shader, WgpuBackend};
 use crate::backend::mask_select::{pack_candidates, MaskCandidate, MaskRows};
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 const MASK_SELECT: Shader = Shader {
@@ -11,18 +11,11 @@ const MASK_SELECT: Shader = Shader {
     source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/mask_select.wgsl")),
 };
 
-fn check_stats(stats: &Tensor, op: &'static str) -> Result<()> {
-    if stats.dtype() != DType::I32 {
-        return Err(Error::shape(op, format!("expected i32 mask_stats rows, got {} {:?}", stats.dtype(), stats.shape())));
-    }
-    u32_of(op, stats.numel()).map(|_| ())
-}
-
-/// `Backend::mask_select` in one workgroup (the caller checked the arguments and that the
-/// rectangle's bitmap fits the shader's workgroup memory).
+/// `Backend::mask_select` in one workgroup (the caller checked the arguments, the i32 rows
+/// included, and that the rectangle's bitmap fits the shader's workgroup memory).
 pub(super) fn mask_select(be: &WgpuBackend, stats: &Tensor, rows: MaskRows, cands: &[MaskCandidate], nms: u32, overlap: u32) -> Result<Vec<i32>> {
     const OP: &str = "mask_select";
-    check_stats(stats, OP)?;
+    u32_of(OP, stats.numel())?;
     if cands.is_empty() {
         return Ok(Vec::new());
     }
@@ -40,7 +33,7 @@ pub(super) fn mask_select(be: &WgpuBackend, stats: &Tensor, rows: MaskRows, cand
 /// `Backend::mask_paint`, one invocation per cell (arguments checked by the caller).
 pub(super) fn mask_paint(be: &WgpuBackend, stats: &Tensor, rows: MaskRows, w: usize, masks: &[(usize, i32)]) -> Result<Vec<i32>> {
     const OP: &str = "mask_paint";
-    check_stats(stats, OP)?;
+    u32_of(OP, stats.numel())?;
     let cells = u32_of(OP, rows.h * w)?;
     // An empty list still binds a buffer: one unused pair.
     let mut packed: Vec<i32> = masks.iter().flat_map(|&(p, r)| [p as i32, r]).collect();
