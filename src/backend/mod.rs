@@ -408,27 +408,39 @@ impl Backend {
     }
 
     /// rms_norm(x, norm_w, eps) · wᵢᵀ for each weight (no bias): the pre-attention norm and the
-    /// Q/K/V projections. On CUDA, for M ≤ 4 rows, one GEMV launch in which each warp
-    /// normalises x itself; elsewhere the two ops.
+    /// Q/K/V projections. On CUDA for M ≤ 4 rows, and on wgpu for one row, one GEMV dispatch
+    /// in which each row's threads normalise x themselves; elsewhere the two ops.
     pub fn rms_norm_linear_many(&self, x: &Tensor, norm_w: &Tensor, eps: f32, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
-        if let Backend::Cuda(b) = self {
-            if cuda::CudaBackend::norm_gemv_fits(x, norm_w, ws) {
-                let _span = profile::Span::start(self, || "rms_norm_linear_many".to_string());
+        let span = || profile::Span::start(self, || "rms_norm_linear_many".to_string());
+        match self {
+            Backend::Cuda(b) if cuda::CudaBackend::norm_gemv_fits(x, norm_w, ws) => {
+                let _span = span();
                 return b.rms_norm_linear_many(x, norm_w, eps, ws);
             }
+            Backend::Wgpu(b) if b.gemv_many_fits(x, ws) => {
+                let _span = span();
+                return b.rms_norm_linear_many(x, norm_w, eps, ws);
+            }
+            _ => {}
         }
         self.linear_many(&self.rms_norm(x, norm_w, eps)?, ws)
     }
 
     /// silu(n · w_gateᵀ) ⊙ (n · w_upᵀ) with n = rms_norm(x, norm_w, eps): the post-attention
-    /// norm and a SwiGLU MLP's first half. On CUDA, for M ≤ 4 rows, one GEMV launch; elsewhere
-    /// the norm, `linear_many` and `silu_mul`.
+    /// norm and a SwiGLU MLP's first half. On CUDA for M ≤ 4 rows, and on wgpu for one row, one
+    /// GEMV dispatch; elsewhere the norm, `linear_many` and `silu_mul`.
     pub fn rms_norm_swiglu(&self, x: &Tensor, norm_w: &Tensor, eps: f32, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
-        if let Backend::Cuda(b) = self {
-            if w_gate.shape() == w_up.shape() && cuda::CudaBackend::norm_gemv_fits(x, norm_w, &[w_gate, w_up]) {
-                let _span = profile::Span::start(self, || "rms_norm_swiglu".to_string());
+        let span = || profile::Span::start(self, || "rms_norm_swiglu".to_string());
+        match self {
+            Backend::Cuda(b) if w_gate.shape() == w_up.shape() && cuda::CudaBackend::norm_gemv_fits(x, norm_w, &[w_gate, w_up]) => {
+                let _span = span();
                 return b.rms_norm_swiglu(x, norm_w, eps, w_gate, w_up);
             }
+            Backend::Wgpu(b) if w_gate.shape() == w_up.shape() && b.gemv_many_fits(x, &[w_gate, w_up]) => {
+                let _span = span();
+                return b.rms_norm_swiglu(x, norm_w, eps, w_gate, w_up);
+            }
+            _ => {}
         }
         match self.linear_many(&self.rms_norm(x, norm_w, eps)?, &[w_gate, w_up])?.as_slice() {
             [gate, up] => self.silu_mul(gate, up),

@@ -259,14 +259,16 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
         }
         // Same-dtype weights: CUDA runs them as one GEMV over all their rows (M ≤ 4, up to
         // three weights) or shares one bf16 copy of x between the tensor-core GEMMs.
-        for (m, k) in [(1usize, 64usize), (3, 13), (6, 40)] {
+        // wgpu: one input row is one fused dispatch (16-byte loads at K = 64, element loads at
+        // K = 13; K = 12 takes the vector path for f32 weights only).
+        for (m, k) in [(1usize, 64usize), (1, 13), (1, 12), (3, 13), (6, 40)] {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let xs = r.tensor(&[m, k]);
                 let ws: Vec<Tensor> = [33usize, 8, 17].iter().map(|&n| r.tensor(&[n, k]).to_dtype(dtype).unwrap()).collect();
                 let wsg: Vec<Tensor> = ws.iter().map(|w| g.backend.upload_weight(w).unwrap()).collect();
                 let tensor_cores = matches!(&g.backend, Backend::Cuda(cb) if cb.bf16_gemm()) && dtype == DType::BF16 && m > 4;
                 let x_ref = if tensor_cores { xs.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap() } else { xs.clone() };
-                for count in [2, 3] {
+                for count in [1, 2, 3] {
                     let want = cpu().linear_many(&x_ref, &ws.iter().take(count).collect::<Vec<_>>()).unwrap();
                     let got = g.backend.linear_many(&up(&g, &xs), &wsg.iter().take(count).collect::<Vec<_>>()).unwrap();
                     assert_eq!(got.len(), count);
@@ -380,7 +382,9 @@ fn linear_timings_at_mask_decoder_shapes() {
 fn rms_norm_fused_into_linear_many_and_swiglu() {
     let mut r = rng("rms_norm_linear");
     for g in gpus("rms_norm_linear") {
-        for (m, k) in [(1usize, 64usize), (2, 13), (4, 96), (6, 40)] {
+        // One row at K = 64 (16-byte loads), 13 (element loads), 12 (16-byte loads for f32
+        // weights, element loads for f16) and 1030 (several loads per lane).
+        for (m, k) in [(1usize, 64usize), (1, 13), (1, 12), (1, 1030), (2, 13), (4, 96), (6, 40)] {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let x = r.tensor(&[m, k]);
                 let nw = r.tensor(&[k]);
@@ -400,8 +404,21 @@ fn rms_norm_fused_into_linear_many_and_swiglu() {
                 let (gate, upw) = (&ws[0], &r.tensor(&[33, k]).to_dtype(dtype).unwrap());
                 let gu = cpu().linear_many(&normed, &[gate, upw]).unwrap();
                 let want = cpu().silu_mul(&gu[0], &gu[1]).unwrap();
-                let got = g.backend.rms_norm_swiglu(&xg, &nwg, 1e-5, &wsg[0], &g.backend.upload_weight(upw).unwrap()).unwrap();
+                let upg = g.backend.upload_weight(upw).unwrap();
+                let got = g.backend.rms_norm_swiglu(&xg, &nwg, 1e-5, &wsg[0], &upg).unwrap();
                 same(&format!("rms_norm_swiglu {m}×{k} {dtype}"), &g, &got, &want, tol_k(&g, k));
+                // The fused GEMVs' plain fallback, on adapters whose subgroup variant ran above.
+                if let (1, Backend::Wgpu(wb)) = (m, &g.backend) {
+                    wb.set_use_subgroups(false);
+                    let got = g.backend.rms_norm_swiglu(&xg, &nwg, 1e-5, &wsg[0], &upg).unwrap();
+                    same(&format!("rms_norm_swiglu {m}×{k} {dtype} plain"), &g, &got, &want, tol_k(&g, k));
+                    let want = cpu().linear_many(&normed, &ws.iter().collect::<Vec<_>>()).unwrap();
+                    let got = g.backend.rms_norm_linear_many(&xg, &nwg, 1e-5, &wsg.iter().collect::<Vec<_>>()).unwrap();
+                    for (i, (gt, wt)) in got.iter().zip(&want).enumerate() {
+                        same(&format!("rms_norm_linear_many {m}×{k} {dtype} #{i} plain"), &g, gt, wt, tol_k(&g, k));
+                    }
+                    wb.set_use_subgroups(true);
+                }
             }
         }
         let x = r.tensor(&[1, 16]);

@@ -51,7 +51,7 @@ fn last_index(s: Strides, batch: usize, rows: usize, cols: usize) -> usize {
     (batch.max(1) - 1) * s.batch + (rows.max(1) - 1) * s.row + (cols.max(1) - 1) * s.col
 }
 
-fn weight_is_f16(op: &'static str, t: &Tensor) -> Result<bool> {
+pub(super) fn weight_is_f16(op: &'static str, t: &Tensor) -> Result<bool> {
     match t.dtype() {
         DType::F32 => Ok(false),
         DType::F16 => Ok(true),
@@ -59,7 +59,7 @@ fn weight_is_f16(op: &'static str, t: &Tensor) -> Result<bool> {
     }
 }
 
-fn need_f32(op: &'static str, what: &str, t: &Tensor) -> Result<()> {
+pub(super) fn need_f32(op: &'static str, what: &str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
         return Err(Error::shape(op, format!("{what} {:?} is {}, expected f32", t.shape(), t.dtype())));
     }

@@ -47,6 +47,7 @@
 mod attention;
 mod conv;
 mod elementwise;
+mod gemv_many;
 mod layout;
 mod mask_select;
 mod masks;
@@ -120,7 +121,11 @@ impl WgpuBackend {
     pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
         matmul::linear(self, x, w, bias, act, residual)
     }
+    /// One dispatch for a single input row (decode's Q/K/V or gate/up), else a linear per weight.
     pub fn linear_many(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        if self.gemv_many_fits(x, ws) {
+            return self.gemv_many("linear_many", gemv_many::Mode::Many, x, None, ws);
+        }
         ws.iter().map(|w| matmul::linear(self, x, w, None, Activation::None, None)).collect()
     }
     pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
