@@ -2,10 +2,14 @@
 //
 // out[b, h, i, :] = Σ_j softmax_j(scale · q[b,h,i,:]·k[b,h/G,j,:] + bias(i, j)) · v[b,h/G,j,:]
 //
-// Layout: q, out [B, H, Nq, D]; k, v [B, Hkv, Nk_all, D] (a KV cache may hold more rows than the
-// kv_len valid ones), H = G·Hkv (GQA), D ≤ 128, all contiguous f32. Causal: query i sits at
-// absolute position kv_len − Nq + i and sees keys 0..=pos. Bias (SAM's decomposed relative
-// position, k_h > 0): key j = (y, x) on a k_h × k_w grid adds rel_h[b,h,i,y] + rel_w[b,h,i,x].
+// Layout: q and out hold B × H rows of Nq, k and v B × Hkv rows of Nk_all (a KV cache may hold
+// more rows than the kv_len valid ones), H = G·Hkv (GQA), D ≤ 128, f32. Each operand is read or
+// written through its own (batch, head, row) element strides with D contiguous, so the same
+// kernels run on head-major [B, H, N, D] tensors (`attention`) and on token-major [B, N, H·D]
+// ones (`attention_tokens`, where batch stride 0 shares one batch entry of q or k/v across all
+// B). Causal: query i sits at absolute position kv_len − Nq + i and sees keys 0..=pos. Bias
+// (SAM's decomposed relative position, k_h > 0): key j = (y, x) on a k_h × k_w grid adds
+// rel_h[b,h,i,y] + rel_w[b,h,i,x], both contiguous [B, H, Nq, k_h or k_w] whatever the strides.
 //
 // Entry points
 // * attention_fwd_f32 (Nq > 1, and any call with a bias): a workgroup of 128 threads owns a tile
@@ -23,16 +27,19 @@
 //   per thread for the score (a D-long dot product), then all threads share the 64 weights and
 //   each accumulates D/64 output columns (coalesced V reads). With one split it writes the final
 //   output; otherwise it writes (o, m, l) per split and attention_combine_f32 (one workgroup per
-//   (b, h)) merges the splits in a fixed order, so results are deterministic.
+//   (b, h)) merges the splits in a fixed order, so results are deterministic. The partials are
+//   contiguous [B·H, n_splits, D + 2]; only the final write to out goes through its strides.
 //   Bytes moved: K and V once each, 8·kv_len·D per (b, h); flops 4·kv_len·D.
 //
 // Bindings (the backend's convention, src/backend/wgpu/mod.rs): 0 = params (u32 words, f32 as
 // bits), then the buffers in the order the wrapper passes them: 1 q (the split partials for
 // combine), 2 k, 3 v, 4 out (the split partials for a split decode), 5 rel_h, 6 rel_w.
 //
-// Params: [0] nq, [1] nk_all (rows per head in k/v), [2] kv_len, [3] d, [4] heads H,
-// [5] group G = H/Hkv, [6] causal (0/1), [7] scale (f32 bits), [8] k_h (0 = no bias), [9] k_w,
-// [10] batch·heads, [11] n_splits (decode/combine), [12] chunk (decode).
+// Params: [0] nq, [1] kv_len, [2] d, [3] heads H, [4] group G = H/Hkv, [5] causal (0/1),
+// [6] scale (f32 bits), [7] k_h (0 = no bias), [8] k_w, [9] batch·heads, [10] n_splits
+// (decode/combine), [11] chunk (decode), then the element strides (batch, head, row) of
+// [12..15) q, [15..18) k, [18..21) v, [21..24) out. The wrapper checks that every index they
+// reach lies inside its buffer and fits u32.
 //
 // Grid: 1-D counts, which the backend folds into [limit, ⌈n / limit⌉, 1] above the 65535
 // per-dimension limit; `flat_wg` undoes the fold and surplus workgroups return at once.
@@ -47,6 +54,18 @@
 
 fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
+}
+
+// Where each operand's (batch, head, row) strides start in params.
+const Q_STRIDES: u32 = 12u;
+const K_STRIDES: u32 = 15u;
+const V_STRIDES: u32 = 18u;
+const O_STRIDES: u32 = 21u;
+
+// Element offset of row `row` of head `head` in batch entry `batch` of the operand whose strides
+// start at params[st].
+fn at(st: u32, batch: u32, head: u32, row: u32) -> u32 {
+    return batch * params[st] + head * params[st + 1u] + row * params[st + 2u];
 }
 
 // Below any finite score: the running max starts here, so exp(m − m_new) is 1 (nothing seen
@@ -74,16 +93,15 @@ fn attention_fwd_f32(
     @builtin(local_invocation_index) tid: u32,
 ) {
     let nq = params[0];
-    let nk_all = params[1];
-    let kv_len = params[2];
-    let d = params[3];
-    let heads = params[4];
-    let group = params[5];
-    let causal = params[6] != 0u;
-    let scale = bitcast<f32>(params[7]);
-    let k_h = params[8];
-    let k_w = params[9];
-    let bh_total = params[10];
+    let kv_len = params[1];
+    let d = params[2];
+    let heads = params[3];
+    let group = params[4];
+    let causal = params[5] != 0u;
+    let scale = bitcast<f32>(params[6]);
+    let k_h = params[7];
+    let k_w = params[8];
+    let bh_total = params[9];
 
     let n_qtiles = (nq + BQ - 1u) / BQ;
     let flat = flat_wg(wid, nwg);
@@ -92,7 +110,9 @@ fn attention_fwd_f32(
     }
     let bh = flat / n_qtiles;
     let q0 = (flat % n_qtiles) * BQ;
-    let kvh = (bh / heads) * (heads / group) + (bh % heads) / group;
+    let batch = bh / heads;
+    let head = bh % heads;
+    let kv_head = head / group;
 
     let row = tid / LANES;
     let lane = tid % LANES;
@@ -105,7 +125,7 @@ fn attention_fwd_f32(
     // This thread's quarter of the query row: vec4 slots lane, lane + 4, ...
     var qr: array<vec4<f32>, 8>;
     var acc: array<vec4<f32>, 8>;
-    let q_base = (bh * nq + qi_c) * d;
+    let q_base = at(Q_STRIDES, batch, head, qi_c);
     for (var j = 0u; j < DV_PER_LANE; j++) {
         let slot = lane + j * LANES;
         var x = vec4<f32>(0.0);
@@ -123,7 +143,10 @@ fn attention_fwd_f32(
     let n_scan = select(kv_len, kv_len - nq + min(q0 + BQ, nq), causal);
     let pos = kv_len - nq + qi_c;
     let n_tiles = (n_scan + BK - 1u) / BK;
-    let kv_base = kvh * nk_all * d;
+    let k_base = at(K_STRIDES, batch, kv_head, 0u);
+    let v_base = at(V_STRIDES, batch, kv_head, 0u);
+    let k_stride = params[K_STRIDES + 2u];
+    let v_stride = params[V_STRIDES + 2u];
     let has_bias = k_h > 0u;
     let bias_row = bh * nq + qi_c;
 
@@ -139,11 +162,12 @@ fn attention_fwd_f32(
                 var kx = vec4<f32>(0.0);
                 var vx = vec4<f32>(0.0);
                 if c0 + r < n_scan {
-                    let g = kv_base + (c0 + r) * d + stage_slot * 4u;
+                    let gk = k_base + (c0 + r) * k_stride + stage_slot * 4u;
+                    let gv = v_base + (c0 + r) * v_stride + stage_slot * 4u;
                     for (var c = 0u; c < 4u; c++) {
                         if stage_slot * 4u + c < d {
-                            kx[c] = k[g + c];
-                            vx[c] = v[g + c];
+                            kx[c] = k[gk + c];
+                            vx[c] = v[gv + c];
                         }
                     }
                 }
@@ -222,7 +246,7 @@ fn attention_fwd_f32(
     if in_range {
         // No visible key (kv_len = 0): zeros, as the CPU's softmax of an empty row gives.
         let inv = select(1.0 / l, 0.0, l == 0.0);
-        let o_base = (bh * nq + qi) * d;
+        let o_base = at(O_STRIDES, batch, head, qi);
         for (var j = 0u; j < DV_PER_LANE; j++) {
             let slot = lane + j * LANES;
             for (var c = 0u; c < 4u; c++) {
@@ -249,15 +273,14 @@ fn attention_decode_f32(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let nk_all = params[1];
-    let kv_len = params[2];
-    let d = params[3];
-    let heads = params[4];
-    let group = params[5];
-    let scale = bitcast<f32>(params[7]);
-    let bh_total = params[10];
-    let n_splits = params[11];
-    let chunk = params[12];
+    let kv_len = params[1];
+    let d = params[2];
+    let heads = params[3];
+    let group = params[4];
+    let scale = bitcast<f32>(params[6]);
+    let bh_total = params[9];
+    let n_splits = params[10];
+    let chunk = params[11];
 
     let flat = flat_wg(wid, nwg);
     if flat >= bh_total * n_splits {
@@ -265,13 +288,18 @@ fn attention_decode_f32(
     }
     let bh = flat / n_splits;
     let split = flat % n_splits;
-    let kvh = (bh / heads) * (heads / group) + (bh % heads) / group;
+    let batch = bh / heads;
+    let head = bh % heads;
     let c_start = min(split * chunk, kv_len);
     let c_end = min(c_start + chunk, kv_len);
-    let kv_base = kvh * nk_all * d;
+    let k_base = at(K_STRIDES, batch, head / group, 0u);
+    let v_base = at(V_STRIDES, batch, head / group, 0u);
+    let k_stride = params[K_STRIDES + 2u];
+    let v_stride = params[V_STRIDES + 2u];
 
+    let q_base = at(Q_STRIDES, batch, head, 0u);
     for (var e = tid; e < d; e += DEC_THREADS) {
-        q_dec[e] = q[bh * d + e];
+        q_dec[e] = q[q_base + e];
     }
     workgroupBarrier();
 
@@ -286,7 +314,7 @@ fn attention_decode_f32(
         let ok = key < c_end;
         var sc = NEG_BIG;
         if ok {
-            let k_row = kv_base + key * d;
+            let k_row = k_base + key * k_stride;
             var dot = 0.0;
             for (var e = 0u; e < d; e++) {
                 dot = fma(q_dec[e], k[k_row + e], dot);
@@ -311,7 +339,7 @@ fn attention_decode_f32(
         for (var c = 0u; c < n_valid; c++) {
             let p = p_dec[c];
             l += p;
-            let v_row = kv_base + (tile0 + c) * d;
+            let v_row = v_base + (tile0 + c) * v_stride;
             if tid < d {
                 o0 = fma(p, v[v_row + tid], o0);
             }
@@ -324,11 +352,12 @@ fn attention_decode_f32(
 
     if n_splits == 1u {
         let inv = select(1.0 / l, 0.0, l == 0.0);
+        let o_base = at(O_STRIDES, batch, head, 0u);
         if tid < d {
-            out[bh * d + tid] = o0 * inv;
+            out[o_base + tid] = o0 * inv;
         }
         if tid + DEC_THREADS < d {
-            out[bh * d + tid + DEC_THREADS] = o1 * inv;
+            out[o_base + tid + DEC_THREADS] = o1 * inv;
         }
     } else {
         // Unnormalised partial: o[0..d], then m and l.
@@ -346,16 +375,18 @@ fn attention_decode_f32(
     }
 }
 
-// Merge the splits of attention_decode_f32: binding 1 holds the partials [B·H, n_splits, D + 2].
+// Merge the splits of attention_decode_f32: binding 1 holds the partials [B·H, n_splits, D + 2];
+// the result goes to query row 0 of (b, h) in out, through out's strides.
 @compute @workgroup_size(64)
 fn attention_combine_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let d = params[3];
-    let bh_total = params[10];
-    let n_splits = params[11];
+    let d = params[2];
+    let heads = params[3];
+    let bh_total = params[9];
+    let n_splits = params[10];
     let bh = flat_wg(wid, nwg);
     if bh >= bh_total {
         return;
@@ -371,11 +402,12 @@ fn attention_combine_f32(
         l += q[base + s * stride + d + 1u] * exp(q[base + s * stride + d] - m);
     }
     let inv = select(1.0 / l, 0.0, l == 0.0);
+    let o_base = at(O_STRIDES, bh / heads, bh % heads, 0u);
     for (var e = tid; e < d; e += DEC_THREADS) {
         var o = 0.0;
         for (var s = 0u; s < n_splits; s++) {
             o = fma(q[base + s * stride + e], exp(q[base + s * stride + d] - m), o);
         }
-        out[bh * d + e] = o * inv;
+        out[o_base + e] = o * inv;
     }
 }

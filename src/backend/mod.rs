@@ -512,40 +512,13 @@ impl Backend {
 
     /// Attention on token-major tensors: q [Bq, Nq, H·D]; k, v [Bk, Nk, Hkv·D], where a batch
     /// of 1 is shared by every entry of the other operand's batch B (Bq, Bk ∈ {1, B}). Returns
-    /// [B, Nq, H·D]: what splitting the heads, `attention` and merging them would give. CUDA
-    /// and the CPU read and write this layout directly through strides (no permutes, no copies
-    /// of a shared batch); on wgpu it is those ops. Params as for `attention` (a bias is [B, H, Nq, k_*]).
+    /// [B, Nq, H·D]: what splitting the heads, `attention` and merging them would give. Every
+    /// backend reads and writes this layout directly through strides (no permutes, no copies
+    /// of a shared batch). Params as for `attention` (a bias is [B, H, Nq, k_*]).
     pub fn attention_tokens(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, p: &AttnParams) -> Result<Tensor> {
         let t = attention_tokens_shape(q, k, v, heads, p)?;
-        let span = || profile::Span::start(self, || format!("attention_tokens, Nq {} 8", if t.s.nq <= 8 { "≤" } else { ">" }));
-        match self {
-            Backend::Cuda(b) => {
-                let _span = span();
-                return b.attention_tokens(q, k, v, &t, p);
-            }
-            Backend::Cpu(b) => {
-                let _span = span();
-                return b.attention_tokens(q, k, v, &t, p);
-            }
-            Backend::Wgpu(_) => {}
-        }
-        let s = t.s;
-        // Queries over one shared set of keys are independent rows: fold the batch into the
-        // query count, so the keys are split into heads once instead of copied per entry.
-        if t.kv_shared && !t.q_shared && !p.causal && matches!(p.bias, AttnBias::None) && s.b > 1 {
-            let q1 = q.reshape(&[1, s.b * s.nq, s.h * s.d])?;
-            return self.attention_tokens(&q1, k, v, heads, p)?.reshape(&[s.b, s.nq, s.h * s.d]);
-        }
-        let split = |x: &Tensor, heads: usize| -> Result<Tensor> {
-            let y = self.permute(&x.reshape(&[x.dim(0), x.dim(1), heads, s.d])?, &[0, 2, 1, 3])?;
-            if y.dim(0) == s.b {
-                Ok(y)
-            } else {
-                self.concat(&vec![&y; s.b], 0)
-            }
-        };
-        let o = self.attention(&split(q, s.h)?, &split(k, s.hkv)?, &split(v, s.hkv)?, p)?;
-        self.permute(&o, &[0, 2, 1, 3])?.reshape(&[s.b, s.nq, s.h * s.d])
+        let _span = profile::Span::start(self, || format!("attention_tokens, Nq {} 8", if t.s.nq <= 8 { "≤" } else { ">" }));
+        dispatch!(self, be => be.attention_tokens(q, k, v, &t, p))
     }
 
     /// Rotary embedding, HF "rotate_half" layout: x [B, H, N, D]; cos, sin [max_pos, D/2];

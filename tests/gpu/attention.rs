@@ -1,4 +1,5 @@
-//! `Backend::attention` on every GPU backend against the CPU reference, on seeded inputs.
+//! `Backend::attention` and `attention_tokens` on every GPU backend against the CPU reference, on
+//! seeded inputs.
 //!
 //! The sweeps aim at the places a tiled kernel goes wrong: head dims that are not multiples of
 //! the vector width (1) or of the per-lane share (80) and the largest one (128); query and key
@@ -158,13 +159,9 @@ fn max_err(got: &[f32], truth: &[f64]) -> f64 {
 /// CPU backend within the GPU's op tolerance, and (the design's attention rule) the largest error
 /// against an f64 reference within twice that of a naive f32 implementation, plus a 1e-7 floor
 /// for cases where the naive sums happen to be exact. Each line printed carries the GPU wall time
-/// of a second, warm call (upload excluded, read-back included).
+/// of a second, warm call (upload excluded, read-back included). Then the same problem
+/// token-major through `attention_tokens`, against the same CPU result.
 fn check(name: &str, gpus: &[Gpu], c: Case) {
-    check_layouts(name, gpus, c, true)
-}
-
-/// `check`, with the token-major run (`attention_tokens`) or without it.
-fn check_layouts(name: &str, gpus: &[Gpu], c: Case, token_major: bool) {
     let seed = 0xA77E_0000 ^ (c.nq * 131 + c.nk * 7 + c.d) as u64;
     let x = inputs(&c, seed);
     let cpu = Backend::cpu();
@@ -195,9 +192,6 @@ fn check_layouts(name: &str, gpus: &[Gpu], c: Case, token_major: bool) {
         assert!(err <= 2.0 * naive_err + 1e-7, "{what}: max error {err:.3e} against f64 exceeds twice a naive f32 implementation's ({naive_err:.3e})");
 
         // The same problem token-major ([B, N, H·D] in and out): same kernels, other strides.
-        if !token_major {
-            continue;
-        }
         let tokens = |t: &Tensor| {
             let s = t.shape();
             cpu.permute(t, &[0, 2, 1, 3]).unwrap().reshape(&[s[0], s[2], s[1] * s[3]]).unwrap()
@@ -252,31 +246,61 @@ fn few_queries_over_many_heads() {
 #[test]
 fn token_major_with_a_shared_batch() {
     // SAM's mask decoder: one set of image queries against every prompt's tokens (q shared),
-    // and every prompt's tokens against one shared image (k/v shared), with GQA and kv_len.
+    // and every prompt's tokens against one shared image (k/v shared); then the same through
+    // every path a shared operand can take: decode (one query over a cache longer than kv_len,
+    // split and unsplit), causal rows, GQA, the rel-pos bias, head dims 1 and 128, and a k/v
+    // shared by unshared, non-causal, bias-free queries (which wgpu folds into one batch entry).
     let name = "attention::token_major_with_a_shared_batch";
     let g = gpus(name);
     let cpu = Backend::cpu();
-    for (i, &(q_shared, nq, nk, hkv, kv_len)) in [(true, 300, 7, 8, None), (false, 7, 300, 8, None), (true, 5, 65, 2, Some(40)), (false, 40, 33, 4, Some(33))].iter().enumerate() {
-        let (b, h, d) = (5, 8, 16);
+    let cases = [
+        (true, Case::new(5, 8, 8, 300, 7, 16)),
+        (false, Case::new(5, 8, 8, 7, 300, 16)),
+        (true, Case::new(5, 8, 2, 5, 65, 16).kv_len(40)),
+        (false, Case::new(5, 8, 4, 40, 33, 16).kv_len(33)),
+        // Decode: 40 heads over 600 of 700 keys take two splits, over 65 keys one.
+        (true, Case::new(5, 8, 2, 1, 700, 64).kv_len(600).q_amp(3.0)),
+        (false, Case::new(5, 8, 2, 1, 700, 64).kv_len(600).causal()),
+        (true, Case::new(5, 8, 2, 1, 65, 16)),
+        (false, Case::new(5, 8, 8, 1, 90, 128).kv_len(77)),
+        (true, Case::new(5, 4, 4, 33, 70, 32).causal().kv_len(50).q_amp(3.0)),
+        (false, Case::new(5, 8, 2, 33, 70, 32).causal()),
+        (true, Case::new(5, 2, 2, 20, 12, 16).bias(3, 4)),
+        (false, Case::new(5, 2, 1, 20, 12, 16).bias(4, 3).q_amp(3.0)),
+        (true, Case::new(5, 3, 3, 65, 33, 1)),
+        (false, Case::new(5, 3, 1, 33, 65, 1).causal()),
+        (false, Case::new(3, 2, 2, 65, 100, 128).q_amp(3.0)),
+        (true, Case::new(3, 2, 1, 65, 100, 128).causal()),
+    ];
+    for (i, &(q_shared, c)) in cases.iter().enumerate() {
+        let (b, h, d) = (c.b, c.h, c.d);
         let mut rng = Rng::new(0x70C3 + i as u64);
         let (bq, bk) = if q_shared { (1, b) } else { (b, 1) };
-        let q = rng.tensor(&[bq, nq, h * d]);
-        let k = rng.tensor(&[bk, nk, hkv * d]);
-        let v = rng.tensor(&[bk, nk, hkv * d]);
-        let mut p = AttnParams::new(d);
-        p.kv_len = kv_len;
+        let qv: Vec<f32> = rng.vec(bq * c.nq * h * d).into_iter().map(|x| x * c.q_amp).collect();
+        let q = Tensor::from_f32(qv, vec![bq, c.nq, h * d]).unwrap();
+        let k = rng.tensor(&[bk, c.nk, c.hkv * d]);
+        let v = rng.tensor(&[bk, c.nk, c.hkv * d]);
+        let rel = c.grid.map(|(kh, kw)| (rng.tensor(&[b, h, c.nq, kh]), rng.tensor(&[b, h, c.nq, kw])));
+        let what = format!("{name} case {i} ({} shared, {c:?})", if q_shared { "q" } else { "k/v" });
         // Reference: every batch entry on its own, the shared operand repeated.
         let entry = |t: &Tensor, j: usize| if t.dim(0) == 1 { t.clone() } else { cpu.narrow(t, 0, j, 1).unwrap() };
-        let parts: Vec<Tensor> = (0..b).map(|j| cpu.attention_tokens(&entry(&q, j), &entry(&k, j), &entry(&v, j), h, &p).unwrap()).collect();
-        let want = cpu.concat(&parts.iter().collect::<Vec<_>>(), 0).unwrap();
-        let shared = cpu.attention_tokens(&q, &k, &v, h, &p).unwrap();
-        assert_eq!(shared.shape(), [b, nq, h * d]);
-        assert_close(&format!("{name} case {i} on the CPU"), &shared.to_f32_vec().unwrap(), &want.to_f32_vec().unwrap(), crate::common::Tol { atol: 0.0, rtol: 0.0 });
+        let parts: Vec<Tensor> = (0..b)
+            .map(|j| {
+                let rel_j = rel.as_ref().map(|(rh, rw)| (entry(rh, j), entry(rw, j)));
+                cpu.attention_tokens(&entry(&q, j), &entry(&k, j), &entry(&v, j), h, &params(&c, rel_j.as_ref())).unwrap()
+            })
+            .collect();
+        let want = cpu.concat(&parts.iter().collect::<Vec<_>>(), 0).unwrap().to_f32_vec().unwrap();
+        let shared = cpu.attention_tokens(&q, &k, &v, h, &params(&c, rel.as_ref())).unwrap();
+        assert_eq!(shared.shape(), [b, c.nq, h * d]);
+        assert_close(&format!("{what} on the CPU"), &shared.to_f32_vec().unwrap(), &want, crate::common::Tol { atol: 0.0, rtol: 0.0 });
         for gpu in &g {
             let be = &gpu.backend;
-            let out = be.attention_tokens(&be.upload(&q).unwrap(), &be.upload(&k).unwrap(), &be.upload(&v).unwrap(), h, &p).unwrap();
-            assert_eq!(out.shape(), [b, nq, h * d], "{name} case {i} on {}", be.name());
-            assert_close(&format!("{name} case {i} on {}", be.name()), &be.to_vec_f32(&out).unwrap(), &want.to_f32_vec().unwrap(), gpu.op_tol);
+            let up = |t: &Tensor| be.upload(t).unwrap();
+            let rel = rel.as_ref().map(|(rh, rw)| (up(rh), up(rw)));
+            let out = be.attention_tokens(&up(&q), &up(&k), &up(&v), h, &params(&c, rel.as_ref())).unwrap_or_else(|e| panic!("{what} on {}: {e}", be.name()));
+            assert_eq!(out.shape(), [b, c.nq, h * d], "{what} on {}", be.name());
+            assert_close(&format!("{what} on {}", be.name()), &be.to_vec_f32(&out).unwrap(), &want, gpu.op_tol);
         }
     }
 }
@@ -425,6 +449,20 @@ fn head_dim_above_128_is_an_error_or_right() {
             Err(e) => eprintln!("attention::head_dim_above_128_is_an_error_or_right on {}: {e}", be.name()),
             Ok(out) => assert_close("attention D = 160", &be.to_vec_f32(&out).unwrap(), &want, gpu.op_tol),
         }
+        // Token-major: [B, N, H·D] in, and the result compared head-major.
+        let tokens = |t: &Tensor| {
+            let s = t.shape();
+            let t = Backend::cpu().permute(t, &[0, 2, 1, 3]).unwrap().reshape(&[s[0], s[2], s[1] * s[3]]).unwrap();
+            be.upload(&t).unwrap()
+        };
+        match be.attention_tokens(&tokens(&x.q), &tokens(&x.k), &tokens(&x.v), c.h, &params(&c, None)) {
+            Err(e) => eprintln!("attention::head_dim_above_128_is_an_error_or_right on {}, token-major: {e}", be.name()),
+            Ok(out) => {
+                let heads = be.to_host(&out).unwrap().reshape(&[c.b, c.nq, c.h, c.d]).unwrap();
+                let got = Backend::cpu().permute(&heads, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap();
+                assert_close("attention_tokens D = 160", &got, &want, gpu.op_tol);
+            }
+        }
     }
 }
 
@@ -433,7 +471,7 @@ fn folded_workgroup_grids() {
     // More workgroups than the per-dimension limit are folded into a 2-D grid with surplus
     // workgroups at the end; lowering wgpu's limit to 9 reaches that at test sizes: the forward
     // kernel's 24 workgroups run as 9 × 3, decode's 64 (4 heads × 16 splits) as 9 × 8, and the
-    // combine pass's 4 unfolded.
+    // combine pass's 4 unfolded; head-major and token-major alike.
     let name = "attention::folded_workgroup_grids";
     let g = gpus(name);
     for gpu in &g {
@@ -441,10 +479,8 @@ fn folded_workgroup_grids() {
             w.set_max_workgroups_per_dim(9);
         }
     }
-    // Head-major only: wgpu composes the token-major form from permutes, whose grids a limit
-    // of 9 × 9 workgroups cannot hold.
-    check_layouts(name, &g, Case::new(2, 4, 2, 65, 70, 64).causal(), false);
-    check_layouts(name, &g, Case::new(1, 4, 2, 1, 4096, 64), false);
+    check(name, &g, Case::new(2, 4, 2, 65, 70, 64).causal());
+    check(name, &g, Case::new(1, 4, 2, 1, 4096, 64));
 }
 
 /// Wall times at model shapes on the CPU and every GPU backend (median of 3 warm calls, upload

@@ -2,10 +2,13 @@
 //! forward for query tiles, and a split-sequence decode with its combine pass).
 //!
 //! Semantics are the CPU backend's (src/backend/cpu/attention.rs); the shape checks mirror its
-//! checks and messages, plus the GPU kernels' own limit (head dim ≤ 128).
+//! checks and messages, plus the GPU kernels' own limit (head dim ≤ 128). The kernels read and
+//! write every operand through (batch, head, row) strides, so `attention` (head-major
+//! [B, H, N, D]) and `attention_tokens` (token-major [B, N, H·D], a batch of 1 shared through
+//! batch stride 0) run the same kernels with no permutes or copies.
 
 use super::{u32_of, Shader, WgpuBackend};
-use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape};
+use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape, TokenAttnShape};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -24,18 +27,66 @@ const DECODE_TARGET_WORKGROUPS: usize = 256;
 /// ... but never into chunks shorter than this, where the combine pass would cost more than the
 /// parallelism gains.
 const DECODE_MIN_CHUNK: usize = 256;
+/// Where the decode parameters sit in the shader's params (see its header).
+const PARAM_N_SPLITS: usize = 10;
+const PARAM_CHUNK: usize = 11;
 
-/// The checked geometry of one call.
-struct Geometry<'a> {
-    b: usize,
-    h: usize,
-    hkv: usize,
-    nq: usize,
-    nk_all: usize,
-    kv_len: usize,
-    d: usize,
-    /// (rel_h, rel_w, k_h, k_w)
-    bias: Option<(&'a Tensor, &'a Tensor, usize, usize)>,
+/// Element strides (batch, head, row) of q, k, v and out; D is contiguous. The shader's params
+/// [12..24).
+#[derive(Clone, Copy, Debug)]
+struct Strides {
+    q: [usize; 3],
+    k: [usize; 3],
+    v: [usize; 3],
+    out: [usize; 3],
+}
+
+impl Strides {
+    /// Contiguous [B, H, Nq, D] q and out, [B, Hkv, Nk_all, D] k and v.
+    fn head_major(s: &AttnShape) -> Strides {
+        let (q, kv) = ([s.h * s.nq * s.d, s.nq * s.d, s.d], [s.hkv * s.nk_all * s.d, s.nk_all * s.d, s.d]);
+        Strides { q, k: kv, v: kv, out: q }
+    }
+
+    /// Contiguous [B, Nq, H·D] q and out, [B, Nk_all, Hkv·D] k and v; a shared q or k/v (batch 1)
+    /// gets batch stride 0.
+    fn token_major(t: &TokenAttnShape) -> Strides {
+        let s = &t.s;
+        let q_b = if t.q_shared { 0 } else { s.nq * s.h * s.d };
+        let kv_b = if t.kv_shared { 0 } else { s.nk_all * s.hkv * s.d };
+        let kv = [kv_b, s.d, s.hkv * s.d];
+        Strides { q: [q_b, s.d, s.h * s.d], k: kv, v: kv, out: [s.nq * s.h * s.d, s.d, s.h * s.d] }
+    }
+}
+
+/// One past the last element that `strides` reach over (batch, head, row) `extents` of D
+/// contiguous values each (0 when any extent is 0).
+fn reach(strides: [usize; 3], extents: [usize; 3], d: usize) -> Option<usize> {
+    if extents.contains(&0) || d == 0 {
+        return Some(0);
+    }
+    let mut last = d - 1;
+    for (st, n) in strides.into_iter().zip(extents) {
+        last = last.checked_add(st.checked_mul(n - 1)?)?;
+    }
+    last.checked_add(1)
+}
+
+/// The strides as kernel parameters, after checking that every index they reach lies inside
+/// its tensor (so, since every tensor's element count fits u32, fits u32 itself).
+fn stride_params(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, s: &AttnShape, st: &Strides) -> Result<Vec<u32>> {
+    let (qe, kve) = ([s.b, s.h, s.nq], [s.b, s.hkv, s.nk_all]);
+    let mut words = Vec::with_capacity(12);
+    for (t, strides, extents, what) in [(q, st.q, qe, "q"), (k, st.k, kve, "k"), (v, st.v, kve, "v"), (out, st.out, qe, "out")] {
+        match reach(strides, extents, s.d) {
+            Some(n) if n <= t.numel() => {}
+            _ => return Err(Error::shape("attention", format!("{what} {:?}: strides {strides:?} over {extents:?} rows of {} reach past its end", t.shape(), s.d))),
+        }
+        for x in strides {
+            words.push(u32_of("attention", x)?);
+        }
+    }
+    Ok(words)
 }
 
 fn f32_input(t: &Tensor, what: &str) -> Result<()> {
@@ -45,23 +96,23 @@ fn f32_input(t: &Tensor, what: &str) -> Result<()> {
     u32_of("attention", t.numel()).map(|_| ())
 }
 
-fn geometry<'a>(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams<'a>) -> Result<Geometry<'a>> {
-    let AttnShape { b, h, hkv, nq, nk_all, nk: kv_len, d } = attention_shape(q, k, v, p)?;
-    if d > MAX_HEAD_DIM {
-        return Err(Error::shape("attention", format!("head dim {d}: the wgpu kernels support at most {MAX_HEAD_DIM}")));
+/// The kernels' own checks on a call whose shapes were checked (`attention_shape` or
+/// `attention_tokens_shape`): head dim, dtypes, sizes; returns the bias as (rel_h, rel_w, k_h, k_w).
+fn check<'a>(q: &Tensor, k: &Tensor, v: &Tensor, s: &AttnShape, p: &AttnParams<'a>) -> Result<Option<(&'a Tensor, &'a Tensor, usize, usize)>> {
+    if s.d > MAX_HEAD_DIM {
+        return Err(Error::shape("attention", format!("head dim {}: the wgpu kernels support at most {MAX_HEAD_DIM}", s.d)));
     }
     for (t, what) in [(q, "q"), (k, "k"), (v, "v")] {
         f32_input(t, what)?;
     }
-    let bias = match p.bias {
+    Ok(match p.bias {
         AttnBias::None => None,
         AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => {
             f32_input(rel_h, "rel_h")?;
             f32_input(rel_w, "rel_w")?;
             Some((rel_h, rel_w, k_h, k_w))
         }
-    };
-    Ok(Geometry { b, h, hkv, nq, nk_all, kv_len, d, bias })
+    })
 }
 
 /// How decode cuts the kv_len keys: (n_splits, chunk), chunk a multiple of DECODE_TILE, no split
@@ -74,46 +125,60 @@ fn decode_splits(heads: usize, kv_len: usize) -> (usize, usize) {
     (kv_len.div_ceil(chunk).max(1), chunk)
 }
 
+/// q [B, H, Nq, D], k = v [B, Hkv, Nk, D] → [B, H, Nq, D].
 pub(super) fn attention(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
-    let g = geometry(q, k, v, p)?;
-    let out = be.alloc(vec![g.b, g.h, g.nq, g.d], DType::F32)?;
+    let s = attention_shape(q, k, v, p)?;
+    run(be, q, k, v, vec![s.b, s.h, s.nq, s.d], &s, &Strides::head_major(&s), p)
+}
+
+/// `Backend::attention_tokens`: q [Bq, Nq, H·D], k = v [Bk, Nk, Hkv·D] (Bq, Bk ∈ {1, B}, checked
+/// by `attention_tokens_shape`) → [B, Nq, H·D], the same kernels through token-major strides.
+pub(super) fn attention_tokens(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, t: &TokenAttnShape, p: &AttnParams) -> Result<Tensor> {
+    let shape = vec![t.s.b, t.s.nq, t.s.h * t.s.d];
+    let mut t = *t;
+    // Queries over one shared set of keys are independent rows, and B unshared entries of Nq
+    // token-major rows are B·Nq rows of one entry: one problem with B·Nq queries reads each
+    // head's keys once per tile of 32 queries instead of once per entry (SAM's 7 prompt tokens
+    // against one image would otherwise fill 7 of a tile's 32 rows). Causal positions and the
+    // bias's rows depend on Nq, so those keep their batch.
+    if t.kv_shared && !t.q_shared && !p.causal && matches!(p.bias, AttnBias::None) && t.s.b > 1 {
+        t.s.nq *= t.s.b;
+        t.s.b = 1;
+    }
+    run(be, q, k, v, shape, &t.s, &Strides::token_major(&t), p)
+}
+
+/// Attention over q, k, v into a new tensor of `out_shape` (B·H·Nq·D elements), every operand
+/// placed by `st`.
+#[allow(clippy::too_many_arguments)]
+fn run(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, out_shape: Vec<usize>, s: &AttnShape, st: &Strides, p: &AttnParams) -> Result<Tensor> {
+    let bias = check(q, k, v, s, p)?;
+    let u = |n: usize| u32_of("attention", n);
+    u(out_shape.iter().product())?;
+    let out = be.alloc(out_shape, DType::F32)?;
+    let bh = s.b * s.h;
     if out.numel() == 0 {
         return Ok(out);
     }
-    let bh = g.b * g.h;
-    let u = |n: usize| u32_of("attention", n);
-    let (k_h, k_w) = g.bias.map_or((0, 0), |(_, _, kh, kw)| (kh, kw));
-    // Shared by the three entry points (see the shader's header); [11], [12] are decode's.
-    let mut params = vec![
-        u(g.nq)?,
-        u(g.nk_all)?,
-        u(g.kv_len)?,
-        u(g.d)?,
-        u(g.h)?,
-        u(g.h / g.hkv)?,
-        p.causal as u32,
-        p.scale.to_bits(),
-        u(k_h)?,
-        u(k_w)?,
-        u(bh)?,
-        1,
-        0,
-    ];
+    let (k_h, k_w) = bias.map_or((0, 0), |(_, _, kh, kw)| (kh, kw));
+    // Shared by the three entry points (see the shader's header); [10], [11] are decode's.
+    let mut params = vec![u(s.nq)?, u(s.nk)?, u(s.d)?, u(s.h)?, u(s.h / s.hkv)?, p.causal as u32, p.scale.to_bits(), u(k_h)?, u(k_w)?, u(bh)?, 1, 0];
+    params.extend(stride_params(q, k, v, &out, s, st)?);
     let (qb, kb, vb, ob) = (be.buffer(q, "attention")?, be.buffer(k, "attention")?, be.buffer(v, "attention")?, be.buffer(&out, "attention")?);
 
-    if g.nq == 1 && g.bias.is_none() {
+    if s.nq == 1 && bias.is_none() {
         // Decode. Causal changes nothing here: the one query sits at the last valid position.
-        let (n_splits, chunk) = decode_splits(bh, g.kv_len);
-        params[11] = u(n_splits)?;
-        params[12] = u(chunk)?;
+        let (n_splits, chunk) = decode_splits(bh, s.nk);
+        params[PARAM_N_SPLITS] = u(n_splits)?;
+        params[PARAM_CHUNK] = u(chunk)?;
         let groups = [u(bh * n_splits)?, 1, 1];
         if n_splits == 1 {
-            // SAFETY of the indexing: q/out hold bh·d values, k/v bh/G·nk_all·d, every size was
-            // checked to fit u32, and the kernel bounds every key index by kv_len ≤ nk_all.
+            // SAFETY of the indexing: the strides reach only inside q, k, v and out (checked
+            // above, every size fits u32), and the kernel bounds every key index by kv_len ≤ nk_all.
             be.dispatch(&ATTENTION, "attention_decode_f32", &[qb, kb, vb, ob], &params, groups)?;
         } else {
             // Per split: d unnormalised outputs, then its running max and sum.
-            let partials = be.alloc(vec![bh, n_splits, g.d + 2], DType::F32)?;
+            let partials = be.alloc(vec![bh, n_splits, s.d + 2], DType::F32)?;
             u(partials.numel())?;
             let pb = be.buffer(&partials, "attention")?;
             be.dispatch(&ATTENTION, "attention_decode_f32", &[qb, kb, vb, pb], &params, groups)?;
@@ -125,11 +190,11 @@ pub(super) fn attention(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, p:
 
     // Without a bias the kernel never reads bindings 5 and 6 past a branch, but they are
     // statically used: q stands in (read-only, so aliasing is allowed).
-    let (rh, rw) = match g.bias {
+    let (rh, rw) = match bias {
         Some((rel_h, rel_w, _, _)) => (be.buffer(rel_h, "attention")?, be.buffer(rel_w, "attention")?),
         None => (qb, qb),
     };
-    let groups = [u(g.nq.div_ceil(FWD_QUERY_TILE) * bh)?, 1, 1];
+    let groups = [u(s.nq.div_ceil(FWD_QUERY_TILE) * bh)?, 1, 1];
     be.dispatch(&ATTENTION, "attention_fwd_f32", &[qb, kb, vb, ob, rh, rw], &params, groups)?;
     Ok(out)
 }
@@ -137,6 +202,29 @@ pub(super) fn attention(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, p:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strides_reach_exactly_the_operands() {
+        // B 3, H 4, Hkv 2, Nq 5, Nk_all 7, D 6: each layout's strides reach the last element of
+        // its operand and nothing past it; a shared operand is one batch entry.
+        let s = AttnShape { b: 3, h: 4, hkv: 2, nq: 5, nk_all: 7, nk: 7, d: 6 };
+        let (qe, kve, q_len, kv_len) = ([3, 4, 5], [3, 2, 7], 3 * 4 * 5 * 6, 3 * 2 * 7 * 6);
+        let hm = Strides::head_major(&s);
+        for (st, e, n) in [(hm.q, qe, q_len), (hm.k, kve, kv_len), (hm.v, kve, kv_len), (hm.out, qe, q_len)] {
+            assert_eq!(reach(st, e, 6), Some(n), "head-major {st:?}");
+        }
+        for (q_shared, kv_shared) in [(false, false), (true, false), (false, true)] {
+            let st = Strides::token_major(&TokenAttnShape { s, q_shared, kv_shared });
+            let (q_n, kv_n) = (if q_shared { q_len / 3 } else { q_len }, if kv_shared { kv_len / 3 } else { kv_len });
+            for (st, e, n) in [(st.q, qe, q_n), (st.k, kve, kv_n), (st.v, kve, kv_n), (st.out, qe, q_len)] {
+                assert_eq!(reach(st, e, 6), Some(n), "token-major {st:?}, q shared {q_shared}, k/v shared {kv_shared}");
+            }
+            // Token-major rows interleave the heads: head stride D, row stride H·D (Hkv·D).
+            assert_eq!((st.q[1], st.q[2], st.k[2]), (6, 24, 12));
+        }
+        assert_eq!(reach([1, 1, 1], [0, 4, 5], 6), Some(0));
+        assert_eq!(reach([usize::MAX, 0, 0], [3, 1, 1], 1), None);
+    }
 
     #[test]
     fn decode_splits_cover_the_keys_without_empty_chunks() {

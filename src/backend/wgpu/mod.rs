@@ -164,6 +164,11 @@ impl WgpuBackend {
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
         attention::attention(self, q, k, v, p)
     }
+    /// `Backend::attention_tokens`: the attention kernels reading and writing [B, N, H·D]
+    /// through strides (operands checked by `attention_tokens_shape`).
+    pub(crate) fn attention_tokens(&self, q: &Tensor, k: &Tensor, v: &Tensor, t: &crate::backend::TokenAttnShape, p: &AttnParams) -> Result<Tensor> {
+        attention::attention_tokens(self, q, k, v, t, p)
+    }
     pub fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
         elementwise::rope(self, x, cos, sin, pos_offset)
     }
