@@ -7,13 +7,22 @@
 // One thread per (row, t, i) pair, 256 per workgroup, 1-D grid (folded above 65535 groups).
 // 16 bytes read + 8 written per pair, 6 flops.
 //
-// params: [pairs = B·H·N·h, N, h, pos_offset]
+// rope_write_kv (Backend::rope_write_kv, a decode or prefill step's new keys and values): x = k
+// [B·Hkv, N, D] roped as above but written into k_cache [B·Hkv, max, D] at rows pos_offset + t,
+// and v [B·Hkv, N, D] copied into v_cache there: rope(k), write_kv(k) and write_kv(v) in one
+// dispatch. Same threads (each also moves its two v elements).
+//
+// params: rope [pairs = B·H·N·h, N, h, pos_offset]; rope_write_kv [pairs, N, h, pos_offset, max]
+// bindings: x, cos, sin, out (rope); x = k, cos, sin, v, k_cache, v_cache (rope_write_kv)
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> cos_t: array<f32>;
 @group(0) @binding(3) var<storage, read> sin_t: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> v_new: array<f32>;
+@group(0) @binding(6) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
 
 @compute @workgroup_size(256)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -34,4 +43,29 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let b = x[base + i + h];
     out[base + i] = a * c - b * s;
     out[base + i + h] = b * c + a * s;
+}
+
+@compute @workgroup_size(256)
+fn rope_write_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let p = flat_wg(wid, nwg) * 256u + lid;
+    if (p >= params[0]) {
+        return;
+    }
+    let n = params[1];
+    let h = params[2];
+    let i = p % h;
+    let row = p / h;           // (bh, t) flattened
+    let t = row % n;
+    let bh = row / n;
+    let base = row * 2u * h;
+    let dst = (bh * params[4] + params[3] + t) * 2u * h;
+    let tab = (params[3] + t) * h + i;
+    let c = cos_t[tab];
+    let s = sin_t[tab];
+    let a = x[base + i];
+    let b = x[base + i + h];
+    k_cache[dst + i] = a * c - b * s;
+    k_cache[dst + i + h] = b * c + a * s;
+    v_cache[dst + i] = v_new[base + i];
+    v_cache[dst + i + h] = v_new[base + i + h];
 }

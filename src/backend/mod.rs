@@ -563,6 +563,23 @@ impl Backend {
         op!(self, "write_kv", be => be.write_kv(cache, new, pos))
     }
 
+    /// A step's new keys and values into the caches [B, Hkv, max, D] at positions pos..pos+n:
+    /// `rope(k)` into `k_cache` and `v` into `v_cache` (k, v [B, Hkv, n, D]), what `rope` and
+    /// two `write_kv`s do. One dispatch on wgpu; elsewhere those ops.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_write_kv(&self, k_cache: &mut Tensor, v_cache: &mut Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor, pos: usize) -> Result<()> {
+        if let Backend::Wgpu(b) = self {
+            let _span = profile::Span::start(self, || "rope_write_kv".to_string());
+            return b.rope_write_kv(k_cache, v_cache, k, v, cos, sin, pos);
+        }
+        if v.shape() != k.shape() || v_cache.shape() != k_cache.shape() {
+            return Err(Error::shape("rope_write_kv", format!("k {:?} and v {:?}, caches {:?} and {:?}: each pair must match", k.shape(), v.shape(), k_cache.shape(), v_cache.shape())));
+        }
+        let k = self.rope(k, cos, sin, pos)?;
+        self.write_kv(k_cache, &k, pos)?;
+        self.write_kv(v_cache, v, pos)
+    }
+
     /// Superpixel scatter-mean pooling with the SSPE inputs in one pass:
     /// out[s, c] = Σ_p weights[s, p] · (feats[p, c] + pos[p, c]). weights [S, P] are the
     /// row-normalised coverage (each row sums to 1), feats and pos [P, C]. Deterministic: every

@@ -193,6 +193,10 @@ impl WgpuBackend {
     pub fn write_kv(&self, cache: &mut Tensor, new: &Tensor, pos: usize) -> Result<()> {
         layout::write_kv(self, cache, new, pos)
     }
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_write_kv(&self, k_cache: &mut Tensor, v_cache: &mut Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor, pos: usize) -> Result<()> {
+        elementwise::rope_write_kv(self, k_cache, v_cache, k, v, cos, sin, pos)
+    }
     pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
         scatter_pool::scatter_mean_pool(self, weights, feats, pos)
     }
