@@ -5,6 +5,8 @@
 #   tests-cuda     the GPU test binary on CUDA (VISWORD_REQUIRE=cuda: a missing device fails)
 #   kernels        the CUDA kernel tests (cuda_kernels), when packed
 #   tests-wgpu     the GPU test binary on wgpu, when a Vulkan driver is there (VISWORD_REQUIRE=wgpu)
+#   timings-wgpu   wgpu's two GEMM kernels timed at the stack's shapes (ignored test
+#                  wgpu_gemm_timings), on NVIDIA's Vulkan driver
 #   bench-cuda     visword bench --backend cuda --preset lisa-7b --json
 #   profile-cuda   the same with VISWORD_PROFILE=1 (one run): device time per op, in its log
 #   torch-eager    tools/bench_torch.py, eager (same card, same run)
@@ -31,7 +33,7 @@ BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-3}
 DECODE_TOKENS=${DECODE_TOKENS:-8}
 TEST_THREADS=${TEST_THREADS:-4}
-ALL_STEPS=(tests-cuda kernels tests-wgpu bench-cuda profile-cuda torch-eager bench-dinov2 bench-wgpu torch-compile)
+ALL_STEPS=(tests-cuda kernels tests-wgpu timings-wgpu bench-cuda profile-cuda torch-eager bench-dinov2 bench-wgpu torch-compile)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -95,7 +97,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local var="T_$(echo "$1" | tr 'a-z-' 'A-Z_')"
   local def
   case $1 in
-    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; bench-cuda) def=150 ;; profile-cuda) def=90 ;;
+    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; profile-cuda) def=90 ;;
     torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
@@ -150,6 +152,11 @@ for step in "${ALL_STEPS[@]}"; do
       if [ $vulkan = none ]; then skip "$step" "no Vulkan driver"
       elif ! have_bin gpu; then skip "$step" "$BIN/gpu missing (scripts/gpu-pack.sh)"
       else VISWORD_BACKENDS=wgpu VISWORD_REQUIRE=wgpu run_step "$step" "$logs/tests-wgpu.log" "$logs/tests-wgpu.out" "$BIN/gpu" --test-threads="$TEST_THREADS"
+      fi ;;
+    timings-wgpu)
+      if [ $vulkan != nvidia ]; then skip "$step" "no NVIDIA Vulkan driver"
+      elif ! have_bin gpu; then skip "$step" "$BIN/gpu missing (scripts/gpu-pack.sh)"
+      else VISWORD_BACKENDS=wgpu VISWORD_REQUIRE=wgpu run_step "$step" "$logs/timings-wgpu.log" "$logs/timings-wgpu.out" "$BIN/gpu" wgpu_gemm_timings --ignored --nocapture --test-threads=1
       fi ;;
     bench-cuda | bench-dinov2)
       preset=lisa-7b

@@ -9,10 +9,17 @@
 // transposed outputs of the convolutions. A is f32; B is f32 or f16 (packed pairs, `b_f16`).
 // The residual is read at the output's own index.
 //
-// Geometry: workgroup 16×16 threads computes a 64×64 tile of C (4×4 outputs per thread: rows
-// ty + 16i, columns 4tx..4tx+3, in four vec4 registers); K advances 16 at a time through
+// Geometry: a workgroup computes a 64×64 tile of C; K advances 16 at a time through
 // workgroup-memory tiles of A (64×16) and B (16×64), zero-filled outside the matrix. Grid:
-// [⌈N/64⌉, ⌈M/64⌉, batch]. Per k each thread does 16 FMAs for 5 workgroup loads (one vec4).
+// [⌈N/64⌉, ⌈M/64⌉, batch]. Two entry points share the tiles' loading and the epilogue:
+// * matmul: 16×16 threads, 4×4 outputs each (rows ty + 16i, columns 4tx..4tx+3, in four vec4
+//   registers). Per k each thread does 16 FMAs for 5 workgroup loads (one vec4). Many threads
+//   per tile: the choice for grids of few tiles.
+// * matmul_8x8: 8×8 threads, 8×8 outputs each (rows 8ty..8ty+7, columns 4tx..4tx+3 and
+//   32+4tx..32+4tx+3, in sixteen vec4 registers). Per k each thread does 64 FMAs for 4 vec4
+//   workgroup loads, where workgroup-memory bandwidth bounds the 4×4 tile; a quarter of the
+//   threads per tile, so it needs grids of many tiles to fill a GPU (the wrapper picks it above
+//   a tile count). Its A tile is stored row-contiguous (vec4s of 4 rows) for the vec4 reads.
 //
 // params: [M, N, K, a_bs, a_ms, a_ks, b_bs, b_ks, b_ns, c_bs, c_ms, c_ns, b_f16, has_bias, act, has_residual]
 // bindings: a (f32), b (u32 words), bias (f32 [N]), residual (f32), c (f32, written).
@@ -34,6 +41,8 @@ const A_STRIDE: u32 = 65u;
 
 var<workgroup> a_tile: array<f32, 1040>;
 var<workgroup> b_tile: array<vec4<f32>, 256>;
+// matmul_8x8's A tile: [BK][BM / 4] vec4s of 4 consecutive rows.
+var<workgroup> a_rows: array<vec4<f32>, 256>;
 
 // Bias, activation and residual for the 4 outputs C[z, m, n..n+4], and the stores.
 fn store4(z: u32, m: u32, n: u32, v: vec4<f32>) {
@@ -60,22 +69,51 @@ fn store4(z: u32, m: u32, n: u32, v: vec4<f32>) {
     }
 }
 
+// The operands' sizes and strides for one batch entry z, read from params once per kernel
+// (the tile loads then index from registers).
+struct TileSrc {
+    m_all: u32,
+    n_all: u32,
+    k_all: u32,
+    a_base: u32,
+    a_ms: u32,
+    a_ks: u32,
+    b_base: u32,
+    b_ks: u32,
+    b_ns: u32,
+    b_f16: bool,
+}
+
+fn tile_src(z: u32) -> TileSrc {
+    return TileSrc(params[0], params[1], params[2], z * params[3], params[4], params[5], z * params[6], params[7], params[8], params[12] != 0u);
+}
+
+// Element e (< 1024) of the A and B tiles at k0, as (A, B): row / column e / 16, k = e % 16 (k
+// fastest: a row-major A and a [N, K] weight are both read along k); 0 outside the matrices.
+fn tile_elements(s: TileSrc, m0: u32, n0: u32, k0: u32, e: u32) -> vec2<f32> {
+    let r = e / BK;
+    let gk = k0 + e % BK;
+    var out = vec2<f32>(0.0);
+    if (gk >= s.k_all) {
+        return out;
+    }
+    if (m0 + r < s.m_all) {
+        out.x = a[s.a_base + (m0 + r) * s.a_ms + gk * s.a_ks];
+    }
+    if (n0 + r < s.n_all) {
+        let idx = s.b_base + gk * s.b_ks + (n0 + r) * s.b_ns;
+        out.y = half_or_f32(b[select(idx, idx >> 1u, s.b_f16)], idx, s.b_f16);
+    }
+    return out;
+}
+
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
-    let m_all = params[0];
-    let n_all = params[1];
-    let k_all = params[2];
     let z = wid.z;
+    let src = tile_src(z);
     let m0 = wid.y * BM;
     let n0 = wid.x * BN;
     let tid = l.y * 16u + l.x;
-    let a_base = z * params[3];
-    let a_ms = params[4];
-    let a_ks = params[5];
-    let b_base = z * params[6];
-    let b_ks = params[7];
-    let b_ns = params[8];
-    let b_f16 = params[12] != 0u;
 
     // Thread (tx, ty) owns rows ty + 16i (i < 4) and columns 4tx .. 4tx + 3 of the tile, held
     // in four vec4 accumulators: no indexed arrays, so everything stays in registers.
@@ -83,25 +121,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < k_all; k0 += BK) {
+    for (var k0 = 0u; k0 < src.k_all; k0 += BK) {
         for (var t = 0u; t < 4u; t++) {
-            // Element e of each tile: row/column e / 16, k = e % 16 (k fastest: a row-major A
-            // and a [N, K] weight are both read along k).
             let e = tid + t * 256u;
-            let r = e / BK;
-            let kk = e % BK;
-            let gk = k0 + kk;
-            var va = 0.0;
-            if (m0 + r < m_all && gk < k_all) {
-                va = a[a_base + (m0 + r) * a_ms + gk * a_ks];
-            }
-            a_tile[kk * A_STRIDE + r] = va;
-            var vb = 0.0;
-            if (n0 + r < n_all && gk < k_all) {
-                let idx = b_base + gk * b_ks + (n0 + r) * b_ns;
-                vb = half_or_f32(b[select(idx, idx >> 1u, b_f16)], idx, b_f16);
-            }
-            b_tile[kk * 16u + r / 4u][r % 4u] = vb;
+            let v = tile_elements(src, m0, n0, k0, e);
+            a_tile[(e % BK) * A_STRIDE + e / BK] = v.x;
+            b_tile[(e % BK) * 16u + e / BK / 4u][(e / BK) % 4u] = v.y;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
@@ -120,4 +145,84 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     store4(z, m0 + l.y + 16u, n, acc1);
     store4(z, m0 + l.y + 32u, n, acc2);
     store4(z, m0 + l.y + 48u, n, acc3);
+}
+
+@compute @workgroup_size(8, 8)
+fn matmul_8x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
+    let z = wid.z;
+    let src = tile_src(z);
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let tid = l.y * 8u + l.x;
+
+    // c<i><j>: row 8ty + i; j = 0 columns 4tx..4tx+3, j = 1 columns 32+4tx..32+4tx+3.
+    var c00 = vec4<f32>(0.0);
+    var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0);
+    var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0);
+    var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0);
+    var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0);
+    var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0);
+    var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0);
+    var c71 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < src.k_all; k0 += BK) {
+        for (var t = 0u; t < 16u; t++) {
+            let e = tid + t * 64u;
+            let v = tile_elements(src, m0, n0, k0, e);
+            let slot = (e % BK) * 16u + e / BK / 4u;
+            a_rows[slot][(e / BK) % 4u] = v.x;
+            b_tile[slot][(e / BK) % 4u] = v.y;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a_lo = a_rows[kk * 16u + 2u * l.y];
+            let a_hi = a_rows[kk * 16u + 2u * l.y + 1u];
+            let b_lo = b_tile[kk * 16u + l.x];
+            let b_hi = b_tile[kk * 16u + 8u + l.x];
+            c00 = fma(vec4<f32>(a_lo.x), b_lo, c00);
+            c01 = fma(vec4<f32>(a_lo.x), b_hi, c01);
+            c10 = fma(vec4<f32>(a_lo.y), b_lo, c10);
+            c11 = fma(vec4<f32>(a_lo.y), b_hi, c11);
+            c20 = fma(vec4<f32>(a_lo.z), b_lo, c20);
+            c21 = fma(vec4<f32>(a_lo.z), b_hi, c21);
+            c30 = fma(vec4<f32>(a_lo.w), b_lo, c30);
+            c31 = fma(vec4<f32>(a_lo.w), b_hi, c31);
+            c40 = fma(vec4<f32>(a_hi.x), b_lo, c40);
+            c41 = fma(vec4<f32>(a_hi.x), b_hi, c41);
+            c50 = fma(vec4<f32>(a_hi.y), b_lo, c50);
+            c51 = fma(vec4<f32>(a_hi.y), b_hi, c51);
+            c60 = fma(vec4<f32>(a_hi.z), b_lo, c60);
+            c61 = fma(vec4<f32>(a_hi.z), b_hi, c61);
+            c70 = fma(vec4<f32>(a_hi.w), b_lo, c70);
+            c71 = fma(vec4<f32>(a_hi.w), b_hi, c71);
+        }
+        workgroupBarrier();
+    }
+
+    let m = m0 + 8u * l.y;
+    let n_lo = n0 + 4u * l.x;
+    let n_hi = n_lo + 32u;
+    store4(z, m, n_lo, c00);
+    store4(z, m, n_hi, c01);
+    store4(z, m + 1u, n_lo, c10);
+    store4(z, m + 1u, n_hi, c11);
+    store4(z, m + 2u, n_lo, c20);
+    store4(z, m + 2u, n_hi, c21);
+    store4(z, m + 3u, n_lo, c30);
+    store4(z, m + 3u, n_hi, c31);
+    store4(z, m + 4u, n_lo, c40);
+    store4(z, m + 4u, n_hi, c41);
+    store4(z, m + 5u, n_lo, c50);
+    store4(z, m + 5u, n_hi, c51);
+    store4(z, m + 6u, n_lo, c60);
+    store4(z, m + 6u, n_hi, c61);
+    store4(z, m + 7u, n_lo, c70);
+    store4(z, m + 7u, n_hi, c71);
 }

@@ -269,6 +269,13 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
                     same(&format!("linear {m}×{k}×{n} {dtype} plain GEMV"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Silu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
                     wb.set_use_subgroups(true);
                 }
+                // wgpu's 8×8-per-thread GEMM, which only grids of many tiles take by default.
+                if let (true, Backend::Wgpu(wb)) = (m > 1, &g.backend) {
+                    wb.set_gemm_8x8_min_tiles(Some(1));
+                    let want = cpu().linear(&x, &w, Some(&b), Activation::Gelu, Some(&res)).unwrap();
+                    same(&format!("linear {m}×{k}×{n} {dtype} 8×8 GEMM"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Gelu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
+                    wb.set_gemm_8x8_min_tiles(None);
+                }
                 let want = cpu().linear(&x_ref, &w, None, Activation::None, None).unwrap();
                 same(&format!("linear {m}×{k}×{n} {dtype} bare"), &g, &g.backend.linear(&xg, &wg, None, Activation::None, None).unwrap(), &want, tol_k(&g, k));
             }
@@ -403,6 +410,38 @@ fn linear_timings_at_mask_decoder_shapes() {
     }
 }
 
+/// wgpu's two GEMM kernels timed at the stack's shapes (4096³, 7B prefill, CLIP-L and SAM-H
+/// projections; f16 weights), on request (`gpu wgpu_gemm_timings -- --ignored --nocapture`):
+/// what sets `GEMM_8X8_MIN_TILES`.
+#[test]
+#[ignore]
+fn wgpu_gemm_timings() {
+    let mut r = rng("wgpu_gemm_timings");
+    for g in gpus("wgpu_gemm_timings") {
+        let Backend::Wgpu(wb) = &g.backend else { continue };
+        let be = &g.backend;
+        for (m, k, n) in [(4096usize, 4096usize, 4096usize), (616, 4096, 4096), (616, 4096, 11008), (80, 4096, 4096), (577, 1024, 1024), (577, 1024, 4096), (4096, 1280, 3840), (4096, 5120, 1280)] {
+            let x = up(&g, &r.tensor(&[m, k]));
+            let w = be.upload_weight(&r.tensor(&[n, k]).to_dtype(DType::F16).unwrap()).unwrap();
+            for (name, tiles) in [("matmul 4×4", Some(u32::MAX)), ("matmul_8x8", Some(1))] {
+                wb.set_gemm_8x8_min_tiles(tiles);
+                let mut times = Vec::new();
+                for _ in 0..4 {
+                    be.synchronize().unwrap();
+                    let t0 = std::time::Instant::now();
+                    drop(be.linear(&x, &w, None, Activation::None, None).unwrap());
+                    be.synchronize().unwrap();
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+                times.sort_by(f64::total_cmp);
+                let t = times[times.len() / 2];
+                eprintln!("wgpu GEMM {m}×{k}×{n} f16 weight, {name}: {:.1} µs, {:.1} TFLOP/s", t * 1e6, 2.0 * (m * k * n) as f64 / t / 1e12);
+            }
+            wb.set_gemm_8x8_min_tiles(None);
+        }
+    }
+}
+
 /// RMSNorm fused into the projections that follow it (Q/K/V; SwiGLU gate and up): one GEMV
 /// launch on CUDA for M ≤ 4 (K a multiple of 8 or not), the separate ops above that.
 #[test]
@@ -467,6 +506,12 @@ fn batched_matmul_plain_transposed_and_shared() {
                     let want = cpu().matmul(&a, &b, trans).unwrap();
                     let got = g.backend.matmul(&up(&g, &a), &up(&g, &b), trans).unwrap();
                     same(&format!("matmul {batch:?} {m}×{k}×{n} trans={trans} shared={shared}"), &g, &got, &want, tol_k(&g, k));
+                    if let Backend::Wgpu(wb) = &g.backend {
+                        wb.set_gemm_8x8_min_tiles(Some(1));
+                        let got = g.backend.matmul(&up(&g, &a), &up(&g, &b), trans).unwrap();
+                        wb.set_gemm_8x8_min_tiles(None);
+                        same(&format!("matmul {batch:?} {m}×{k}×{n} trans={trans} shared={shared} 8×8 GEMM"), &g, &got, &want, tol_k(&g, k));
+                    }
                 }
             }
         }

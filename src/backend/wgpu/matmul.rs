@@ -1,5 +1,5 @@
-//! linear and batched matmul: the tiled GEMM (shaders/matmul.wgsl) for M > 1 and the GEMV
-//! (shaders/gemv.wgsl) for M = 1. `gemm` is also the multiply-add half of the convolutions.
+//! linear and batched matmul: the tiled GEMM (shaders/matmul.wgsl; its 8×8-per-thread kernel for
+//! grids of many tiles) for M > 1 and the GEMV (shaders/gemv.wgsl) for M = 1. `gemm` is also the multiply-add half of the convolutions.
 
 use super::{u32_of, Shader, WgpuBackend};
 use crate::backend::Activation;
@@ -101,7 +101,9 @@ pub(super) fn gemm(be: &WgpuBackend, op: &'static str, g: &Gemm) -> Result<()> {
         params.extend([u32_of(op, s.batch)?, u32_of(op, s.row)?, u32_of(op, s.col)?]);
     }
     params.extend([b_f16 as u32, g.bias.is_some() as u32, g.act.kernel_code(), g.residual.is_some() as u32]);
-    be.dispatch(&MATMUL, "matmul", &buffers, &params, [gx as u32, gy as u32, g.batch as u32])
+    let tiles = (gx * gy * g.batch) as u64;
+    let entry = if tiles >= be.rt.gemm_8x8_min_tiles() as u64 { "matmul_8x8" } else { "matmul" };
+    be.dispatch(&MATMUL, entry, &buffers, &params, [gx as u32, gy as u32, g.batch as u32])
 }
 
 /// y = act(x · wᵀ + bias) + residual.

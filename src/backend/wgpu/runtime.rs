@@ -54,6 +54,10 @@ pub(crate) struct BufferPool {
     idle_bytes: AtomicU64,
 }
 
+/// Output tiles from which a GEMM takes matmul_8x8 (64 threads a tile) instead of matmul (256):
+/// about four workgroups per compute unit of a large GPU, so the grid still fills it.
+const GEMM_8X8_MIN_TILES: u32 = 512;
+
 /// Idle bytes the pool keeps; buffers returned beyond this are freed.
 const POOL_CAP: u64 = 1 << 30;
 
@@ -88,6 +92,8 @@ pub(crate) struct Runtime {
     /// to check the plain fallback on adapters that have subgroups).
     use_subgroups: AtomicBool,
     max_groups_per_dim: AtomicU32,
+    /// GEMMs of at least this many 64×64 output tiles take the 8×8-per-thread kernel.
+    gemm_8x8_min_tiles: AtomicU32,
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
     pipelines: Mutex<HashMap<&'static str, HashMap<String, Arc<Pipeline>>>>,
     batch: Mutex<Option<Batch>>,
@@ -171,6 +177,7 @@ impl Runtime {
             has_subgroups: features.contains(::wgpu::Features::SUBGROUP),
             use_subgroups: AtomicBool::new(features.contains(::wgpu::Features::SUBGROUP)),
             max_groups_per_dim: AtomicU32::new(max_groups),
+            gemm_8x8_min_tiles: AtomicU32::new(GEMM_8X8_MIN_TILES),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             batch: Mutex::new(None),
@@ -183,6 +190,10 @@ impl Runtime {
     /// The smallest subgroup size, when the subgroup variants of kernels are to be used.
     pub(crate) fn subgroup_min_size(&self) -> Option<u32> {
         (self.has_subgroups && self.use_subgroups.load(Ordering::Relaxed) && self.info.subgroup_min_size > 0).then_some(self.info.subgroup_min_size)
+    }
+
+    pub(crate) fn gemm_8x8_min_tiles(&self) -> u32 {
+        self.gemm_8x8_min_tiles.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_max_groups_per_dim(&self, n: u32) {
@@ -561,5 +572,12 @@ impl WgpuBackend {
     #[doc(hidden)]
     pub fn set_max_workgroups_per_dim(&self, n: u32) {
         self.rt.set_max_groups_per_dim(n)
+    }
+
+    /// Route GEMMs of at least `tiles` 64×64 output tiles to the 8×8-per-thread kernel (`None`:
+    /// the default threshold), so tests can run both kernels at small sizes.
+    #[doc(hidden)]
+    pub fn set_gemm_8x8_min_tiles(&self, tiles: Option<u32>) {
+        self.rt.gemm_8x8_min_tiles.store(tiles.unwrap_or(GEMM_8X8_MIN_TILES), Ordering::Relaxed)
     }
 }
