@@ -107,6 +107,20 @@ fn tile_elements(s: TileSrc, m0: u32, n0: u32, k0: u32, e: u32) -> vec2<f32> {
     return out;
 }
 
+// Element e of the tiles into workgroup memory: B as [BK][BN / 4] vec4s; A transposed into
+// a_tile (matmul) or as [BK][BM / 4] vec4s of rows into a_rows (matmul_8x8).
+fn stage(s: TileSrc, m0: u32, n0: u32, k0: u32, e: u32, rows: bool) {
+    let v = tile_elements(s, m0, n0, k0, e);
+    let r = e / BK;
+    let kk = e % BK;
+    b_tile[kk * 16u + r / 4u][r % 4u] = v.y;
+    if (rows) {
+        a_rows[kk * 16u + r / 4u][r % 4u] = v.x;
+    } else {
+        a_tile[kk * A_STRIDE + r] = v.x;
+    }
+}
+
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
     let z = wid.z;
@@ -123,10 +137,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < src.k_all; k0 += BK) {
         for (var t = 0u; t < 4u; t++) {
-            let e = tid + t * 256u;
-            let v = tile_elements(src, m0, n0, k0, e);
-            a_tile[(e % BK) * A_STRIDE + e / BK] = v.x;
-            b_tile[(e % BK) * 16u + e / BK / 4u][(e / BK) % 4u] = v.y;
+            stage(src, m0, n0, k0, tid + t * 256u, false);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
@@ -174,11 +185,7 @@ fn matmul_8x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     var c71 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < src.k_all; k0 += BK) {
         for (var t = 0u; t < 16u; t++) {
-            let e = tid + t * 64u;
-            let v = tile_elements(src, m0, n0, k0, e);
-            let slot = (e % BK) * 16u + e / BK / 4u;
-            a_rows[slot][(e / BK) % 4u] = v.x;
-            b_tile[slot][(e / BK) % 4u] = v.y;
+            stage(src, m0, n0, k0, tid + t * 64u, true);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {

@@ -24,25 +24,38 @@
 @group(0) @binding(6) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
 
+// Pair p's indices (its (bh, t) row, i, and the element offset of its row in x) and its
+// rotated values.
+struct Pair {
+    row: u32,
+    i: u32,
+    base: u32,
+    lo: f32,
+    hi: f32,
+}
+
+fn rotate(p: u32) -> Pair {
+    let h = params[2];
+    let i = p % h;
+    let row = p / h;           // (bh, t) flattened
+    let base = row * 2u * h;
+    let tab = (params[3] + row % params[1]) * h + i;
+    let c = cos_t[tab];
+    let s = sin_t[tab];
+    let a = x[base + i];
+    let b = x[base + i + h];
+    return Pair(row, i, base, a * c - b * s, b * c + a * s);
+}
+
 @compute @workgroup_size(256)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let p = flat_wg(wid, nwg) * 256u + lid;
     if (p >= params[0]) {
         return;
     }
-    let n = params[1];
-    let h = params[2];
-    let i = p % h;
-    let row = p / h;           // (bh, t) flattened
-    let t = row % n;
-    let base = row * 2u * h;
-    let tab = (params[3] + t) * h + i;
-    let c = cos_t[tab];
-    let s = sin_t[tab];
-    let a = x[base + i];
-    let b = x[base + i + h];
-    out[base + i] = a * c - b * s;
-    out[base + i + h] = b * c + a * s;
+    let r = rotate(p);
+    out[r.base + r.i] = r.lo;
+    out[r.base + r.i + params[2]] = r.hi;
 }
 
 @compute @workgroup_size(256)
@@ -51,21 +64,13 @@ fn rope_write_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     if (p >= params[0]) {
         return;
     }
+    let r = rotate(p);
     let n = params[1];
     let h = params[2];
-    let i = p % h;
-    let row = p / h;           // (bh, t) flattened
-    let t = row % n;
-    let bh = row / n;
-    let base = row * 2u * h;
-    let dst = (bh * params[4] + params[3] + t) * 2u * h;
-    let tab = (params[3] + t) * h + i;
-    let c = cos_t[tab];
-    let s = sin_t[tab];
-    let a = x[base + i];
-    let b = x[base + i + h];
-    k_cache[dst + i] = a * c - b * s;
-    k_cache[dst + i + h] = b * c + a * s;
-    v_cache[dst + i] = v_new[base + i];
-    v_cache[dst + i + h] = v_new[base + i + h];
+    // Row (bh, t) of the new tokens goes to cache row bh·max + pos + t.
+    let dst = ((r.row / n) * params[4] + params[3] + r.row % n) * 2u * h;
+    k_cache[dst + r.i] = r.lo;
+    k_cache[dst + r.i + h] = r.hi;
+    v_cache[dst + r.i] = v_new[r.base + r.i];
+    v_cache[dst + r.i + h] = v_new[r.base + r.i + h];
 }
