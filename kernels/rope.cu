@@ -5,6 +5,11 @@
 //
 // Launch: 1-D grid-stride loop over rows·h rotation pairs (each thread reads two x and one
 // cos/sin pair, writes two outputs: 24 bytes per pair).
+//
+// rope_qk_write_kv_f32 (Backend::rope_qk_write_kv: a decode or prefill step's q, k and v in one
+// launch where two ropes and two cache writes were four): q [B·H, n, D] roped into q_out; k and
+// v [B·Hkv, n, D], k roped, both written into k_cache / v_cache [B·Hkv, max, D] at rows pos + t.
+// One grid-stride loop over the q pairs, then the k pairs (which also move their two v values).
 #include "common.cuh"
 
 extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ cos_t,
@@ -19,5 +24,33 @@ extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restri
         const float a = xr[i], b = xr[i + h];
         yr[i] = a * c - b * s;
         yr[i + h] = b * c + a * s;
+    }
+}
+
+extern "C" __global__ void rope_qk_write_kv_f32(const float* __restrict__ q, float* __restrict__ q_out, const float* __restrict__ k,
+                                                const float* __restrict__ v, float* __restrict__ k_cache, float* __restrict__ v_cache,
+                                                const float* __restrict__ cos_t, const float* __restrict__ sin_t, u64 q_pairs,
+                                                u64 kv_pairs, unsigned n, unsigned h, u64 pos, u64 max) {
+    GRID_STRIDE(p, q_pairs + kv_pairs) {
+        const bool is_q = p < q_pairs;
+        const u64 pair = is_q ? p : p - q_pairs;
+        const u64 row = pair / h;
+        const unsigned i = (unsigned)(pair % h);
+        const u64 t = row % n;
+        const float c = cos_t[(pos + t) * h + i], s = sin_t[(pos + t) * h + i];
+        const float* xr = (is_q ? q : k) + row * 2 * h;
+        const float a = xr[i], b = xr[i + h];
+        float* dst;
+        if (is_q) {
+            dst = q_out + row * 2 * h;
+        } else {
+            const u64 at = ((row / n) * max + pos + t) * 2 * h;
+            dst = k_cache + at;
+            const float* vr = v + row * 2 * h;
+            v_cache[at + i] = vr[i];
+            v_cache[at + i + h] = vr[i + h];
+        }
+        dst[i] = a * c - b * s;
+        dst[i + h] = b * c + a * s;
     }
 }

@@ -7,10 +7,10 @@
 // One thread per (row, t, i) pair, 256 per workgroup, 1-D grid (folded above 65535 groups).
 // 16 bytes read + 8 written per pair, 6 flops.
 //
-// rope_write_kv (Backend::rope_write_kv, a decode or prefill step's new keys and values): x = k
-// [B·Hkv, N, D] roped as above but written into k_cache [B·Hkv, max, D] at rows pos_offset + t,
-// and v [B·Hkv, N, D] copied into v_cache there: rope(k), write_kv(k) and write_kv(v) in one
-// dispatch. Same threads (each also moves its two v elements).
+// rope_write_kv (the cache half of Backend::rope_qk_write_kv, a step's new keys and values):
+// x = k [B·Hkv, N, D] roped as above but written into k_cache [B·Hkv, max, D] at rows
+// pos_offset + t, and v [B·Hkv, N, D] copied into v_cache there: rope(k), write_kv(k) and
+// write_kv(v) in one dispatch. Same threads (each also moves its two v elements).
 //
 // params: rope [pairs = B·H·N·h, N, h, pos_offset]; rope_write_kv [pairs, N, h, pos_offset, max]
 // bindings: x, cos, sin, out (rope); x = k, cos, sin, v, k_cache, v_cache (rope_write_kv)

@@ -206,6 +206,43 @@ pub(crate) fn mask_stats_shape(logits: &Tensor, rect: [usize; 4]) -> Result<(usi
     Ok((planes, ph, pw, w.div_ceil(32)))
 }
 
+/// The geometry of `rope_qk_write_kv`: n new tokens, h = D/2 rotation pairs per row, and the
+/// caches' capacity.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RopeKvShape {
+    pub n: usize,
+    pub h: usize,
+    pub q_pairs: usize,
+    pub kv_pairs: usize,
+    pub max: usize,
+}
+
+/// Check `rope_qk_write_kv`'s operands: q [B, H, n, D], k = v [B, Hkv, n, D] (D even), caches
+/// [B, Hkv, max, D] with pos + n ≤ max, tables [max_pos, D/2] covering pos + n, all f32.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope_kv_shape(q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, cos: &Tensor, sin: &Tensor, pos: usize) -> Result<RopeKvShape> {
+    const OP: &str = "rope_qk_write_kv";
+    let (qs, ks, cs) = (q.shape(), k.shape(), k_cache.shape());
+    let bad = |what: String| Err(Error::shape(OP, what));
+    if qs.len() != 4 || ks.len() != 4 || cs.len() != 4 || !ks[3].is_multiple_of(2) {
+        return bad(format!("q {qs:?}, k {ks:?}, cache {cs:?}: expected [B, H, n, D] with even D and a [B, Hkv, max, D] cache"));
+    }
+    let (n, d) = (ks[2], ks[3]);
+    if v.shape() != ks || v_cache.shape() != cs || qs[0] != ks[0] || qs[2] != n || qs[3] != d || cs[0] != ks[0] || cs[1] != ks[1] || cs[3] != d || pos + n > cs[2] {
+        return bad(format!("q {qs:?}, k {ks:?}, v {:?}, caches {cs:?} / {:?} at position {pos}", v.shape(), v_cache.shape()));
+    }
+    let h = d / 2;
+    if cos.dims() != 2 || cos.dim(1) != h || cos.shape() != sin.shape() || pos + n > cos.dim(0) {
+        return bad(format!("cos/sin {:?} / {:?}: expected [≥ {}, {h}]", cos.shape(), sin.shape(), pos + n));
+    }
+    for (t, what) in [(q, "q"), (k, "k"), (v, "v"), (k_cache, "k cache"), (v_cache, "v cache"), (cos, "cos"), (sin, "sin")] {
+        if t.dtype() != crate::dtype::DType::F32 {
+            return bad(format!("{what} is {}, expected f32", t.dtype()));
+        }
+    }
+    Ok(RopeKvShape { n, h, q_pairs: q.numel() / 2, kv_pairs: k.numel() / 2, max: cs[2] })
+}
+
 /// The sizes of one `upscale_masks` call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct UpscaleShape {
@@ -563,21 +600,25 @@ impl Backend {
         op!(self, "write_kv", be => be.write_kv(cache, new, pos))
     }
 
-    /// A step's new keys and values into the caches [B, Hkv, max, D] at positions pos..pos+n:
-    /// `rope(k)` into `k_cache` and `v` into `v_cache` (k, v [B, Hkv, n, D]), what `rope` and
-    /// two `write_kv`s do. One dispatch on wgpu; elsewhere those ops.
+    /// A step's queries and keys roped and its keys and values cached: returns rope(q) and
+    /// writes rope(k) into `k_cache` and v into `v_cache` ([B, Hkv, max, D]) at positions
+    /// pos..pos+n (q [B, H, n, D], k and v [B, Hkv, n, D]): what two `rope`s and two
+    /// `write_kv`s do. One launch on CUDA, two dispatches on wgpu (a third binding set would pass
+    /// WebGPU's eight), those ops on the CPU.
     #[allow(clippy::too_many_arguments)]
-    pub fn rope_write_kv(&self, k_cache: &mut Tensor, v_cache: &mut Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor, pos: usize) -> Result<()> {
-        if let Backend::Wgpu(b) = self {
-            let _span = profile::Span::start(self, || "rope_write_kv".to_string());
-            return b.rope_write_kv(k_cache, v_cache, k, v, cos, sin, pos);
+    pub fn rope_qk_write_kv(&self, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, cos: &Tensor, sin: &Tensor, pos: usize) -> Result<Tensor> {
+        let s = rope_kv_shape(q, k, v, k_cache, v_cache, cos, sin, pos)?;
+        let _span = profile::Span::start(self, || "rope_qk_write_kv".to_string());
+        match self {
+            Backend::Cuda(b) => b.rope_qk_write_kv(q, k, v, k_cache, v_cache, cos, sin, pos, s),
+            Backend::Wgpu(b) => b.rope_qk_write_kv(q, k, v, k_cache, v_cache, cos, sin, pos, s),
+            Backend::Cpu(b) => {
+                let k = b.rope(k, cos, sin, pos)?;
+                b.write_kv(k_cache, &k, pos)?;
+                b.write_kv(v_cache, v, pos)?;
+                b.rope(q, cos, sin, pos)
+            }
         }
-        if v.shape() != k.shape() || v_cache.shape() != k_cache.shape() {
-            return Err(Error::shape("rope_write_kv", format!("k {:?} and v {:?}, caches {:?} and {:?}: each pair must match", k.shape(), v.shape(), k_cache.shape(), v_cache.shape())));
-        }
-        let k = self.rope(k, cos, sin, pos)?;
-        self.write_kv(k_cache, &k, pos)?;
-        self.write_kv(v_cache, v, pos)
     }
 
     /// Superpixel scatter-mean pooling with the SSPE inputs in one pass:

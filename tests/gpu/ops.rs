@@ -158,29 +158,33 @@ fn rope_with_offsets() {
     }
 }
 
-/// `rope_write_kv` against rope + write_kv on the CPU: a prefill then decode steps into caches
-/// that already hold other rows (2 batches × 3 KV heads, so the cache's row stride matters).
+/// `rope_qk_write_kv` against two ropes and two write_kvs on the CPU: a prefill then decode
+/// steps into caches that already hold other rows (2 batches × 3 KV heads, so the cache's row
+/// stride matters; 6 query heads, GQA).
 #[test]
-fn rope_write_kv_matches_rope_then_write_kv() {
-    let mut r = rng("rope_write_kv");
-    for g in gpus("rope_write_kv") {
+fn rope_qk_write_kv_matches_rope_then_write_kv() {
+    let mut r = rng("rope_qk_write_kv");
+    for g in gpus("rope_qk_write_kv") {
         for d in [2usize, 64] {
             let (cos, sin) = (r.tensor(&[20, d / 2]), r.tensor(&[20, d / 2]));
             let (cg, sg) = (up(&g, &cos), up(&g, &sin));
             let (mut kc, mut vc) = (r.tensor(&[2, 3, 11, d]), r.tensor(&[2, 3, 11, d]));
             let (mut kcg, mut vcg) = (up(&g, &kc), up(&g, &vc));
             for (pos, n) in [(0usize, 5usize), (5, 1), (6, 1), (9, 2)] {
-                let (k, v) = (r.tensor(&[2, 3, n, d]), r.tensor(&[2, 3, n, d]));
+                let (q, k, v) = (r.tensor(&[2, 6, n, d]), r.tensor(&[2, 3, n, d]), r.tensor(&[2, 3, n, d]));
                 cpu().write_kv(&mut kc, &cpu().rope(&k, &cos, &sin, pos).unwrap(), pos).unwrap();
                 cpu().write_kv(&mut vc, &v, pos).unwrap();
-                g.backend.rope_write_kv(&mut kcg, &mut vcg, &up(&g, &k), &up(&g, &v), &cg, &sg, pos).unwrap();
-                same(&format!("rope_write_kv d {d} k cache after {pos}+{n}"), &g, &kcg, &kc, g.op_tol);
-                same(&format!("rope_write_kv d {d} v cache after {pos}+{n}"), &g, &vcg, &vc, Tol { atol: 0.0, rtol: 0.0 });
+                let want = cpu().rope(&q, &cos, &sin, pos).unwrap();
+                let got = g.backend.rope_qk_write_kv(&up(&g, &q), &up(&g, &k), &up(&g, &v), &mut kcg, &mut vcg, &cg, &sg, pos).unwrap();
+                same(&format!("rope_qk_write_kv d {d} q after {pos}+{n}"), &g, &got, &want, g.op_tol);
+                same(&format!("rope_qk_write_kv d {d} k cache after {pos}+{n}"), &g, &kcg, &kc, g.op_tol);
+                same(&format!("rope_qk_write_kv d {d} v cache after {pos}+{n}"), &g, &vcg, &vc, Tol { atol: 0.0, rtol: 0.0 });
             }
-            let (k, v) = (up(&g, &r.tensor(&[2, 3, 2, d])), up(&g, &r.tensor(&[2, 3, 2, d])));
-            assert!(g.backend.rope_write_kv(&mut kcg, &mut vcg, &k, &v, &cg, &sg, 10).is_err(), "a write past the cache must be an error");
+            let (q, k, v) = (up(&g, &r.tensor(&[2, 6, 2, d])), up(&g, &r.tensor(&[2, 3, 2, d])), up(&g, &r.tensor(&[2, 3, 2, d])));
+            assert!(g.backend.rope_qk_write_kv(&q, &k, &v, &mut kcg, &mut vcg, &cg, &sg, 10).is_err(), "a write past the cache must be an error");
             let v1 = up(&g, &r.tensor(&[2, 3, 1, d]));
-            assert!(g.backend.rope_write_kv(&mut kcg, &mut vcg, &k, &v1, &cg, &sg, 0).is_err(), "k and v of different shapes must be an error");
+            assert!(g.backend.rope_qk_write_kv(&q, &k, &v1, &mut kcg, &mut vcg, &cg, &sg, 0).is_err(), "k and v of different shapes must be an error");
+            assert!(g.backend.rope_qk_write_kv(&q, &k, &v, &mut kcg, &mut vcg, &cg, &sg, 19).is_err(), "positions past the tables must be an error");
         }
     }
 }

@@ -205,29 +205,41 @@ impl CudaBackend {
         if cs.len() != 4 || ns.len() != 4 || cs[0] != ns[0] || cs[1] != ns[1] || cs[3] != ns[3] || pos + ns[2] > cs[2] {
             return Err(Error::shape(OP, format!("cache {cs:?}, new {ns:?} at position {pos}")));
         }
-        self.f32_slice(cache, OP)?;
         let np = self.f32_ptr(new, OP)?;
-        // Take the cache's storage out so the Arc count says whether anyone else holds it.
-        let old = std::mem::replace(cache, Tensor::from_storage(Storage::Cpu(Arc::new(crate::tensor::CpuData::F32(Vec::new()))), DType::F32, vec![0]));
+        let (max, n, d) = (cs[2], ns[2], cs[3]);
+        self.with_unique_f32(cache, OP, |cp| self.copy_rows(OP, np, cp, cs[0] * cs[1] * n * d, n * d, n * d, 0, max * d, pos * d))
+    }
+
+    /// Run `f` on the device pointer of f32 tensor `t` to write it in place. Storage shared with
+    /// other tensors is copied first (they keep the old values), so `t` alone sees the writes.
+    pub(crate) fn with_unique_f32(&self, t: &mut Tensor, op: &'static str, f: impl FnOnce(u64) -> Result<()>) -> Result<()> {
+        self.f32_slice(t, op)?;
+        let shape = t.shape().to_vec();
+        // Take the storage out so the Arc count says whether anyone else holds it.
+        let old = std::mem::replace(t, Tensor::from_storage(Storage::Cpu(Arc::new(crate::tensor::CpuData::F32(Vec::new()))), DType::F32, vec![0]));
         let Storage::Cuda(mut arc) = old.storage().clone() else {
-            *cache = old;
-            return Err(Error::shape(OP, "cache is not on the CUDA device"));
+            *t = old;
+            return Err(Error::shape(op, "tensor is not on the CUDA device"));
         };
         drop(old);
         if Arc::get_mut(&mut arc).is_none() {
             let copy = match &*arc {
-                CudaData::F32(s) => self.dtod_copy(s)?,
-                _ => return Err(Error::shape(OP, "cache is not f32")),
+                CudaData::F32(s) => self.dtod_copy(s),
+                _ => Err(Error::shape(op, "tensor is not f32")),
             };
-            arc = Arc::new(CudaData::F32(copy));
+            match copy {
+                Ok(c) => arc = Arc::new(CudaData::F32(c)),
+                Err(e) => {
+                    *t = Tensor::from_storage(Storage::Cuda(arc), DType::F32, shape);
+                    return Err(e);
+                }
+            }
         }
-        let cp = match &*arc {
-            CudaData::F32(s) => self.ptr(s),
-            _ => return Err(Error::shape(OP, "cache is not f32")),
+        let result = match &*arc {
+            CudaData::F32(s) => f(self.ptr(s)),
+            _ => Err(Error::shape(op, "tensor is not f32")),
         };
-        let (max, n, d) = (cs[2], ns[2], cs[3]);
-        let result = self.copy_rows(OP, np, cp, cs[0] * cs[1] * n * d, n * d, n * d, 0, max * d, pos * d);
-        *cache = Tensor::from_storage(Storage::Cuda(arc), DType::F32, cs);
+        *t = Tensor::from_storage(Storage::Cuda(arc), DType::F32, shape);
         result
     }
 

@@ -1,6 +1,8 @@
-//! Rotary position embedding, HF rotate_half layout (kernels/rope.cu).
+//! Rotary position embedding, HF rotate_half layout (kernels/rope.cu), alone and fused with a
+//! step's KV-cache writes.
 
 use super::{grid_1d, kernels, launch, CudaBackend};
+use crate::backend::RopeKvShape;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -27,5 +29,25 @@ impl CudaBackend {
             launch!(self, OP, self.function(&kernels::ROPE, "rope_f32")?, grid_1d(pairs), xp, yp, cp, sp, p64, n32, h32, off)?;
         }
         Ok(self.wrap_f32(out, s.to_vec()))
+    }
+
+    /// `Backend::rope_qk_write_kv` in one launch (operands checked by `rope_kv_shape`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rope_qk_write_kv(&self, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, cos: &Tensor, sin: &Tensor, pos: usize, s: RopeKvShape) -> Result<Tensor> {
+        const OP: &str = "rope_qk_write_kv";
+        let (qp, kp, vp) = (self.f32_ptr(q, OP)?, self.f32_ptr(k, OP)?, self.f32_ptr(v, OP)?);
+        let (cp, sp) = (self.f32_ptr(cos, OP)?, self.f32_ptr(sin, OP)?);
+        let out = self.alloc_f32(q.shape())?;
+        let yp = self.ptr(&out);
+        let pairs = s.q_pairs + s.kv_pairs;
+        if pairs > 0 {
+            let (qn, kvn, n32, h32, p64, max) = (s.q_pairs as u64, s.kv_pairs as u64, s.n as u32, s.h as u32, pos as u64, s.max as u64);
+            self.with_unique_f32(k_cache, OP, |kc| {
+                self.with_unique_f32(v_cache, OP, |vc| {
+                    launch!(self, OP, self.function(&kernels::ROPE, "rope_qk_write_kv_f32")?, grid_1d(pairs), qp, yp, kp, vp, kc, vc, cp, sp, qn, kvn, n32, h32, p64, max)
+                })
+            })?;
+        }
+        Ok(self.wrap_f32(out, q.shape().to_vec()))
     }
 }

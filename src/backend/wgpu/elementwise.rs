@@ -2,7 +2,7 @@
 //! (shaders/rope.wgsl).
 
 use super::{u32_of, Shader, WgpuBackend};
-use crate::backend::{Activation, BinaryOp};
+use crate::backend::{Activation, BinaryOp, RopeKvShape};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -131,51 +131,43 @@ pub(super) fn softmax(be: &WgpuBackend, x: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-/// Checks x [B, H, N, D] (D even) against the tables [max_pos, D/2] at `pos_offset`:
-/// (N, D/2, the pair count).
-fn rope_shape(op: &'static str, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<(usize, usize, u32)> {
+pub(super) fn rope(be: &WgpuBackend, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
     let s = x.shape();
     if s.len() != 4 || !s[3].is_multiple_of(2) {
-        return Err(Error::shape(op, format!("x must be [B, H, N, D] with even D, got {s:?}")));
+        return Err(Error::shape("rope", format!("x must be [B, H, N, D] with even D, got {s:?}")));
     }
     let (n, d) = (s[2], s[3]);
     let h = d / 2;
     if cos.dims() != 2 || cos.dim(1) != h || cos.shape() != sin.shape() {
-        return Err(Error::shape(op, format!("cos/sin must be [max_pos, {h}], got {:?} / {:?}", cos.shape(), sin.shape())));
+        return Err(Error::shape("rope", format!("cos/sin must be [max_pos, {h}], got {:?} / {:?}", cos.shape(), sin.shape())));
     }
     if pos_offset + n > cos.dim(0) {
-        return Err(Error::shape(op, format!("positions {}..{} exceed the table of {}", pos_offset, pos_offset + n, cos.dim(0))));
+        return Err(Error::shape("rope", format!("positions {}..{} exceed the table of {}", pos_offset, pos_offset + n, cos.dim(0))));
     }
-    f32_len(op, x)?;
-    f32_len(op, cos)?;
-    f32_len(op, sin)?;
-    Ok((n, h, u32_of(op, x.numel() / 2)?))
-}
-
-pub(super) fn rope(be: &WgpuBackend, x: &Tensor, cos: &Tensor, sin: &Tensor, pos_offset: usize) -> Result<Tensor> {
-    let (n, h, pairs) = rope_shape("rope", x, cos, sin, pos_offset)?;
-    let out = be.alloc(x.shape().to_vec(), DType::F32)?;
+    f32_len("rope", x)?;
+    f32_len("rope", cos)?;
+    f32_len("rope", sin)?;
+    let pairs = u32_of("rope", x.numel() / 2)?;
+    let out = be.alloc(s.to_vec(), DType::F32)?;
     let bufs = [be.buffer(x, "rope")?, be.buffer(cos, "rope")?, be.buffer(sin, "rope")?, be.buffer(&out, "rope")?];
     be.dispatch(&ROPE, "rope", &bufs, &[pairs, n as u32, h as u32, u32_of("rope", pos_offset)?], groups(pairs as usize))?;
     Ok(out)
 }
 
-/// `Backend::rope_write_kv` in one dispatch: rope(k) into k_cache and v into v_cache at rows
-/// pos..pos + N of caches [B, Hkv, max, D].
+/// `Backend::rope_qk_write_kv` (operands checked by `rope_kv_shape`): rope(q) in one dispatch,
+/// and in a second rope(k) into k_cache and v into v_cache at rows pos..pos + n of caches
+/// [B, Hkv, max, D] (all of it in one would take nine storage bindings).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn rope_write_kv(be: &WgpuBackend, k_cache: &mut Tensor, v_cache: &mut Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor, pos: usize) -> Result<()> {
-    const OP: &str = "rope_write_kv";
-    let (n, h, pairs) = rope_shape(OP, k, cos, sin, pos)?;
-    let (ks, cs) = (k.shape(), k_cache.shape());
-    if v.shape() != ks || v_cache.shape() != cs || cs.len() != 4 || cs[0] != ks[0] || cs[1] != ks[1] || cs[3] != ks[3] || pos + n > cs[2] {
-        return Err(Error::shape(OP, format!("k {ks:?}, v {:?}, caches {cs:?} / {:?} at position {pos}", v.shape(), v_cache.shape())));
-    }
-    for t in [&*k_cache, &*v_cache, v] {
+pub(super) fn rope_qk_write_kv(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, cos: &Tensor, sin: &Tensor, pos: usize, s: RopeKvShape) -> Result<Tensor> {
+    const OP: &str = "rope_qk_write_kv";
+    let q = rope(be, q, cos, sin, pos)?;
+    for t in [k, v, &*k_cache, &*v_cache] {
         f32_len(OP, t)?;
     }
-    if pairs == 0 {
-        return Ok(());
+    if s.kv_pairs > 0 {
+        let pairs = u32_of(OP, s.kv_pairs)?;
+        let bufs = [be.buffer(k, OP)?, be.buffer(cos, OP)?, be.buffer(sin, OP)?, be.buffer(k, OP)?, be.buffer(v, OP)?, be.buffer(k_cache, OP)?, be.buffer(v_cache, OP)?];
+        be.dispatch(&ROPE, "rope_write_kv", &bufs, &[pairs, s.n as u32, s.h as u32, u32_of(OP, pos)?, u32_of(OP, s.max)?], groups(s.kv_pairs))?;
     }
-    let bufs = [be.buffer(k, OP)?, be.buffer(cos, OP)?, be.buffer(sin, OP)?, be.buffer(k, OP)?, be.buffer(v, OP)?, be.buffer(k_cache, OP)?, be.buffer(v_cache, OP)?];
-    be.dispatch(&ROPE, OP, &bufs, &[pairs, n as u32, h as u32, u32_of(OP, pos)?, u32_of(OP, cs[2])?], groups(pairs as usize))
+    Ok(q)
 }

@@ -49,7 +49,8 @@ impl WgpuBackend {
     pub(super) fn gemv_many(&self, op: &'static str, mode: Mode, x: &Tensor, g: Option<(&Tensor, f32)>, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         let k = x.numel();
         need_f32(op, "input", x)?;
-        let w_f16 = weight_is_f16(op, ws[0])?;
+        let Some(first) = ws.first() else { return Err(Error::shape(op, "no weights")) };
+        let w_f16 = weight_is_f16(op, first)?;
         if let Some((g, _)) = g {
             need_f32(op, "norm weight", g)?;
             if g.numel() != k {
@@ -57,7 +58,7 @@ impl WgpuBackend {
             }
         }
         if mode == Mode::NormSwiglu && (ws.len() != 2 || ws[0].shape() != ws[1].shape()) {
-            return Err(Error::shape(op, format!("gate {:?} and up {:?} must have one shape", ws[0].shape(), ws.get(1).map(|w| w.shape()))));
+            return Err(Error::shape(op, format!("gate {:?} and up {:?} must have one shape", first.shape(), ws.get(1).map(|w| w.shape()))));
         }
         for w in ws {
             u32_of(op, w.numel())?;

@@ -194,8 +194,8 @@ impl WgpuBackend {
         layout::write_kv(self, cache, new, pos)
     }
     #[allow(clippy::too_many_arguments)]
-    pub fn rope_write_kv(&self, k_cache: &mut Tensor, v_cache: &mut Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor, pos: usize) -> Result<()> {
-        elementwise::rope_write_kv(self, k_cache, v_cache, k, v, cos, sin, pos)
+    pub(crate) fn rope_qk_write_kv(&self, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, cos: &Tensor, sin: &Tensor, pos: usize, s: crate::backend::RopeKvShape) -> Result<Tensor> {
+        elementwise::rope_qk_write_kv(self, q, k, v, k_cache, v_cache, cos, sin, pos, s)
     }
     pub fn scatter_mean_pool(&self, weights: &Tensor, feats: &Tensor, pos: &Tensor) -> Result<Tensor> {
         scatter_pool::scatter_mean_pool(self, weights, feats, pos)

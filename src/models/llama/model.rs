@@ -300,8 +300,7 @@ impl Llama {
         let q = to_heads(be, &q, n, h, d)?;
         let k = to_heads(be, &k, n, hkv, d)?;
         let v = to_heads(be, &v, n, hkv, d)?;
-        let q = be.rope(&q, &self.cos, &self.sin, pos)?;
-        be.rope_write_kv(k_cache, v_cache, &k, &v, &self.cos, &self.sin, pos)?;
+        let q = be.rope_qk_write_kv(&q, &k, &v, k_cache, v_cache, &self.cos, &self.sin, pos)?;
         // transformers multiplies by head_dim ** -0.5 computed in double precision.
         let params = AttnParams { scale: (d as f64).powf(-0.5) as f32, causal: true, kv_len: Some(pos + n), bias: AttnBias::None };
         let attn = from_heads(be, &be.attention(&q, k_cache, v_cache, &params)?, n, h * d)?;
