@@ -12,6 +12,13 @@
 // One grid-stride loop over the q pairs, then the k pairs (which also move their two v values).
 #include "common.cuh"
 
+// Rotation pair i of row xr (D = 2h) with table values c, s, written to row yr.
+__device__ __forceinline__ void rotate_pair(const float* xr, float* yr, unsigned i, unsigned h, float c, float s) {
+    const float a = xr[i], b = xr[i + h];
+    yr[i] = a * c - b * s;
+    yr[i + h] = b * c + a * s;
+}
+
 extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ cos_t,
                                     const float* __restrict__ sin_t, u64 pairs, unsigned n, unsigned h, u64 pos_offset) {
     GRID_STRIDE(k, pairs) {
@@ -19,11 +26,7 @@ extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restri
         const unsigned i = (unsigned)(k % h);
         const u64 t = pos_offset + row % n;
         const float c = cos_t[t * h + i], s = sin_t[t * h + i];
-        const float* xr = x + row * 2 * h;
-        float* yr = y + row * 2 * h;
-        const float a = xr[i], b = xr[i + h];
-        yr[i] = a * c - b * s;
-        yr[i + h] = b * c + a * s;
+        rotate_pair(x + row * 2 * h, y + row * 2 * h, i, h, c, s);
     }
 }
 
@@ -38,8 +41,6 @@ extern "C" __global__ void rope_qk_write_kv_f32(const float* __restrict__ q, flo
         const unsigned i = (unsigned)(pair % h);
         const u64 t = row % n;
         const float c = cos_t[(pos + t) * h + i], s = sin_t[(pos + t) * h + i];
-        const float* xr = (is_q ? q : k) + row * 2 * h;
-        const float a = xr[i], b = xr[i + h];
         float* dst;
         if (is_q) {
             dst = q_out + row * 2 * h;
@@ -50,7 +51,6 @@ extern "C" __global__ void rope_qk_write_kv_f32(const float* __restrict__ q, flo
             v_cache[at + i] = vr[i];
             v_cache[at + i + h] = vr[i + h];
         }
-        dst[i] = a * c - b * s;
-        dst[i + h] = b * c + a * s;
+        rotate_pair((is_q ? q : k) + row * 2 * h, dst, i, h, c, s);
     }
 }

@@ -468,12 +468,13 @@ impl Backend {
     /// GEMV dispatch; elsewhere the norm, `linear_many` and `silu_mul`.
     pub fn rms_norm_swiglu(&self, x: &Tensor, norm_w: &Tensor, eps: f32, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
         let span = || profile::Span::start(self, || "rms_norm_swiglu".to_string());
+        let one_shape = w_gate.shape() == w_up.shape();
         match self {
-            Backend::Cuda(b) if w_gate.shape() == w_up.shape() && cuda::CudaBackend::norm_gemv_fits(x, norm_w, &[w_gate, w_up]) => {
+            Backend::Cuda(b) if one_shape && cuda::CudaBackend::norm_gemv_fits(x, norm_w, &[w_gate, w_up]) => {
                 let _span = span();
                 return b.rms_norm_swiglu(x, norm_w, eps, w_gate, w_up);
             }
-            Backend::Wgpu(b) if w_gate.shape() == w_up.shape() && b.gemv_many_fits(x, &[w_gate, w_up]) => {
+            Backend::Wgpu(b) if one_shape && b.gemv_many_fits(x, &[w_gate, w_up]) => {
                 let _span = span();
                 return b.rms_norm_swiglu(x, norm_w, eps, w_gate, w_up);
             }

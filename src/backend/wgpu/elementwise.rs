@@ -166,6 +166,7 @@ pub(super) fn rope_qk_write_kv(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Ten
     }
     if s.kv_pairs > 0 {
         let pairs = u32_of(OP, s.kv_pairs)?;
+        // Binding 4 (rope's output) is not used by rope_write_kv: k stands in.
         let bufs = [be.buffer(k, OP)?, be.buffer(cos, OP)?, be.buffer(sin, OP)?, be.buffer(k, OP)?, be.buffer(v, OP)?, be.buffer(k_cache, OP)?, be.buffer(v_cache, OP)?];
         be.dispatch(&ROPE, "rope_write_kv", &bufs, &[pairs, s.n as u32, s.h as u32, u32_of(OP, pos)?, u32_of(OP, s.max)?], groups(s.kv_pairs))?;
     }

@@ -1,5 +1,6 @@
-//! linear and batched matmul: the tiled GEMM (shaders/matmul.wgsl; its 8×8-per-thread kernel for
-//! grids of many tiles) for M > 1 and the GEMV (shaders/gemv.wgsl) for M = 1. `gemm` is also the multiply-add half of the convolutions.
+//! linear and batched matmul: the tiled GEMM (shaders/matmul.wgsl; its 8×8-per-thread kernel
+//! for grids of many tiles) for M > 1 and the GEMV (shaders/gemv.wgsl) for M = 1. `gemm` is
+//! also the multiply-add half of the convolutions.
 
 use super::{u32_of, Shader, WgpuBackend};
 use crate::backend::Activation;
