@@ -113,6 +113,7 @@ def main():
     cuda, _ = first("visword-cuda-lisa-7b.json")
     dinov2, _ = first("visword-cuda-dinov2-lisa-7b.json")
     wgpu, wgpu_name = first("visword-wgpu-lisa-7b.json", "visword-wgpu-tiny.json")
+    coop, _ = first("visword-wgpu-coop-lisa-7b.json")
     eager, eager_name = first("torch-eager.json", "torch-eager-tiny-cpu.json")
     comp, _ = first("torch-compile.json")
 
@@ -136,7 +137,7 @@ def main():
     ]
     for stage in STAGES:
         target = "—"
-        for rep in (cuda, wgpu):
+        for rep in (cuda, wgpu, coop):
             row = next((r for r in (rep or {}).get("performance", []) if r["stage"] == stage), None)
             if row and row.get("target"):
                 target = row["target"]
@@ -157,6 +158,17 @@ def main():
         else:
             gemm.append(f"{p['bf16_matmul_tflops']:.3g} (bf16)")
     rows.append(["GEMM TFLOP/s"] + gemm + ["measured"])
+    if coop is not None:
+        # The wgpu bench with the cooperative-matrix GEMM switched on, as a column after wgpu's.
+        header.insert(3, "wgpu coop-matrix")
+        dev = coop.get("device", "")
+        state = "in use" if dev.endswith(", cooperative-matrix GEMM)") else ("self-check failed" if "GEMM off:" in dev else "not offered")
+        cells = [state, ""] + [visword_cell(coop, stage) for stage in STAGES]
+        cells += [""] * (len(rows) - len(cells) - 2)
+        p = coop.get("device_peaks")
+        cells += [f"{p['copy_gb_per_s']:.0f}" if p else "—", f"{p['gemm_tflops']:.3g}" if p and "gemm_tflops" in p else "—"]
+        for r, c in zip(rows, cells):
+            r.insert(3, c)
     failed = [f"{k}: {v[0]}" for k, v in status.items() if v[0] not in ("ok", "skipped")]
     skipped = [f"{k} ({v[2] if len(v) > 2 else ''})" for k, v in status.items() if v[0] == "skipped"]
 

@@ -280,6 +280,19 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
                     same(&format!("linear {m}×{k}×{n} {dtype} 8×8 GEMM"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Gelu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
                     wb.set_gemm_8x8_min_tiles(None);
                 }
+                // wgpu's cooperative-matrix GEMM on adapters that have it: f16 weights, the
+                // activations rounded to f16 as it stages them (so the reference rounds them too).
+                if let (true, Backend::Wgpu(wb)) = (m > 1, &g.backend) {
+                    if wb.has_coop_gemm() && wg.dtype() == DType::F16 {
+                        let x16 = x.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+                        let want = cpu().linear(&x16, &w, Some(&b), Activation::Gelu, Some(&res)).unwrap();
+                        let was = wb.coop_gemm();
+                        wb.set_coop_gemm(true);
+                        let got = g.backend.linear(&xg, &wg, Some(&bg), Activation::Gelu, Some(&rg)).unwrap();
+                        wb.set_coop_gemm(was);
+                        same(&format!("linear {m}×{k}×{n} {dtype} cooperative-matrix GEMM"), &g, &got, &want, tol_k(&g, k));
+                    }
+                }
                 let want = cpu().linear(&x_ref, &w, None, Activation::None, None).unwrap();
                 same(&format!("linear {m}×{k}×{n} {dtype} bare"), &g, &g.backend.linear(&xg, &wg, None, Activation::None, None).unwrap(), &want, tol_k(&g, k));
             }
@@ -414,9 +427,10 @@ fn linear_timings_at_mask_decoder_shapes() {
     }
 }
 
-/// wgpu's two GEMM kernels timed at the stack's shapes (4096³, 7B prefill, CLIP-L and SAM-H
-/// projections; f16 weights), on request (`gpu wgpu_gemm_timings -- --ignored --nocapture`):
-/// what sets `GEMM_8X8_MIN_TILES`.
+/// wgpu's GEMM kernels (4×4 and 8×8 per thread, and the cooperative-matrix one where the
+/// adapter has it) timed at the stack's shapes (4096³, 7B prefill, CLIP-L and SAM-H projections;
+/// f16 weights), on request (`gpu wgpu_gemm_timings -- --ignored --nocapture`): what sets
+/// `GEMM_8X8_MIN_TILES` and whether the cooperative-matrix GEMM becomes the default.
 #[test]
 #[ignore]
 fn wgpu_gemm_timings() {
@@ -427,8 +441,14 @@ fn wgpu_gemm_timings() {
         for (m, k, n) in [(4096usize, 4096usize, 4096usize), (616, 4096, 4096), (616, 4096, 11008), (80, 4096, 4096), (577, 1024, 1024), (577, 1024, 4096), (4096, 1280, 3840), (4096, 5120, 1280)] {
             let x = up(&g, &r.tensor(&[m, k]));
             let w = be.upload_weight(&r.tensor(&[n, k]).to_dtype(DType::F16).unwrap()).unwrap();
-            for (name, tiles) in [("matmul 4×4", Some(u32::MAX)), ("matmul_8x8", Some(1))] {
+            let coop = wb.has_coop_gemm();
+            for (name, tiles, on) in [("matmul 4×4", Some(u32::MAX), false), ("matmul_8x8", Some(1), false), ("matmul_coop", None, true)] {
+                if on && !coop {
+                    eprintln!("wgpu GEMM {m}×{k}×{n}: no cooperative matrices on {}", be.device_name());
+                    continue;
+                }
                 wb.set_gemm_8x8_min_tiles(tiles);
+                wb.set_coop_gemm(on);
                 let mut times = Vec::new();
                 for _ in 0..4 {
                     be.synchronize().unwrap();
@@ -442,6 +462,7 @@ fn wgpu_gemm_timings() {
                 eprintln!("wgpu GEMM {m}×{k}×{n} f16 weight, {name}: {:.1} µs, {:.1} TFLOP/s", t * 1e6, 2.0 * (m * k * n) as f64 / t / 1e12);
             }
             wb.set_gemm_8x8_min_tiles(None);
+            wb.set_coop_gemm(false);
         }
     }
 }
@@ -519,9 +540,26 @@ fn batched_matmul_plain_transposed_and_shared() {
                 }
             }
         }
-        // An f16 right operand (a weight used through matmul).
-        let (a, b) = (r.tensor(&[3, 20]), r.tensor(&[20, 11]).to_dtype(DType::F16).unwrap());
-        same("matmul f16 b", &g, &g.backend.matmul(&up(&g, &a), &g.backend.upload_weight(&b).unwrap(), false).unwrap(), &cpu().matmul(&a, &b, false).unwrap(), tol_k(&g, 20));
+        // An f16 right operand (a weight used through matmul), batched and shared, plain and
+        // transposed; on wgpu also through the cooperative-matrix GEMM where the adapter has it.
+        for (trans, shared) in [(false, true), (true, true), (false, false), (true, false)] {
+            let a = r.tensor(&[2, 67, 40]);
+            let bshape = if trans { vec![70, 40] } else { vec![40, 70] };
+            let b = if shared { r.tensor(&bshape) } else { r.tensor(&[vec![2], bshape].concat()) }.to_dtype(DType::F16).unwrap();
+            let (ag, bg) = (up(&g, &a), g.backend.upload_weight(&b).unwrap());
+            let what = format!("matmul f16 b trans={trans} shared={shared}");
+            same(&what, &g, &g.backend.matmul(&ag, &bg, trans).unwrap(), &cpu().matmul(&a, &b, trans).unwrap(), tol_k(&g, 40));
+            if let Backend::Wgpu(wb) = &g.backend {
+                if wb.has_coop_gemm() {
+                    let a16 = a.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+                    let was = wb.coop_gemm();
+                    wb.set_coop_gemm(true);
+                    let got = g.backend.matmul(&ag, &bg, trans).unwrap();
+                    wb.set_coop_gemm(was);
+                    same(&format!("{what} cooperative-matrix GEMM"), &g, &got, &cpu().matmul(&a16, &b, trans).unwrap(), tol_k(&g, 40));
+                }
+            }
+        }
     }
 }
 

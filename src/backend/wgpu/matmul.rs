@@ -1,6 +1,7 @@
 //! linear and batched matmul: the tiled GEMM (shaders/matmul.wgsl; its 8×8-per-thread kernel
-//! for grids of many tiles) for M > 1 and the GEMV (shaders/gemv.wgsl) for M = 1. `gemm` is
-//! also the multiply-add half of the convolutions.
+//! for grids of many tiles; shaders/matmul_coop.wgsl on cooperative matrices for f16 weights,
+//! where the adapter has them and they are switched on) for M > 1 and the GEMV
+//! (shaders/gemv.wgsl) for M = 1. `gemm` is also the multiply-add half of the convolutions.
 
 use super::{u32_of, Shader, WgpuBackend};
 use crate::backend::Activation;
@@ -9,6 +10,17 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 const MATMUL: Shader = Shader { name: "matmul", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/matmul.wgsl")) };
+/// The cooperative-matrix GEMM: its `enable` directives must precede everything, so they lead
+/// the concatenation (the file's `// enables:` line names the same two).
+pub(super) const MATMUL_COOP: Shader = Shader {
+    name: "matmul_coop",
+    source: concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        include_str!("../../../shaders/common.wgsl"),
+        include_str!("../../../shaders/matmul.wgsl"),
+        include_str!("../../../shaders/matmul_coop.wgsl")
+    ),
+};
 const GEMV: Shader = Shader { name: "gemv", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv.wgsl")) };
 const GEMV_SUBGROUP: Shader = Shader {
     name: "gemv_subgroup",
@@ -103,8 +115,14 @@ pub(super) fn gemm(be: &WgpuBackend, op: &'static str, g: &Gemm) -> Result<()> {
     }
     params.extend([b_f16 as u32, g.bias.is_some() as u32, g.act.kernel_code(), g.residual.is_some() as u32]);
     let tiles = (gx * gy * g.batch) as u64;
-    let entry = if tiles >= be.rt.gemm_8x8_min_tiles() as u64 { "matmul_8x8" } else { "matmul" };
-    be.dispatch(&MATMUL, entry, &buffers, &params, [gx as u32, gy as u32, g.batch as u32])
+    let (shader, entry) = if b_f16 && be.rt.coop_gemm() {
+        (&MATMUL_COOP, "matmul_coop")
+    } else if tiles >= be.rt.gemm_8x8_min_tiles() as u64 {
+        (&MATMUL, "matmul_8x8")
+    } else {
+        (&MATMUL, "matmul")
+    };
+    be.dispatch(shader, entry, &buffers, &params, [gx as u32, gy as u32, g.batch as u32])
 }
 
 /// y = act(x · wᵀ + bias) + residual.
@@ -204,4 +222,26 @@ pub(super) fn batched_matmul(be: &WgpuBackend, a: &Tensor, b: &Tensor, trans_b: 
     };
     gemm(be, "matmul", &g)?;
     Ok(out)
+}
+
+/// The cooperative-matrix GEMM against the plain one on a small problem whose products and sums
+/// are exact in f32 either way (inputs are multiples of 1/8 in [-1, 1], so f16 holds them; M, N
+/// and K are not multiples of the tiles), with a bias, GELU and a residual. `Ok(Err(why))` when
+/// they disagree.
+pub(super) fn coop_self_check(be: &WgpuBackend) -> Result<std::result::Result<(), String>> {
+    let (m, n, k) = (70usize, 72usize, 48usize);
+    let val = |i: usize, a: usize, b: usize| ((i * a + b) % 17) as f32 / 8.0 - 1.0;
+    let host = |len: usize, a: usize, b: usize, shape: Vec<usize>| Tensor::from_f32((0..len).map(|i| val(i, a, b)).collect(), shape);
+    let x = be.upload(&host(m * k, 37, 11, vec![m, k])?)?;
+    let w = be.upload_weight(&host(n * k, 29, 5, vec![n, k])?.to_dtype(DType::F16)?)?;
+    let bias = be.upload(&host(n, 13, 3, vec![n])?)?;
+    let res = be.upload(&host(m * n, 7, 1, vec![m, n])?)?;
+    let was = be.rt.use_coop.swap(true, std::sync::atomic::Ordering::Relaxed);
+    let coop = linear(be, &x, &w, Some(&bias), Activation::Gelu, Some(&res)).and_then(|t| be.to_host(&t));
+    be.rt.use_coop.store(false, std::sync::atomic::Ordering::Relaxed);
+    let plain = linear(be, &x, &w, Some(&bias), Activation::Gelu, Some(&res)).and_then(|t| be.to_host(&t));
+    be.rt.use_coop.store(was, std::sync::atomic::Ordering::Relaxed);
+    let (coop, plain) = (coop?.to_f32_vec()?, plain?.to_f32_vec()?);
+    let worst = coop.iter().zip(&plain).map(|(a, b)| if a.is_finite() { (a - b).abs() } else { f32::INFINITY }).fold(0.0f32, f32::max);
+    Ok(if worst <= 1e-4 { Ok(()) } else { Err(format!("differs from the plain GEMM by up to {worst}")) })
 }

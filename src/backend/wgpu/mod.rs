@@ -109,13 +109,25 @@ impl WgpuBackend {
     /// Open the best adapter there is (a discrete GPU first, lavapipe last), or say why there
     /// is none.
     pub fn new() -> Result<WgpuBackend> {
-        Ok(WgpuBackend { rt: runtime::Runtime::open(false)? })
+        WgpuBackend { rt: runtime::Runtime::open(false)? }.checked()
     }
 
     /// Open a hardware GPU adapter only (not a software rasteriser such as lavapipe), for
     /// `--backend auto`.
     pub fn new_hardware() -> Result<WgpuBackend> {
-        Ok(WgpuBackend { rt: runtime::Runtime::open(true)? })
+        WgpuBackend { rt: runtime::Runtime::open(true)? }.checked()
+    }
+
+    /// With the cooperative-matrix GEMM switched on (VISWORD_WGPU_COOP=1), check it against the
+    /// plain GEMM once; on a mismatch it stays off and `device_name` says why.
+    fn checked(self) -> Result<WgpuBackend> {
+        if self.rt.coop_gemm() {
+            if let Err(why) = matmul::coop_self_check(&self)? {
+                self.rt.use_coop.store(false, std::sync::atomic::Ordering::Relaxed);
+                *self.rt.coop_note.lock().unwrap_or_else(|p| p.into_inner()) = format!("cooperative-matrix GEMM off: {why}");
+            }
+        }
+        Ok(self)
     }
 
     pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {

@@ -94,6 +94,13 @@ pub(crate) struct Runtime {
     max_groups_per_dim: AtomicU32,
     /// GEMMs of at least this many 64×64 output tiles take the 8×8-per-thread kernel.
     gemm_8x8_min_tiles: AtomicU32,
+    /// The device enabled cooperative matrices (`coop_gemm_config` held and VISWORD_WGPU_COOP
+    /// was not 0).
+    pub(crate) has_coop: bool,
+    /// GEMMs on f16 weights take matmul_coop (VISWORD_WGPU_COOP=1, once its self-check passed).
+    pub(crate) use_coop: AtomicBool,
+    /// Why cooperative matrices are off although the device has them (a failed self-check).
+    pub(crate) coop_note: Mutex<String>,
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
     pipelines: Mutex<HashMap<&'static str, HashMap<String, Arc<Pipeline>>>>,
     batch: Mutex<Option<Batch>>,
@@ -116,6 +123,18 @@ fn unavailable(reason: impl Into<String>) -> Error {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether matmul_coop.wgsl can run on `adapter`: cooperative matrices with a subgroup-scoped
+/// 16×16×16 f16 × f16 → f32 configuration, shader-f16, and subgroups of exactly 32 invocations
+/// (the shader's four subgroups per 128-invocation workgroup).
+fn coop_gemm_config(adapter: &::wgpu::Adapter, info: &::wgpu::AdapterInfo) -> bool {
+    use ::wgpu::{CooperativeScalarType as T, Features as F};
+    let needed = F::EXPERIMENTAL_COOPERATIVE_MATRIX | F::SHADER_F16 | F::SUBGROUP;
+    adapter.features().contains(needed)
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && adapter.cooperative_matrix_properties().iter().any(|p| (p.m_size, p.n_size, p.k_size) == (16, 16, 16) && p.ab_type == T::F16 && p.cr_type == T::F32)
 }
 
 fn rank(t: ::wgpu::DeviceType) -> u8 {
@@ -149,19 +168,34 @@ impl Runtime {
         };
         let info = adapter.get_info();
         let offered = adapter.features();
-        let features = offered & (::wgpu::Features::SHADER_F16 | ::wgpu::Features::SUBGROUP);
+        let base = offered & (::wgpu::Features::SHADER_F16 | ::wgpu::Features::SUBGROUP);
+        let coop_env = std::env::var("VISWORD_WGPU_COOP").ok();
+        let want_coop = coop_env.as_deref() != Some("0") && coop_gemm_config(&adapter, &info);
         // The adapter's own limits: weights need far more than the 128 MiB default binding.
         let limits = adapter.limits();
-        let desc = ::wgpu::DeviceDescriptor {
-            label: Some("visword"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: ::wgpu::MemoryHints::Performance,
-            trace: ::wgpu::Trace::Off,
+        let request = |features: ::wgpu::Features| {
+            let coop = features.contains(::wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+            let desc = ::wgpu::DeviceDescriptor {
+                label: Some("visword"),
+                required_features: features,
+                required_limits: limits.clone(),
+                // SAFETY: wgpu's experimental features may hide undefined behaviour in its own
+                // implementation. The one requested is cooperative matrices, used by a single
+                // shader (matmul_coop.wgsl) only when switched on, and then only after its
+                // results matched the plain GEMM's (`WgpuBackend::coop_self_check`).
+                experimental_features: if coop { unsafe { ::wgpu::ExperimentalFeatures::enabled() } } else { ::wgpu::ExperimentalFeatures::disabled() },
+                memory_hints: ::wgpu::MemoryHints::Performance,
+                trace: ::wgpu::Trace::Off,
+            };
+            pollster::block_on(adapter.request_device(&desc))
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
-            .map_err(|e| unavailable(format!("adapter {} refused a device: {e}", info.name)))?;
+        // A device refused with the experimental feature is asked for again without it.
+        let coop_features = base | ::wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        let (features, (device, queue)) = match want_coop.then(|| request(coop_features)) {
+            Some(Ok(dq)) => (coop_features, dq),
+            _ => (base, request(base).map_err(|e| unavailable(format!("adapter {} refused a device: {e}", info.name)))?),
+        };
+        let has_coop = features.contains(::wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: ::wgpu::Error| lock(&sink).push(e.to_string())));
@@ -178,6 +212,9 @@ impl Runtime {
             use_subgroups: AtomicBool::new(features.contains(::wgpu::Features::SUBGROUP)),
             max_groups_per_dim: AtomicU32::new(max_groups),
             gemm_8x8_min_tiles: AtomicU32::new(GEMM_8X8_MIN_TILES),
+            has_coop,
+            use_coop: AtomicBool::new(has_coop && coop_env.as_deref() == Some("1")),
+            coop_note: Mutex::new(String::new()),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             batch: Mutex::new(None),
@@ -190,6 +227,11 @@ impl Runtime {
     /// The smallest subgroup size, when the subgroup variants of kernels are to be used.
     pub(crate) fn subgroup_min_size(&self) -> Option<u32> {
         (self.has_subgroups && self.use_subgroups.load(Ordering::Relaxed) && self.info.subgroup_min_size > 0).then_some(self.info.subgroup_min_size)
+    }
+
+    /// GEMMs on f16 weights take the cooperative-matrix kernel.
+    pub(crate) fn coop_gemm(&self) -> bool {
+        self.use_coop.load(Ordering::Relaxed)
     }
 
     pub(crate) fn gemm_8x8_min_tiles(&self) -> u32 {
@@ -542,7 +584,30 @@ impl WgpuBackend {
     }
 
     pub fn device_name(&self) -> String {
-        format!("{} ({:?}, {:?})", self.rt.info.name, self.rt.info.backend, self.rt.info.device_type)
+        let coop = if self.rt.coop_gemm() {
+            ", cooperative-matrix GEMM".to_string()
+        } else {
+            let note = lock(&self.rt.coop_note);
+            if note.is_empty() { String::new() } else { format!(", {note}") }
+        };
+        format!("{} ({:?}, {:?}{coop})", self.rt.info.name, self.rt.info.backend, self.rt.info.device_type)
+    }
+
+    /// The device has cooperative matrices for the GEMM (whether or not they are switched on).
+    pub fn has_coop_gemm(&self) -> bool {
+        self.rt.has_coop
+    }
+
+    /// GEMMs on f16 weights run on cooperative matrices (shaders/matmul_coop.wgsl).
+    pub fn coop_gemm(&self) -> bool {
+        self.rt.coop_gemm()
+    }
+
+    /// Switch the cooperative-matrix GEMM on (where the device has it) or off, without the
+    /// start-up self-check (tests compare it against the CPU themselves).
+    #[doc(hidden)]
+    pub fn set_coop_gemm(&self, on: bool) {
+        self.rt.use_coop.store(on && self.rt.has_coop, Ordering::Relaxed)
     }
 
     /// The adapter's shader-f16 feature is enabled.
