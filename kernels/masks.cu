@@ -181,3 +181,139 @@ extern "C" __global__ void __launch_bounds__(128) upscale_masks_f32(const float*
         }
     }
 }
+
+// upscale_masks_f32 on the tensor cores, for SAM's own sizes (C1 = 64, C2 = 32, M ≤ UPS_M):
+// the second transposed conv is a [rows, 64] · [64, 128] GEMM per 64 rows of y (row R =
+// (i·E + j)·4 + a·2 + b, column n = (c·2 + d)·32 + o), run as mma.sync m16n8k16 with f16
+// operands and f32 accumulators; everything around it (LayerNorm + GELU before, bias + GELU and
+// the hypernetwork dots after) stays in f32. Same output as upscale_masks_f32, with the GEMM's
+// operands rounded to f16 (the features after LayerNorm + GELU are O(1), the weights small: both
+// far inside f16's range).
+//
+// Launch: 128 threads (4 warps) per block, one block per (p, UPT_ROWS consecutive rows of y),
+// 2-D grid (block_row()). The block stages w2 once as f16 ([128][UPT_LD], k contiguous: the
+// col-major B operand) with b2, prompt p's hypernetwork rows and the norm weights; then per tile
+// of 64 rows, warp w normalises rows 16w..16w+15 itself (lane l: channels 2l, 2l+1; the mean and
+// variance by warp shuffles) into its f16 A rows, and multiplies them by all 128 columns (16
+// n-fragments of 8, 4 k-steps: 64 mma per warp per tile, 64 f32 accumulators per thread).
+// Epilogue from registers: in fragment f a thread holds rows g and g + 8 (g = lane / 4) at
+// columns 8f + 2t, 8f + 2t + 1 (t = lane % 4), so for sub-position cd (fragments 4cd..4cd+3) it
+// holds 8 of the 32 features of each of its two rows; it applies bias and GELU, takes their dot
+// products with the M hypernetwork rows, the quad's four lanes add theirs with two shuffles, and
+// lane t writes the masks m ≡ t (mod 4). Row stride UPT_LD = 72 halves (36 words) makes every
+// fragment load hit 32 distinct banks.
+#define UPT_ROWS 256
+#define UPT_LD 72
+
+__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ void mma_f16_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+extern "C" __global__ void __launch_bounds__(128) upscale_masks_mma_f32(const float* __restrict__ y, const float* __restrict__ ln_w,
+                                                                        const float* __restrict__ ln_b, float eps,
+                                                                        const float* __restrict__ w2, const float* __restrict__ b2,
+                                                                        const float* __restrict__ hyper, float* __restrict__ out,
+                                                                        unsigned P, unsigned E, unsigned M) {
+    __shared__ __align__(16) unsigned short s_w[128 * UPT_LD];
+    __shared__ __align__(16) unsigned short s_a[64 * UPT_LD];
+    __shared__ float s_b[32];
+    __shared__ float s_h[UPS_M * 32];
+    __shared__ float s_lw[64], s_lb[64];
+    const unsigned rows = 4 * E * E, blocks_per_p = (rows + UPT_ROWS - 1) / UPT_ROWS;
+    const u64 blk = block_row();
+    if (blk >= (u64)P * blocks_per_p) return;
+    const unsigned p = (unsigned)(blk / blocks_per_p), r0 = (unsigned)(blk % blocks_per_p) * UPT_ROWS;
+    for (unsigned k = threadIdx.x; k < 128 * 32; k += blockDim.x) {
+        const unsigned n = k / 32, c = (k % 32) * 2;
+        *reinterpret_cast<unsigned*>(s_w + n * UPT_LD + c) = pack_f16x2(w2[n * 64 + c], w2[n * 64 + c + 1]);
+    }
+    if (threadIdx.x < 32) s_b[threadIdx.x] = b2[threadIdx.x];
+    for (unsigned k = threadIdx.x; k < M * 32; k += blockDim.x) s_h[k] = hyper[(u64)p * M * 32 + k];
+    if (threadIdx.x < 64) {
+        s_lw[threadIdx.x] = ln_w[threadIdx.x];
+        s_lb[threadIdx.x] = ln_b[threadIdx.x];
+    }
+    __syncthreads();
+    const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const unsigned L = 4 * E;
+    for (unsigned tile = r0; tile < min(r0 + UPT_ROWS, rows); tile += 64) {
+        // LayerNorm + GELU of the warp's 16 rows into its A rows (zeros past the last row).
+        for (unsigned r = 0; r < 16; ++r) {
+            const unsigned R = tile + warp * 16 + r;
+            float2 v = make_float2(0.f, 0.f);
+            if (R < rows) v = *reinterpret_cast<const float2*>(y + ((u64)p * rows + R) * 64 + 2 * lane);
+            float s = v.x + v.y;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            const float mean = s * (1.0f / 64.0f);
+            const float dx = v.x - mean, dy = v.y - mean;
+            float q = dx * dx + dy * dy;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
+            const float rstd = rsqrtf(q * (1.0f / 64.0f) + eps);
+            float g0 = act_apply(dx * rstd * s_lw[2 * lane] + s_lb[2 * lane], ACT_GELU);
+            float g1 = act_apply(dy * rstd * s_lw[2 * lane + 1] + s_lb[2 * lane + 1], ACT_GELU);
+            if (R >= rows) g0 = g1 = 0.f;
+            *reinterpret_cast<unsigned*>(s_a + (warp * 16 + r) * UPT_LD + 2 * lane) = pack_f16x2(g0, g1);
+        }
+        __syncwarp();
+        float acc[16][4];
+#pragma unroll
+        for (int f = 0; f < 16; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.f;
+        const unsigned short* arow = s_a + (warp * 16 + g) * UPT_LD + 2 * t;
+#pragma unroll
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+            const unsigned a0 = *reinterpret_cast<const unsigned*>(arow + k0);
+            const unsigned a1 = *reinterpret_cast<const unsigned*>(arow + 8 * UPT_LD + k0);
+            const unsigned a2 = *reinterpret_cast<const unsigned*>(arow + k0 + 8);
+            const unsigned a3 = *reinterpret_cast<const unsigned*>(arow + 8 * UPT_LD + k0 + 8);
+#pragma unroll
+            for (int f = 0; f < 16; ++f) {
+                const unsigned short* bcol = s_w + (f * 8 + g) * UPT_LD + 2 * t + k0;
+                mma_f16_16816(acc[f], a0, a1, a2, a3, *reinterpret_cast<const unsigned*>(bcol), *reinterpret_cast<const unsigned*>(bcol + 8));
+            }
+        }
+        __syncwarp();  // the next tile's norm rewrites this warp's A rows
+        // Epilogue: rows g and g + 8 of the warp's 16.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const unsigned R = tile + warp * 16 + g + 8 * h;
+            const unsigned i = R / (4 * E), j = (R / 4) % E, a = (R / 2) % 2, b = R % 2;
+#pragma unroll
+            for (int cd = 0; cd < 4; ++cd) {
+                float dots[UPS_M];
+#pragma unroll
+                for (int m = 0; m < UPS_M; ++m) dots[m] = 0.f;
+#pragma unroll
+                for (int jf = 0; jf < 4; ++jf) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const unsigned o = jf * 8 + 2 * t + e;
+                        const float z = act_apply(acc[cd * 4 + jf][2 * h + e] + s_b[o], ACT_GELU);
+#pragma unroll
+                        for (int m = 0; m < UPS_M; ++m)
+                            if (m < (int)M) dots[m] = fmaf(s_h[m * 32 + o], z, dots[m]);
+                    }
+                }
+#pragma unroll
+                for (int m = 0; m < UPS_M; ++m) {
+                    dots[m] += __shfl_xor_sync(0xffffffffu, dots[m], 1);
+                    dots[m] += __shfl_xor_sync(0xffffffffu, dots[m], 2);
+                }
+                const unsigned py = 4 * i + 2 * a + cd / 2, px = 4 * j + 2 * b + cd % 2;
+#pragma unroll
+                for (int m = 0; m < UPS_M; ++m)
+                    if (m < (int)M && (unsigned)m % 4 == t && R < rows) out[(((u64)p * M + m) * L + py) * L + px] = dots[m];
+            }
+        }
+    }
+}

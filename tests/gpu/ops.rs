@@ -680,21 +680,50 @@ fn conv2d_for_every_weight_dtype() {
     }
 }
 
+/// `upscale_masks` on the CPU with the CUDA tensor-core kernel's rounding: the features after
+/// LayerNorm + GELU and w2 rounded to f16 before their product, everything else in f32 (the
+/// composed ops of src/backend/upscale.rs).
+fn upscale_masks_f16_operands(y: &Tensor, lw: &Tensor, lb: &Tensor, w2: &Tensor, b2: &Tensor, hyper: &Tensor) -> Tensor {
+    let (c, round) = (cpu(), |t: &Tensor| t.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap());
+    let (p, e, c1, c2, m) = (y.dim(0), y.dim(1), w2.dim(1), b2.dim(0), hyper.dim(1));
+    let g = c.activate(&c.layer_norm(&y.reshape(&[p * e * e * 4, c1]).unwrap(), lw, lb, 1e-6).unwrap(), Activation::Gelu).unwrap();
+    let bias4 = c.concat(&[b2, b2, b2, b2], 0).unwrap();
+    let z = c.linear(&round(&g), &round(w2), Some(&bias4), Activation::Gelu, None).unwrap().reshape(&[p, e, e, 2, 2, 2, 2, c2]).unwrap();
+    let z = c.permute(&z, &[0, 7, 1, 3, 5, 2, 4, 6]).unwrap().reshape(&[p, c2, 16 * e * e]).unwrap();
+    c.matmul(hyper, &z, false).unwrap().reshape(&[p, m, 4 * e, 4 * e]).unwrap()
+}
+
 /// The fused upscaler tail: SAM's sizes and small ones take the CUDA kernel and the WGSL shader
 /// (grids wider than one CUDA block's 128 threads, one mask, up to 8); sizes a fused path does
 /// not take go through the composed ops (CUDA: C1 not a multiple of 4, w2 over its shared
-/// memory; both: C1 > 64, more than 8 masks).
+/// memory; both: C1 > 64, more than 8 masks). On CUDA, SAM's sizes (C1 64, C2 32, M ≤ 8) take
+/// the tensor-core kernel by default (f16 GEMM operands, checked against a CPU reference that
+/// rounds the same operands; 4E² rows from 4 to 324: partial 64-row tiles and 256-row blocks),
+/// and the f32 CUDA-core kernel when switched off.
 #[test]
 fn upscale_masks_fused_and_composed() {
     let mut r = rng("upscale_masks");
     for g in gpus("upscale_masks") {
-        for (p, e, c1, c2, m) in [(2usize, 4usize, 8usize, 4usize, 3usize), (2, 5, 64, 32, 3), (1, 70, 8, 4, 1), (1, 3, 4, 3, 8), (1, 3, 6, 3, 1), (1, 2, 64, 64, 2), (1, 2, 68, 2, 1), (2, 2, 4, 2, 9)] {
+        let shapes = [(2usize, 4usize, 8usize, 4usize, 3usize), (2, 5, 64, 32, 3), (1, 70, 8, 4, 1), (1, 3, 4, 3, 8), (1, 3, 6, 3, 1), (1, 2, 64, 64, 2), (1, 2, 68, 2, 1), (2, 2, 4, 2, 9), (1, 1, 64, 32, 1), (2, 9, 64, 32, 8), (3, 8, 64, 32, 4)];
+        for (p, e, c1, c2, m) in shapes {
             let y = r.tensor(&[p, e, e, 4 * c1]);
             let (lw, lb) = (r.tensor(&[c1]), r.tensor(&[c1]));
             let (w2, b2, hyper) = (r.tensor(&[4 * c2, c1]), r.tensor(&[c2]), r.tensor(&[p, m, c2]));
             let want = cpu().upscale_masks(&y, (&lw, &lb, 1e-6), &w2, &b2, &hyper).unwrap();
-            let got = g.backend.upscale_masks(&up(&g, &y), (&up(&g, &lw), &up(&g, &lb), 1e-6), &up(&g, &w2), &up(&g, &b2), &up(&g, &hyper)).unwrap();
-            same(&format!("upscale_masks P{p} E{e} C1 {c1} C2 {c2} M{m}"), &g, &got, &want, tol_k(&g, c1 * c2));
+            let args = (up(&g, &y), up(&g, &lw), up(&g, &lb), up(&g, &w2), up(&g, &b2), up(&g, &hyper));
+            let run = || g.backend.upscale_masks(&args.0, (&args.1, &args.2, 1e-6), &args.3, &args.4, &args.5).unwrap();
+            let what = format!("upscale_masks P{p} E{e} C1 {c1} C2 {c2} M{m}");
+            match &g.backend {
+                Backend::Cuda(cb) if cb.mma_upscale() && c1 == 64 && c2 == 32 && m <= 8 => {
+                    let rounded = upscale_masks_f16_operands(&y, &lw, &lb, &w2, &b2, &hyper);
+                    same(&format!("{what} tensor cores"), &g, &run(), &rounded, Tol { atol: 2e-3, rtol: 2e-3 });
+                    cb.set_mma_upscale(false);
+                    let got = run();
+                    cb.set_mma_upscale(true);
+                    same(&format!("{what} CUDA cores"), &g, &got, &want, tol_k(&g, c1 * c2));
+                }
+                _ => same(&what, &g, &run(), &want, tol_k(&g, c1 * c2)),
+            }
         }
     }
 }

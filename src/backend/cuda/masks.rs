@@ -32,10 +32,30 @@ impl CudaBackend {
         s.c1 > 0 && s.c1 <= 64 && s.c1.is_multiple_of(4) && s.c2 <= 64 && 4 * s.c2 * s.c1 <= 8192 && s.m <= 8 && s.e <= 1 << 14
     }
 
+    /// Whether `upscale_masks` takes the tensor-core kernel for these sizes: SAM's own (C1 = 64,
+    /// C2 = 32, M ≤ 8), unless switched off.
+    fn upscale_masks_on_tensor_cores(&self, s: &UpscaleShape) -> bool {
+        self.mma_upscale() && s.c1 == 64 && s.c2 == 32 && s.m <= 8
+    }
+
+    /// SAM-sized `upscale_masks` calls (C1 = 64, C2 = 32, at most 8 masks) run on the tensor
+    /// cores.
+    pub fn mma_upscale(&self) -> bool {
+        self.mma_upscale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// SAM-sized `upscale_masks` on the tensor cores (`upscale_masks_mma_f32`: f16 operands for
+    /// the transposed conv's GEMM, f32 around it; the default) or on the CUDA cores in f32
+    /// (`VISWORD_CUDA_UPSCALE=simt` at start-up, or this with `false`).
+    pub fn set_mma_upscale(&self, on: bool) {
+        self.mma_upscale.store(on, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// `Backend::upscale_masks` in one kernel (the shape is checked by the caller).
     pub(crate) fn upscale_masks(&self, y: &Tensor, ln: (&Tensor, &Tensor, f32), w2: &Tensor, b2: &Tensor, hyper: &Tensor, s: UpscaleShape) -> Result<Tensor> {
         const OP: &str = "upscale_masks";
         const ROWS: usize = 8; // UPS_ROWS
+        const MMA_ROWS: usize = 256; // UPT_ROWS
         let side = 4 * s.e;
         let out = self.alloc_f32(&[s.p, s.m, side, side])?;
         if s.p * s.m * s.e > 0 {
@@ -43,8 +63,13 @@ impl CudaBackend {
             let (wp, bp, hp, op) = (self.f32_ptr(w2, OP)?, self.f32_ptr(b2, OP)?, self.f32_ptr(hyper, OP)?, self.ptr(&out));
             let u32_of = |v: usize| u32::try_from(v).map_err(|_| Error::shape(OP, format!("{v} prompts exceed u32")));
             let (p32, e32, c1, c2, m32) = (u32_of(s.p)?, s.e as u32, s.c1 as u32, s.c2 as u32, s.m as u32);
-            let cfg = grid_rows(s.p * (2 * s.e).div_ceil(ROWS), 128, 0);
-            launch!(self, OP, self.function(&kernels::MASKS, "upscale_masks_f32")?, cfg, yp, lwp, lbp, eps, wp, bp, hp, op, p32, e32, c1, c2, m32)?;
+            if self.upscale_masks_on_tensor_cores(&s) {
+                let cfg = grid_rows(s.p * (4 * s.e * s.e).div_ceil(MMA_ROWS), 128, 0);
+                launch!(self, OP, self.function(&kernels::MASKS, "upscale_masks_mma_f32")?, cfg, yp, lwp, lbp, eps, wp, bp, hp, op, p32, e32, m32)?;
+            } else {
+                let cfg = grid_rows(s.p * (2 * s.e).div_ceil(ROWS), 128, 0);
+                launch!(self, OP, self.function(&kernels::MASKS, "upscale_masks_f32")?, cfg, yp, lwp, lbp, eps, wp, bp, hp, op, p32, e32, c1, c2, m32)?;
+            }
         }
         Ok(self.wrap_f32(out, vec![s.p, s.m, side, side]))
     }

@@ -66,6 +66,8 @@ pub struct CudaBackend {
     /// Activation-dominated linears on bf16 weights go through cuBLASLt (lt.rs).
     lt_gemm: std::sync::atomic::AtomicBool,
     lt: std::sync::OnceLock<Option<lt::Lt>>,
+    /// SAM-sized `upscale_masks` runs on the tensor cores (masks.rs).
+    mma_upscale: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -161,6 +163,7 @@ impl CudaBackend {
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let bf16_gemm = std::env::var("VISWORD_CUDA_GEMM").map(|v| v.trim() != "f32").unwrap_or(true);
         let lt_gemm = std::env::var("VISWORD_CUDA_LT").map(|v| v.trim() != "0").unwrap_or(true);
+        let mma_upscale = std::env::var("VISWORD_CUDA_UPSCALE").map(|v| v.trim() != "simt").unwrap_or(true);
         Ok(CudaBackend {
             ctx,
             stream,
@@ -171,6 +174,7 @@ impl CudaBackend {
             bf16_gemm: bf16_gemm.into(),
             lt_gemm: lt_gemm.into(),
             lt: Default::default(),
+            mma_upscale: mma_upscale.into(),
         })
     }
 
