@@ -569,13 +569,23 @@ fn layer_norm_rms_norm_and_channel_norm() {
     for g in gpus("norms") {
         // CUDA takes rows that are whole float4s up to 1024 one warp each (4, 128, 256, 388, 1000,
         // 1024: 1, 2, 4 and 8 float4s per lane; row counts around its 8 rows per block), the
-        // others one block each.
-        for (rows, d) in [(1usize, 1usize), (3, 7), (4, 256), (5, 1000), (70, 33), (13, 1024), (9, 1028), (17, 4), (3, 128), (6, 388)] {
+        // others one block each. wgpu: rows up to 2048 wide a subgroup each (and, with subgroups
+        // off, 32 threads each, 8 rows per workgroup: 300 rows leave a partial workgroup), wider
+        // ones (2049, 4100) a workgroup each.
+        for (rows, d) in [(1usize, 1usize), (3, 7), (4, 256), (5, 1000), (70, 33), (13, 1024), (9, 1028), (17, 4), (3, 128), (6, 388), (300, 256), (2, 2049), (3, 4100)] {
             let x = Tensor::from_f32(r.vec(rows * d).iter().map(|v| v * 3.0 + 0.5).collect(), vec![rows, d]).unwrap();
             let (w, b) = (r.tensor(&[d]), r.tensor(&[d]));
             let (xg, wg, bg) = (up(&g, &x), up(&g, &w), up(&g, &b));
-            same(&format!("layer_norm {rows}×{d}"), &g, &g.backend.layer_norm(&xg, &wg, &bg, 1e-5).unwrap(), &cpu().layer_norm(&x, &w, &b, 1e-5).unwrap(), g.op_tol);
-            same(&format!("rms_norm {rows}×{d}"), &g, &g.backend.rms_norm(&xg, &wg, 1e-6).unwrap(), &cpu().rms_norm(&x, &w, 1e-6).unwrap(), g.op_tol);
+            let (ln, rms) = (cpu().layer_norm(&x, &w, &b, 1e-5).unwrap(), cpu().rms_norm(&x, &w, 1e-6).unwrap());
+            same(&format!("layer_norm {rows}×{d}"), &g, &g.backend.layer_norm(&xg, &wg, &bg, 1e-5).unwrap(), &ln, g.op_tol);
+            same(&format!("rms_norm {rows}×{d}"), &g, &g.backend.rms_norm(&xg, &wg, 1e-6).unwrap(), &rms, g.op_tol);
+            if let Backend::Wgpu(wb) = &g.backend {
+                wb.set_use_subgroups(false);
+                let (got_ln, got_rms) = (g.backend.layer_norm(&xg, &wg, &bg, 1e-5).unwrap(), g.backend.rms_norm(&xg, &wg, 1e-6).unwrap());
+                wb.set_use_subgroups(true);
+                same(&format!("layer_norm {rows}×{d} without subgroups"), &g, &got_ln, &ln, g.op_tol);
+                same(&format!("rms_norm {rows}×{d} without subgroups"), &g, &got_rms, &rms, g.op_tol);
+            }
         }
         for shape in [[1usize, 1, 1, 1], [2, 5, 3, 7], [1, 32, 16, 17]] {
             let x = r.tensor(&shape);

@@ -1,4 +1,6 @@
-//! LayerNorm, LayerNorm over channels (NCHW), RMSNorm: shaders/norm.wgsl.
+//! LayerNorm, LayerNorm over channels (NCHW), RMSNorm: shaders/norm.wgsl (a subgroup per row
+//! with shaders/norm_subgroup.wgsl where the adapter has subgroups, 32 threads per row without;
+//! a workgroup per row for rows wider than 2048).
 
 use super::elementwise::{f32_len, groups};
 use super::{u32_of, Shader, WgpuBackend};
@@ -7,6 +9,18 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 const NORM: Shader = Shader { name: "norm", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/norm.wgsl")) };
+const NORM_SUBGROUP: Shader = Shader {
+    name: "norm_subgroup",
+    source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/norm.wgsl"), include_str!("../../../shaders/norm_subgroup.wgsl")),
+};
+
+/// Rows wider than this take a workgroup each; narrower ones share workgroups (a subgroup, or
+/// 32 threads, per row).
+const WIDE_ROW: usize = 2048;
+/// Threads per norm workgroup.
+const THREADS: u32 = 256;
+/// Rows per workgroup of the plain grouped kernels (norm.wgsl's GROUP_ROWS).
+const GROUP_ROWS: u32 = 8;
 
 fn last_dim(op: &'static str, x: &Tensor, w: &Tensor) -> Result<usize> {
     let d = *x.shape().last().ok_or_else(|| Error::shape(op, "scalar input"))?;
@@ -25,7 +39,14 @@ fn rows_kernel(be: &WgpuBackend, op: &'static str, x: &Tensor, w: &Tensor, b: &T
     }
     let rows = u32_of(op, x.numel() / d)?;
     let bufs = [be.buffer(x, op)?, be.buffer(w, op)?, be.buffer(b, op)?, be.buffer(&out, op)?];
-    be.dispatch(&NORM, op, &bufs, &[rows, d as u32, eps.to_bits()], [rows, 1, 1])?;
+    let (shader, entry, per) = if d > WIDE_ROW {
+        (&NORM, op.to_string(), 1)
+    } else if let Some(min) = be.rt.subgroup_min_size() {
+        (&NORM_SUBGROUP, format!("{op}_sg"), (THREADS / min).max(1))
+    } else {
+        (&NORM, format!("{op}_rows"), GROUP_ROWS)
+    };
+    be.dispatch(shader, &entry, &bufs, &[rows, d as u32, eps.to_bits(), per], [rows.div_ceil(per), 1, 1])?;
     Ok(out)
 }
 
