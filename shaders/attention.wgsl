@@ -31,6 +31,9 @@
 //   contiguous [B·H, n_splits, D + 2]; only the final write to out goes through its strides.
 //   Bytes moved: K and V once each, 8·kv_len·D per (b, h); flops 4·kv_len·D.
 //
+// * attention_fewkeys_f32 (at most 32 keys, D ≤ 16, no bias): one thread per query row with
+//   the head's K and V in workgroup memory; see its section below.
+//
 // Bindings (the backend's convention, src/backend/wgpu/mod.rs): 0 = params (u32 words, f32 as
 // bits), then the buffers in the order the wrapper passes them: 1 q (the split partials for
 // combine), 2 k, 3 v, 4 out (the split partials for a split decode), 5 rel_h, 6 rel_w.
@@ -409,5 +412,112 @@ fn attention_combine_f32(
             o = fma(q[base + s * stride + e], exp(q[base + s * stride + d] - m), o);
         }
         out[o_base + e] = o * inv;
+    }
+}
+
+// ---- a handful of keys ---------------------------------------------------------------------
+//
+// attention_fewkeys_f32 (at most FEW_KEYS keys, D ≤ 16, no bias: SAM's image-to-token attention,
+// 4096 image queries per head over 7 prompt tokens, where the forward kernel's rounds of
+// 4-lane partial dot products and online-softmax updates cost more than the 7 keys' work): a
+// workgroup of 128 threads owns 128 queries of one (b, h), one query row per thread. The head's
+// K and V (D padded to 16 with zeros) are staged in workgroup memory, and so are the block's q
+// rows and outputs, so global reads and writes run along each row's D contiguous floats. Scores
+// in two passes over the keys (the max, then the exp-sum and P·V). Twin of CUDA's
+// attention_fewkeys. Grid: ⌈Nq / 128⌉ · B·H workgroups. 12.8 KiB of workgroup memory.
+
+const FEW_THREADS: u32 = 128u;
+const FEW_KEYS: u32 = 32u;
+const FEW_QS: u32 = 17u; // q row stride in few_q: odd, so each thread's own row is conflict-free
+
+var<workgroup> few_k: array<vec4<f32>, 128>; // FEW_KEYS × 4 vec4s
+var<workgroup> few_v: array<vec4<f32>, 128>;
+var<workgroup> few_q: array<f32, 2176>;      // FEW_THREADS × FEW_QS
+
+@compute @workgroup_size(128)
+fn attention_fewkeys_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let nq = params[0];
+    let nk = params[1];
+    let d = params[2];
+    let heads = params[3];
+    let group = params[4];
+    let causal = params[5] != 0u;
+    let scale = bitcast<f32>(params[6]);
+    let chunks = (nq + FEW_THREADS - 1u) / FEW_THREADS;
+    let flat = flat_wg(wid, nwg);
+    if flat >= chunks * params[9] {
+        return;
+    }
+    let bh = flat / chunks;
+    let q0 = (flat % chunks) * FEW_THREADS;
+    let batch = bh / heads;
+    let head = bh % heads;
+    let kv_head = head / group;
+    let rows = min(FEW_THREADS, nq - q0);
+
+    // K and V: element (j, c) of the padded 16-wide rows; columns past d are zero.
+    for (var idx = tid; idx < FEW_KEYS * 16u; idx += FEW_THREADS) {
+        let j = idx / 16u;
+        let c = idx % 16u;
+        var kx = 0.0;
+        var vx = 0.0;
+        if j < nk && c < d {
+            kx = k[at(K_STRIDES, batch, kv_head, j) + c];
+            vx = v[at(V_STRIDES, batch, kv_head, j) + c];
+        }
+        few_k[j * 4u + c / 4u][c % 4u] = kx;
+        few_v[j * 4u + c / 4u][c % 4u] = vx;
+    }
+    for (var idx = tid; idx < rows * d; idx += FEW_THREADS) {
+        let r = idx / d;
+        let c = idx % d;
+        few_q[r * FEW_QS + c] = q[at(Q_STRIDES, batch, head, q0 + r) + c];
+    }
+    workgroupBarrier();
+
+    let r = tid;
+    if r < rows {
+        var qr: array<vec4<f32>, 4>;
+        for (var s = 0u; s < 4u; s++) {
+            for (var c = 0u; c < 4u; c++) {
+                let e = s * 4u + c;
+                qr[s][c] = select(0.0, few_q[r * FEW_QS + min(e, FEW_QS - 1u)], e < d);
+            }
+        }
+        // Causal: query q0 + r sits at absolute position nk − nq + q0 + r.
+        var kend = nk;
+        if causal {
+            kend = nk - nq + q0 + r + 1u;
+        }
+        var m = NEG_BIG;
+        for (var j = 0u; j < kend; j++) {
+            let sc = dot(qr[0], few_k[j * 4u]) + dot(qr[1], few_k[j * 4u + 1u]) + dot(qr[2], few_k[j * 4u + 2u]) + dot(qr[3], few_k[j * 4u + 3u]);
+            m = max(m, sc * scale);
+        }
+        var l = 0.0;
+        var acc: array<vec4<f32>, 4>;
+        for (var j = 0u; j < kend; j++) {
+            let sc = dot(qr[0], few_k[j * 4u]) + dot(qr[1], few_k[j * 4u + 1u]) + dot(qr[2], few_k[j * 4u + 2u]) + dot(qr[3], few_k[j * 4u + 3u]);
+            let p = exp(sc * scale - m);
+            l += p;
+            for (var s = 0u; s < 4u; s++) {
+                acc[s] = fma(vec4<f32>(p), few_v[j * 4u + s], acc[s]);
+            }
+        }
+        let inv = select(0.0, 1.0 / l, l > 0.0);
+        // Each thread overwrites only its own row of few_q, which only it has read.
+        for (var e = 0u; e < d; e++) {
+            few_q[r * FEW_QS + e] = acc[e / 4u][e % 4u] * inv;
+        }
+    }
+    workgroupBarrier();
+    for (var idx = tid; idx < rows * d; idx += FEW_THREADS) {
+        let rr = idx / d;
+        let c = idx % d;
+        out[at(O_STRIDES, batch, head, q0 + rr) + c] = few_q[rr * FEW_QS + c];
     }
 }

@@ -308,13 +308,19 @@ fn token_major_with_a_shared_batch() {
 #[test]
 fn a_handful_of_keys() {
     // At most 64 keys with d ≤ 32 and no bias: CUDA's one-thread-per-query kernel (SAM's
-    // image-to-token attention), with GQA, causal rows, kv_len and 64 keys exactly.
+    // image-to-token attention), with GQA, causal rows, kv_len and 64 keys exactly; wgpu's twin
+    // takes at most 32 keys with d ≤ 16 (the last four cases: causal with GQA, 32 valid keys
+    // of a longer cache at an odd d, d = 1 over 129 queries, one key).
     let name = "attention::a_handful_of_keys";
     let g = gpus(name);
     check(name, &g, Case::new(3, 8, 8, 300, 7, 16).q_amp(3.0));
     check(name, &g, Case::new(2, 4, 2, 40, 60, 32).causal());
     check(name, &g, Case::new(1, 3, 1, 200, 64, 20).kv_len(50).q_amp(3.0));
     check(name, &g, Case::new(1, 2, 2, 9, 64, 5));
+    check(name, &g, Case::new(2, 4, 2, 20, 30, 16).causal().q_amp(3.0));
+    check(name, &g, Case::new(1, 3, 1, 200, 64, 13).kv_len(32).q_amp(3.0));
+    check(name, &g, Case::new(1, 2, 2, 129, 32, 1));
+    check(name, &g, Case::new(2, 2, 1, 5, 1, 8));
 }
 
 #[test]

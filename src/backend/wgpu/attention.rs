@@ -1,5 +1,6 @@
 //! Attention on wgpu: the wrappers of shaders/attention.wgsl's entry points (a flash-style
-//! forward for query tiles, and a split-sequence decode with its combine pass).
+//! forward for query tiles, a split-sequence decode with its combine pass, and a
+//! thread-per-query kernel for a handful of keys).
 //!
 //! Semantics are the CPU backend's (src/backend/cpu/attention.rs); the shape checks mirror its
 //! checks and messages, plus the GPU kernels' own limit (head dim ≤ 128). The kernels read and
@@ -27,6 +28,10 @@ const DECODE_TARGET_WORKGROUPS: usize = 256;
 /// ... but never into chunks shorter than this, where the combine pass would cost more than the
 /// parallelism gains.
 const DECODE_MIN_CHUNK: usize = 256;
+/// attention_fewkeys_f32's limits and queries per workgroup (FEW_KEYS, D ≤ 16, FEW_THREADS).
+const FEW_MAX_KEYS: usize = 32;
+const FEW_MAX_D: usize = 16;
+const FEW_QUERIES: usize = 128;
 /// Where the decode parameters sit in the shader's params (see its header).
 const PARAM_N_SPLITS: usize = 10;
 const PARAM_CHUNK: usize = 11;
@@ -185,6 +190,13 @@ fn run(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, out_shape: Vec<usiz
             // The combine pass reads the partials through binding 1 (q's slot in the others).
             be.dispatch(&ATTENTION, "attention_combine_f32", &[pb, kb, vb, ob], &params, [u(bh)?, 1, 1])?;
         }
+        return Ok(out);
+    }
+
+    // A handful of keys (SAM's image-to-token attention): one thread per query row.
+    if bias.is_none() && s.nk <= FEW_MAX_KEYS && s.d <= FEW_MAX_D {
+        let groups = [u(s.nq.div_ceil(FEW_QUERIES) * bh)?, 1, 1];
+        be.dispatch(&ATTENTION, "attention_fewkeys_f32", &[qb, kb, vb, ob], &params, groups)?;
         return Ok(out);
     }
 
