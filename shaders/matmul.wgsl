@@ -7,7 +7,7 @@
 // Every operand is addressed through (batch, row, column) element strides, so one kernel covers
 // x·Wᵀ (B(k, n) = W[n·K + k]), A·B, A·Bᵀ, a B shared by every batch (batch stride 0) and the
 // transposed outputs of the convolutions. A is f32; B is f32 or f16 (packed pairs, `b_f16`).
-// The residual is read at the output's own index.
+// The residual is read at the output's own index (modulo the residual period, when set).
 //
 // Geometry: a workgroup computes a 64×64 tile of C; K advances 16 at a time through
 // workgroup-memory tiles of A (64×16) and B (16×64), zero-filled outside the matrix. Grid:
@@ -21,7 +21,9 @@
 //   threads per tile, so it needs grids of many tiles to fill a GPU (the wrapper picks it above
 //   a tile count). Its A tile is stored row-contiguous (vec4s of 4 rows) for the vec4 reads.
 //
-// params: [M, N, K, a_bs, a_ms, a_ks, b_bs, b_ks, b_ns, c_bs, c_ms, c_ns, b_f16, has_bias, act, has_residual]
+// params: [M, N, K, a_bs, a_ms, a_ks, b_bs, b_ks, b_ns, c_bs, c_ms, c_ns, b_f16, has_bias, act, has_residual,
+// residual period (0: the residual has C's layout; else it repeats every that many elements of
+// C's index, a residual shared by the batch entries of a contiguous output)]
 // bindings: a (f32), b (u32 words), bias (f32 [N]), residual (f32), c (f32, written).
 // Unused bias/residual bindings take any buffer (they are never read).
 
@@ -62,7 +64,7 @@ fn store4(z: u32, m: u32, n: u32, v: vec4<f32>) {
             o = act_apply(o, act);
             let ci = z * params[9] + m * params[10] + nj * params[11];
             if (has_res) {
-                o += residual[ci];
+                o += residual[select(ci, ci % params[16], params[16] != 0u)];
             }
             c[ci] = o;
         }

@@ -421,15 +421,9 @@ impl Backend {
 
     /// y = act(x · wᵀ + bias) (+ residual). x: [.., K] f32; w: [N, K] f32/f16/bf16; bias: [N];
     /// residual: y's shape, or y's shape with a leading 1 (one residual shared by every entry of
-    /// y's first dim), added after the activation. CUDA fuses a shared residual into the GEMM;
-    /// elsewhere it is a broadcasting `add`.
+    /// y's first dim), added after the activation; every backend adds a shared residual in the
+    /// GEMM's epilogue.
     pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
-        if let Some(r) = residual {
-            if shared_residual("linear", x, w, r)? && matches!(self, Backend::Wgpu(_)) {
-                let y = self.linear(x, w, bias, act, None)?;
-                return self.add(&y, r);
-            }
-        }
         let m = x.numel() / x.shape().last().copied().unwrap_or(1).max(1);
         let _span = profile::Span::start(self, || match self {
             Backend::Cuda(b) => b.linear_path(m, w).to_string(),

@@ -51,6 +51,7 @@ pub(super) fn conv2d(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Ten
         bias,
         act: Activation::None,
         residual: None,
+        residual_period: 0,
     };
     gemm(be, "conv2d", &g)?;
     Ok(out)

@@ -56,7 +56,10 @@ pub(super) struct Gemm<'a> {
     pub c: (&'a Tensor, Strides),
     pub bias: Option<&'a Tensor>,
     pub act: Activation,
+    /// Added at the output's own element index, modulo `residual_period` elements when that is
+    /// not 0 (a residual shared by every entry of a contiguous output's first dim).
     pub residual: Option<&'a Tensor>,
+    pub residual_period: usize,
 }
 
 /// Largest element index an operand with these strides reaches.
@@ -99,7 +102,11 @@ pub(super) fn gemm(be: &WgpuBackend, op: &'static str, g: &Gemm) -> Result<()> {
     }
     if let Some(r) = g.residual {
         need_f32(op, "residual", r)?;
-        if r.numel() != g.c.0.numel() {
+        let fits = match g.residual_period {
+            0 => r.numel() == g.c.0.numel(),
+            p => r.numel() == p && g.c.0.numel().is_multiple_of(p),
+        };
+        if !fits {
             return Err(Error::shape(op, format!("residual {:?} ≠ output {:?}", r.shape(), g.c.0.shape())));
         }
     }
@@ -113,7 +120,7 @@ pub(super) fn gemm(be: &WgpuBackend, op: &'static str, g: &Gemm) -> Result<()> {
     for s in [g.a.1, g.b.1, g.c.1] {
         params.extend([u32_of(op, s.batch)?, u32_of(op, s.row)?, u32_of(op, s.col)?]);
     }
-    params.extend([b_f16 as u32, g.bias.is_some() as u32, g.act.kernel_code(), g.residual.is_some() as u32]);
+    params.extend([b_f16 as u32, g.bias.is_some() as u32, g.act.kernel_code(), g.residual.is_some() as u32, u32_of(op, g.residual_period)?]);
     let tiles = (gx * gy * g.batch) as u64;
     let (shader, entry) = if b_f16 && be.rt.coop_gemm() {
         (&MATMUL_COOP, "matmul_coop")
@@ -125,7 +132,8 @@ pub(super) fn gemm(be: &WgpuBackend, op: &'static str, g: &Gemm) -> Result<()> {
     be.dispatch(shader, entry, &buffers, &params, [gx as u32, gy as u32, g.batch as u32])
 }
 
-/// y = act(x · wᵀ + bias) + residual.
+/// y = act(x · wᵀ + bias) + residual; the residual is y's shape, or (for M > 1) y's shape with a
+/// leading 1, shared by every entry of y's first dim.
 pub(super) fn linear(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
     if w.dims() != 2 || x.dims() == 0 {
         return Err(Error::shape("linear", format!("x {:?}, weight {:?}: weight must be [N, K]", x.shape(), w.shape())));
@@ -138,14 +146,17 @@ pub(super) fn linear(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Ten
     if let Some(last) = out_shape.last_mut() {
         *last = n;
     }
+    let m = x.numel() / k.max(1);
+    let mut residual_period = 0;
     if let Some(r) = residual {
-        if r.shape() != out_shape.as_slice() {
+        if crate::backend::shared_residual("linear", x, w, r)? {
+            residual_period = r.numel();
+        } else if r.shape() != out_shape.as_slice() {
             return Err(Error::shape("linear", format!("residual {:?} ≠ output {out_shape:?}", r.shape())));
         }
     }
-    let m = x.numel() / k.max(1);
     let out = be.alloc(out_shape, DType::F32)?;
-    if m == 1 && k > 0 {
+    if m == 1 && k > 0 && residual_period == 0 {
         gemv(be, x, w, bias, act, residual, &out)?;
     } else {
         let g = Gemm {
@@ -159,6 +170,7 @@ pub(super) fn linear(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Ten
             bias,
             act,
             residual,
+            residual_period,
         };
         gemm(be, "linear", &g)?;
     }
@@ -219,6 +231,7 @@ pub(super) fn batched_matmul(be: &WgpuBackend, a: &Tensor, b: &Tensor, trans_b: 
         bias: None,
         act: Activation::None,
         residual: None,
+        residual_period: 0,
     };
     gemm(be, "matmul", &g)?;
     Ok(out)
