@@ -26,6 +26,9 @@
 //       (j < 2) and output columns tc + 16j (j < DP / 16); the 16 threads of one row group are
 //       a half warp, so row max / row sum are xor shuffles over lanes 1, 2, 4, 8.
 //       Causal blocks stop at the key of their last query (early exit).
+//   attention_fwd_q8_d{16,32,64}_f32  the same kernel with blocks of 8 queries (one row per
+//       thread, tr = the row): a few queries over many heads (SAM's token-to-image attention, 7
+//       tokens per prompt), where a 32-query tile would be 78% padding. grid (B·H, ceil(Nq / 8)).
 //   attention_decode_d{32,64,96,128}_f32  Nq <= 8 (decode over the KV cache): flash-decoding.
 //       grid (B·H·Nq, nsplit), block 128 = 4 warps; block (row, s) covers keys
 //       [s·chunk, (s + 1)·chunk) of row's visible range; each warp takes 4 keys per step (lanes
@@ -62,12 +65,11 @@ struct AttnStrides {
 
 namespace {
 
-constexpr int FWD_BQ = 32;                   // queries per block
+constexpr int FWD_BQ = 32;                   // queries per block (the q8 variants: 8)
 constexpr int FWD_BK = 32;                   // keys per shared-memory tile
 constexpr int FWD_THREADS = 128;
 constexpr int FWD_TC = 16;                   // threads across columns
 constexpr int FWD_TR = FWD_THREADS / FWD_TC; // 8 threads across rows
-constexpr int FWD_RPT = FWD_BQ / FWD_TR;     // 4 query rows per thread
 constexpr int FWD_SPT = FWD_BK / FWD_TC;     // 2 score columns per thread
 constexpr int FWD_PSTRIDE = FWD_BK + 4;      // 16-byte aligned rows, float4 reads conflict-free
 
@@ -94,43 +96,45 @@ __device__ __forceinline__ float rescale(float m_old, float m_new) {
     return m_old == m_new ? 1.0f : expf(m_old - m_new);
 }
 
-template <int DP>
+template <int DP, int BQ>
 __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const float* __restrict__ k,
                                               const float* __restrict__ v, const float* __restrict__ rel_h,
                                               const float* __restrict__ rel_w, float* __restrict__ out,
                                               AttnStrides st, int H, int Hkv, int nq, int nk, int d,
                                               float scale, int causal, int k_h, int k_w) {
     static_assert(DP % FWD_TC == 0 && DP <= 128, "DP must be a multiple of 16, at most 128");
+    static_assert(BQ % FWD_TR == 0 && BQ * DP % FWD_THREADS == 0, "BQ must be a multiple of 8");
+    constexpr int RPT = BQ / FWD_TR; // query rows per thread
     // Row stride DP + 4: rows stay 16-byte aligned for float4 reads, and (DP + 4) / 4 is odd, so
     // the 8 rows one quarter warp reads at once land in distinct bank groups.
     constexpr int STRIDE = DP + 4;
     constexpr int OPT = DP / FWD_TC; // output columns per thread
-    __shared__ __align__(16) float sQ[FWD_BQ * STRIDE];
+    __shared__ __align__(16) float sQ[BQ * STRIDE];
     __shared__ __align__(16) float sKV[FWD_BK * STRIDE];
-    __shared__ __align__(16) float sP[FWD_BQ * FWD_PSTRIDE];
+    __shared__ __align__(16) float sP[BQ * FWD_PSTRIDE];
 
     const int tid = threadIdx.x;
     const int tr = tid / FWD_TC, tc = tid % FWD_TC;
     const long long bh = blockIdx.x; // b·H + h
     const long long b = bh / H;
     const int h = (int)(bh % H), kvh = h / (H / Hkv);
-    const int q0 = blockIdx.y * FWD_BQ;
+    const int q0 = blockIdx.y * BQ;
     const float* qh = q + b * st.q_b + h * st.q_h + q0 * st.q_r;
     const float* kh = k + b * st.kv_b + kvh * st.kv_h;
     const float* vh = v + b * st.kv_b + kvh * st.kv_h;
-    const int bq = min(FWD_BQ, nq - q0);
+    const int bq = min(BQ, nq - q0);
     // Keys any query of this block sees: causally, up to the last query's position.
     const int kend = causal ? nk - nq + q0 + bq : nk;
 
 #pragma unroll 4
-    for (int t = 0; t < FWD_BQ * DP / FWD_THREADS; ++t) {
+    for (int t = 0; t < BQ * DP / FWD_THREADS; ++t) {
         const int idx = tid + t * FWD_THREADS, r = idx / DP, c = idx % DP;
         sQ[r * STRIDE + c] = (r < bq && c < d) ? qh[r * st.q_r + c] : 0.0f;
     }
 
-    float m[FWD_RPT], l[FWD_RPT], acc[FWD_RPT][OPT];
+    float m[RPT], l[RPT], acc[RPT][OPT];
 #pragma unroll
-    for (int i = 0; i < FWD_RPT; ++i) {
+    for (int i = 0; i < RPT; ++i) {
         m[i] = NEG_INF;
         l[i] = 0.0f;
 #pragma unroll
@@ -145,20 +149,20 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
         }
         __syncthreads(); // K tile (and, on the first pass, the Q tile) in place
 
-        float s[FWD_RPT][FWD_SPT];
+        float s[RPT][FWD_SPT];
 #pragma unroll
-        for (int i = 0; i < FWD_RPT; ++i)
+        for (int i = 0; i < RPT; ++i)
 #pragma unroll
             for (int j = 0; j < FWD_SPT; ++j) s[i][j] = 0.0f;
 #pragma unroll 2
         for (int c = 0; c < DP; c += 4) {
-            float4 qv[FWD_RPT], kv[FWD_SPT];
+            float4 qv[RPT], kv[FWD_SPT];
 #pragma unroll
-            for (int i = 0; i < FWD_RPT; ++i) qv[i] = *reinterpret_cast<const float4*>(&sQ[(tr + FWD_TR * i) * STRIDE + c]);
+            for (int i = 0; i < RPT; ++i) qv[i] = *reinterpret_cast<const float4*>(&sQ[(tr + FWD_TR * i) * STRIDE + c]);
 #pragma unroll
             for (int j = 0; j < FWD_SPT; ++j) kv[j] = *reinterpret_cast<const float4*>(&sKV[(tc + FWD_TC * j) * STRIDE + c]);
 #pragma unroll
-            for (int i = 0; i < FWD_RPT; ++i)
+            for (int i = 0; i < RPT; ++i)
 #pragma unroll
                 for (int j = 0; j < FWD_SPT; ++j) {
                     s[i][j] = fmaf(qv[i].x, kv[j].x, s[i][j]);
@@ -170,7 +174,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 
         // Scale, bias, mask, then the online softmax update of each row this thread shares.
 #pragma unroll
-        for (int i = 0; i < FWD_RPT; ++i) {
+        for (int i = 0; i < RPT; ++i) {
             const int r = tr + FWD_TR * i;
             const int qi = q0 + r;
             const int last = causal ? nk - nq + qi : kend - 1; // last key this row sees
@@ -214,16 +218,16 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 
 #pragma unroll 2
         for (int jj = 0; jj < FWD_BK; jj += 4) {
-            float4 pv[FWD_RPT];
+            float4 pv[RPT];
 #pragma unroll
-            for (int i = 0; i < FWD_RPT; ++i) pv[i] = *reinterpret_cast<const float4*>(&sP[(tr + FWD_TR * i) * FWD_PSTRIDE + jj]);
+            for (int i = 0; i < RPT; ++i) pv[i] = *reinterpret_cast<const float4*>(&sP[(tr + FWD_TR * i) * FWD_PSTRIDE + jj]);
 #pragma unroll
             for (int j = 0; j < OPT; ++j) {
                 const int c = tc + FWD_TC * j;
                 const float v0 = sKV[(jj + 0) * STRIDE + c], v1 = sKV[(jj + 1) * STRIDE + c];
                 const float v2 = sKV[(jj + 2) * STRIDE + c], v3 = sKV[(jj + 3) * STRIDE + c];
 #pragma unroll
-                for (int i = 0; i < FWD_RPT; ++i) {
+                for (int i = 0; i < RPT; ++i) {
                     acc[i][j] = fmaf(pv[i].x, v0, acc[i][j]);
                     acc[i][j] = fmaf(pv[i].y, v1, acc[i][j]);
                     acc[i][j] = fmaf(pv[i].z, v2, acc[i][j]);
@@ -235,7 +239,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
     }
 
 #pragma unroll
-    for (int i = 0; i < FWD_RPT; ++i) {
+    for (int i = 0; i < RPT; ++i) {
         const int r = tr + FWD_TR * i;
         if (r >= bq) continue;
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
@@ -448,14 +452,19 @@ __device__ __forceinline__ void attention_fewkeys(const float* __restrict__ q, c
         AttnStrides st, int H, int Hkv, int nq, int nk, int d, float scale, int causal, int k_h, int k_w
 #define FWD_ARGS q, k, v, rel_h, rel_w, out, st, H, Hkv, nq, nk, d, scale, causal, k_h, k_w
 
-extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d16_f32(FWD_PARAMS) { attention_fwd<16>(FWD_ARGS); }
-extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d32_f32(FWD_PARAMS) { attention_fwd<32>(FWD_ARGS); }
-extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d48_f32(FWD_PARAMS) { attention_fwd<48>(FWD_ARGS); }
-extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d64_f32(FWD_PARAMS) { attention_fwd<64>(FWD_ARGS); }
-extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d80_f32(FWD_PARAMS) { attention_fwd<80>(FWD_ARGS); }
-extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d96_f32(FWD_PARAMS) { attention_fwd<96>(FWD_ARGS); }
-extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d112_f32(FWD_PARAMS) { attention_fwd<112>(FWD_ARGS); }
-extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d128_f32(FWD_PARAMS) { attention_fwd<128>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d16_f32(FWD_PARAMS) { attention_fwd<16, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d32_f32(FWD_PARAMS) { attention_fwd<32, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d48_f32(FWD_PARAMS) { attention_fwd<48, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d64_f32(FWD_PARAMS) { attention_fwd<64, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d80_f32(FWD_PARAMS) { attention_fwd<80, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d96_f32(FWD_PARAMS) { attention_fwd<96, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d112_f32(FWD_PARAMS) { attention_fwd<112, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d128_f32(FWD_PARAMS) { attention_fwd<128, FWD_BQ>(FWD_ARGS); }
+// A few queries (SAM's token-to-image attention: 7 prompt tokens over 4096 image keys per
+// head): blocks of 8 queries, one row per thread, where a 32-query tile would be 78% padding.
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_q8_d16_f32(FWD_PARAMS) { attention_fwd<16, 8>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_q8_d32_f32(FWD_PARAMS) { attention_fwd<32, 8>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_q8_d64_f32(FWD_PARAMS) { attention_fwd<64, 8>(FWD_ARGS); }
 
 #define DEC_PARAMS FWD_PARAMS, float *__restrict__ part_o, float *__restrict__ part_ml, int chunk
 #define DEC_ARGS FWD_ARGS, part_o, part_ml, chunk

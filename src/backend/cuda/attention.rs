@@ -10,7 +10,8 @@
 //! * Nq > 8: `attention_fwd_d{DP}_f32`, flash forward, one block per 32 queries of one head;
 //!   DP is D rounded up to a multiple of 16 (D = 80 runs the 80-wide variant, not 128).
 //! * Nq <= 8 (unless Nq > 1 over ≥ DEC_TARGET_BLOCKS batch·heads, which takes the forward
-//!   kernel): `attention_decode_d{DP}_f32` (DP = D rounded up to 32), one block per query row
+//!   kernel, with blocks of 8 queries for DP ≤ 64: `attention_fwd_q8_d{DP}_f32`):
+//!   `attention_decode_d{DP}_f32` (DP = D rounded up to 32), one block per query row
 //!   and key split, then `attention_combine_f32` merges the splits when there is more than one.
 //!   The split count depends only on the shapes (never on the card), so results are the same
 //!   on every device and every run.
@@ -31,6 +32,9 @@ const MAX_HEAD_DIM: usize = 128;
 const DECODE_MAX_NQ: usize = 8;
 /// Queries per forward block and threads per block (FWD_BQ, FWD_THREADS in the kernel).
 const FWD_BQ: usize = 32;
+/// Queries per block of the `attention_fwd_q8_d{16,32,64}` variants, and their widest DP.
+const FWD_Q8: usize = 8;
+const FWD_Q8_MAX_DP: usize = 64;
 const FWD_THREADS: u32 = 128;
 /// The few-keys kernel: query rows (threads) per block, most keys and largest head dim
 /// (FEW_THREADS, FEW_MAX_KEYS and its widest variant).
@@ -174,12 +178,14 @@ impl CudaBackend {
         // queries, where the decode kernel reads them once per query; with this many heads its
         // grid fills the device without key splits.
         if nq > DECODE_MAX_NQ || (nq > 1 && bh >= DEC_TARGET_BLOCKS) {
-            let tiles = nq.div_ceil(FWD_BQ);
+            let dp = d.next_multiple_of(16);
+            // At most 8 queries: blocks of 8 (`attention_fwd_q8_*`, for DP up to 64).
+            let (bq, name) = if nq <= FWD_Q8 && dp <= FWD_Q8_MAX_DP { (FWD_Q8, format!("attention_fwd_q8_d{dp}_f32")) } else { (FWD_BQ, format!("attention_fwd_d{dp}_f32")) };
+            let tiles = nq.div_ceil(bq);
             if bh > GRID_X_MAX || tiles > GRID_Y_MAX {
                 return Err(Error::shape(OP, format!("{bh} heads × {tiles} query tiles exceed the CUDA grid")));
             }
-            let dp = d.next_multiple_of(16);
-            let f = self.function(&kernels::ATTENTION, &format!("attention_fwd_d{dp}_f32"))?;
+            let f = self.function(&kernels::ATTENTION, &name)?;
             let cfg = LaunchConfig { grid_dim: (bh as u32, tiles as u32, 1), block_dim: (FWD_THREADS, 1, 1), shared_mem_bytes: 0 };
             let mut l = stream.launch_builder(&f);
             l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut *out).arg(st);
@@ -188,8 +194,8 @@ impl CudaBackend {
             // q [b, h, nq, d], k/v [b, hkv, nk_all, d] (nk <= nk_all) and out [b, h, nq, d]
             // inside their buffers (the callers' shape checks; a batch stride of 0 reads one
             // shared batch entry); rel_h/rel_w are [bh, nq, k_h/k_w] when k_w > 0; the kernel
-            // reads keys < nk only, query rows < nq only, and the grid is (bh, ceil(nq / 32))
-            // with 128 threads as it assumes. Static shared memory (≤ 38.4 KB) needs no opt-in.
+            // reads keys < nk only, query rows < nq only, and the grid is (bh, ceil(nq / bq))
+            // with 128 threads, bq the variant's block of queries, as it assumes. Static shared memory (≤ 38.4 KB) needs no opt-in.
             unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
             return Ok(());
         }
