@@ -1,3 +1,4 @@
+// needs: attention_q32.wgsl
 // Attention, f32, with an online softmax: the Nq × Nk score matrix never exists in memory.
 //
 // out[b, h, i, :] = Σ_j softmax_j(scale · q[b,h,i,:]·k[b,h/G,j,:] + bias(i, j)) · v[b,h/G,j,:]
@@ -13,7 +14,9 @@
 //
 // Entry points
 // * attention_fwd_f32 (Nq > 1, and any call with a bias): a workgroup of 128 threads owns a tile
-//   of BQ = 32 queries of one (b, h), four threads per query, each holding a quarter of the query
+//   of BQ = 32 queries of one (b, h) (the module compiled with attention_q8.wgsl in front of this
+//   file instead of attention_q32.wgsl: 32 threads and 8 queries, for Nq ≤ 8 such as SAM's
+//   token-to-image attention, where a 32-query tile is 78% padding), four threads per query, each holding a quarter of the query
 //   row and of its output accumulator in registers as vec4s (D padded to a multiple of 4). Keys
 //   arrive in tiles of BK = 8 rows of K and V staged in workgroup memory; each thread forms
 //   partial dot products over its quarter of D, the four partials meet in workgroup memory, and
@@ -77,19 +80,18 @@ const NEG_BIG: f32 = -3.0e38;
 
 // ---- flash forward -------------------------------------------------------------------------
 
-const BQ: u32 = 32u;           // queries per workgroup
 const LANES: u32 = 4u;         // threads per query row
 const BK: u32 = 8u;            // keys per staged tile
-const FWD_THREADS: u32 = 128u; // BQ · LANES
+const FWD_THREADS: u32 = BQ * LANES; // 128 (32 with 8-query tiles)
 const MAX_DV: u32 = 32u;       // vec4s per row at D = 128
 const DV_PER_LANE: u32 = 8u;   // MAX_DV / LANES
 const SP_STRIDE: u32 = 9u;     // BK + 1: the padding puts the 8 rows of a 32-thread warp in distinct banks
 
 var<workgroup> k_tile: array<vec4<f32>, 256>;   // BK × MAX_DV
 var<workgroup> v_tile: array<vec4<f32>, 256>;   // BK × MAX_DV
-var<workgroup> partials: array<vec4<f32>, 288>; // BQ × SP_STRIDE, one component per lane
+var<workgroup> partials: array<vec4<f32>, BQ * SP_STRIDE>; // one component per lane
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(FWD_THREADS)
 fn attention_fwd_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

@@ -230,7 +230,8 @@ fn query_and_key_counts() {
 #[test]
 fn few_queries_over_many_heads() {
     // Nq ≤ 8 with ≥ 512 batch·heads (SAM's token-to-image attention: 7 tokens per prompt, 8
-    // heads, head dim 16): CUDA takes the forward kernel here, not the decode kernel.
+    // heads, head dim 16): CUDA takes the forward kernel's 8-query blocks here, not the decode
+    // kernel; wgpu its forward kernel with 8-query tiles.
     let name = "attention::few_queries_over_many_heads";
     let g = gpus(name);
     for (b, nq) in [(64, 7), (64, 2), (128, 8)] {
@@ -241,6 +242,8 @@ fn few_queries_over_many_heads() {
     // A few queries over long key ranges with GQA, causal rows, kv_len and an odd head dim.
     check(name, &g, Case::new(2, 8, 2, 8, 4096, 32).causal().q_amp(3.0));
     check(name, &g, Case::new(1, 4, 4, 3, 1000, 20).kv_len(777));
+    // Few queries with the rel-pos bias (wgpu's 8-query forward tiles; CUDA's decode kernel).
+    check(name, &g, Case::new(3, 2, 1, 6, 12, 16).bias(3, 4).q_amp(3.0));
 }
 
 #[test]

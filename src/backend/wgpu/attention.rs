@@ -14,12 +14,15 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-const ATTENTION: Shader = Shader { name: "attention", source: include_str!("../../../shaders/attention.wgsl") };
+const ATTENTION: Shader = Shader { name: "attention", source: concat!(include_str!("../../../shaders/attention_q32.wgsl"), include_str!("../../../shaders/attention.wgsl")) };
+/// The same module with the forward kernel's query tile at 8 (shaders/attention_q8.wgsl).
+pub(super) const ATTENTION_Q8: Shader = Shader { name: "attention_q8", source: concat!(include_str!("../../../shaders/attention_q8.wgsl"), include_str!("../../../shaders/attention.wgsl")) };
 
 /// Largest head dim the kernels hold in registers (8 vec4s per lane, 4 lanes per query).
 const MAX_HEAD_DIM: usize = 128;
-/// Queries per attention_fwd_f32 workgroup.
+/// Queries per attention_fwd_f32 workgroup, and in the ATTENTION_Q8 module (for Nq up to it).
 const FWD_QUERY_TILE: usize = 32;
+const FWD_QUERY_TILE_SMALL: usize = 8;
 /// Keys per attention_decode_f32 step (its workgroup size): chunks are multiples of it.
 const DECODE_TILE: usize = 64;
 /// Decode splits the sequence until about this many workgroups are in flight (a few per
@@ -206,8 +209,9 @@ fn run(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, out_shape: Vec<usiz
         Some((rel_h, rel_w, _, _)) => (be.buffer(rel_h, "attention")?, be.buffer(rel_w, "attention")?),
         None => (qb, qb),
     };
-    let groups = [u(s.nq.div_ceil(FWD_QUERY_TILE) * bh)?, 1, 1];
-    be.dispatch(&ATTENTION, "attention_fwd_f32", &[qb, kb, vb, ob, rh, rw], &params, groups)?;
+    let (shader, tile) = if s.nq <= FWD_QUERY_TILE_SMALL { (&ATTENTION_Q8, FWD_QUERY_TILE_SMALL) } else { (&ATTENTION, FWD_QUERY_TILE) };
+    let groups = [u(s.nq.div_ceil(tile) * bh)?, 1, 1];
+    be.dispatch(shader, "attention_fwd_f32", &[qb, kb, vb, ob, rh, rw], &params, groups)?;
     Ok(out)
 }
 

@@ -61,3 +61,10 @@ fn cooperative_gemm_source_is_the_assembled_file() {
     let text = std::fs::read_to_string(dir.join("matmul_coop.wgsl")).expect("matmul_coop.wgsl");
     assert_eq!(super::matmul::MATMUL_COOP.source, assemble(&dir, "matmul_coop.wgsl", &text));
 }
+
+/// The small-tile attention module (attention_q8.wgsl in front of attention.wgsl) is no file of
+/// its own: it validates and writes SPIR-V as its wrapper compiles it.
+#[test]
+fn small_tile_attention_module_validates() {
+    validate("attention_q8 module", super::attention::ATTENTION_Q8.source).unwrap_or_else(|e| panic!("{e}"));
+}
