@@ -6,15 +6,16 @@
 // * layer_norm, rms_norm: one workgroup (256 threads) per row, the row read 2-3 times (it stays
 //   in cache for the widths here, ≤ 8K); tree reductions in workgroup memory. 8 bytes/element
 //   moved, ~8 flops. For rows wider than 2048 (few of them: a Llama prefill's hidden states).
-// * layer_norm_rows, rms_norm_rows: 8 rows per workgroup, 32 threads per row, each group's sums
-//   reduced in its own 32 slots of workgroup memory (5 steps, where a row per workgroup takes 8
-//   and leaves most threads idle on rows of 256: the SAM mask decoder's 262144 rows per batch).
-//   norm_subgroup.wgsl has the same with a subgroup per row and subgroupAdd.
+// * norm_rows (LayerNorm or RMSNorm by params[4]): 8 rows per workgroup, 32 threads per row,
+//   each group's sums reduced in its own 32 slots of workgroup memory (5 steps, where a row per
+//   workgroup takes 8 and leaves most threads idle on rows of 256: the SAM mask decoder's 262144
+//   rows per batch). norm_subgroup.wgsl has the same with a subgroup per row and subgroupAdd.
 // * layer_norm_channels: one thread per (batch, pixel), looping over C with stride H·W: adjacent
 //   threads read adjacent pixels, so every pass is coalesced.
 //
-// params: layer_norm / rms_norm (and the _rows, _sg variants) [rows, d, eps, rows per workgroup
-// (read by the subgroup variants only)]; layer_norm_channels [B·H·W, C, H·W, eps]
+// params: layer_norm / rms_norm [rows, d, eps]; norm_rows / norm_sg [rows, d, eps, rows per
+// workgroup (read by norm_sg only), 0 LayerNorm / 1 RMSNorm]; layer_norm_channels
+// [B·H·W, C, H·W, eps]
 // bindings: x, weight, bias (layer norms only), out.
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
@@ -65,8 +66,8 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
-// The grouped variants: GROUP threads per row, GROUP_ROWS rows per workgroup. row_sum and the
-// write_* helpers serve them and norm_subgroup.wgsl (any number of lanes per row).
+// The grouped variants: GROUP threads per row, GROUP_ROWS rows per workgroup. row_sum, norm_row
+// and the write_* helpers serve them and norm_subgroup.wgsl (any number of lanes per row).
 const GROUP: u32 = 32u;
 const GROUP_ROWS: u32 = 8u;
 
@@ -116,31 +117,33 @@ fn write_rms_norm(base: u32, d: u32, lane: u32, lanes: u32, r: f32) {
     }
 }
 
-@compute @workgroup_size(256)
-fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = flat_wg(wid, nwg) * GROUP_ROWS + lid / GROUP;
-    let lane = lid % GROUP;
-    let d = params[1];
-    let live = row < params[0];
-    let base = select(0u, row * d, live);
-    let mean = group_sum(lid, select(0.0, row_sum(base, d, lane, GROUP, 0u, 0.0), live)) / f32(d);
-    let var_sum = group_sum(lid, select(0.0, row_sum(base, d, lane, GROUP, 1u, mean), live));
-    if (live) {
-        write_layer_norm(base, d, lane, GROUP, mean, 1.0 / sqrt(var_sum / f32(d) + bitcast<f32>(params[2])));
+// One row of a grouped variant, `lane` of `lanes` sharing it, given its sums over them:
+// LayerNorm (params[4] = 0: Σx, then Σ(x − mean)²) or RMSNorm (1: Σx²).
+fn norm_row(base: u32, d: u32, lane: u32, lanes: u32, live: bool, mean: f32, sq: f32) {
+    if live {
+        let r = 1.0 / sqrt(sq / f32(d) + bitcast<f32>(params[2]));
+        if params[4] != 0u {
+            write_rms_norm(base, d, lane, lanes, r);
+        } else {
+            write_layer_norm(base, d, lane, lanes, mean, r);
+        }
     }
 }
 
 @compute @workgroup_size(256)
-fn rms_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn norm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = flat_wg(wid, nwg) * GROUP_ROWS + lid / GROUP;
     let lane = lid % GROUP;
     let d = params[1];
     let live = row < params[0];
     let base = select(0u, row * d, live);
-    let sq = group_sum(lid, select(0.0, row_sum(base, d, lane, GROUP, 2u, 0.0), live));
-    if (live) {
-        write_rms_norm(base, d, lane, GROUP, 1.0 / sqrt(sq / f32(d) + bitcast<f32>(params[2])));
+    let rms = params[4] != 0u;
+    var mean = 0.0;
+    if !rms {
+        mean = group_sum(lid, select(0.0, row_sum(base, d, lane, GROUP, 0u, 0.0), live)) / f32(d);
     }
+    let sq = group_sum(lid, select(0.0, row_sum(base, d, lane, GROUP, select(1u, 2u, rms), mean), live));
+    norm_row(base, d, lane, GROUP, live, mean, sq);
 }
 
 @compute @workgroup_size(256)

@@ -1,7 +1,8 @@
 // needs: common.wgsl norm.wgsl
-// norm_subgroup.wgsl: norm.wgsl's layer_norm_rows and rms_norm_rows with one subgroup per row
-// and subgroupAdd for the sums (no barriers). Compiled only where the adapter offers subgroups (a
-// separate module: subgroup operations anywhere in a module need the feature).
+// norm_subgroup.wgsl: norm.wgsl's norm_rows (LayerNorm or RMSNorm by params[4]) with one
+// subgroup per row and subgroupAdd for the sums (no barriers). Compiled only where the adapter
+// offers subgroups (a separate module: subgroup operations anywhere in a module need the
+// feature).
 //
 // Geometry: 256 threads per workgroup cover params[3] rows (chosen by the host as 256 / the
 // adapter's smallest subgroup size): subgroup s takes rows s, s + subgroups, ..., so the result
@@ -9,7 +10,7 @@
 // to 2-D above 65535.
 
 @compute @workgroup_size(256)
-fn layer_norm_sg(
+fn norm_sg(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_id) sg: u32,
@@ -19,6 +20,7 @@ fn layer_norm_sg(
 ) {
     let d = params[1];
     let per = params[3];
+    let rms = params[4] != 0u;
     let first = flat_wg(wid, nwg) * per;
     let rounds = (per + sg_count - 1u) / sg_count;
     for (var t = 0u; t < rounds; t++) {
@@ -26,35 +28,11 @@ fn layer_norm_sg(
         let row = first + r;
         let live = r < per && row < params[0];
         let base = select(0u, row * d, live);
-        let mean = subgroupAdd(select(0.0, row_sum(base, d, lane, lanes, 0u, 0.0), live)) / f32(d);
-        let var_sum = subgroupAdd(select(0.0, row_sum(base, d, lane, lanes, 1u, mean), live));
-        if (live) {
-            write_layer_norm(base, d, lane, lanes, mean, 1.0 / sqrt(var_sum / f32(d) + bitcast<f32>(params[2])));
+        var mean = 0.0;
+        if !rms {
+            mean = subgroupAdd(select(0.0, row_sum(base, d, lane, lanes, 0u, 0.0), live)) / f32(d);
         }
-    }
-}
-
-@compute @workgroup_size(256)
-fn rms_norm_sg(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(subgroup_id) sg: u32,
-    @builtin(num_subgroups) sg_count: u32,
-    @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_size) lanes: u32,
-) {
-    let d = params[1];
-    let per = params[3];
-    let first = flat_wg(wid, nwg) * per;
-    let rounds = (per + sg_count - 1u) / sg_count;
-    for (var t = 0u; t < rounds; t++) {
-        let r = sg + t * sg_count;
-        let row = first + r;
-        let live = r < per && row < params[0];
-        let base = select(0u, row * d, live);
-        let sq = subgroupAdd(select(0.0, row_sum(base, d, lane, lanes, 2u, 0.0), live));
-        if (live) {
-            write_rms_norm(base, d, lane, lanes, 1.0 / sqrt(sq / f32(d) + bitcast<f32>(params[2])));
-        }
+        let sq = subgroupAdd(select(0.0, row_sum(base, d, lane, lanes, select(1u, 2u, rms), mean), live));
+        norm_row(base, d, lane, lanes, live, mean, sq);
     }
 }

@@ -40,13 +40,14 @@ fn rows_kernel(be: &WgpuBackend, op: &'static str, x: &Tensor, w: &Tensor, b: &T
     let rows = u32_of(op, x.numel() / d)?;
     let bufs = [be.buffer(x, op)?, be.buffer(w, op)?, be.buffer(b, op)?, be.buffer(&out, op)?];
     let (shader, entry, per) = if d > WIDE_ROW {
-        (&NORM, op.to_string(), 1)
+        (&NORM, op, 1)
     } else if let Some(min) = be.rt.subgroup_min_size() {
-        (&NORM_SUBGROUP, format!("{op}_sg"), (THREADS / min).max(1))
+        (&NORM_SUBGROUP, "norm_sg", (THREADS / min).max(1))
     } else {
-        (&NORM, format!("{op}_rows"), GROUP_ROWS)
+        (&NORM, "norm_rows", GROUP_ROWS)
     };
-    be.dispatch(shader, &entry, &bufs, &[rows, d as u32, eps.to_bits(), per], [rows.div_ceil(per), 1, 1])?;
+    let rms = (op == "rms_norm") as u32;
+    be.dispatch(shader, entry, &bufs, &[rows, d as u32, eps.to_bits(), per, rms], [rows.div_ceil(per), 1, 1])?;
     Ok(out)
 }
 
