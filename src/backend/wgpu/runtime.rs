@@ -182,7 +182,8 @@ impl Runtime {
                 // SAFETY: wgpu's experimental features may hide undefined behaviour in its own
                 // implementation. The one requested is cooperative matrices, used by a single
                 // shader (matmul_coop.wgsl) only when switched on, and then only after its
-                // results matched the plain GEMM's (`WgpuBackend::coop_self_check`).
+                // results matched the plain GEMM's (`matmul::coop_self_check`, run by
+                // `WgpuBackend::new`; tests switch it on to compare it with the CPU themselves).
                 experimental_features: if coop { unsafe { ::wgpu::ExperimentalFeatures::enabled() } } else { ::wgpu::ExperimentalFeatures::disabled() },
                 memory_hints: ::wgpu::MemoryHints::Performance,
                 trace: ::wgpu::Trace::Off,
