@@ -13,6 +13,7 @@
 #   bench-dinov2   visword bench --backend cuda --preset dinov2-lisa-7b --json
 #   bench-wgpu     visword bench --backend wgpu (lisa-7b on a hardware adapter, tiny on a software one)
 #   bench-wgpu-coop  the same with VISWORD_WGPU_COOP=1 (the cooperative-matrix GEMM), NVIDIA only
+#   profile-wgpu   visword bench --backend wgpu with VISWORD_PROFILE=1 (one run): time per op, in its log
 #   torch-compile  tools/bench_torch.py, torch.compile
 #
 #   scripts/gpu-check.sh [STEP...]       # default: every step, in the order above
@@ -34,7 +35,7 @@ BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-3}
 DECODE_TOKENS=${DECODE_TOKENS:-8}
 TEST_THREADS=${TEST_THREADS:-4}
-ALL_STEPS=(tests-cuda kernels tests-wgpu timings-wgpu bench-cuda profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop torch-compile)
+ALL_STEPS=(tests-cuda kernels tests-wgpu timings-wgpu bench-cuda profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop profile-wgpu torch-compile)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -99,7 +100,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local def
   case $1 in
     tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; profile-cuda) def=90 ;;
-    torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; bench-wgpu-coop) def=150 ;; torch-compile) def=200 ;;
+    torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; bench-wgpu-coop) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
 }
@@ -189,6 +190,12 @@ for step in "${ALL_STEPS[@]}"; do
       elif ! have_bin visword; then skip "$step" "$BIN/visword missing"
       else VISWORD_WGPU_COOP=1 run_step "$step" "$logs/$step.log" "$OUT/visword-wgpu-coop-lisa-7b.json" \
         "$BIN/visword" bench --backend wgpu --preset lisa-7b --json --runs 1 --decode-tokens "$DECODE_TOKENS"
+      fi ;;
+    profile-wgpu)
+      if [ $vulkan != nvidia ]; then skip "$step" "no NVIDIA Vulkan driver"
+      elif ! have_bin visword; then skip "$step" "$BIN/visword missing"
+      else VISWORD_PROFILE=1 run_step "$step" "$logs/profile-wgpu.log" "$logs/profile-wgpu.out" \
+        "$BIN/visword" bench --backend wgpu --preset lisa-7b --runs 1 --decode-tokens 4
       fi ;;
     torch-eager)
       if [ $torch_cuda = 1 ]; then
