@@ -36,8 +36,9 @@
 //! # Execution
 //!
 //! Dispatches are recorded into one command encoder (one open compute pass) and submitted
-//! lazily: on `to_host`, `synchronize`, or every `MAX_BATCH` dispatches, so a decode step is a
-//! few submissions. Activations are f32. Weights: f32, or f16 read through `unpack2x16float`
+//! lazily: on `to_host`, `synchronize`, or when the batch is full (16 dispatches after a wait
+//! for the device, doubling per submission up to 256: the device starts early, long runs go out
+//! in few submissions), so a decode step is a handful of submissions. Activations are f32. Weights: f32, or f16 read through `unpack2x16float`
 //! (bf16 is converted at upload, see `Runtime::upload`). `alloc` recycles the buffers of dropped
 //! tensors, so a new tensor's contents are unspecified: kernels write every output element.
 //! Buffers are sized in 16-byte multiples, so shaders may read them as `array<vec4<..>>`.

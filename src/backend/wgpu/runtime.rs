@@ -17,8 +17,13 @@ use crate::tensor::{numel, CpuData, Storage, Tensor};
 
 /// Bytes of the per-batch parameter buffer: every dispatch takes one aligned slot.
 const PARAMS_CAPACITY: usize = 256 * 1024;
-/// Dispatches recorded before the batch is submitted without waiting for a read-back. A 7B
-/// decode step is ~500 dispatches: two submissions.
+/// Dispatches recorded before the batch is submitted without waiting for a read-back: the
+/// first batch after the host waited for the device is FIRST_BATCH long, so the device starts
+/// while the host records the rest, and each later one doubles, up to MAX_BATCH (fewer
+/// submissions over long runs). A 7B decode step (~290 dispatches between two read-backs) goes
+/// out in batches of 16, 32, 64, 128 and the rest, where one of 256 first kept the device idle
+/// for as long as the host took to record it.
+const FIRST_BATCH: usize = 16;
 const MAX_BATCH: usize = 256;
 
 /// One compiled entry point and the bindings it statically uses (auto-derived layouts drop the
@@ -109,6 +114,9 @@ pub(crate) struct Runtime {
     /// VISWORD_WGPU_SYNC=1: submit and wait after every dispatch, so a failing kernel is the one
     /// named in the error (debugging only).
     sync_each: bool,
+    /// Dispatches the open batch may take before it is submitted (FIRST_BATCH after a wait,
+    /// doubling per submission up to MAX_BATCH).
+    batch_limit: std::sync::atomic::AtomicUsize,
 }
 
 /// Buffer sizes are rounded up to 16 bytes (never 0), so kernels can read any buffer as
@@ -222,6 +230,7 @@ impl Runtime {
             pool: Arc::new(BufferPool { free: Mutex::default(), idle_bytes: AtomicU64::new(0) }),
             errors,
             sync_each: std::env::var("VISWORD_WGPU_SYNC").is_ok_and(|v| v == "1"),
+            batch_limit: std::sync::atomic::AtomicUsize::new(FIRST_BATCH),
         })
     }
 
@@ -389,7 +398,7 @@ impl Runtime {
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         batch.dispatches += 1;
-        if batch.dispatches >= MAX_BATCH || self.sync_each {
+        if batch.dispatches >= self.batch_limit.load(Ordering::Relaxed) || self.sync_each {
             self.submit(&mut guard)?;
             if self.sync_each {
                 self.wait()?;
@@ -408,6 +417,8 @@ impl Runtime {
                 self.queue.write_buffer(&b.params_buf, 0, &b.params);
             }
             self.queue.submit([b.encoder.finish()]);
+            let limit = self.batch_limit.load(Ordering::Relaxed);
+            self.batch_limit.store((2 * limit).min(MAX_BATCH), Ordering::Relaxed);
         }
         self.check("submit")
     }
@@ -418,6 +429,7 @@ impl Runtime {
 
     fn wait(&self) -> Result<()> {
         self.device.poll(::wgpu::PollType::wait_indefinitely()).map_err(|e| unavailable(format!("waiting for the device: {e}")))?;
+        self.batch_limit.store(FIRST_BATCH, Ordering::Relaxed);
         self.check("wait")
     }
 
