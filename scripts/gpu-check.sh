@@ -4,7 +4,11 @@
 #
 #   tests-cuda     the GPU test binary on CUDA (VISWORD_REQUIRE=cuda: a missing device fails)
 #   kernels        the CUDA kernel tests (cuda_kernels), when packed
-#   tests-wgpu     the GPU test binary on wgpu, when a Vulkan driver is there (VISWORD_REQUIRE=wgpu)
+#   tests-wgpu     the GPU test binary on wgpu, when a Vulkan driver is there (VISWORD_REQUIRE=wgpu;
+#                  VISWORD_WGPU_COOP=0, so a fault in the experimental cooperative matrices cannot
+#                  take the other tests down with it)
+#   tests-wgpu-coop  the GEMM tests with cooperative matrices requested (they compare the
+#                  cooperative-matrix GEMM with the CPU where the adapter offers it), NVIDIA only
 #   timings-wgpu   wgpu's GEMM kernels timed at the stack's shapes (ignored test
 #                  wgpu_gemm_timings), on NVIDIA's Vulkan driver
 #   bench-cuda     visword bench --backend cuda --preset lisa-7b --json
@@ -35,7 +39,7 @@ BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-3}
 DECODE_TOKENS=${DECODE_TOKENS:-8}
 TEST_THREADS=${TEST_THREADS:-4}
-ALL_STEPS=(tests-cuda kernels tests-wgpu timings-wgpu bench-cuda profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop profile-wgpu torch-compile)
+ALL_STEPS=(tests-cuda kernels tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop profile-wgpu torch-compile)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -99,7 +103,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local var="T_$(echo "$1" | tr 'a-z-' 'A-Z_')"
   local def
   case $1 in
-    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; profile-cuda) def=90 ;;
+    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; profile-cuda) def=90 ;;
     torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; bench-wgpu-coop) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
@@ -153,7 +157,13 @@ for step in "${ALL_STEPS[@]}"; do
     tests-wgpu)
       if [ $vulkan = none ]; then skip "$step" "no Vulkan driver"
       elif ! have_bin gpu; then skip "$step" "$BIN/gpu missing (scripts/gpu-pack.sh)"
-      else VISWORD_BACKENDS=wgpu VISWORD_REQUIRE=wgpu run_step "$step" "$logs/tests-wgpu.log" "$logs/tests-wgpu.out" "$BIN/gpu" --test-threads="$TEST_THREADS"
+      else VISWORD_WGPU_COOP=0 VISWORD_BACKENDS=wgpu VISWORD_REQUIRE=wgpu run_step "$step" "$logs/tests-wgpu.log" "$logs/tests-wgpu.out" "$BIN/gpu" --test-threads="$TEST_THREADS"
+      fi ;;
+    tests-wgpu-coop)
+      if [ $vulkan != nvidia ]; then skip "$step" "no NVIDIA Vulkan driver"
+      elif ! have_bin gpu; then skip "$step" "$BIN/gpu missing (scripts/gpu-pack.sh)"
+      else VISWORD_BACKENDS=wgpu VISWORD_REQUIRE=wgpu run_step "$step" "$logs/tests-wgpu-coop.log" "$logs/tests-wgpu-coop.out" "$BIN/gpu" \
+        ops::linear_gemv_and_gemm ops::batched_matmul --nocapture --test-threads=1
       fi ;;
     timings-wgpu)
       if [ $vulkan != nvidia ]; then skip "$step" "no NVIDIA Vulkan driver"

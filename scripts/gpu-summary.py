@@ -134,6 +134,7 @@ def main():
     rows = [
         ["tests: gpu (ops, attention, models)", tests_cell(a.logs, "tests-cuda", status), tests_cell(a.logs, "tests-wgpu", status), "", "", "all pass"],
         ["tests: cuda_kernels", tests_cell(a.logs, "kernels", status), "", "", "", "all pass"],
+        ["tests: wgpu GEMMs, coop matrices requested", "", tests_cell(a.logs, "tests-wgpu-coop", status), "", "", "all pass"],
     ]
     for stage in STAGES:
         target = "—"
@@ -163,12 +164,12 @@ def main():
         header.insert(3, "wgpu coop-matrix")
         dev = coop.get("device", "")
         state = "in use" if dev.endswith(", cooperative-matrix GEMM)") else ("self-check failed" if "GEMM off:" in dev else "not offered")
-        cells = [state, ""] + [visword_cell(coop, stage) for stage in STAGES]
-        cells += [""] * (len(rows) - len(cells) - 2)
         p = coop.get("device_peaks")
-        cells += [f"{p['copy_gb_per_s']:.0f}" if p else "—", f"{p['gemm_tflops']:.3g}" if p and "gemm_tflops" in p else "—"]
-        for r, c in zip(rows, cells):
-            r.insert(3, c)
+        by_label = {LABELS[stage]: visword_cell(coop, stage) for stage in STAGES}
+        by_label["copy bandwidth (GB/s)"] = f"{p['copy_gb_per_s']:.0f}" if p else "—"
+        by_label["GEMM TFLOP/s"] = f"{p['gemm_tflops']:.3g}" if p and "gemm_tflops" in p else "—"
+        for i, r in enumerate(rows):
+            r.insert(3, state if i == 0 else by_label.get(r[0], ""))
     failed = [f"{k}: {v[0]}" for k, v in status.items() if v[0] not in ("ok", "skipped")]
     skipped = [f"{k} ({v[2] if len(v) > 2 else ''})" for k, v in status.items() if v[0] == "skipped"]
 
