@@ -390,6 +390,22 @@ fn linear_with_a_shared_residual_and_fused_epilogues() {
     }
 }
 
+/// Median wall time in seconds of `runs` calls of `f`, each between device syncs (for the
+/// timing tests run on request).
+fn median_secs(be: &Backend, runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            be.synchronize().unwrap();
+            let t0 = std::time::Instant::now();
+            f();
+            be.synchronize().unwrap();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 /// Wall time of CUDA linears at the mask decoder's image-side shapes (64 prompts × 4096 image
 /// tokens), on cuBLASLt and on the bf16 path, with the bytes they must move: a measurement, run
 /// on request (`gpu linear_timings -- --ignored --nocapture`).
@@ -409,17 +425,7 @@ fn linear_timings_at_mask_decoder_shapes() {
             let bytes = 4.0 * (p * rows * (k + n)) as f64 + residual.map_or(0.0, |shared| 4.0 * ((if shared { 1 } else { p }) * rows * n) as f64);
             for lt in [true, false] {
                 cb.set_lt_gemm(lt);
-                let mut times = Vec::new();
-                for _ in 0..6 {
-                    be.synchronize().unwrap();
-                    let t0 = std::time::Instant::now();
-                    let y = be.linear(&x, &w, bias.then_some(&b), Activation::None, res.as_ref()).unwrap();
-                    be.synchronize().unwrap();
-                    times.push(t0.elapsed().as_secs_f64());
-                    drop(y);
-                }
-                times.sort_by(f64::total_cmp);
-                let t = times[times.len() / 2];
+                let t = median_secs(be, 6, || drop(be.linear(&x, &w, bias.then_some(&b), Activation::None, res.as_ref()).unwrap()));
                 eprintln!("linear [{p}·{rows}, {k}] → {n}, bias {bias}, residual {residual:?} ({}): {:.1} µs, {:.0} GB/s of the bytes it must move", cb.linear_path(p * rows, &w), t * 1e6, bytes / t / 1e9);
             }
             cb.set_lt_gemm(true);
@@ -449,16 +455,7 @@ fn wgpu_gemm_timings() {
                 }
                 wb.set_gemm_8x8_min_tiles(tiles);
                 wb.set_coop_gemm(on);
-                let mut times = Vec::new();
-                for _ in 0..4 {
-                    be.synchronize().unwrap();
-                    let t0 = std::time::Instant::now();
-                    drop(be.linear(&x, &w, None, Activation::None, None).unwrap());
-                    be.synchronize().unwrap();
-                    times.push(t0.elapsed().as_secs_f64());
-                }
-                times.sort_by(f64::total_cmp);
-                let t = times[times.len() / 2];
+                let t = median_secs(be, 4, || drop(be.linear(&x, &w, None, Activation::None, None).unwrap()));
                 eprintln!("wgpu GEMM {m}×{k}×{n} f16 weight, {name}: {:.1} µs, {:.1} TFLOP/s", t * 1e6, 2.0 * (m * k * n) as f64 / t / 1e12);
             }
             wb.set_gemm_8x8_min_tiles(None);

@@ -180,7 +180,11 @@ impl CudaBackend {
         if nq > DECODE_MAX_NQ || (nq > 1 && bh >= DEC_TARGET_BLOCKS) {
             let dp = d.next_multiple_of(16);
             // At most 8 queries: blocks of 8 (`attention_fwd_q8_*`, for DP up to 64).
-            let (bq, name) = if nq <= FWD_Q8 && dp <= FWD_Q8_MAX_DP { (FWD_Q8, format!("attention_fwd_q8_d{dp}_f32")) } else { (FWD_BQ, format!("attention_fwd_d{dp}_f32")) };
+            let (bq, name) = if nq <= FWD_Q8 && dp <= FWD_Q8_MAX_DP {
+                (FWD_Q8, format!("attention_fwd_q8_d{dp}_f32"))
+            } else {
+                (FWD_BQ, format!("attention_fwd_d{dp}_f32"))
+            };
             let tiles = nq.div_ceil(bq);
             if bh > GRID_X_MAX || tiles > GRID_Y_MAX {
                 return Err(Error::shape(OP, format!("{bh} heads × {tiles} query tiles exceed the CUDA grid")));
@@ -195,7 +199,8 @@ impl CudaBackend {
             // inside their buffers (the callers' shape checks; a batch stride of 0 reads one
             // shared batch entry); rel_h/rel_w are [bh, nq, k_h/k_w] when k_w > 0; the kernel
             // reads keys < nk only, query rows < nq only, and the grid is (bh, ceil(nq / bq))
-            // with 128 threads, bq the variant's block of queries, as it assumes. Static shared memory (≤ 38.4 KB) needs no opt-in.
+            // with 128 threads, bq the variant's block of queries, as it assumes. Static shared
+            // memory (≤ 38.4 KB) needs no opt-in.
             unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
             return Ok(());
         }

@@ -147,16 +147,14 @@ pub(super) fn linear(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Ten
         *last = n;
     }
     let m = x.numel() / k.max(1);
-    let mut residual_period = 0;
-    if let Some(r) = residual {
-        if crate::backend::shared_residual("linear", x, w, r)? {
-            residual_period = r.numel();
-        } else if r.shape() != out_shape.as_slice() {
-            return Err(Error::shape("linear", format!("residual {:?} ≠ output {out_shape:?}", r.shape())));
-        }
-    }
+    // `shared_residual` errs on a residual that is neither y's shape nor shared; a shared one
+    // needs y's first dim above 1, so M = 1 never has one.
+    let residual_period = match residual {
+        Some(r) if crate::backend::shared_residual("linear", x, w, r)? => r.numel(),
+        _ => 0,
+    };
     let out = be.alloc(out_shape, DType::F32)?;
-    if m == 1 && k > 0 && residual_period == 0 {
+    if m == 1 && k > 0 {
         gemv(be, x, w, bias, act, residual, &out)?;
     } else {
         let g = Gemm {

@@ -2,7 +2,7 @@
 //! dispatch, uploads and read-back. The binding convention is in `mod.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ::wgpu::naga;
@@ -116,7 +116,7 @@ pub(crate) struct Runtime {
     sync_each: bool,
     /// Dispatches the open batch may take before it is submitted (FIRST_BATCH after a wait,
     /// doubling per submission up to MAX_BATCH).
-    batch_limit: std::sync::atomic::AtomicUsize,
+    batch_limit: AtomicUsize,
 }
 
 /// Buffer sizes are rounded up to 16 bytes (never 0), so kernels can read any buffer as
@@ -230,7 +230,7 @@ impl Runtime {
             pool: Arc::new(BufferPool { free: Mutex::default(), idle_bytes: AtomicU64::new(0) }),
             errors,
             sync_each: std::env::var("VISWORD_WGPU_SYNC").is_ok_and(|v| v == "1"),
-            batch_limit: std::sync::atomic::AtomicUsize::new(FIRST_BATCH),
+            batch_limit: AtomicUsize::new(FIRST_BATCH),
         })
     }
 
