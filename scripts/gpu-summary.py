@@ -134,7 +134,7 @@ def main():
     rows = [
         ["tests: gpu (ops, attention, models)", tests_cell(a.logs, "tests-cuda", status), tests_cell(a.logs, "tests-wgpu", status), "", "", "all pass"],
         ["tests: cuda_kernels", tests_cell(a.logs, "kernels", status), "", "", "", "all pass"],
-        ["tests: wgpu GEMMs, coop matrices requested", "", tests_cell(a.logs, "tests-wgpu-coop", status), "", "", "all pass"],
+        ["tests: wgpu GEMMs + models, coop GEMM on", "", tests_cell(a.logs, "tests-wgpu-coop", status), "", "", "all pass"],
     ]
     for stage in STAGES:
         target = "—"

@@ -11,15 +11,10 @@
 //
 // Geometry: a workgroup computes a 64×64 tile of C; K advances 16 at a time through
 // workgroup-memory tiles of A (64×16) and B (16×64), zero-filled outside the matrix. Grid:
-// [⌈N/64⌉, ⌈M/64⌉, batch]. Two entry points share the tiles' loading and the epilogue:
-// * matmul: 16×16 threads, 4×4 outputs each (rows ty + 16i, columns 4tx..4tx+3, in four vec4
-//   registers). Per k each thread does 16 FMAs for 5 workgroup loads (one vec4). Many threads
-//   per tile: the choice for grids of few tiles.
-// * matmul_8x8: 8×8 threads, 8×8 outputs each (rows 8ty..8ty+7, columns 4tx..4tx+3 and
-//   32+4tx..32+4tx+3, in sixteen vec4 registers). Per k each thread does 64 FMAs for 4 vec4
-//   workgroup loads, where workgroup-memory bandwidth bounds the 4×4 tile; a quarter of the
-//   threads per tile, so it needs grids of many tiles to fill a GPU (the wrapper picks it above
-//   a tile count). Its A tile is stored row-contiguous (vec4s of 4 rows) for the vec4 reads.
+// [⌈N/64⌉, ⌈M/64⌉, batch]. 16×16 threads, 4×4 outputs each (rows ty + 16i, columns 4tx..4tx+3,
+// in four vec4 registers): per k each thread does 16 FMAs for 5 workgroup loads (one vec4).
+// (An 8×8-outputs-per-thread variant with a quarter of the threads ran 1.3–2.1× slower than
+// this at every stack shape on an H200 through NVIDIA's Vulkan driver, and was removed.)
 //
 // params: [M, N, K, a_bs, a_ms, a_ks, b_bs, b_ks, b_ns, c_bs, c_ms, c_ns, b_f16, has_bias, act, has_residual,
 // residual period (0: the residual has C's layout; else it repeats every that many elements of
@@ -43,8 +38,6 @@ const A_STRIDE: u32 = 65u;
 
 var<workgroup> a_tile: array<f32, 1040>;
 var<workgroup> b_tile: array<vec4<f32>, 256>;
-// matmul_8x8's A tile: [BK][BM / 4] vec4s of 4 consecutive rows.
-var<workgroup> a_rows: array<vec4<f32>, 256>;
 
 // Bias, activation and residual for the 4 outputs C[z, m, n..n+4], and the stores.
 fn store4(z: u32, m: u32, n: u32, v: vec4<f32>) {
@@ -109,18 +102,14 @@ fn tile_elements(s: TileSrc, m0: u32, n0: u32, k0: u32, e: u32) -> vec2<f32> {
     return out;
 }
 
-// Element e of the tiles into workgroup memory: B as [BK][BN / 4] vec4s; A transposed into
-// a_tile (matmul) or as [BK][BM / 4] vec4s of rows into a_rows (matmul_8x8).
-fn stage(s: TileSrc, m0: u32, n0: u32, k0: u32, e: u32, rows: bool) {
+// Element e of the tiles into workgroup memory: B as [BK][BN / 4] vec4s, A transposed into
+// a_tile.
+fn stage(s: TileSrc, m0: u32, n0: u32, k0: u32, e: u32) {
     let v = tile_elements(s, m0, n0, k0, e);
     let r = e / BK;
     let kk = e % BK;
     b_tile[kk * 16u + r / 4u][r % 4u] = v.y;
-    if (rows) {
-        a_rows[kk * 16u + r / 4u][r % 4u] = v.x;
-    } else {
-        a_tile[kk * A_STRIDE + r] = v.x;
-    }
+    a_tile[kk * A_STRIDE + r] = v.x;
 }
 
 @compute @workgroup_size(16, 16)
@@ -139,7 +128,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < src.k_all; k0 += BK) {
         for (var t = 0u; t < 4u; t++) {
-            stage(src, m0, n0, k0, tid + t * 256u, false);
+            stage(src, m0, n0, k0, tid + t * 256u);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
@@ -158,80 +147,4 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     store4(z, m0 + l.y + 16u, n, acc1);
     store4(z, m0 + l.y + 32u, n, acc2);
     store4(z, m0 + l.y + 48u, n, acc3);
-}
-
-@compute @workgroup_size(8, 8)
-fn matmul_8x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
-    let z = wid.z;
-    let src = tile_src(z);
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
-    let tid = l.y * 8u + l.x;
-
-    // c<i><j>: row 8ty + i; j = 0 columns 4tx..4tx+3, j = 1 columns 32+4tx..32+4tx+3.
-    var c00 = vec4<f32>(0.0);
-    var c01 = vec4<f32>(0.0);
-    var c10 = vec4<f32>(0.0);
-    var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0);
-    var c21 = vec4<f32>(0.0);
-    var c30 = vec4<f32>(0.0);
-    var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0);
-    var c41 = vec4<f32>(0.0);
-    var c50 = vec4<f32>(0.0);
-    var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0);
-    var c61 = vec4<f32>(0.0);
-    var c70 = vec4<f32>(0.0);
-    var c71 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < src.k_all; k0 += BK) {
-        for (var t = 0u; t < 16u; t++) {
-            stage(src, m0, n0, k0, tid + t * 64u, true);
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let a_lo = a_rows[kk * 16u + 2u * l.y];
-            let a_hi = a_rows[kk * 16u + 2u * l.y + 1u];
-            let b_lo = b_tile[kk * 16u + l.x];
-            let b_hi = b_tile[kk * 16u + 8u + l.x];
-            c00 = fma(vec4<f32>(a_lo.x), b_lo, c00);
-            c01 = fma(vec4<f32>(a_lo.x), b_hi, c01);
-            c10 = fma(vec4<f32>(a_lo.y), b_lo, c10);
-            c11 = fma(vec4<f32>(a_lo.y), b_hi, c11);
-            c20 = fma(vec4<f32>(a_lo.z), b_lo, c20);
-            c21 = fma(vec4<f32>(a_lo.z), b_hi, c21);
-            c30 = fma(vec4<f32>(a_lo.w), b_lo, c30);
-            c31 = fma(vec4<f32>(a_lo.w), b_hi, c31);
-            c40 = fma(vec4<f32>(a_hi.x), b_lo, c40);
-            c41 = fma(vec4<f32>(a_hi.x), b_hi, c41);
-            c50 = fma(vec4<f32>(a_hi.y), b_lo, c50);
-            c51 = fma(vec4<f32>(a_hi.y), b_hi, c51);
-            c60 = fma(vec4<f32>(a_hi.z), b_lo, c60);
-            c61 = fma(vec4<f32>(a_hi.z), b_hi, c61);
-            c70 = fma(vec4<f32>(a_hi.w), b_lo, c70);
-            c71 = fma(vec4<f32>(a_hi.w), b_hi, c71);
-        }
-        workgroupBarrier();
-    }
-
-    let m = m0 + 8u * l.y;
-    let n_lo = n0 + 4u * l.x;
-    let n_hi = n_lo + 32u;
-    store4(z, m, n_lo, c00);
-    store4(z, m, n_hi, c01);
-    store4(z, m + 1u, n_lo, c10);
-    store4(z, m + 1u, n_hi, c11);
-    store4(z, m + 2u, n_lo, c20);
-    store4(z, m + 2u, n_hi, c21);
-    store4(z, m + 3u, n_lo, c30);
-    store4(z, m + 3u, n_hi, c31);
-    store4(z, m + 4u, n_lo, c40);
-    store4(z, m + 4u, n_hi, c41);
-    store4(z, m + 5u, n_lo, c50);
-    store4(z, m + 5u, n_hi, c51);
-    store4(z, m + 6u, n_lo, c60);
-    store4(z, m + 6u, n_hi, c61);
-    store4(z, m + 7u, n_lo, c70);
-    store4(z, m + 7u, n_hi, c71);
 }

@@ -273,13 +273,6 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
                     same(&format!("linear {m}×{k}×{n} {dtype} plain GEMV"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Silu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
                     wb.set_use_subgroups(true);
                 }
-                // wgpu's 8×8-per-thread GEMM, which only grids of many tiles take by default.
-                if let (true, Backend::Wgpu(wb)) = (m > 1, &g.backend) {
-                    wb.set_gemm_8x8_min_tiles(Some(1));
-                    let want = cpu().linear(&x, &w, Some(&b), Activation::Gelu, Some(&res)).unwrap();
-                    same(&format!("linear {m}×{k}×{n} {dtype} 8×8 GEMM"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Gelu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
-                    wb.set_gemm_8x8_min_tiles(None);
-                }
                 // wgpu's cooperative-matrix GEMM on adapters that have it: f16 weights, the
                 // activations rounded to f16 as it stages them (so the reference rounds them too).
                 if let (true, Backend::Wgpu(wb)) = (m > 1, &g.backend) {
@@ -433,10 +426,9 @@ fn linear_timings_at_mask_decoder_shapes() {
     }
 }
 
-/// wgpu's GEMM kernels (4×4 and 8×8 per thread, and the cooperative-matrix one where the
-/// adapter has it) timed at the stack's shapes (4096³, 7B prefill, CLIP-L and SAM-H projections;
-/// f16 weights), on request (`gpu wgpu_gemm_timings -- --ignored --nocapture`): what sets
-/// `GEMM_8X8_MIN_TILES` and whether the cooperative-matrix GEMM becomes the default.
+/// wgpu's GEMM kernels (the plain one and the cooperative-matrix one where the adapter has it)
+/// timed at the stack's shapes (4096³, 7B prefill, CLIP-L and SAM-H projections; f16 weights),
+/// on request (`gpu wgpu_gemm_timings -- --ignored --nocapture`).
 #[test]
 #[ignore]
 fn wgpu_gemm_timings() {
@@ -448,17 +440,15 @@ fn wgpu_gemm_timings() {
             let x = up(&g, &r.tensor(&[m, k]));
             let w = be.upload_weight(&r.tensor(&[n, k]).to_dtype(DType::F16).unwrap()).unwrap();
             let coop = wb.has_coop_gemm();
-            for (name, tiles, on) in [("matmul 4×4", Some(u32::MAX), false), ("matmul_8x8", Some(1), false), ("matmul_coop", None, true)] {
+            for (name, on) in [("matmul", false), ("matmul_coop", true)] {
                 if on && !coop {
                     eprintln!("wgpu GEMM {m}×{k}×{n}: no cooperative matrices on {}", be.device_name());
                     continue;
                 }
-                wb.set_gemm_8x8_min_tiles(tiles);
                 wb.set_coop_gemm(on);
                 let t = median_secs(be, 4, || drop(be.linear(&x, &w, None, Activation::None, None).unwrap()));
                 eprintln!("wgpu GEMM {m}×{k}×{n} f16 weight, {name}: {:.1} µs, {:.1} TFLOP/s", t * 1e6, 2.0 * (m * k * n) as f64 / t / 1e12);
             }
-            wb.set_gemm_8x8_min_tiles(None);
             wb.set_coop_gemm(false);
         }
     }
@@ -528,12 +518,6 @@ fn batched_matmul_plain_transposed_and_shared() {
                     let want = cpu().matmul(&a, &b, trans).unwrap();
                     let got = g.backend.matmul(&up(&g, &a), &up(&g, &b), trans).unwrap();
                     same(&format!("matmul {batch:?} {m}×{k}×{n} trans={trans} shared={shared}"), &g, &got, &want, tol_k(&g, k));
-                    if let Backend::Wgpu(wb) = &g.backend {
-                        wb.set_gemm_8x8_min_tiles(Some(1));
-                        let got = g.backend.matmul(&up(&g, &a), &up(&g, &b), trans).unwrap();
-                        wb.set_gemm_8x8_min_tiles(None);
-                        same(&format!("matmul {batch:?} {m}×{k}×{n} trans={trans} shared={shared} 8×8 GEMM"), &g, &got, &want, tol_k(&g, k));
-                    }
                 }
             }
         }

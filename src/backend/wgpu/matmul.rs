@@ -121,14 +121,7 @@ pub(super) fn gemm(be: &WgpuBackend, op: &'static str, g: &Gemm) -> Result<()> {
         params.extend([u32_of(op, s.batch)?, u32_of(op, s.row)?, u32_of(op, s.col)?]);
     }
     params.extend([b_f16 as u32, g.bias.is_some() as u32, g.act.kernel_code(), g.residual.is_some() as u32, u32_of(op, g.residual_period)?]);
-    let tiles = (gx * gy * g.batch) as u64;
-    let (shader, entry) = if b_f16 && be.rt.coop_gemm() {
-        (&MATMUL_COOP, "matmul_coop")
-    } else if tiles >= be.rt.gemm_8x8_min_tiles() as u64 {
-        (&MATMUL, "matmul_8x8")
-    } else {
-        (&MATMUL, "matmul")
-    };
+    let (shader, entry) = if b_f16 && be.rt.coop_gemm() { (&MATMUL_COOP, "matmul_coop") } else { (&MATMUL, "matmul") };
     be.dispatch(shader, entry, &buffers, &params, [gx as u32, gy as u32, g.batch as u32])
 }
 

@@ -59,10 +59,6 @@ pub(crate) struct BufferPool {
     idle_bytes: AtomicU64,
 }
 
-/// Output tiles from which a GEMM takes matmul_8x8 (64 threads a tile) instead of matmul (256):
-/// about four workgroups per compute unit of a large GPU, so the grid still fills it.
-const GEMM_8X8_MIN_TILES: u32 = 512;
-
 /// Idle bytes the pool keeps; buffers returned beyond this are freed.
 const POOL_CAP: u64 = 1 << 30;
 
@@ -97,12 +93,11 @@ pub(crate) struct Runtime {
     /// to check the plain fallback on adapters that have subgroups).
     use_subgroups: AtomicBool,
     max_groups_per_dim: AtomicU32,
-    /// GEMMs of at least this many 64×64 output tiles take the 8×8-per-thread kernel.
-    gemm_8x8_min_tiles: AtomicU32,
     /// The device enabled cooperative matrices (`coop_gemm_config` held and VISWORD_WGPU_COOP
     /// was not 0).
     pub(crate) has_coop: bool,
-    /// GEMMs on f16 weights take matmul_coop (VISWORD_WGPU_COOP=1, once its self-check passed).
+    /// GEMMs on f16 weights take matmul_coop (by default where the device has it, once its
+    /// self-check passed; VISWORD_WGPU_COOP=0 keeps the plain GEMM).
     pub(crate) use_coop: AtomicBool,
     /// Why cooperative matrices are off although the device has them (a failed self-check).
     pub(crate) coop_note: Mutex<String>,
@@ -177,8 +172,7 @@ impl Runtime {
         let info = adapter.get_info();
         let offered = adapter.features();
         let base = offered & (::wgpu::Features::SHADER_F16 | ::wgpu::Features::SUBGROUP);
-        let coop_env = std::env::var("VISWORD_WGPU_COOP").ok();
-        let want_coop = coop_env.as_deref() != Some("0") && coop_gemm_config(&adapter, &info);
+        let want_coop = std::env::var("VISWORD_WGPU_COOP").as_deref() != Ok("0") && coop_gemm_config(&adapter, &info);
         // The adapter's own limits: weights need far more than the 128 MiB default binding.
         let limits = adapter.limits();
         let request = |features: ::wgpu::Features| {
@@ -189,7 +183,7 @@ impl Runtime {
                 required_limits: limits.clone(),
                 // SAFETY: wgpu's experimental features may hide undefined behaviour in its own
                 // implementation. The one requested is cooperative matrices, used by a single
-                // shader (matmul_coop.wgsl) only when switched on, and then only after its
+                // shader (matmul_coop.wgsl), and only after its
                 // results matched the plain GEMM's (`matmul::coop_self_check`, run by
                 // `WgpuBackend::new`; tests switch it on to compare it with the CPU themselves).
                 experimental_features: if coop { unsafe { ::wgpu::ExperimentalFeatures::enabled() } } else { ::wgpu::ExperimentalFeatures::disabled() },
@@ -220,9 +214,8 @@ impl Runtime {
             has_subgroups: features.contains(::wgpu::Features::SUBGROUP),
             use_subgroups: AtomicBool::new(features.contains(::wgpu::Features::SUBGROUP)),
             max_groups_per_dim: AtomicU32::new(max_groups),
-            gemm_8x8_min_tiles: AtomicU32::new(GEMM_8X8_MIN_TILES),
             has_coop,
-            use_coop: AtomicBool::new(has_coop && coop_env.as_deref() == Some("1")),
+            use_coop: AtomicBool::new(has_coop),
             coop_note: Mutex::new(String::new()),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
@@ -242,10 +235,6 @@ impl Runtime {
     /// GEMMs on f16 weights take the cooperative-matrix kernel.
     pub(crate) fn coop_gemm(&self) -> bool {
         self.use_coop.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn gemm_8x8_min_tiles(&self) -> u32 {
-        self.gemm_8x8_min_tiles.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_max_groups_per_dim(&self, n: u32) {
@@ -650,12 +639,5 @@ impl WgpuBackend {
     #[doc(hidden)]
     pub fn set_max_workgroups_per_dim(&self, n: u32) {
         self.rt.set_max_groups_per_dim(n)
-    }
-
-    /// Route GEMMs of at least `tiles` 64×64 output tiles to the 8×8-per-thread kernel (`None`:
-    /// the default threshold), so tests can run both kernels at small sizes.
-    #[doc(hidden)]
-    pub fn set_gemm_8x8_min_tiles(&self, tiles: Option<u32>) {
-        self.rt.gemm_8x8_min_tiles.store(tiles.unwrap_or(GEMM_8X8_MIN_TILES), Ordering::Relaxed)
     }
 }
