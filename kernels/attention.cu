@@ -258,8 +258,16 @@ __device__ __forceinline__ void attention_decode(const float* __restrict__ q, co
                                                  const float* __restrict__ rel_w, float* __restrict__ out,
                                                  AttnStrides st, int H, int Hkv, int nq, int nk, int d,
                                                  float scale, int causal, int k_h, int k_w, float* __restrict__ part_o,
-                                                 float* __restrict__ part_ml, int chunk) {
+                                                 float* __restrict__ part_ml, int chunk, const int* __restrict__ step) {
     static_assert(DP % 32 == 0 && DP <= 128, "DP must be a multiple of 32, at most 128");
+    // A captured decode step reads its key count on the device and spreads the keys over its
+    // splits (as many as the cache's capacity gets, so their count is fixed) in whole steps of
+    // DEC_WARPS·DEC_KU keys; splits past the keys write empty partials (max −inf, sum 0).
+    if (step) {
+        nk = step[STEP_KV_LEN];
+        constexpr int per_step = DEC_WARPS * DEC_KU;
+        chunk = ((nk + gridDim.y - 1) / gridDim.y + per_step - 1) / per_step * per_step;
+    }
     constexpr int CPL = DP / 32; // head-dim columns per lane: lane + 32·i
     __shared__ float sM[DEC_WARPS], sL[DEC_WARPS];
     __shared__ float sO[DEC_WARPS * DP];
@@ -466,8 +474,8 @@ extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_q8_d16_f
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_q8_d32_f32(FWD_PARAMS) { attention_fwd<32, 8>(FWD_ARGS); }
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_q8_d64_f32(FWD_PARAMS) { attention_fwd<64, 8>(FWD_ARGS); }
 
-#define DEC_PARAMS FWD_PARAMS, float *__restrict__ part_o, float *__restrict__ part_ml, int chunk
-#define DEC_ARGS FWD_ARGS, part_o, part_ml, chunk
+#define DEC_PARAMS FWD_PARAMS, float *__restrict__ part_o, float *__restrict__ part_ml, int chunk, const int *__restrict__ step
+#define DEC_ARGS FWD_ARGS, part_o, part_ml, chunk, step
 
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d32_f32(DEC_PARAMS) { attention_decode<32>(DEC_ARGS); }
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d64_f32(DEC_PARAMS) { attention_decode<64>(DEC_ARGS); }

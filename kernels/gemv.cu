@@ -52,7 +52,8 @@ __device__ __forceinline__ void row_dot(const float* __restrict__ x, const W* __
     }
     if ((k & 7u) == 0) {
         const unsigned chunks = k >> 3;
-#pragma unroll 2
+        // Four 16-byte weight loads in flight per lane (a 4096-wide bf16 row is 16 per lane).
+#pragma unroll 4
         for (unsigned c = lane; c < chunks; c += 32) {
             float wv[8];
             if constexpr (DT == DT_F32) load8w(wr, (u64)c * 8, wv);
@@ -98,10 +99,13 @@ __device__ __forceinline__ void row_dot(const float* __restrict__ x, const W* __
                 }
         }
     }
+    // Only the m rows in use are reduced (m is the same in every lane: no divergence).
 #pragma unroll
     for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
-        acc[mi] = warp_sum(acc[mi]);
-        if constexpr (NORM) ss[mi] = warp_sum(ss[mi]);
+        if (mi < (int)m) {
+            acc[mi] = warp_sum(acc[mi]);
+            if constexpr (NORM) ss[mi] = warp_sum(ss[mi]);
+        }
     }
 }
 
@@ -115,6 +119,7 @@ __device__ __forceinline__ void row_dot2_norm(const float* __restrict__ x, const
 #pragma unroll
     for (int mi = 0; mi < GEMV_MAX_M; ++mi) acc[mi] = acc2[mi] = ss[mi] = 0.0f;
     const unsigned chunks = k >> 3;
+#pragma unroll 2
     for (unsigned c = lane; c < chunks; c += 32) {
         float va[8], vb[8];
         if constexpr (DT == DT_F32) {
@@ -148,9 +153,11 @@ __device__ __forceinline__ void row_dot2_norm(const float* __restrict__ x, const
     }
 #pragma unroll
     for (int mi = 0; mi < GEMV_MAX_M; ++mi) {
-        acc[mi] = warp_sum(acc[mi]);
-        acc2[mi] = warp_sum(acc2[mi]);
-        ss[mi] = warp_sum(ss[mi]);
+        if (mi < (int)m) {
+            acc[mi] = warp_sum(acc[mi]);
+            acc2[mi] = warp_sum(acc2[mi]);
+            ss[mi] = warp_sum(ss[mi]);
+        }
     }
 }
 

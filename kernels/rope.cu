@@ -10,6 +10,7 @@
 // launch where two ropes and two cache writes were four): q [B·H, n, D] roped into q_out; k and
 // v [B·Hkv, n, D], k roped, both written into k_cache / v_cache [B·Hkv, max, D] at rows pos + t.
 // One grid-stride loop over the q pairs, then the k pairs (which also move their two v values).
+// With `step` set (a captured decode step), pos is step[STEP_POS], read on the device.
 #include "common.cuh"
 
 // Rotation pair i of row xr (D = 2h) with table values c, s, written to row yr.
@@ -33,7 +34,9 @@ extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restri
 extern "C" __global__ void rope_qk_write_kv_f32(const float* __restrict__ q, float* __restrict__ q_out, const float* __restrict__ k,
                                                 const float* __restrict__ v, float* __restrict__ k_cache, float* __restrict__ v_cache,
                                                 const float* __restrict__ cos_t, const float* __restrict__ sin_t, u64 q_pairs,
-                                                u64 kv_pairs, unsigned n, unsigned h, u64 pos, u64 max) {
+                                                u64 kv_pairs, unsigned n, unsigned h, u64 pos, u64 max,
+                                                const int* __restrict__ step) {
+    if (step) pos = (u64)step[STEP_POS];
     GRID_STRIDE(p, q_pairs + kv_pairs) {
         const bool is_q = p < q_pairs;
         const u64 pair = is_q ? p : p - q_pairs;

@@ -310,6 +310,12 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// A decode step recorded for replay (a CUDA graph; `Backend::capture_decode`).
+#[derive(Debug)]
+pub enum StepGraph {
+    Cuda(cuda::DecodeGraph),
+}
+
 /// A compute backend. Every variant implements the same methods; tensors live on the backend
 /// that made them (`upload` moves host tensors on, `to_host` brings them back).
 #[derive(Debug)]
@@ -663,6 +669,34 @@ impl Backend {
                 b.upscale_masks(y, ln, w2, b2, hyper, s)
             }
             _ => upscale::composed(self, y, ln, w2, b2, hyper, s),
+        }
+    }
+
+    /// Whether this backend records a decode step once and replays it per token (CUDA graphs;
+    /// `VISWORD_CUDA_GRAPH=0` keeps CUDA eager, and profiling turns it off). The other backends
+    /// run every step eagerly.
+    pub fn step_graphs(&self) -> bool {
+        matches!(self, Backend::Cuda(b) if b.step_graphs())
+    }
+
+    /// Record `step`, the ops of one decode step for token `id` at position `pos` (whose kernels
+    /// have all run once before, so they are loaded), returning f32 outputs of `shapes`; the
+    /// step runs once and its outputs come back with the graph. The embedding of one id,
+    /// `rope_qk_write_kv` of one token and single-query attention with a `kv_len` read their
+    /// id, position and key count on the device when replayed. On an error nothing has run.
+    pub fn capture_decode(&self, id: u32, pos: usize, shapes: &[Vec<usize>], step: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<(StepGraph, Vec<Tensor>)> {
+        match self {
+            Backend::Cuda(b) => b.capture_decode(id, pos, shapes, step).map(|(g, out)| (StepGraph::Cuda(g), out)),
+            _ => Err(Error::shape("decode graph", format!("the {} backend does not record decode steps", self.name()))),
+        }
+    }
+
+    /// Replay a recorded decode step for token `id` at position `pos` (checked by the caller
+    /// against the model and the cache the step was recorded with); returns its outputs.
+    pub fn replay_decode(&self, g: &StepGraph, id: u32, pos: usize) -> Result<Vec<Tensor>> {
+        match (self, g) {
+            (Backend::Cuda(b), StepGraph::Cuda(g)) => b.replay_decode(g, id, pos),
+            _ => Err(Error::shape("decode graph", format!("a CUDA graph cannot run on the {} backend", self.name()))),
         }
     }
 

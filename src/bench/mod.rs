@@ -27,6 +27,7 @@ use crate::backend::{Backend, BackendKind};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
+use crate::models::llama::KvCache;
 use crate::models::projector::ProjectorKind;
 use report::{median, BenchReport, DevicePeaks, RunReport, StagesMs};
 use stack::Stack;
@@ -114,6 +115,8 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
     }
     let projectors = kinds.iter().map(|&k| stack.projector(be, k)).collect::<Result<Vec<_>>>()?;
     let mut samples: Vec<Samples> = kinds.iter().map(|_| Samples::default()).collect();
+    // One KV cache per path, kept across runs (with the decode step a backend recorded on it).
+    let mut caches: Vec<Option<KvCache>> = kinds.iter().map(|_| None).collect();
 
     for it in 0..iterations {
         let warmup = it == 0;
@@ -127,10 +130,10 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
         let enc_peak = machine::peak_memory_bytes();
         bar.inc(1);
 
-        for (p, s) in projectors.iter().zip(samples.iter_mut()) {
+        for ((p, s), cache) in projectors.iter().zip(samples.iter_mut()).zip(caches.iter_mut()) {
             bar.set_message(format!("{label}: {}", p.kind.name()));
             machine::reset_peak_memory();
-            let t = stack.run_path(be, &enc, p, decode_tokens)?;
+            let t = stack.run_path(be, &enc, p, decode_tokens, cache)?;
             let peak = enc_peak.max(machine::peak_memory_bytes());
             bar.inc(1);
             if warmup {
@@ -152,11 +155,12 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
     }
     // The LLM at the table's fixed token counts, decode after the long prefill.
     let (mut prefill_long, mut prefill_short, mut decode, mut issue) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut long_cache, mut short_cache) = (None, None);
     for it in 0..iterations {
         bar.set_message(format!("LLM {PREFILL_LONG} and {PREFILL_SHORT} tokens ({})", if it == 0 { "warm-up".into() } else { format!("run {it}/{}", opts.runs) }));
         let decode_tokens = if it == 0 { opts.decode_tokens.min(WARMUP_DECODE_TOKENS) } else { opts.decode_tokens };
-        let long = stages::llm_prefill_decode(be, stack.llm(), PREFILL_LONG, decode_tokens, SEED ^ it as u64)?;
-        let short = stages::llm_prefill_decode(be, stack.llm(), PREFILL_SHORT, 0, SEED ^ 0x80 ^ it as u64)?;
+        let long = stages::llm_prefill_decode(be, stack.llm(), PREFILL_LONG, decode_tokens, SEED ^ it as u64, &mut long_cache)?;
+        let short = stages::llm_prefill_decode(be, stack.llm(), PREFILL_SHORT, 0, SEED ^ 0x80 ^ it as u64, &mut short_cache)?;
         bar.inc(1);
         if it > 0 {
             prefill_long.push(long.prefill_ms);

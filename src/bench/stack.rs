@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::models::clip::{ClipVisionConfig, ClipVisionModel};
 use crate::models::dinov2::{Dinov2Config, Dinov2Model};
 use crate::models::generate::argmax;
-use crate::models::llama::{Input, Llama, LlamaConfig, Logits};
+use crate::models::llama::{Input, KvCache, Llama, LlamaConfig, Logits};
 use crate::models::sam::preprocess::preprocess as sam_preprocess;
 use crate::models::sam::{PointPrompt, Prompts, Sam, SamConfig};
 use crate::preprocess::ImageProcessor;
@@ -269,7 +269,8 @@ impl Stack {
 
     /// (svp: superpixels →) projector → prefill → `decode_tokens` greedy steps (never stopping
     /// at eos) → mask decoder.
-    pub fn run_path(&self, be: &Backend, enc: &Encoded, projector: &Projector, decode_tokens: usize) -> Result<PathTimes> {
+    /// `cache` is the path's KV cache from earlier runs (a serving loop keeps its cache).
+    pub fn run_path(&self, be: &Backend, enc: &Encoded, projector: &Projector, decode_tokens: usize, cache: &mut Option<KvCache>) -> Result<PathTimes> {
         let (superpixels, superpixels_ms, superpixels_split_ms) = if projector.kind == ProjectorKind::Svp {
             let _section = crate::backend::profile::Section::start("superpixels");
             let ((sp, stats), ms) = timed(be, || generate_with_stats(be, &self.sam, &enc.image_embeddings, &enc.frame, self.grid, &self.superpixels))?;
@@ -280,8 +281,8 @@ impl Stack {
         let (visual, projector_ms) = timed(be, || projector.forward(be, &enc.features, superpixels.as_ref()))?;
         let visual_tokens = visual.dim(0);
         let prompt_len = self.text_tokens() + visual_tokens;
-        // Allocated outside the timed region: a serving loop keeps its cache.
-        let mut cache = self.llm.new_cache(be, prompt_len + decode_tokens + 1)?;
+        // Outside the timed region: a serving loop keeps its cache.
+        let cache = kept_cache(be, &self.llm, cache, prompt_len + decode_tokens + 1)?;
 
         let (mut token, prefill_ms) = timed(be, || {
             let prefix = self.llm.embed(be, &self.prefix_ids)?;
@@ -289,13 +290,13 @@ impl Stack {
             // S = 0 (an image without superpixels) leaves the text alone.
             let parts: Vec<&Tensor> = [&prefix, &visual, &suffix].into_iter().filter(|t| t.dim(0) > 0).collect();
             let embeds = be.concat(&parts, 0)?;
-            let out = self.llm.forward(be, Input::Embeds(&embeds), &mut cache, Logits::Last, false)?;
+            let out = self.llm.forward(be, Input::Embeds(&embeds), cache, Logits::Last, false)?;
             next_token(be, out.logits)
         })?;
 
         let (_, decode_ms) = timed(be, || {
             for _ in 0..decode_tokens {
-                let out = self.llm.forward(be, Input::Ids(&[token]), &mut cache, Logits::Last, false)?;
+                let out = self.llm.forward(be, Input::Ids(&[token]), cache, Logits::Last, false)?;
                 token = next_token(be, out.logits)?;
             }
             Ok(())
@@ -306,6 +307,21 @@ impl Stack {
         Ok(PathTimes { superpixels_ms, superpixels_split_ms, visual_tokens, prompt_tokens: prompt_len, projector_ms, prefill_ms, decode_ms_per_token, mask_decoder_ms })
     }
 
+}
+
+/// A cleared cache with room for `tokens`, kept in `slot` across runs as a serving loop keeps
+/// its cache (and, where the backend records decode steps, the step recorded with it): reused
+/// while it is large enough, else allocated anew with room rounded up to 256 tokens.
+pub(crate) fn kept_cache<'a>(be: &Backend, llm: &Llama, slot: &'a mut Option<KvCache>, tokens: usize) -> Result<&'a mut KvCache> {
+    if slot.as_ref().is_some_and(|c| c.capacity() < tokens) {
+        *slot = None;
+    }
+    let cache = match slot {
+        Some(c) => c,
+        None => slot.insert(llm.new_cache(be, tokens.next_multiple_of(256).min(llm.config.max_position_embeddings).max(tokens))?),
+    };
+    cache.clear();
+    Ok(cache)
 }
 
 /// Greedy choice from last-position logits (the one host read per token, as in a real decoder).
@@ -344,7 +360,7 @@ mod tests {
         assert_eq!(enc.features.shape(), &[576, 32]);
         assert_eq!(enc.image_embeddings.shape(), &[1, 32, 64, 64]);
         let pool = stack.projector(&be, ProjectorKind::Pool(3)).unwrap();
-        let t = stack.run_path(&be, &enc, &pool, 2).unwrap();
+        let t = stack.run_path(&be, &enc, &pool, 2, &mut None).unwrap();
         assert!(t.prefill_ms > 0.0 && t.mask_decoder_ms > 0.0 && t.decode_ms_per_token.is_some());
         assert_eq!((t.visual_tokens, t.prompt_tokens), (64, 64 + PREFIX_TOKENS + SUFFIX_TOKENS));
         assert!(t.superpixels_ms.is_none());

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::backend::{Activation, Backend};
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::models::llama::{Input, Llama, Logits};
+use crate::models::llama::{Input, KvCache, Llama, Logits};
 use crate::tensor::Tensor;
 
 use super::report::median;
@@ -157,18 +157,19 @@ pub struct LlmTimes {
 }
 
 /// Time one prefill of `tokens` random embeddings and `decode_tokens` steps after it. The
-/// embeddings and the cache are made before the clock starts.
-pub fn llm_prefill_decode(be: &Backend, llm: &Llama, tokens: usize, decode_tokens: usize, seed: u64) -> Result<LlmTimes> {
+/// embeddings are made before the clock starts, and the cache is `cache` from earlier runs
+/// (cleared; see `stack::kept_cache`).
+pub fn llm_prefill_decode(be: &Backend, llm: &Llama, tokens: usize, decode_tokens: usize, seed: u64, cache: &mut Option<KvCache>) -> Result<LlmTimes> {
     let hidden = llm.config.hidden_size;
     // Embedding-sized values (the table's rows are ~1/√hidden in magnitude).
     let scale = 1.0 / (hidden as f32).sqrt();
     let embeds: Vec<f32> = filler(seed, tokens * hidden).into_iter().map(|v| v * scale).collect();
     let embeds = be.upload(&Tensor::from_f32(embeds, vec![tokens, hidden])?)?;
-    let mut cache = llm.new_cache(be, tokens + decode_tokens + 1)?;
+    let cache = super::stack::kept_cache(be, llm, cache, tokens + decode_tokens + 1)?;
     be.synchronize()?;
 
     let start = Instant::now();
-    let out = llm.forward(be, Input::Embeds(&embeds), &mut cache, Logits::Last, false)?;
+    let out = llm.forward(be, Input::Embeds(&embeds), cache, Logits::Last, false)?;
     let mut token = super::stack::next_token(be, out.logits)?;
     be.synchronize()?;
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -178,7 +179,7 @@ pub fn llm_prefill_decode(be: &Backend, llm: &Llama, tokens: usize, decode_token
     let mut issue = 0.0;
     for _ in 0..decode_tokens {
         let t0 = Instant::now();
-        let out = llm.forward(be, Input::Ids(&[token]), &mut cache, Logits::Last, false)?;
+        let out = llm.forward(be, Input::Ids(&[token]), cache, Logits::Last, false)?;
         issue += t0.elapsed().as_secs_f64() * 1e3;
         token = super::stack::next_token(be, out.logits)?;
     }

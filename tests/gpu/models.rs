@@ -152,6 +152,8 @@ fn llama_logits_kv_cache_decode_and_greedy_ids_match_transformers() {
                 got.extend(be.to_vec_f32(&l).unwrap());
             }
             assert_eq!(cache.len(), input.len());
+            // On CUDA the steps after the second replay a recorded graph.
+            assert_eq!(cache.replays_steps(), be.step_graphs(), "{name}: {:?}", cache.graph_note());
             assert_close(&format!("{} {name} logits, KV-cache decode", be.name()), &got, &want, gpu.model_tol);
 
             // Greedy generation from input embeddings' path's sibling (ids), with the cache.
@@ -162,6 +164,48 @@ fn llama_logits_kv_cache_decode_and_greedy_ids_match_transformers() {
             let g = generate(&model, be, Input::Ids(&prompt), &mut cache, &params, &mut |_| Ok(())).unwrap();
             assert_eq!(g.tokens, want_ids, "{} {name}: greedy ids", be.name());
         }
+    }
+}
+
+/// CUDA records a cache's second decode step as a graph and replays it for the later ones
+/// (src/backend/cuda/graph.rs): every step's logits and hidden states equal the eager steps',
+/// with the cache exactly as long as the sequence and with one of room (the recorded attention
+/// splits over the capacity: splits past the keys), after a truncate (the position is read on
+/// the device), and the cache says it replays.
+#[test]
+fn recorded_decode_steps_match_eager_ones() {
+    for gpu in gpus("models::decode_graph") {
+        let be = &gpu.backend;
+        let visword::Backend::Cuda(cb) = be else {
+            eprintln!("models::decode_graph: {} runs decode steps eagerly", be.name());
+            continue;
+        };
+        let model = Llama::load(&dir("llama_gqa"), be).unwrap();
+        let input = ids(&fixture("llama_gqa/reference.safetensors"), "input_ids");
+        let run = |graphs: bool, capacity: usize| -> Vec<(Vec<f32>, Vec<f32>)> {
+            cb.set_step_graphs(graphs);
+            let mut cache = model.new_cache(be, capacity).unwrap();
+            model.forward(be, Input::Ids(&input[..4]), &mut cache, Logits::Last, false).unwrap();
+            let mut steps = Vec::new();
+            for (i, &id) in input[4..].iter().enumerate() {
+                if i == 6 {
+                    cache.truncate(cache.len() - 3);
+                }
+                let out = model.forward(be, Input::Ids(&[id]), &mut cache, Logits::Last, true).unwrap();
+                steps.push((be.to_vec_f32(&out.logits.unwrap()).unwrap(), be.to_vec_f32(&out.hidden.unwrap()).unwrap()));
+            }
+            assert_eq!(cache.replays_steps(), graphs, "graphs {graphs}, capacity {capacity}: {:?}", cache.graph_note());
+            steps
+        };
+        for capacity in [input.len(), model.config.max_position_embeddings] {
+            let eager = run(false, capacity);
+            let replayed = run(true, capacity);
+            for (i, (g, e)) in replayed.iter().zip(&eager).enumerate() {
+                assert_close(&format!("capacity {capacity}, step {i}: logits"), &g.0, &e.0, gpu.op_tol);
+                assert_close(&format!("capacity {capacity}, step {i}: hidden"), &g.1, &e.1, gpu.op_tol);
+            }
+        }
+        cb.set_step_graphs(true);
     }
 }
 

@@ -153,9 +153,12 @@ impl CudaBackend {
             k_w: i32_arg("k_w", k_w)?,
         };
         let stream = self.stream();
+        // A decode step being recorded (graph.rs) reads its key count on the device, so it takes
+        // the decode kernel whatever the count is now, split over the cache's capacity.
+        let step = self.step_args().filter(|_| nq == 1 && p.kv_len.is_some());
 
         // A handful of keys: one thread per query row (kernels/attention.cu attention_fewkeys).
-        if rel.is_none() && nk <= FEW_MAX_KEYS && d <= FEW_MAX_D {
+        if step.is_none() && rel.is_none() && nk <= FEW_MAX_KEYS && d <= FEW_MAX_D {
             let chunks = nq.div_ceil(FEW_THREADS as usize);
             if bh > GRID_X_MAX || chunks > GRID_Y_MAX {
                 return Err(Error::shape(OP, format!("{bh} heads × {chunks} query chunks exceed the CUDA grid")));
@@ -177,7 +180,7 @@ impl CudaBackend {
         // 7 tokens) take the forward kernel too: it reads each head's keys once per block of 32
         // queries, where the decode kernel reads them once per query; with this many heads its
         // grid fills the device without key splits.
-        if nq > DECODE_MAX_NQ || (nq > 1 && bh >= DEC_TARGET_BLOCKS) {
+        if step.is_none() && (nq > DECODE_MAX_NQ || (nq > 1 && bh >= DEC_TARGET_BLOCKS)) {
             let dp = d.next_multiple_of(16);
             // At most 8 queries: blocks of 8 (`attention_fwd_q8_*`, for DP up to 64).
             let (bq, name) = if nq <= FWD_Q8 && dp <= FWD_Q8_MAX_DP {
@@ -205,7 +208,8 @@ impl CudaBackend {
             return Ok(());
         }
 
-        let (nsplit, chunk) = decode_splits(rows, nk);
+        let (nsplit, chunk) = decode_splits(rows, if step.is_some() { s.nk_all } else { nk });
+        let step = step.unwrap_or(0);
         if rows > GRID_X_MAX || nsplit > GRID_Y_MAX {
             return Err(Error::shape(OP, format!("{rows} query rows × {nsplit} splits exceed the CUDA grid")));
         }
@@ -227,13 +231,16 @@ impl CudaBackend {
                 Some((po, pml)) => l.arg(po).arg(pml),
                 None => l.arg(qd).arg(qd),
             };
-            l.arg(&chunk_arg);
+            l.arg(&chunk_arg).arg(&step);
             // SAFETY: argument list matches DEC_PARAMS in kernels/attention.cu; operands as for
             // the forward launch; grid (rows, nsplit) with nsplit · chunk >= nk, so block
             // (row, s) reads keys [s·chunk, min((s + 1)·chunk, nk)) only; with nsplit > 1 it
             // writes part_o[(row·nsplit + s)·d ..][..d] and part_ml[(row·nsplit + s)·2 ..][..2],
             // inside the rows·nsplit·d and rows·nsplit·2 buffers allocated above; with nsplit
-            // = 1 it writes only out (the stand-in pointers are not dereferenced).
+            // = 1 it writes only out (the stand-in pointers are not dereferenced). A non-zero
+            // step is the recorded step's argument buffer (three ints); the kernel then takes
+            // its key count (at most nk_all) from there and spreads those keys over the nsplit
+            // splits itself, each still within [0, nk).
             unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
         }
         if let Some((po, pml)) = &parts {

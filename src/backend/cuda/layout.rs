@@ -58,8 +58,11 @@ impl CudaBackend {
         let n = ids.len() * d;
         let out = self.alloc_f32(&[ids.len(), d])?;
         if n > 0 {
-            let idb = self.htod(ids, OP)?;
-            let (ip, yp, n64, d64) = (self.ptr(&idb), self.ptr(&out), n as u64, d as u64);
+            // A decode step being recorded reads its token id on the device (graph.rs).
+            let step = self.step_args().filter(|_| ids.len() == 1);
+            let idb = if step.is_none() { Some(self.htod(ids, OP)?) } else { None };
+            let ip = step.unwrap_or_else(|| idb.as_ref().map_or(0, |b| self.ptr(b)));
+            let (yp, n64, d64) = (self.ptr(&out), n as u64, d as u64);
             launch!(self, OP, self.function(&kernels::LAYOUT, "embedding")?, grid_1d(n), tp, dt, ip, yp, n64, d64)?;
             // The ids buffer is freed on the stream after the gather (stream-ordered free).
             drop(idb);
@@ -223,8 +226,11 @@ impl CudaBackend {
         };
         drop(old);
         if Arc::get_mut(&mut arc).is_none() {
+            // A recorded decode step must write the cache it was given: a copy made during the
+            // capture would be the graph's own memory.
             let copy = match &*arc {
-                CudaData::F32(s) => self.dtod_copy(s),
+                _ if self.step_args().is_some() => Err(Error::shape(op, "a KV cache shared with another tensor cannot be written by a recorded decode step")),
+                CudaData::F32(s) => self.dtod_copy(s, op),
                 _ => Err(Error::shape(op, "tensor is not f32")),
             };
             match copy {
@@ -243,7 +249,7 @@ impl CudaBackend {
         result
     }
 
-    fn dtod_copy(&self, s: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
-        self.stream().clone_dtod(s).map_err(super::dev_err("write_kv"))
+    pub(super) fn dtod_copy(&self, s: &CudaSlice<f32>, op: &'static str) -> Result<CudaSlice<f32>> {
+        self.stream().clone_dtod(s).map_err(super::dev_err(op))
     }
 }

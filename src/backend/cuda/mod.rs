@@ -1,7 +1,8 @@
 //! The CUDA backend: one device, one stream, cuBLAS for GEMMs with M > 1 and hand-written
 //! kernels (kernels/*.cu) for everything else.
 //!
-//! Every op is queued on the device's default stream, so ops are ordered without events and
+//! Every op is queued on the backend's one stream (its own, not the legacy default stream, so
+//! a decode step can be recorded as a graph: graph.rs), so ops are ordered without events and
 //! the host only waits in `to_host` / `synchronize`. Activations are f32; weights keep the
 //! checkpoint's dtype (f32, f16 or bf16) and are converted to f32 inside the kernels, or handed
 //! to cuBLAS as they are. Tensors carry `Storage::Cuda(Arc<CudaData>)`.
@@ -13,6 +14,7 @@ mod attention;
 mod compile;
 mod conv;
 mod elementwise;
+mod graph;
 mod layout;
 mod libs;
 mod lt;
@@ -30,6 +32,7 @@ pub mod kernels {
 }
 
 pub use compile::{nvrtc_available, nvrtc_compile, Kernel};
+pub use graph::DecodeGraph;
 
 use std::sync::Arc;
 
@@ -68,6 +71,10 @@ pub struct CudaBackend {
     lt: std::sync::OnceLock<Option<lt::Lt>>,
     /// SAM-sized `upscale_masks` runs on the tensor cores (masks.rs).
     mma_upscale: std::sync::atomic::AtomicBool,
+    /// Decode steps are recorded as graphs and replayed (graph.rs).
+    step_graphs: std::sync::atomic::AtomicBool,
+    /// The step-argument buffer while a decode step is being recorded (graph.rs).
+    capturing: std::sync::Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -156,7 +163,8 @@ impl CudaBackend {
         // One stream orders everything: cudarc's per-buffer events would only add overhead.
         // SAFETY: set before any buffer exists, and no second stream is ever created.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own: work on the legacy default stream cannot be captured.
+        let stream = ctx.new_stream().map_err(|e| unavailable(format!("cannot create a stream ({e})")))?;
         libs::ensure(libs::Lib::Cublas).map_err(unavailable)?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| unavailable(format!("cuBLAS did not initialise ({e})")))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| unavailable(format!("compute capability: {e}")))?;
@@ -164,6 +172,7 @@ impl CudaBackend {
         let bf16_gemm = std::env::var("VISWORD_CUDA_GEMM").map(|v| v.trim() != "f32").unwrap_or(true);
         let lt_gemm = std::env::var("VISWORD_CUDA_LT").map(|v| v.trim() != "0").unwrap_or(true);
         let mma_upscale = std::env::var("VISWORD_CUDA_UPSCALE").map(|v| v.trim() != "simt").unwrap_or(true);
+        let step_graphs = std::env::var("VISWORD_CUDA_GRAPH").map(|v| v.trim() != "0").unwrap_or(true);
         Ok(CudaBackend {
             ctx,
             stream,
@@ -175,6 +184,8 @@ impl CudaBackend {
             lt_gemm: lt_gemm.into(),
             lt: Default::default(),
             mma_upscale: mma_upscale.into(),
+            step_graphs: step_graphs.into(),
+            capturing: Default::default(),
         })
     }
 

@@ -42,9 +42,11 @@ impl CudaBackend {
         let pairs = s.q_pairs + s.kv_pairs;
         if pairs > 0 {
             let (qn, kvn, n32, h32, p64, max) = (s.q_pairs as u64, s.kv_pairs as u64, s.n as u32, s.h as u32, pos as u64, s.max as u64);
+            // A decode step being recorded reads its position on the device (graph.rs).
+            let step = self.step_args().filter(|_| s.n == 1).unwrap_or(0);
             self.with_unique_f32(k_cache, OP, |kc| {
                 self.with_unique_f32(v_cache, OP, |vc| {
-                    launch!(self, OP, self.function(&kernels::ROPE, "rope_qk_write_kv_f32")?, grid_1d(pairs), qp, yp, kp, vp, kc, vc, cp, sp, qn, kvn, n32, h32, p64, max)
+                    launch!(self, OP, self.function(&kernels::ROPE, "rope_qk_write_kv_f32")?, grid_1d(pairs), qp, yp, kp, vp, kc, vc, cp, sp, qn, kvn, n32, h32, p64, max, step)
                 })
             })?;
         }

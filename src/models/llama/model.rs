@@ -11,9 +11,10 @@
 //! position only.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::config::{inv_freq, rope_tables, LlamaConfig};
-use crate::backend::{Activation, AttnBias, AttnParams, Backend};
+use crate::backend::{Activation, AttnBias, AttnParams, Backend, StepGraph};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::weights::{VarView, Weights};
@@ -64,6 +65,13 @@ pub struct KvCache {
     v: Vec<Tensor>,
     len: usize,
     capacity: usize,
+    /// Single-token steps run so far without a recorded graph (the first loads every kernel).
+    eager_steps: usize,
+    /// The recorded decode step (on backends that record them), with the id of the model that
+    /// recorded it and whether it returns hidden states.
+    graph: Option<(u64, bool, StepGraph)>,
+    /// Why recording a step failed (steps then stay eager).
+    graph_off: Option<String>,
 }
 
 impl KvCache {
@@ -88,7 +96,18 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+    /// Whether single-token steps on this cache replay a recorded graph (CUDA).
+    pub fn replays_steps(&self) -> bool {
+        self.graph.is_some()
+    }
+    /// Why this cache's steps could not be recorded, if they could not.
+    pub fn graph_note(&self) -> Option<&str> {
+        self.graph_off.as_deref()
+    }
 }
+
+/// Tells models apart, so a cache replays only the steps its own model recorded.
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What the layers are fed: token ids, or ready-made input embeddings `[n, hidden]` f32 (for
 /// splicing other modalities into the sequence).
@@ -123,6 +142,7 @@ pub struct Llama {
     /// RoPE tables `[max_position_embeddings, head_dim / 2]`, computed once at load.
     cos: Tensor,
     sin: Tensor,
+    id: u64,
 }
 
 impl Llama {
@@ -177,7 +197,7 @@ impl Llama {
         let shape = vec![c.max_position_embeddings, hd / 2];
         let cos = be.upload(&Tensor::from_f32(cos, shape.clone())?)?;
         let sin = be.upload(&Tensor::from_f32(sin, shape)?)?;
-        Ok(Llama { config, embed_tokens, layers, norm, lm_head, cos, sin })
+        Ok(Llama { config, embed_tokens, layers, norm, lm_head, cos, sin, id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed) })
     }
 
     /// A cache for up to `max_ctx` tokens (at most `max_position_embeddings`), allocated now.
@@ -196,7 +216,7 @@ impl Llama {
             k.push(be.upload(&Tensor::zeros(shape))?);
             v.push(be.upload(&Tensor::zeros(shape))?);
         }
-        Ok(KvCache { k, v, len: 0, capacity: max_ctx })
+        Ok(KvCache { k, v, len: 0, capacity: max_ctx, eager_steps: 0, graph: None, graph_off: None })
     }
 
     /// Token embeddings `[n, hidden]` f32; every id must be below the vocabulary size.
@@ -209,7 +229,70 @@ impl Llama {
     }
 
     /// Run `input` after the tokens already in `cache`, appending its keys and values.
+    ///
+    /// On a backend that records decode steps (`Backend::step_graphs`: CUDA), a single token id
+    /// with the last position's logits is a decode step: the cache's first one runs eagerly, the
+    /// second is recorded as a graph, and later ones replay it (one launch for the whole step).
     pub fn forward(&self, be: &Backend, input: Input, cache: &mut KvCache, logits: Logits, want_hidden: bool) -> Result<Output> {
+        if let (Input::Ids(&[id]), Logits::Last) = (input, logits) {
+            if be.step_graphs() && cache.graph_off.is_none() && cache.k.len() == self.layers.len() {
+                return self.decode_step(be, id, cache, want_hidden);
+            }
+        }
+        self.forward_eager(be, input, cache, logits, want_hidden)
+    }
+
+    /// One decode step through the cache's recorded graph, recording it first where needed.
+    fn decode_step(&self, be: &Backend, id: u32, cache: &mut KvCache, want_hidden: bool) -> Result<Output> {
+        let c = &self.config;
+        let pos = cache.len;
+        if cache.remaining() == 0 {
+            return Err(Error::arg("prompt", format!("1 token after {pos} already in context exceeds the context length of {} tokens", cache.capacity)));
+        }
+        if id as usize >= c.vocab_size {
+            return Err(Error::arg("token id", format!("{id} at index 0 is outside the vocabulary of {} tokens", c.vocab_size)));
+        }
+        let output = |mut outs: Vec<Tensor>| {
+            let hidden = if want_hidden { outs.pop() } else { None };
+            Output { logits: outs.pop(), hidden }
+        };
+        if let Some((model, hidden, g)) = &cache.graph {
+            if *model == self.id && *hidden == want_hidden {
+                let outs = be.replay_decode(g, id, pos)?;
+                cache.len = pos + 1;
+                return Ok(output(outs));
+            }
+        }
+        if cache.eager_steps == 0 {
+            cache.eager_steps += 1;
+            return self.forward_eager(be, Input::Ids(&[id]), cache, Logits::Last, want_hidden);
+        }
+        let mut shapes = vec![vec![1, c.vocab_size]];
+        if want_hidden {
+            shapes.push(vec![1, c.hidden_size]);
+        }
+        let recorded = be.capture_decode(id, pos, &shapes, || {
+            let out = self.forward_eager(be, Input::Ids(&[id]), cache, Logits::Last, want_hidden)?;
+            let missing = || Error::shape("decode graph", "the step returned no logits");
+            Ok([Some(out.logits.ok_or_else(missing)?), out.hidden].into_iter().flatten().collect())
+        });
+        match recorded {
+            Ok((g, outs)) => {
+                cache.graph = Some((self.id, want_hidden, g));
+                cache.len = pos + 1;
+                Ok(output(outs))
+            }
+            Err(e) => {
+                // Nothing ran: run the step eagerly, and every later one.
+                cache.len = pos;
+                cache.graph = None;
+                cache.graph_off = Some(e.to_string());
+                self.forward_eager(be, Input::Ids(&[id]), cache, Logits::Last, want_hidden)
+            }
+        }
+    }
+
+    fn forward_eager(&self, be: &Backend, input: Input, cache: &mut KvCache, logits: Logits, want_hidden: bool) -> Result<Output> {
         let c = &self.config;
         let n = match input {
             Input::Ids(ids) => ids.len(),
