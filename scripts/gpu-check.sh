@@ -7,8 +7,9 @@
 #   tests-wgpu     the GPU test binary on wgpu, when a Vulkan driver is there (VISWORD_REQUIRE=wgpu;
 #                  VISWORD_WGPU_COOP=0, so a fault in the experimental cooperative matrices cannot
 #                  take the other tests down with it)
-#   tests-wgpu-coop  the GEMM and model tests with the cooperative-matrix GEMM on throughout
-#                  (VISWORD_WGPU_COOP=1), NVIDIA only
+#   tests-wgpu-coop  the GEMM tests with cooperative matrices requested (they compare the
+#                  cooperative-matrix GEMM with the CPU), then the model tests with it on
+#                  throughout (VISWORD_WGPU_COOP=1), NVIDIA only
 #   timings-wgpu   wgpu's GEMM kernels timed at the stack's shapes (ignored test
 #                  wgpu_gemm_timings), on NVIDIA's Vulkan driver
 #   bench-cuda     visword bench --backend cuda --preset lisa-7b --json
@@ -17,9 +18,8 @@
 #   torch-eager    tools/bench_torch.py, eager (same card, same run)
 #   bench-dinov2   visword bench --backend cuda --preset dinov2-lisa-7b --json
 #   bench-wgpu     visword bench --backend wgpu (lisa-7b on a hardware adapter, tiny on a software
-#                  one) with VISWORD_WGPU_COOP=0: the CUDA-core GEMM
-#   bench-wgpu-coop  the same with the cooperative-matrix GEMM (wgpu's default where the adapter
-#                  has it), NVIDIA only
+#                  one), VISWORD_WGPU_COOP=0
+#   bench-wgpu-coop  the same with VISWORD_WGPU_COOP=1 (the cooperative-matrix GEMM), NVIDIA only
 #   profile-wgpu   visword bench --backend wgpu with VISWORD_PROFILE=1 (one run): time per op, in its log
 #   torch-compile  tools/bench_torch.py, torch.compile
 #
@@ -165,8 +165,8 @@ for step in "${ALL_STEPS[@]}"; do
     tests-wgpu-coop)
       if [ $vulkan != nvidia ]; then skip "$step" "no NVIDIA Vulkan driver"
       elif ! have_bin gpu; then skip "$step" "$BIN/gpu missing (scripts/gpu-pack.sh)"
-      else VISWORD_WGPU_COOP=1 VISWORD_BACKENDS=wgpu VISWORD_REQUIRE=wgpu run_step "$step" "$logs/tests-wgpu-coop.log" "$logs/tests-wgpu-coop.out" "$BIN/gpu" \
-        ops::linear_gemv_and_gemm ops::batched_matmul models:: --nocapture --test-threads=1
+      else VISWORD_BACKENDS=wgpu VISWORD_REQUIRE=wgpu run_step "$step" "$logs/tests-wgpu-coop.log" "$logs/tests-wgpu-coop.out" bash -c \
+        '"$1" ops::linear_gemv_and_gemm ops::batched_matmul --nocapture --test-threads=1 && VISWORD_WGPU_COOP=1 "$1" models:: --test-threads=1' _ "$BIN/gpu"
       fi ;;
     timings-wgpu)
       if [ $vulkan != nvidia ]; then skip "$step" "no NVIDIA Vulkan driver"

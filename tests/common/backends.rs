@@ -49,9 +49,10 @@ fn required(name: &str) -> bool {
     std::env::var("VISWORD_REQUIRE").map(|v| v.split(',').any(|s| s.trim() == name)).unwrap_or(false)
 }
 
-/// wgpu's cooperative-matrix GEMM (on by default where the adapter has it) rounds activations to
-/// f16, so the tests compare the plain kernels with the CPU and switch it on where they compare
-/// it; `VISWORD_WGPU_COOP=1` keeps it on throughout (every test then runs through it).
+/// wgpu's cooperative-matrix GEMM (on with `VISWORD_WGPU_COOP=1` where the adapter has it)
+/// rounds activations to f16, so the op tests compare the plain kernels with the CPU and switch
+/// it on where they compare it; `VISWORD_WGPU_COOP=1` keeps it on otherwise (the model tests
+/// then run through it).
 fn plain_gemm_unless_asked(backend: Backend) -> Backend {
     if let Backend::Wgpu(wb) = &backend {
         wb.set_coop_gemm(std::env::var("VISWORD_WGPU_COOP").as_deref() == Ok("1"));

@@ -119,8 +119,8 @@ impl WgpuBackend {
         WgpuBackend { rt: runtime::Runtime::open(true)? }.checked()
     }
 
-    /// Where the device has the cooperative-matrix GEMM, check it against the plain GEMM once; on
-    /// a mismatch it stays off and `device_name` says why.
+    /// With the cooperative-matrix GEMM switched on (VISWORD_WGPU_COOP=1), check it against the
+    /// plain GEMM once; on a mismatch it stays off and `device_name` says why.
     fn checked(self) -> Result<WgpuBackend> {
         if self.rt.coop_gemm() {
             if let Err(why) = matmul::coop_self_check(&self)? {

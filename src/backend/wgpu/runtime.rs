@@ -96,8 +96,7 @@ pub(crate) struct Runtime {
     /// The device enabled cooperative matrices (`coop_gemm_config` held and VISWORD_WGPU_COOP
     /// was not 0).
     pub(crate) has_coop: bool,
-    /// GEMMs on f16 weights take matmul_coop (by default where the device has it, once its
-    /// self-check passed; VISWORD_WGPU_COOP=0 keeps the plain GEMM).
+    /// GEMMs on f16 weights take matmul_coop (VISWORD_WGPU_COOP=1, once its self-check passed).
     pub(crate) use_coop: AtomicBool,
     /// Why cooperative matrices are off although the device has them (a failed self-check).
     pub(crate) coop_note: Mutex<String>,
@@ -172,7 +171,8 @@ impl Runtime {
         let info = adapter.get_info();
         let offered = adapter.features();
         let base = offered & (::wgpu::Features::SHADER_F16 | ::wgpu::Features::SUBGROUP);
-        let want_coop = std::env::var("VISWORD_WGPU_COOP").as_deref() != Ok("0") && coop_gemm_config(&adapter, &info);
+        let coop_env = std::env::var("VISWORD_WGPU_COOP").ok();
+        let want_coop = coop_env.as_deref() != Some("0") && coop_gemm_config(&adapter, &info);
         // The adapter's own limits: weights need far more than the 128 MiB default binding.
         let limits = adapter.limits();
         let request = |features: ::wgpu::Features| {
@@ -183,7 +183,7 @@ impl Runtime {
                 required_limits: limits.clone(),
                 // SAFETY: wgpu's experimental features may hide undefined behaviour in its own
                 // implementation. The one requested is cooperative matrices, used by a single
-                // shader (matmul_coop.wgsl), and only after its
+                // shader (matmul_coop.wgsl) only when switched on, and then only after its
                 // results matched the plain GEMM's (`matmul::coop_self_check`, run by
                 // `WgpuBackend::new`; tests switch it on to compare it with the CPU themselves).
                 experimental_features: if coop { unsafe { ::wgpu::ExperimentalFeatures::enabled() } } else { ::wgpu::ExperimentalFeatures::disabled() },
@@ -215,7 +215,7 @@ impl Runtime {
             use_subgroups: AtomicBool::new(features.contains(::wgpu::Features::SUBGROUP)),
             max_groups_per_dim: AtomicU32::new(max_groups),
             has_coop,
-            use_coop: AtomicBool::new(has_coop),
+            use_coop: AtomicBool::new(has_coop && coop_env.as_deref() == Some("1")),
             coop_note: Mutex::new(String::new()),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
