@@ -684,6 +684,8 @@ impl Backend {
     /// step runs once and its outputs come back with the graph. The embedding of one id,
     /// `rope_qk_write_kv` of one token and single-query attention with a `kv_len` read their
     /// id, position and key count on the device when replayed. On an error nothing has run.
+    /// Everything queued on the backend while `step` runs is recorded, so no other thread may
+    /// use the backend meanwhile.
     pub fn capture_decode(&self, id: u32, pos: usize, shapes: &[Vec<usize>], step: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<(StepGraph, Vec<Tensor>)> {
         match self {
             Backend::Cuda(b) => b.capture_decode(id, pos, shapes, step).map(|(g, out)| (StepGraph::Cuda(g), out)),

@@ -35,6 +35,12 @@ pub struct DecodeGraph {
     outs: Vec<(CudaSlice<f32>, Vec<usize>)>,
 }
 
+// SAFETY: CUDA graph handles may be used from any thread as long as no two threads use one at
+// the same time (the driver API's graph thread-safety rules); moving a DecodeGraph moves sole
+// ownership, and it is not Sync, so a KV cache holding one can be sent to another thread but
+// never replayed from two at once. cudarc binds the context to the calling thread on launch.
+unsafe impl Send for DecodeGraph {}
+
 impl std::fmt::Debug for DecodeGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecodeGraph").field("outputs", &self.outs.iter().map(|o| &o.1).collect::<Vec<_>>()).finish()
