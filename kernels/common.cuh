@@ -31,13 +31,13 @@ __device__ __forceinline__ u16 f32_to_bf16(float f) {
     return h;
 }
 
-// Weight dtypes, as the Rust side passes them.
 // A captured decode step's device-side arguments (src/backend/cuda/graph.rs): int32 slots of the
-// buffer that kernels read in place of their host `pos` / key count when given one.
+// buffer that kernels read in place of their host token id, position or key count when given one.
 #define STEP_ID 0
 #define STEP_POS 1
 #define STEP_KV_LEN 2
 
+// Weight dtypes, as the Rust side passes them.
 #define DT_F32 0
 #define DT_F16 1
 #define DT_BF16 2

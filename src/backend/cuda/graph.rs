@@ -8,16 +8,18 @@
 //!
 //! * `embedding` gathers the row of `step[STEP_ID]`;
 //! * `rope_qk_write_kv` rotates at and writes the cache at `step[STEP_POS]`;
-//! * the decode attention reads `step[STEP_KV_LEN]` keys, its splits laid out over the cache's
-//!   capacity (splits past the keys write empty partials), so one graph serves every length.
+//! * the decode attention reads `step[STEP_KV_LEN]` keys and spreads them over its splits,
+//!   whose count the cache's capacity fixes (splits past the keys write empty partials), so
+//!   one graph serves every length.
 //!
 //! While a capture runs, `CudaBackend::step_args` holds the buffer's address and those three
 //! ops take it; every other op is recorded as it is. Buffers the step allocates and drops are
 //! allocation and free nodes of the graph (stream-ordered allocation), so each replay starts
 //! from the same memory; the step's outputs (logits, and hidden states where asked for) are
-//! copied into buffers allocated before the capture, and each replay hands out fresh copies. Replaying: `decode_step_args` writes the
-//! arguments (a one-thread kernel queued before the launch: no host-to-device copy), then the
-//! graph runs.
+//! copied into buffers allocated before the capture, and each replay hands out fresh copies.
+//! Replaying: `decode_step_args` writes the arguments (a one-thread kernel queued before the
+//! launch: no host-to-device copy), then the graph runs. On an H200 a 7B step went from 5.51
+//! to 5.07 ms, the host's part from 1.37 to 0.02 ms (BENCHMARKS.md).
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, LaunchConfig};

@@ -142,6 +142,7 @@ pub struct Llama {
     /// RoPE tables `[max_position_embeddings, head_dim / 2]`, computed once at load.
     cos: Tensor,
     sin: Tensor,
+    /// Unique per loaded model (`NEXT_MODEL_ID`): a cache replays only this model's steps.
     id: u64,
 }
 
