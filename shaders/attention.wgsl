@@ -125,7 +125,6 @@ fn attention_fwd_f32(
     let in_range = qi < nq;
     let qi_c = min(qi, nq - 1u);
     let dv = (d + 3u) / 4u;
-    let stage_slot = tid & (MAX_DV - 1u);
 
     // This thread's quarter of the query row: vec4 slots lane, lane + 4, ...
     var qr: array<vec4<f32>, 8>;
@@ -160,25 +159,27 @@ fn attention_fwd_f32(
     for (var t = 0u; t < n_tiles; t++) {
         let c0 = t * BK;
         workgroupBarrier(); // the previous tile's K, V and partials are no longer read
-        // Thread t stages vec4 slot t % 32 of rows t / 32 and t / 32 + 4 (shifts, no division
-        // in the loop); keys past the visible range and columns past D are zeros.
-        for (var r = tid >> 5u; r < BK; r += FWD_THREADS / MAX_DV) {
-            if stage_slot < dv {
-                var kx = vec4<f32>(0.0);
-                var vx = vec4<f32>(0.0);
-                if c0 + r < n_scan {
-                    let gk = k_base + (c0 + r) * k_stride + stage_slot * 4u;
-                    let gv = v_base + (c0 + r) * v_stride + stage_slot * 4u;
-                    for (var c = 0u; c < 4u; c++) {
-                        if stage_slot * 4u + c < d {
-                            kx[c] = k[gk + c];
-                            vx[c] = v[gv + c];
-                        }
+        // The tile's BK · dv vec4 slots are spread over every thread (slot e: row e / dv,
+        // column e % dv), so a small D keeps all threads loading (at D = 16 the 32 threads of an
+        // 8-query tile each stage one slot, where 4 of them staged eight); keys past the
+        // visible range and columns past D are zeros.
+        for (var e = tid; e < BK * dv; e += FWD_THREADS) {
+            let r = e / dv;
+            let slot = e - r * dv;
+            var kx = vec4<f32>(0.0);
+            var vx = vec4<f32>(0.0);
+            if c0 + r < n_scan {
+                let gk = k_base + (c0 + r) * k_stride + slot * 4u;
+                let gv = v_base + (c0 + r) * v_stride + slot * 4u;
+                for (var c = 0u; c < 4u; c++) {
+                    if slot * 4u + c < d {
+                        kx[c] = k[gk + c];
+                        vx[c] = v[gv + c];
                     }
                 }
-                k_tile[r * dv + stage_slot] = kx;
-                v_tile[r * dv + stage_slot] = vx;
             }
+            k_tile[e] = kx;
+            v_tile[e] = vx;
         }
         workgroupBarrier();
 
