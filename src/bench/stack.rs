@@ -360,9 +360,36 @@ mod tests {
         assert_eq!(enc.features.shape(), &[576, 32]);
         assert_eq!(enc.image_embeddings.shape(), &[1, 32, 64, 64]);
         let pool = stack.projector(&be, ProjectorKind::Pool(3)).unwrap();
-        let t = stack.run_path(&be, &enc, &pool, 2, &mut None).unwrap();
+        let mut cache = None;
+        let t = stack.run_path(&be, &enc, &pool, 2, &mut cache).unwrap();
         assert!(t.prefill_ms > 0.0 && t.mask_decoder_ms > 0.0 && t.decode_ms_per_token.is_some());
         assert_eq!((t.visual_tokens, t.prompt_tokens), (64, 64 + PREFIX_TOKENS + SUFFIX_TOKENS));
         assert!(t.superpixels_ms.is_none());
+        // The path's cache stays for the next run: room rounded up to 256, the prompt and the
+        // decoded tokens in it.
+        let c = cache.as_ref().unwrap();
+        assert_eq!((c.capacity(), c.len()), (256, t.prompt_tokens + 2));
+    }
+
+    /// A kept cache is cleared and reused while it has room, replaced by a larger one when not.
+    #[test]
+    fn kept_caches_are_reused_while_they_have_room() {
+        let be = Backend::cpu();
+        let stack = Stack::build(&preset("tiny").unwrap(), &be, DType::F32, 7, &|_| {}).unwrap();
+        let llm = stack.llm();
+        let mut slot = None;
+        let c = kept_cache(&be, llm, &mut slot, 300).unwrap();
+        assert_eq!((c.capacity(), c.len()), (512, 0));
+        llm.forward(&be, Input::Ids(&[1, 2, 3]), c, Logits::None, false).unwrap();
+        assert_eq!(c.len(), 3);
+        // Reused (a new cache for 100 tokens would hold 256), and cleared.
+        let c = kept_cache(&be, llm, &mut slot, 100).unwrap();
+        assert_eq!((c.capacity(), c.len()), (512, 0));
+        let c = kept_cache(&be, llm, &mut slot, 600).unwrap();
+        assert_eq!((c.capacity(), c.len()), (768, 0));
+        // Never beyond the model's context (2048 here): the rounding stops there, and a request
+        // past it is the cache's error.
+        assert_eq!(kept_cache(&be, llm, &mut slot, 2000).unwrap().capacity(), 2048);
+        assert!(kept_cache(&be, llm, &mut slot, 2049).is_err());
     }
 }
