@@ -49,17 +49,6 @@ fn required(name: &str) -> bool {
     std::env::var("VISWORD_REQUIRE").map(|v| v.split(',').any(|s| s.trim() == name)).unwrap_or(false)
 }
 
-/// wgpu's cooperative-matrix GEMM (on with `VISWORD_WGPU_COOP=1` where the adapter has it)
-/// rounds activations to f16, so the op tests compare the plain kernels with the CPU and switch
-/// it on where they compare it; `VISWORD_WGPU_COOP=1` keeps it on otherwise (the model tests
-/// then run through it).
-fn plain_gemm_unless_asked(backend: Backend) -> Backend {
-    if let Backend::Wgpu(wb) = &backend {
-        wb.set_coop_gemm(std::env::var("VISWORD_WGPU_COOP").as_deref() == Ok("1"));
-    }
-    backend
-}
-
 /// Every GPU backend available here (possibly none), printing why each missing one is skipped.
 pub fn gpus(test: &str) -> Vec<Gpu> {
     let mut out = Vec::new();
@@ -71,7 +60,7 @@ pub fn gpus(test: &str) -> Vec<Gpu> {
         let pooled = if kind == BackendKind::Wgpu { WGPU_POOL.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
         match pooled.map_or_else(|| Backend::new(kind), Ok) {
             Ok(backend) => out.push(Gpu {
-                backend: plain_gemm_unless_asked(backend),
+                backend,
                 op_tol: Tol { atol: 1e-4, rtol: 1e-4 },
                 model_tol: Tol { atol: 5e-4, rtol: 5e-3 },
             }),

@@ -96,6 +96,13 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+    /// Room for `n` more tokens.
+    fn check_room(&self, n: usize) -> Result<()> {
+        if n > self.remaining() {
+            return Err(Error::arg("prompt", format!("{n} tokens after {} already in context exceed the context length of {} tokens", self.len, self.capacity)));
+        }
+        Ok(())
+    }
     /// Whether single-token steps on this cache replay a recorded graph (CUDA).
     pub fn replays_steps(&self) -> bool {
         self.graph.is_some()
@@ -222,11 +229,17 @@ impl Llama {
 
     /// Token embeddings `[n, hidden]` f32; every id must be below the vocabulary size.
     pub fn embed(&self, be: &Backend, ids: &[u32]) -> Result<Tensor> {
-        let vocab = self.config.vocab_size;
-        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
-            return Err(Error::arg("token id", format!("{id} at index {i} is outside the vocabulary of {vocab} tokens")));
-        }
+        self.check_ids(ids)?;
         be.embedding(&self.embed_tokens, ids)
+    }
+
+    /// Every id below the vocabulary size.
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        match ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            Some((i, &id)) => Err(Error::arg("token id", format!("{id} at index {i} is outside the vocabulary of {vocab} tokens"))),
+            None => Ok(()),
+        }
     }
 
     /// Run `input` after the tokens already in `cache`, appending its keys and values.
@@ -247,12 +260,8 @@ impl Llama {
     fn decode_step(&self, be: &Backend, id: u32, cache: &mut KvCache, want_hidden: bool) -> Result<Output> {
         let c = &self.config;
         let pos = cache.len;
-        if cache.remaining() == 0 {
-            return Err(Error::arg("prompt", format!("1 token after {pos} already in context exceeds the context length of {} tokens", cache.capacity)));
-        }
-        if id as usize >= c.vocab_size {
-            return Err(Error::arg("token id", format!("{id} at index 0 is outside the vocabulary of {} tokens", c.vocab_size)));
-        }
+        cache.check_room(1)?;
+        self.check_ids(&[id])?;
         let output = |mut outs: Vec<Tensor>| {
             let hidden = if want_hidden { outs.pop() } else { None };
             Output { logits: outs.pop(), hidden }
@@ -314,12 +323,7 @@ impl Llama {
             return Err(Error::arg("kv cache", format!("has {} layers, the model {}", cache.k.len(), self.layers.len())));
         }
         let pos = cache.len;
-        if n > cache.remaining() {
-            return Err(Error::arg(
-                "prompt",
-                format!("{n} tokens after {pos} already in context exceed the context length of {} tokens", cache.capacity),
-            ));
-        }
+        cache.check_room(n)?;
         let mut x = match input {
             Input::Ids(ids) => self.embed(be, ids)?,
             Input::Embeds(e) => e.clone(),
