@@ -43,7 +43,9 @@
 //! tensors, so a new tensor's contents are unspecified: kernels write every output element.
 //! Buffers are sized in 16-byte multiples, so shaders may read them as `array<vec4<..>>`.
 //! `VISWORD_WGPU_SYNC=1` submits and waits after every dispatch (a failing kernel is then named
-//! in the error).
+//! in the error). Shaders are trusted modules (no injected loop counters or index clamps, and
+//! workgroup memory not cleared: `Runtime::module` says why that is sound);
+//! `VISWORD_WGPU_CHECKS=1` keeps wgpu's checks.
 
 mod attention;
 mod conv;

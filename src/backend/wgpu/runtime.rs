@@ -108,6 +108,9 @@ pub(crate) struct Runtime {
     /// VISWORD_WGPU_SYNC=1: submit and wait after every dispatch, so a failing kernel is the one
     /// named in the error (debugging only).
     sync_each: bool,
+    /// Shaders are compiled without wgpu's injected runtime checks (see `module`); off with
+    /// VISWORD_WGPU_CHECKS=1.
+    trusted: bool,
     /// Dispatches the open batch may take before it is submitted (FIRST_BATCH after a wait,
     /// doubling per submission up to MAX_BATCH).
     batch_limit: AtomicUsize,
@@ -223,6 +226,7 @@ impl Runtime {
             pool: Arc::new(BufferPool { free: Mutex::default(), idle_bytes: AtomicU64::new(0) }),
             errors,
             sync_each: std::env::var("VISWORD_WGPU_SYNC").is_ok_and(|v| v == "1"),
+            trusted: !std::env::var("VISWORD_WGPU_CHECKS").is_ok_and(|v| v.trim() == "1"),
             batch_limit: AtomicUsize::new(FIRST_BATCH),
         })
     }
@@ -268,10 +272,24 @@ impl Runtime {
             .subgroup_operations(naga::valid::SubgroupOperationSet::all())
             .validate(&ir)
             .map_err(|e| unavailable(format!("shader {}: {}", shader.name, e.emit_to_string(shader.source))))?;
-        let module = self.device.create_shader_module(::wgpu::ShaderModuleDescriptor {
-            label: Some(shader.name),
-            source: ::wgpu::ShaderSource::Wgsl(shader.source.into()),
-        });
+        let desc = ::wgpu::ShaderModuleDescriptor { label: Some(shader.name), source: ::wgpu::ShaderSource::Wgsl(shader.source.into()) };
+        let module = if self.trusted {
+            // wgpu's default checks put a 64-bit iteration counter on every loop (which keeps
+            // the driver from unrolling a GEMM's inner loop) and clamp every dynamic index into
+            // a fixed-size array (each workgroup-memory load). These are visword's own shaders:
+            // every loop is counted, workgroup memory is written before it is read (the tests
+            // run them on lavapipe, which does not clear it between workgroups), and the host
+            // checks each dispatch's index ranges against its buffers; storage-buffer accesses
+            // keep the driver's robust buffer access where it has it. Integer division keeps
+            // its zero-divisor guard (WGSL's `select` evaluates both arms).
+            let mut checks = ::wgpu::ShaderRuntimeChecks::checked();
+            checks.bounds_checks = false;
+            checks.force_loop_bounding = false;
+            // SAFETY: as above: no infinite loop, no out-of-range index into a fixed-size array.
+            unsafe { self.device.create_shader_module_trusted(desc, checks) }
+        } else {
+            self.device.create_shader_module(desc)
+        };
         self.check(&format!("shader {}", shader.name))?;
         let m = Arc::new(Module { module, ir, info });
         lock(&self.modules).insert(shader.name, m.clone());
@@ -295,7 +313,9 @@ impl Runtime {
             layout: None,
             module: &m.module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            // Workgroup memory is not cleared at each workgroup's start in trusted mode (see
+            // `module`): every shader writes it before reading it.
+            compilation_options: ::wgpu::PipelineCompilationOptions { zero_initialize_workgroup_memory: !self.trusted, ..Default::default() },
             cache: None,
         });
         let layout = pipeline.get_bind_group_layout(0);
