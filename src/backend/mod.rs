@@ -10,12 +10,14 @@
 pub mod cpu;
 pub mod cuda;
 pub mod mask_select;
+mod overlap;
 pub mod profile;
 mod upscale;
 pub mod wgpu;
 
 pub use cpu::BinaryOp;
 pub use mask_select::{MaskCandidate, Selection};
+pub use overlap::Overlapped;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;

@@ -1,7 +1,8 @@
 //! `visword bench`: a LISA-style referring-segmentation stack on random weights at a preset
 //! sized for the machine, timed stage by stage, with the projectors compared side by side.
 //!
-//! One iteration runs the two image encoders once, then each projector's path (projector →
+//! One iteration runs the two image encoders once (and, on a backend that can overlap them,
+//! once more together, for the end-to-end figure), then each projector's path (projector →
 //! LLM prefill → greedy decode → SAM mask decoder) on the same features; the first iteration is
 //! an untimed warm-up, and every stage reports the median of the timed ones. Encoder times are
 //! shared by the rows (the work is identical); a row's peak memory is the larger of the encoders'
@@ -71,6 +72,7 @@ struct Samples {
     superpixels_postprocess: Vec<f64>,
     vision: Vec<f64>,
     sam: Vec<f64>,
+    overlapped: Vec<f64>,
     projector: Vec<f64>,
     prefill: Vec<f64>,
     decode: Vec<f64>,
@@ -127,6 +129,8 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
         machine::reset_peak_memory();
         // Each iteration takes the next photo, so the timed runs cover them all in turn.
         let enc = stack.encode(be, it)?;
+        // Where the backend can, the encoders again, run together: the end-to-end figure's.
+        let overlapped_ms = if be.overlaps() { stack.encode_overlapped(be, it)?.overlapped_ms } else { None };
         let enc_peak = machine::peak_memory_bytes();
         bar.inc(1);
 
@@ -146,6 +150,7 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
             s.superpixels_postprocess.extend(t.superpixels_split_ms.map(|x| x.1));
             s.vision.push(enc.vision_ms);
             s.sam.push(enc.sam_ms);
+            s.overlapped.extend(overlapped_ms);
             s.projector.push(t.projector_ms);
             s.prefill.push(t.prefill_ms);
             s.decode.extend(t.decode_ms_per_token);
@@ -198,6 +203,7 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
             let stages_ms = StagesMs {
                 vision_encoder: m(&s.vision),
                 sam_encoder: m(&s.sam),
+                encoders_overlapped: median(&s.overlapped).map(us),
                 superpixels: median(&s.superpixels).map(us),
                 superpixels_decoder: median(&s.superpixels_decoder).map(us),
                 superpixels_postprocess: median(&s.superpixels_postprocess).map(us),

@@ -68,8 +68,12 @@ fn pseudo_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
 /// The encoders' outputs of one image, with their times.
 pub struct Encoded {
     pub photo: &'static str,
+    /// Each encoder's time (when overlapped: the vision encoder's span on the device, and SAM's
+    /// wall time, both while sharing the device).
     pub vision_ms: f64,
     pub sam_ms: f64,
+    /// Both encoders' wall time when they ran overlapped.
+    pub overlapped_ms: Option<f64>,
     /// Patch features `[N, C]`.
     features: Tensor,
     /// SAM image embeddings `[1, 256, 64, 64]`.
@@ -251,20 +255,39 @@ impl Stack {
     }
 
     /// The vision encoder's feature-layer patch tokens and SAM's image embeddings of photo
-    /// `index` (modulo the number of photos).
+    /// `index` (modulo the number of photos), each encoder timed on its own.
     pub fn encode(&self, be: &Backend, index: usize) -> Result<Encoded> {
         let photo = &self.photos[index % self.photos.len()];
-        let (features, vision_ms) = timed(be, || {
-            let seq = self.vision.feature_layer(be, &photo.vision_pixels, self.feature_layer)?;
-            let patches = vit::patch_tokens(be, &seq)?;
-            let (n, c) = (patches.dim(1), patches.dim(2));
-            patches.reshape(&[n, c])
-        })?;
-        if features.dim(0) != self.grid * self.grid {
-            return Err(Error::shape("bench", format!("vision encoder gave {} patch tokens, expected {}", features.dim(0), self.grid * self.grid)));
-        }
+        let (features, vision_ms) = timed(be, || self.vision_features(be, photo))?;
         let (image_embeddings, sam_ms) = timed(be, || self.sam.image_embeddings(be, &photo.sam_pixels))?;
-        Ok(Encoded { photo: photo.name, vision_ms, sam_ms, features, image_embeddings, frame: photo.frame })
+        Ok(Encoded { photo: photo.name, vision_ms, sam_ms, overlapped_ms: None, features, image_embeddings, frame: photo.frame })
+    }
+
+    /// `encode` with the two encoders run together (`Backend::overlap`: the vision encoder on
+    /// a second stream beside SAM's), timed as one stage; on a backend that cannot overlap
+    /// them, `encode`.
+    pub fn encode_overlapped(&self, be: &Backend, index: usize) -> Result<Encoded> {
+        if !be.overlaps() {
+            return self.encode(be, index);
+        }
+        let photo = &self.photos[index % self.photos.len()];
+        let (o, ms) = timed(be, || {
+            be.overlap(|lane| self.vision_features(lane, photo), |be| timed(be, || self.sam.image_embeddings(be, &photo.sam_pixels)))
+        })?;
+        let (image_embeddings, sam_ms) = o.main;
+        Ok(Encoded { photo: photo.name, vision_ms: o.side_ms, sam_ms, overlapped_ms: Some(ms), features: o.side, image_embeddings, frame: photo.frame })
+    }
+
+    /// The vision encoder's feature-layer patch tokens `[N, C]`.
+    fn vision_features(&self, be: &Backend, photo: &Photo) -> Result<Tensor> {
+        let seq = self.vision.feature_layer(be, &photo.vision_pixels, self.feature_layer)?;
+        let patches = vit::patch_tokens(be, &seq)?;
+        let (n, c) = (patches.dim(1), patches.dim(2));
+        let features = patches.reshape(&[n, c])?;
+        if n != self.grid * self.grid {
+            return Err(Error::shape("bench", format!("vision encoder gave {n} patch tokens, expected {}", self.grid * self.grid)));
+        }
+        Ok(features)
     }
 
     /// (svp: superpixels →) projector → prefill → `decode_tokens` greedy steps (never stopping

@@ -114,6 +114,43 @@ fn dinov2_matches_transformers() {
     }
 }
 
+/// `Backend::overlap` (CUDA: the vision tower on a second stream beside SAM's encoder) gives
+/// what each model gives alone, run after run, with the inputs dropped right after the call
+/// (they are freed on the main stream while nothing but the overlap's join orders that after
+/// the second stream's reads); a failing side part is an error and leaves the backend usable.
+#[test]
+fn vision_tower_beside_sam_matches_each_alone() {
+    for gpu in gpus("models::vision_tower_beside_sam_matches_each_alone") {
+        let be = &gpu.backend;
+        let clip = ClipVisionModel::load(&dir("clip_gelu"), be).unwrap();
+        let sam = Sam::load(&dir("sam_tiny"), be).unwrap();
+        let rc = fixture("clip_gelu/reference.safetensors");
+        let rs = fixture("sam_tiny/reference.safetensors");
+        let idx = resolve_layer(-2, clip.num_layers()).unwrap();
+        let sam_alone = {
+            let px = be.upload(&tensor(&rs, "pixel_values")).unwrap();
+            be.to_vec_f32(&sam.image_embeddings(be, &px).unwrap()).unwrap()
+        };
+        for run in 0..3 {
+            let (features, embeddings) = {
+                let cpx = be.upload(&tensor(&rc, "native.pixel_values")).unwrap();
+                let spx = be.upload(&tensor(&rs, "pixel_values")).unwrap();
+                let o = be.overlap(|lane| clip.feature_layer(lane, &cpx, -2), |be| sam.image_embeddings(be, &spx)).unwrap();
+                assert!(o.side_ms >= 0.0);
+                (o.side, o.main)
+            };
+            check(&gpu, &format!("run {run}: overlapped CLIP feature_layer(-2)"), &features, &rc, &format!("native.hidden_states.{idx}"), gpu.model_tol);
+            let got = be.to_vec_f32(&embeddings).unwrap();
+            assert_close(&format!("{} run {run}: overlapped SAM embeddings", be.name()), &got, &sam_alone, Tol { atol: 1e-5, rtol: 1e-5 });
+        }
+        let spx = be.upload(&tensor(&rs, "pixel_values")).unwrap();
+        let failed = be.overlap(|lane| clip.feature_layer(lane, &spx, 99), |be| sam.image_embeddings(be, &spx));
+        assert!(failed.is_err(), "{}: a side part that fails makes overlap fail", be.name());
+        let again = be.to_vec_f32(&sam.image_embeddings(be, &spx).unwrap()).unwrap();
+        assert_close(&format!("{} SAM after a failed overlap", be.name()), &again, &sam_alone, Tol { atol: 1e-5, rtol: 1e-5 });
+    }
+}
+
 // ---- Llama ---------------------------------------------------------------------------------------
 
 fn ids(w: &Weights, name: &str) -> Vec<u32> {

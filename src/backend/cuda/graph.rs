@@ -61,11 +61,11 @@ impl CudaBackend {
     /// start-up or `set_step_graphs(false)`; off while profiling, whose per-op waits cannot be
     /// recorded).
     pub fn step_graphs(&self) -> bool {
-        self.step_graphs.load(std::sync::atomic::Ordering::Relaxed) && !crate::backend::profile::enabled()
+        self.core.step_graphs.load(std::sync::atomic::Ordering::Relaxed) && !crate::backend::profile::enabled()
     }
 
     pub fn set_step_graphs(&self, on: bool) {
-        self.step_graphs.store(on, std::sync::atomic::Ordering::Relaxed)
+        self.core.step_graphs.store(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The argument buffer's address while a decode step is being recorded.

@@ -41,14 +41,14 @@ impl CudaBackend {
     /// SAM-sized `upscale_masks` calls (C1 = 64, C2 = 32, at most 8 masks) run on the tensor
     /// cores.
     pub fn mma_upscale(&self) -> bool {
-        self.mma_upscale.load(std::sync::atomic::Ordering::Relaxed)
+        self.core.mma_upscale.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// SAM-sized `upscale_masks` on the tensor cores (`upscale_masks_mma_f32`: f16 operands for
     /// the transposed conv's GEMM, f32 around it; the default) or on the CUDA cores in f32
     /// (`VISWORD_CUDA_UPSCALE=simt` at start-up, or this with `false`).
     pub fn set_mma_upscale(&self, on: bool) {
-        self.mma_upscale.store(on, std::sync::atomic::Ordering::Relaxed)
+        self.core.mma_upscale.store(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `Backend::upscale_masks` in one kernel (the shape is checked by the caller).

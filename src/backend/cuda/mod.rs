@@ -3,7 +3,8 @@
 //!
 //! Every op is queued on the backend's one stream (its own, not the legacy default stream, so
 //! a decode step can be recorded as a graph: graph.rs), so ops are ordered without events and
-//! the host only waits in `to_host` / `synchronize`. Activations are f32; weights keep the
+//! the host only waits in `to_host` / `synchronize`. The one exception is `Backend::overlap`,
+//! which queues independent work on a second stream (lane.rs) between two event waits. Activations are f32; weights keep the
 //! checkpoint's dtype (f32, f16 or bf16) and are converted to f32 inside the kernels, or handed
 //! to cuBLAS as they are. Tensors carry `Storage::Cuda(Arc<CudaData>)`.
 //!
@@ -15,6 +16,7 @@ mod compile;
 mod conv;
 mod elementwise;
 mod graph;
+pub(crate) mod lane;
 mod layout;
 mod libs;
 mod lt;
@@ -56,10 +58,9 @@ pub enum CudaData {
     U8(CudaSlice<u8>),
 }
 
-pub struct CudaBackend {
+/// What a backend and its lane share: the context, the loaded kernels and the switches.
+struct Core {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
     modules: compile::ModuleCache,
     /// NVRTC's target when a module must be compiled at run time ("compute_90" on an H100).
     arch: String,
@@ -68,18 +69,27 @@ pub struct CudaBackend {
     bf16_gemm: std::sync::atomic::AtomicBool,
     /// Activation-dominated linears on bf16 weights go through cuBLASLt (lt.rs).
     lt_gemm: std::sync::atomic::AtomicBool,
-    lt: std::sync::OnceLock<Option<lt::Lt>>,
     /// SAM-sized `upscale_masks` runs on the tensor cores (masks.rs).
     mma_upscale: std::sync::atomic::AtomicBool,
     /// Decode steps are recorded as graphs and replayed (graph.rs).
     step_graphs: std::sync::atomic::AtomicBool,
+}
+
+pub struct CudaBackend {
+    core: Arc<Core>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    lt: std::sync::OnceLock<Option<lt::Lt>>,
     /// The step-argument buffer while a decode step is being recorded (graph.rs).
     capturing: std::sync::Mutex<Option<u64>>,
+    /// The second stream `Backend::overlap` queues independent work on (lane.rs; made on first
+    /// use, never on a lane itself).
+    lane: std::sync::OnceLock<Box<crate::backend::Backend>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaBackend").field("device", &self.name).field("arch", &self.arch).field("modules", &self.modules).finish()
+        f.debug_struct("CudaBackend").field("device", &self.core.name).field("arch", &self.core.arch).field("modules", &self.core.modules).finish()
     }
 }
 
@@ -160,8 +170,10 @@ impl CudaBackend {
             return Err(unavailable("no CUDA device"));
         }
         let ctx = CudaContext::new(0).map_err(|e| unavailable(format!("cannot open CUDA device 0 ({e})")))?;
-        // One stream orders everything: cudarc's per-buffer events would only add overhead.
-        // SAFETY: set before any buffer exists, and no second stream is ever created.
+        // One stream orders everything (and lane.rs orders its second stream against it by
+        // hand): cudarc's per-buffer events would only add overhead.
+        // SAFETY: set before any buffer exists; the only other stream is the lane's, whose
+        // uses of shared buffers are ordered by `Backend::overlap` (lane.rs).
         unsafe { ctx.disable_event_tracking() };
         // A stream of its own: work on the legacy default stream cannot be captured.
         let stream = ctx.new_stream().map_err(|e| unavailable(format!("cannot create a stream ({e})")))?;
@@ -173,20 +185,22 @@ impl CudaBackend {
         let lt_gemm = std::env::var("VISWORD_CUDA_LT").map(|v| v.trim() != "0").unwrap_or(true);
         let mma_upscale = std::env::var("VISWORD_CUDA_UPSCALE").map(|v| v.trim() != "simt").unwrap_or(true);
         let step_graphs = std::env::var("VISWORD_CUDA_GRAPH").map(|v| v.trim() != "0").unwrap_or(true);
-        Ok(CudaBackend {
+        let core = Core {
             ctx,
-            stream,
-            blas,
             modules: Default::default(),
             arch: format!("compute_{major}{minor}"),
             name,
             bf16_gemm: bf16_gemm.into(),
             lt_gemm: lt_gemm.into(),
-            lt: Default::default(),
             mma_upscale: mma_upscale.into(),
             step_graphs: step_graphs.into(),
-            capturing: Default::default(),
-        })
+        };
+        Ok(CudaBackend::with_stream(Arc::new(core), stream, blas))
+    }
+
+    /// A backend queueing on `stream` (whose cuBLAS handle is `blas`) over `core`.
+    fn with_stream(core: Arc<Core>, stream: Arc<CudaStream>, blas: CudaBlas) -> CudaBackend {
+        CudaBackend { core, stream, blas, lt: Default::default(), capturing: Default::default(), lane: Default::default() }
     }
 
     /// Whether linears with far more activation rows than weight rows (M ≥ 8·N) on bf16
@@ -194,11 +208,11 @@ impl CudaBackend {
     /// within the bf16 GEMM mode), or take the bf16 path (`VISWORD_CUDA_LT=0` at start-up, or
     /// `set_lt_gemm(false)`).
     pub fn lt_gemm(&self) -> bool {
-        self.lt_gemm.load(std::sync::atomic::Ordering::Relaxed)
+        self.core.lt_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn set_lt_gemm(&self, on: bool) {
-        self.lt_gemm.store(on, std::sync::atomic::Ordering::Relaxed)
+        self.core.lt_gemm.store(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The cuBLASLt handle, created on first use (None without libcublasLt).
@@ -210,15 +224,15 @@ impl CudaBackend {
     /// cores (the default), or widen the weights to f32 for an exact f32 SGEMM
     /// (`VISWORD_CUDA_GEMM=f32` at start-up, or `set_bf16_gemm(false)`).
     pub fn bf16_gemm(&self) -> bool {
-        self.bf16_gemm.load(std::sync::atomic::Ordering::Relaxed)
+        self.core.bf16_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn set_bf16_gemm(&self, on: bool) {
-        self.bf16_gemm.store(on, std::sync::atomic::Ordering::Relaxed)
+        self.core.bf16_gemm.store(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn device_name(&self) -> String {
-        self.name.clone()
+        self.core.name.clone()
     }
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
@@ -231,7 +245,7 @@ impl CudaBackend {
 
     /// Function `name` of a kernel file (its module is loaded once, on first use).
     pub(crate) fn function(&self, kernel: &Kernel, name: &str) -> Result<CudaFunction> {
-        self.modules.function(&self.ctx, &self.arch, kernel, name)
+        self.core.modules.function(&self.core.ctx, &self.core.arch, kernel, name)
     }
 
     /// The device buffer of a CUDA tensor.

@@ -268,21 +268,30 @@ impl Segmenter {
         let sam_px = be.upload(&sam_px)?;
         let vision_px = be.upload(&vision_px)?;
 
-        let (embedding, sam_ms) = timed(be, || self.sam.image_embeddings(be, &sam_px))?;
-        let (superpixels, superpixels_ms, sp_split) = if self.projector.kind == ProjectorKind::Svp {
-            let view = self.config.vision_processor.view_rect(size.0, size.1);
-            let frame = Frame::new(size, s_in, self.sam.mask_size(), view)?;
-            let ((sp, stats), ms) = timed(be, || superpixels::generate_with_stats(be, &self.sam, &embedding, &frame, self.config.grid, &self.config.superpixels))?;
-            (Some(sp), Some(ms), Some((stats.decoder_ms, stats.postprocess_ms)))
-        } else {
-            (None, None, None)
-        };
-        let (features, vision_ms) = timed(be, || {
-            let seq = self.vision.feature_layer(be, &vision_px, self.config.vision_feature_layer)?;
-            let patches = vit::patch_tokens(be, &seq)?;
-            let (n, c) = (patches.dim(1), patches.dim(2));
-            patches.reshape(&[n, c])
-        })?;
+        // The vision tower does not depend on SAM: on a backend that can, it runs beside SAM's
+        // encoder and the superpixels (`Backend::overlap`), and its time is its span on the device.
+        let overlapped = be.overlap(
+            |lane| {
+                let seq = self.vision.feature_layer(lane, &vision_px, self.config.vision_feature_layer)?;
+                let patches = vit::patch_tokens(lane, &seq)?;
+                let (n, c) = (patches.dim(1), patches.dim(2));
+                patches.reshape(&[n, c])
+            },
+            |be| {
+                let (embedding, sam_ms) = timed(be, || self.sam.image_embeddings(be, &sam_px))?;
+                let (superpixels, superpixels_ms, sp_split) = if self.projector.kind == ProjectorKind::Svp {
+                    let view = self.config.vision_processor.view_rect(size.0, size.1);
+                    let frame = Frame::new(size, s_in, self.sam.mask_size(), view)?;
+                    let ((sp, stats), ms) = timed(be, || superpixels::generate_with_stats(be, &self.sam, &embedding, &frame, self.config.grid, &self.config.superpixels))?;
+                    (Some(sp), Some(ms), Some((stats.decoder_ms, stats.postprocess_ms)))
+                } else {
+                    (None, None, None)
+                };
+                Ok((embedding, sam_ms, superpixels, superpixels_ms, sp_split))
+            },
+        )?;
+        let (features, vision_ms) = (overlapped.side, overlapped.side_ms);
+        let (embedding, sam_ms, superpixels, superpixels_ms, sp_split) = overlapped.main;
         let (visual, projector_ms) = timed(be, || self.projector.forward(be, &features, superpixels.as_ref()))?;
         let s = visual.dim(0);
         self.check_context(&ids, s)?;
@@ -322,6 +331,7 @@ impl Segmenter {
         let stages = StagesMs {
             vision_encoder: vision_ms,
             sam_encoder: sam_ms,
+            encoders_overlapped: None,
             superpixels: superpixels_ms,
             superpixels_decoder: sp_split.map(|x| x.0),
             superpixels_postprocess: sp_split.map(|x| x.1),
