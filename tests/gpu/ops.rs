@@ -2,6 +2,7 @@
 //! sweeps: sizes not divisible by the workgroup/tile sizes, size 1, f16/bf16 weights,
 //! broadcasting, and the 2-D dispatch fold for large grids.
 
+use visword::backend::wgpu::GemmKernel;
 use visword::backend::BinaryOp;
 use visword::{Activation, Backend, DType, Tensor};
 
@@ -383,6 +384,85 @@ fn linear_with_a_shared_residual_and_fused_epilogues() {
     }
 }
 
+/// Forces one of wgpu's plain GEMM kernels until dropped (also when a check fails), then puts
+/// back the backend's choice from before.
+struct ForceGemm<'a> {
+    wb: &'a visword::backend::wgpu::WgpuBackend,
+    was: GemmKernel,
+}
+
+impl<'a> ForceGemm<'a> {
+    fn new(wb: &'a visword::backend::wgpu::WgpuBackend, k: GemmKernel) -> ForceGemm<'a> {
+        let was = wb.gemm_kernel();
+        wb.set_gemm_kernel(k);
+        ForceGemm { wb, was }
+    }
+}
+
+impl Drop for ForceGemm<'_> {
+    fn drop(&mut self) {
+        self.wb.set_gemm_kernel(self.was);
+    }
+}
+
+/// wgpu's wide GEMM (128×128 tiles, quad loads along k) forced on small shapes, against the
+/// CPU: M and N 1–3 past a tile or short of one, K a multiple of its 16-deep steps or 4, 8 or
+/// 12 past one, K = 4, f32 and f16 weights, every epilogue; batches through a matmul with a
+/// transposed B (its own per entry, and shared); a residual shared by a linear's batch; and
+/// operands it cannot read (K or strides not multiples of 4, B along n), which must fall back.
+/// The auto choice takes it on a grid of 153 of its tiles.
+#[test]
+fn wide_gemm_at_tile_and_k_edges() {
+    let mut r = rng("wide_gemm");
+    for g in gpus("wide_gemm") {
+        let Backend::Wgpu(wb) = &g.backend else { continue };
+        let force = ForceGemm::new(wb, GemmKernel::Wide);
+        let shapes = [(129usize, 20usize, 131usize), (130, 36, 129), (131, 4, 130), (128, 64, 256), (67, 48, 70), (200, 100, 150), (2, 16, 3), (255, 52, 127), (5, 19, 7), (70, 37, 131)];
+        for (i, &(m, k, n)) in shapes.iter().enumerate() {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let x = r.tensor(&[m, k]);
+                let w = r.tensor(&[n, k]).to_dtype(dtype).unwrap();
+                let (b, res) = (r.tensor(&[n]), r.tensor(&[m, n]));
+                let (xg, wg, bg, rg) = (up(&g, &x), g.backend.upload_weight(&w).unwrap(), up(&g, &b), up(&g, &res));
+                let act = ACTS[i % ACTS.len()];
+                let want = cpu().linear(&x, &w, Some(&b), act, Some(&res)).unwrap();
+                let got = g.backend.linear(&xg, &wg, Some(&bg), act, Some(&rg)).unwrap();
+                same(&format!("wide linear {m}×{k}×{n} {dtype} {act:?}"), &g, &got, &want, tol_k(&g, k));
+                let want = cpu().linear(&x, &w, None, Activation::None, None).unwrap();
+                same(&format!("wide linear {m}×{k}×{n} {dtype} bare"), &g, &g.backend.linear(&xg, &wg, None, Activation::None, None).unwrap(), &want, tol_k(&g, k));
+            }
+        }
+        // Batches on grid z: A·Bᵀ with B per entry or shared (Bᵀ is read along k), and A·B,
+        // which falls back.
+        for (batch, m, k, n) in [(3usize, 131usize, 36usize, 129usize), (2, 7, 8, 9), (2, 130, 22, 3)] {
+            let a = r.tensor(&[batch, m, k]);
+            for dtype in [DType::F32, DType::F16] {
+                for (trans, shared) in [(true, false), (true, true), (false, false)] {
+                    let bshape = if trans { vec![n, k] } else { vec![k, n] };
+                    let b = if shared { r.tensor(&bshape) } else { r.tensor(&[vec![batch], bshape].concat()) }.to_dtype(dtype).unwrap();
+                    let got = g.backend.matmul(&up(&g, &a), &g.backend.upload_weight(&b).unwrap(), trans).unwrap();
+                    same(&format!("wide matmul [{batch}, {m}, {k}] {dtype} trans={trans} shared={shared}"), &g, &got, &cpu().matmul(&a, &b, trans).unwrap(), tol_k(&g, k));
+                }
+            }
+        }
+        // A linear on a 3-D input with a residual shared by its first dim (a period) and GELU.
+        let (x, w) = (r.tensor(&[3, 70, 40]), r.tensor(&[133, 40]).to_dtype(DType::F16).unwrap());
+        let (bias, shared) = (r.tensor(&[133]), r.tensor(&[1, 70, 133]));
+        let want = cpu().linear(&x, &w, Some(&bias), Activation::Gelu, Some(&shared)).unwrap();
+        let got = g.backend.linear(&up(&g, &x), &g.backend.upload_weight(&w).unwrap(), Some(&up(&g, &bias)), Activation::Gelu, Some(&up(&g, &shared))).unwrap();
+        same("wide linear [3, 70, 40] shared residual", &g, &got, &want, tol_k(&g, 40));
+        // The default choice on a grid of 9·17 = 153 wide tiles, and the 64×64 kernel forced.
+        let (x, w) = (r.tensor(&[1030, 8]), r.tensor(&[2050, 8]).to_dtype(DType::F16).unwrap());
+        let (xg, wg) = (up(&g, &x), g.backend.upload_weight(&w).unwrap());
+        let want = cpu().linear(&x, &w, None, Activation::Relu, None).unwrap();
+        for kernel in [GemmKernel::Auto, GemmKernel::Tile64] {
+            wb.set_gemm_kernel(kernel);
+            same(&format!("linear 1030×8×2050 {kernel:?}"), &g, &g.backend.linear(&xg, &wg, None, Activation::Relu, None).unwrap(), &want, tol_k(&g, 8));
+        }
+        drop(force);
+    }
+}
+
 /// Median wall time in seconds of `runs` calls of `f`, each between device syncs (for the
 /// timing tests run on request).
 fn median_secs(be: &Backend, runs: usize, mut f: impl FnMut()) -> f64 {
@@ -426,9 +506,9 @@ fn linear_timings_at_mask_decoder_shapes() {
     }
 }
 
-/// wgpu's GEMM kernels (the plain one and the cooperative-matrix one where the adapter has it)
-/// timed at the stack's shapes (4096³, 7B prefill, CLIP-L and SAM-H projections; f16 weights),
-/// on request (`gpu wgpu_gemm_timings -- --ignored --nocapture`).
+/// wgpu's GEMM kernels (the 64×64-tile one, the wide one, and the cooperative-matrix one where
+/// the adapter has it) timed at the stack's shapes (4096³, 7B prefill, CLIP-L and SAM-H
+/// projections; f16 weights), on request (`gpu wgpu_gemm_timings -- --ignored --nocapture`).
 #[test]
 #[ignore]
 fn wgpu_gemm_timings() {
@@ -436,21 +516,24 @@ fn wgpu_gemm_timings() {
     for g in gpus("wgpu_gemm_timings") {
         let Backend::Wgpu(wb) = &g.backend else { continue };
         let be = &g.backend;
+        let force = ForceGemm::new(wb, GemmKernel::Auto);
         for (m, k, n) in [(4096usize, 4096usize, 4096usize), (616, 4096, 4096), (616, 4096, 11008), (80, 4096, 4096), (577, 1024, 1024), (577, 1024, 4096), (4096, 1280, 3840), (4096, 5120, 1280)] {
             let x = up(&g, &r.tensor(&[m, k]));
             let w = be.upload_weight(&r.tensor(&[n, k]).to_dtype(DType::F16).unwrap()).unwrap();
             let coop = wb.has_coop_gemm();
-            for (name, on) in [("matmul", false), ("matmul_coop", true)] {
+            for (name, kernel, on) in [("matmul", GemmKernel::Tile64, false), ("matmul_wide", GemmKernel::Wide, false), ("auto", GemmKernel::Auto, false), ("matmul_coop", GemmKernel::Auto, true)] {
                 if on && !coop {
                     eprintln!("wgpu GEMM {m}×{k}×{n}: no cooperative matrices on {}", be.device_name());
                     continue;
                 }
                 wb.set_coop_gemm(on);
+                wb.set_gemm_kernel(kernel);
                 let t = median_secs(be, 4, || drop(be.linear(&x, &w, None, Activation::None, None).unwrap()));
                 eprintln!("wgpu GEMM {m}×{k}×{n} f16 weight, {name}: {:.1} µs, {:.1} TFLOP/s", t * 1e6, 2.0 * (m * k * n) as f64 / t / 1e12);
             }
             wb.set_coop_gemm(false);
         }
+        drop(force);
     }
 }
 

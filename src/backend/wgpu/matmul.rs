@@ -1,8 +1,12 @@
-//! linear and batched matmul: the tiled GEMM (shaders/matmul.wgsl; its 8×8-per-thread kernel
-//! for grids of many tiles; shaders/matmul_coop.wgsl on cooperative matrices for f16 weights,
-//! where the adapter has them and they are switched on) for M > 1 and the GEMV
-//! (shaders/gemv.wgsl) for M = 1. `gemm` is also the multiply-add half of the convolutions.
+//! linear and batched matmul: the GEMMs for M > 1 and the GEMV (shaders/gemv.wgsl) for M = 1.
+//! `gemm` is also the multiply-add half of the convolutions. It runs, in order of preference:
+//! shaders/matmul_coop.wgsl on cooperative matrices for f16 weights (where the adapter has them
+//! and they are switched on); shaders/matmul_wide.wgsl, 128×128 tiles of 8×8 outputs per
+//! invocation, for operands read along k in aligned quads (the linear case) on grids of many
+//! tiles (matmul_wide.rs decides; VISWORD_WGPU_GEMM forces it or the next); shaders/matmul.wgsl,
+//! 64×64 tiles, any strides.
 
+use super::matmul_wide::{use_wide, MATMUL_WIDE, WIDE_TILE};
 use super::{u32_of, Shader, WgpuBackend};
 use crate::backend::Activation;
 use crate::dtype::DType;
@@ -121,8 +125,16 @@ pub(super) fn gemm(be: &WgpuBackend, op: &'static str, g: &Gemm) -> Result<()> {
         params.extend([u32_of(op, s.batch)?, u32_of(op, s.row)?, u32_of(op, s.col)?]);
     }
     params.extend([b_f16 as u32, g.bias.is_some() as u32, g.act.kernel_code(), g.residual.is_some() as u32, u32_of(op, g.residual_period)?]);
-    let (shader, entry) = if b_f16 && be.rt.coop_gemm() { (&MATMUL_COOP, "matmul_coop") } else { (&MATMUL, "matmul") };
-    be.dispatch(shader, entry, &buffers, &params, [gx as u32, gy as u32, g.batch as u32])
+    // The cooperative-matrix kernel first (when on, for f16 weights), then the wide kernel
+    // where the operands and the grid suit it (matmul_wide.rs), else the 64×64 one.
+    let (shader, entry, tile) = if b_f16 && be.rt.coop_gemm() {
+        (&MATMUL_COOP, "matmul_coop", TILE)
+    } else if use_wide(g, be.rt.gemm_kernel()) {
+        (&MATMUL_WIDE, "matmul_wide", WIDE_TILE)
+    } else {
+        (&MATMUL, "matmul", TILE)
+    };
+    be.dispatch(shader, entry, &buffers, &params, [g.n.div_ceil(tile) as u32, g.m.div_ceil(tile) as u32, g.batch as u32])
 }
 
 /// y = act(x · wᵀ + bias) + residual; the residual is y's shape, or (for M > 1) y's shape with a

@@ -45,7 +45,8 @@
 //! `VISWORD_WGPU_SYNC=1` submits and waits after every dispatch (a failing kernel is then named
 //! in the error). Shaders are trusted modules (no injected loop counters or index clamps, and
 //! workgroup memory not cleared: `Runtime::module` says why that is sound);
-//! `VISWORD_WGPU_CHECKS=1` keeps wgpu's checks.
+//! `VISWORD_WGPU_CHECKS=1` keeps wgpu's checks. `VISWORD_WGPU_GEMM=wide|tile64` forces one of
+//! the plain GEMM kernels where the wide one applies (default: by grid size; see matmul_wide.rs).
 
 mod attention;
 mod conv;
@@ -55,9 +56,12 @@ mod layout;
 mod mask_select;
 mod masks;
 mod matmul;
+mod matmul_wide;
 mod norm;
 mod runtime;
 mod scatter_pool;
+
+pub use matmul_wide::GemmKernel;
 
 use crate::backend::{Activation, AttnParams, BinaryOp};
 use crate::error::{Error, Result};

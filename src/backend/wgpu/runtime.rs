@@ -2,7 +2,7 @@
 //! dispatch, uploads and read-back. The binding convention is in `mod.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ::wgpu::naga;
@@ -10,7 +10,7 @@ use ::wgpu::util::DeviceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{Shader, WgpuBackend, WgpuData};
+use super::{GemmKernel, Shader, WgpuBackend, WgpuData};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{numel, CpuData, Storage, Tensor};
@@ -100,6 +100,8 @@ pub(crate) struct Runtime {
     pub(crate) use_coop: AtomicBool,
     /// Why cooperative matrices are off although the device has them (a failed self-check).
     pub(crate) coop_note: Mutex<String>,
+    /// The plain GEMM kernel choice (`GemmKernel::code`): VISWORD_WGPU_GEMM, else auto.
+    gemm_kernel: AtomicU8,
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
     pipelines: Mutex<HashMap<&'static str, HashMap<String, Arc<Pipeline>>>>,
     batch: Mutex<Option<Batch>>,
@@ -172,6 +174,7 @@ impl Runtime {
             }));
         };
         let info = adapter.get_info();
+        let gemm_kernel = GemmKernel::from_env(std::env::var("VISWORD_WGPU_GEMM").ok().as_deref())?;
         let offered = adapter.features();
         let base = offered & (::wgpu::Features::SHADER_F16 | ::wgpu::Features::SUBGROUP);
         let coop_env = std::env::var("VISWORD_WGPU_COOP").ok();
@@ -220,6 +223,7 @@ impl Runtime {
             has_coop,
             use_coop: AtomicBool::new(has_coop && coop_env.as_deref() == Some("1")),
             coop_note: Mutex::new(String::new()),
+            gemm_kernel: AtomicU8::new(gemm_kernel.code()),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             batch: Mutex::new(None),
@@ -239,6 +243,11 @@ impl Runtime {
     /// GEMMs on f16 weights take the cooperative-matrix kernel.
     pub(crate) fn coop_gemm(&self) -> bool {
         self.use_coop.load(Ordering::Relaxed)
+    }
+
+    /// Which plain GEMM kernel to use where the wide one applies.
+    pub(crate) fn gemm_kernel(&self) -> GemmKernel {
+        GemmKernel::from_code(self.gemm_kernel.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_max_groups_per_dim(&self, n: u32) {
@@ -630,6 +639,18 @@ impl WgpuBackend {
     #[doc(hidden)]
     pub fn set_coop_gemm(&self, on: bool) {
         self.rt.use_coop.store(on && self.rt.has_coop, Ordering::Relaxed)
+    }
+
+    /// The plain GEMM kernel choice (VISWORD_WGPU_GEMM when the backend opened, else auto).
+    pub fn gemm_kernel(&self) -> GemmKernel {
+        self.rt.gemm_kernel()
+    }
+
+    /// Force the wide or the 64×64-tile GEMM kernel where the wide one applies, or go back to
+    /// choosing by grid size (`GemmKernel::Auto`), so tests reach either on any shape.
+    #[doc(hidden)]
+    pub fn set_gemm_kernel(&self, k: GemmKernel) {
+        self.rt.gemm_kernel.store(k.code(), Ordering::Relaxed)
     }
 
     /// The adapter's shader-f16 feature is enabled.
