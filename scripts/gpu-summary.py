@@ -114,6 +114,8 @@ def main():
     dinov2, _ = first("visword-cuda-dinov2-lisa-7b.json")
     wgpu, wgpu_name = first("visword-wgpu-lisa-7b.json", "visword-wgpu-tiny.json")
     coop, _ = first("visword-wgpu-coop-lisa-7b.json")
+    tile64, _ = first("visword-wgpu-tile64-lisa-7b.json")
+    checked, _ = first("visword-wgpu-checked-lisa-7b.json")
     eager, eager_name = first("torch-eager.json", "torch-eager-tiny-cpu.json")
     comp, _ = first("torch-compile.json")
 
@@ -159,17 +161,32 @@ def main():
         else:
             gemm.append(f"{p['bf16_matmul_tflops']:.3g} (bf16)")
     rows.append(["GEMM TFLOP/s"] + gemm + ["measured"])
-    if coop is not None:
-        # The wgpu bench with the cooperative-matrix GEMM switched on, as a column after wgpu's.
-        header.insert(3, "wgpu coop-matrix")
-        dev = coop.get("device", "")
-        state = "in use" if dev.endswith(", cooperative-matrix GEMM)") else ("self-check failed" if "GEMM off:" in dev else "not offered")
-        p = coop.get("device_peaks")
-        by_label = {LABELS[stage]: visword_cell(coop, stage) for stage in STAGES}
+    # Encoders overlapped (vision tower beside SAM's encoder), the end-to-end figure's.
+    def overlapped_cell(rep):
+        runs = (rep or {}).get("runs", [])
+        ms = next((r["stages_ms"].get("encoders_overlapped") for r in runs if r["stages_ms"].get("encoders_overlapped")), None)
+        return ms_text(ms)
+    rows.append(["vision ∥ SAM encoders, overlapped", overlapped_cell(cuda), overlapped_cell(wgpu), "", "", "—"])
+
+    # wgpu benches with one switch changed, each a column after wgpu's.
+    def coop_state(rep):
+        dev = rep.get("device", "")
+        return "in use" if dev.endswith(", cooperative-matrix GEMM)") else ("self-check failed" if "GEMM off:" in dev else "not offered")
+
+    for rep, title, state in reversed([
+        (coop, "wgpu coop-matrix", coop_state),
+        (tile64, "wgpu 64-tile GEMM only", None),
+        (checked, "wgpu, wgpu's shader checks", None),
+    ]):
+        if rep is None:
+            continue
+        header.insert(3, title)
+        p = rep.get("device_peaks")
+        by_label = {LABELS[stage]: visword_cell(rep, stage) for stage in STAGES}
         by_label["copy bandwidth (GB/s)"] = f"{p['copy_gb_per_s']:.0f}" if p else "—"
         by_label["GEMM TFLOP/s"] = f"{p['gemm_tflops']:.3g}" if p and "gemm_tflops" in p else "—"
         for i, r in enumerate(rows):
-            r.insert(3, state if i == 0 else by_label.get(r[0], ""))
+            r.insert(3, (state(rep) if state else "") if i == 0 else by_label.get(r[0], ""))
     failed = [f"{k}: {v[0]}" for k, v in status.items() if v[0] not in ("ok", "skipped")]
     skipped = [f"{k} ({v[2] if len(v) > 2 else ''})" for k, v in status.items() if v[0] == "skipped"]
 
