@@ -1,4 +1,4 @@
-// needs: common.wgsl matmul.wgsl
+// needs: common.wgsl matmul_store.wgsl matmul.wgsl
 // enables: f16 wgpu_cooperative_matrix
 // matmul_coop.wgsl: matmul.wgsl's GEMM on cooperative matrices (the tensor cores, where the
 // Vulkan driver maps them there). Compiled only on adapters that report a subgroup-scoped

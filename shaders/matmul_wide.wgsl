@@ -1,4 +1,4 @@
-// needs: common.wgsl
+// needs: common.wgsl matmul_store.wgsl
 // matmul_wide.wgsl: matmul.wgsl's GEMM with a 128×128 register-tiled output block, for the
 // linear case on grids of many tiles (the wrapper, src/backend/wgpu/matmul_wide.rs, checks that
 // the operands qualify and picks it).
@@ -104,31 +104,6 @@ fn stage_b(r: u32, q: u32, v: vec4<f32>) {
     b_s[at + 3u * ROW4][j] = v.w;
 }
 
-// Bias, activation and residual for C[z, m, n..n+4] and the stores (matmul.wgsl's store4).
-fn wide_store4(z: u32, m: u32, n: u32, v: vec4<f32>) {
-    if (m >= params[0]) {
-        return;
-    }
-    let has_bias = params[13] != 0u;
-    let act = params[14];
-    let has_res = params[15] != 0u;
-    for (var j = 0u; j < 4u; j++) {
-        let nj = n + j;
-        if (nj < params[1]) {
-            var o = v[j];
-            if (has_bias) {
-                o += bias[nj];
-            }
-            o = act_apply(o, act);
-            let ci = z * params[9] + m * params[10] + nj * params[11];
-            if (has_res) {
-                o += residual[select(ci, ci % params[16], params[16] != 0u)];
-            }
-            c[ci] = o;
-        }
-    }
-}
-
 @compute @workgroup_size(256)
 fn matmul_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let z = wid.z;
@@ -204,20 +179,20 @@ fn matmul_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let m = m0 + 4u * ty;
     let na = n0 + 4u * tx;
     let nb = na + 64u;
-    wide_store4(z, m, na, acc0a);
-    wide_store4(z, m, nb, acc0b);
-    wide_store4(z, m + 1u, na, acc1a);
-    wide_store4(z, m + 1u, nb, acc1b);
-    wide_store4(z, m + 2u, na, acc2a);
-    wide_store4(z, m + 2u, nb, acc2b);
-    wide_store4(z, m + 3u, na, acc3a);
-    wide_store4(z, m + 3u, nb, acc3b);
-    wide_store4(z, m + 64u, na, acc4a);
-    wide_store4(z, m + 64u, nb, acc4b);
-    wide_store4(z, m + 65u, na, acc5a);
-    wide_store4(z, m + 65u, nb, acc5b);
-    wide_store4(z, m + 66u, na, acc6a);
-    wide_store4(z, m + 66u, nb, acc6b);
-    wide_store4(z, m + 67u, na, acc7a);
-    wide_store4(z, m + 67u, nb, acc7b);
+    store4(z, m, na, acc0a);
+    store4(z, m, nb, acc0b);
+    store4(z, m + 1u, na, acc1a);
+    store4(z, m + 1u, nb, acc1b);
+    store4(z, m + 2u, na, acc2a);
+    store4(z, m + 2u, nb, acc2b);
+    store4(z, m + 3u, na, acc3a);
+    store4(z, m + 3u, nb, acc3b);
+    store4(z, m + 64u, na, acc4a);
+    store4(z, m + 64u, nb, acc4b);
+    store4(z, m + 65u, na, acc5a);
+    store4(z, m + 65u, nb, acc5b);
+    store4(z, m + 66u, na, acc6a);
+    store4(z, m + 66u, nb, acc6b);
+    store4(z, m + 67u, na, acc7a);
+    store4(z, m + 67u, nb, acc7b);
 }

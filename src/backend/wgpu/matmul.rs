@@ -13,7 +13,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-const MATMUL: Shader = Shader { name: "matmul", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/matmul.wgsl")) };
+const MATMUL: Shader = Shader { name: "matmul", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/matmul_store.wgsl"), include_str!("../../../shaders/matmul.wgsl")) };
 /// The cooperative-matrix GEMM: its `enable` directives must precede everything, so they lead
 /// the concatenation (the file's `// enables:` line names the same two).
 pub(super) const MATMUL_COOP: Shader = Shader {
@@ -21,6 +21,7 @@ pub(super) const MATMUL_COOP: Shader = Shader {
     source: concat!(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
         include_str!("../../../shaders/common.wgsl"),
+        include_str!("../../../shaders/matmul_store.wgsl"),
         include_str!("../../../shaders/matmul.wgsl"),
         include_str!("../../../shaders/matmul_coop.wgsl")
     ),

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 pub(super) const MATMUL_WIDE: Shader = Shader {
     name: "matmul_wide",
-    source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/matmul_wide.wgsl")),
+    source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/matmul_store.wgsl"), include_str!("../../../shaders/matmul_wide.wgsl")),
 };
 
 /// Output tile of the wide kernel (rows and columns per workgroup).
