@@ -88,10 +88,12 @@ fn segment_writes_mask_overlay_dump_and_json() {
     stages.sort();
     assert_eq!(
         stages,
-        ["decode_per_token", "mask_decoder", "prefill", "projector", "sam_encoder", "superpixels", "superpixels_decoder", "superpixels_postprocess", "vision_encoder"]
+        ["decode_per_token", "encoders_overlapped", "mask_decoder", "prefill", "projector", "sam_encoder", "superpixels", "superpixels_decoder", "superpixels_postprocess", "vision_encoder"]
     );
     assert_eq!(v["answer"], "[SEG]");
     assert_eq!(v["visual_tokens"], 64);
+    // `segment` overlaps the encoders with the superpixels too: only end_to_end_ms says so.
+    assert!(v["stages_ms"]["encoders_overlapped"].is_null());
     for stage in ["superpixels", "superpixels_decoder", "superpixels_postprocess"] {
         assert!(v["stages_ms"][stage].is_null(), "{stage} without svp");
     }
