@@ -263,13 +263,10 @@ impl Stack {
         Ok(Encoded { photo: photo.name, vision_ms, sam_ms, overlapped_ms: None, features, image_embeddings, frame: photo.frame })
     }
 
-    /// `encode` with the two encoders run together (`Backend::overlap`: the vision encoder on
-    /// a second stream beside SAM's), timed as one stage; on a backend that cannot overlap
-    /// them, `encode`.
+    /// `encode` with the two encoders run together (`Backend::overlap`: on CUDA the vision
+    /// encoder on a second stream beside SAM's; elsewhere one after the other), timed as one
+    /// stage.
     pub fn encode_overlapped(&self, be: &Backend, index: usize) -> Result<Encoded> {
-        if !be.overlaps() {
-            return self.encode(be, index);
-        }
         let photo = &self.photos[index % self.photos.len()];
         let (o, ms) = timed(be, || {
             be.overlap(|lane| self.vision_features(lane, photo), |be| timed(be, || self.sam.image_embeddings(be, &photo.sam_pixels)))
@@ -280,10 +277,8 @@ impl Stack {
 
     /// The vision encoder's feature-layer patch tokens `[N, C]`.
     fn vision_features(&self, be: &Backend, photo: &Photo) -> Result<Tensor> {
-        let seq = self.vision.feature_layer(be, &photo.vision_pixels, self.feature_layer)?;
-        let patches = vit::patch_tokens(be, &seq)?;
-        let (n, c) = (patches.dim(1), patches.dim(2));
-        let features = patches.reshape(&[n, c])?;
+        let features = self.vision.patch_features(be, &photo.vision_pixels, self.feature_layer)?;
+        let n = features.dim(0);
         if n != self.grid * self.grid {
             return Err(Error::shape("bench", format!("vision encoder gave {n} patch tokens, expected {}", self.grid * self.grid)));
         }

@@ -385,6 +385,14 @@ impl VisionTower {
         }
     }
 
+    /// The patch tokens of layer `layer` for a batch of one image, `[N, C]` (the projectors'
+    /// input).
+    pub fn patch_features(&self, be: &Backend, pixel_values: &Tensor, layer: i64) -> Result<Tensor> {
+        let patches = patch_tokens(be, &self.feature_layer(be, pixel_values, layer)?)?;
+        let (n, c) = (patches.dim(1), patches.dim(2));
+        patches.reshape(&[n, c])
+    }
+
     pub fn patch_size(&self) -> usize {
         match self {
             VisionTower::Clip(m) => m.config.patch_size,

@@ -4,9 +4,9 @@
 //! Every op is queued on the backend's one stream (its own, not the legacy default stream, so
 //! a decode step can be recorded as a graph: graph.rs), so ops are ordered without events and
 //! the host only waits in `to_host` / `synchronize`. The one exception is `Backend::overlap`,
-//! which queues independent work on a second stream (lane.rs) between two event waits. Activations are f32; weights keep the
-//! checkpoint's dtype (f32, f16 or bf16) and are converted to f32 inside the kernels, or handed
-//! to cuBLAS as they are. Tensors carry `Storage::Cuda(Arc<CudaData>)`.
+//! which queues independent work on a second stream (lane.rs) between two event waits.
+//! Activations are f32; weights keep the checkpoint's dtype (f32, f16 or bf16) and are
+//! converted to f32 inside the kernels, or handed to cuBLAS as they are. Tensors carry `Storage::Cuda(Arc<CudaData>)`.
 //!
 //! Kernels come from build.rs (`kernels::ELEMENTWISE`, ...: one `Kernel` per kernels/*.cu file);
 //! `function` loads a file's module on first use (see compile.rs).

@@ -33,7 +33,7 @@ use crate::models::llama::Llama;
 use crate::models::projector::{Projector, ProjectorDims, ProjectorKind};
 use crate::models::sam::{self, Sam};
 use crate::models::tokenizer::Tokenizer;
-use crate::models::vit::{self, Linear, VisionTower};
+use crate::models::vit::{Linear, VisionTower};
 use crate::superpixels::{self, Frame, Superpixels};
 use crate::tensor::Tensor;
 use crate::weights::{VarView, Weights};
@@ -271,12 +271,7 @@ impl Segmenter {
         // The vision tower does not depend on SAM: on a backend that can, it runs beside SAM's
         // encoder and the superpixels (`Backend::overlap`), and its time is its span on the device.
         let overlapped = be.overlap(
-            |lane| {
-                let seq = self.vision.feature_layer(lane, &vision_px, self.config.vision_feature_layer)?;
-                let patches = vit::patch_tokens(lane, &seq)?;
-                let (n, c) = (patches.dim(1), patches.dim(2));
-                patches.reshape(&[n, c])
-            },
+            |lane| self.vision.patch_features(lane, &vision_px, self.config.vision_feature_layer),
             |be| {
                 let (embedding, sam_ms) = timed(be, || self.sam.image_embeddings(be, &sam_px))?;
                 let (superpixels, superpixels_ms, sp_split) = if self.projector.kind == ProjectorKind::Svp {
