@@ -243,8 +243,9 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
     let mut r = rng("linear");
     for g in gpus("linear") {
         // M = 1 takes the GEMV; odd K exercises the element-wise f16 path; sizes straddle the
-        // 64-wide tiles and the 8-row GEMV workgroups.
-        for (m, k, n) in [(1usize, 1usize, 1usize), (1, 37, 5), (1, 256, 17), (1, 301, 129), (1, 44, 9), (1, 1030, 300), (1, 2048, 70), (2, 64, 17), (5, 19, 7), (65, 130, 67), (33, 257, 40)] {
+        // 64-wide tiles and the 8-row GEMV workgroups. K = 2056 is one chunk of 8 past CUDA's
+        // first batch of loads (2048 weights a warp for f16/bf16, 1024 for f32).
+        for (m, k, n) in [(1usize, 1usize, 1usize), (1, 37, 5), (1, 256, 17), (1, 301, 129), (1, 44, 9), (1, 1030, 300), (1, 2048, 70), (1, 2056, 33), (3, 2056, 9), (2, 64, 17), (5, 19, 7), (65, 130, 67), (33, 257, 40)] {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let x = r.tensor(&[m, k]);
                 let w = r.tensor(&[n, k]).to_dtype(dtype).unwrap();
@@ -544,8 +545,9 @@ fn rms_norm_fused_into_linear_many_and_swiglu() {
     let mut r = rng("rms_norm_linear");
     for g in gpus("rms_norm_linear") {
         // One row at K = 64 (16-byte loads), 13 (element loads), 12 (16-byte loads for f32
-        // weights, element loads for f16) and 1030 (several loads per lane).
-        for (m, k) in [(1usize, 64usize), (1, 13), (1, 12), (1, 1030), (2, 13), (4, 96), (6, 40)] {
+        // weights, element loads for f16), 1030 (several loads per lane) and 2056 (a second,
+        // partial batch of CUDA's loads).
+        for (m, k) in [(1usize, 64usize), (1, 13), (1, 12), (1, 1030), (1, 2056), (2, 13), (3, 2056), (4, 96), (6, 40)] {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let x = r.tensor(&[m, k]);
                 let nw = r.tensor(&[k]);

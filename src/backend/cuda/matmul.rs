@@ -154,9 +154,13 @@ impl CudaBackend {
         }
         let k32 = u32::try_from(k).map_err(|_| Error::shape(op, format!("K = {k} exceeds u32")))?;
         let (wp, dt) = self.any_float(w, op)?;
-        let name = match dt {
-            0 => "gemv_f32",
-            1 => "gemv_f16",
+        // gemv_m1_*: the same kernel built for one row of x (fewer registers, more warps per SM).
+        let name = match (m, dt) {
+            (1, 0) => "gemv_m1_f32",
+            (1, 1) => "gemv_m1_f16",
+            (1, _) => "gemv_m1_bf16",
+            (_, 0) => "gemv_f32",
+            (_, 1) => "gemv_f16",
             _ => "gemv_bf16",
         };
         let (bp, bdt) = match bias {
@@ -377,8 +381,9 @@ impl CudaBackend {
             return Ok(());
         }
         let name = format!(
-            "{}_{}",
+            "{}{}_{}",
             family.kernel(),
+            if m == 1 { "_m1" } else { "" },
             match dt {
                 0 => "f32",
                 1 => "f16",
