@@ -52,16 +52,10 @@
 // Measured on an H100 SXM (median of 20): SAM-H global layer (16 heads, 4096², d 80, bias)
 // 5.1 ms = 16.8 TFLOP/s, about a quarter of the FP32 FMA peak (PyTorch's f32 SDPA: 3.4 ms);
 // Llama-7B decode over 4096 keys (32 heads, d 128) 67 µs = 2.0 TB/s of K/V.
-// Tensor cores (mma.sync tf32 with a split-precision correction for f32-level accuracy, or bf16
-// for the bf16 models) are the next step for the forward kernel.
+// The tensor-core forward for half-precision models (f16 operands) is attention_mma.cu.
 
 #include "common.cuh"
-
-// Element strides of q, k/v and out: batch, head, row. Must match `Strides` in
-// src/backend/cuda/attention.rs.
-struct AttnStrides {
-    long long q_b, q_h, q_r, kv_b, kv_h, kv_r, o_b, o_h, o_r;
-};
+#include "attention.cuh"
 
 namespace {
 
@@ -88,12 +82,6 @@ __device__ __forceinline__ float half_warp_sum(float x) {
 #pragma unroll
     for (int off = 1; off < FWD_TC; off <<= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
     return x;
-}
-
-// Rescale factor of a running sum when its max moves from m_old to m_new (1 when it stays,
-// including both still -inf; 0 when leaving -inf).
-__device__ __forceinline__ float rescale(float m_old, float m_new) {
-    return m_old == m_new ? 1.0f : expf(m_old - m_new);
 }
 
 template <int DP, int BQ>

@@ -31,6 +31,32 @@ __device__ __forceinline__ u16 f32_to_bf16(float f) {
     return h;
 }
 
+// Round to nearest even f16 (the bits).
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+// Two floats as f16x2: lo in the low half (the lower k or column index of an mma fragment).
+__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Tensor cores (sm_80+): D = A·B + D for a 16×16 f16 A (row-major) and a 16×8 f16 B (stored
+// column by column, k contiguous), f32 accumulators. Fragments (g = lane / 4, t = lane % 4; each
+// register two f16 at consecutive k, the lower k in the low half):
+//   a0 = A[g][2t..], a1 = A[g + 8][2t..], a2 = A[g][2t + 8..], a3 = A[g + 8][2t + 8..]
+//   b0 = B[2t..][g], b1 = B[2t + 8..][g]
+//   c[0], c[1] = D[g][2t], D[g][2t + 1]; c[2], c[3] = D[g + 8][2t], D[g + 8][2t + 1]
+__device__ __forceinline__ void mma_f16_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 // A captured decode step's device-side arguments (src/backend/cuda/graph.rs): int32 slots of the
 // buffer that kernels read in place of their host token id, position or key count when given one.
 #define STEP_ID 0

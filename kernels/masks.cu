@@ -205,19 +205,6 @@ extern "C" __global__ void __launch_bounds__(128) upscale_masks_f32(const float*
 #define UPT_ROWS 256
 #define UPT_LD 72
 
-__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-__device__ __forceinline__ void mma_f16_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 extern "C" __global__ void __launch_bounds__(128) upscale_masks_mma_f32(const float* __restrict__ y, const float* __restrict__ ln_w,
                                                                         const float* __restrict__ ln_b, float eps,
                                                                         const float* __restrict__ w2, const float* __restrict__ b2,

@@ -14,6 +14,7 @@
 #                  wgpu_gemm_timings), on NVIDIA's Vulkan driver
 #   bench-cuda     visword bench --backend cuda --preset lisa-7b --json
 #   bench-cuda-eager  the same with VISWORD_CUDA_GRAPH=0 (decode steps launched op by op)
+#   bench-cuda-simt-attn  the same with VISWORD_CUDA_ATTN=simt (f32 flash attention, no tensor cores)
 #   profile-cuda   the same with VISWORD_PROFILE=1 (one run): device time per op, in its log
 #   torch-eager    tools/bench_torch.py, eager (same card, same run)
 #   bench-dinov2   visword bench --backend cuda --preset dinov2-lisa-7b --json
@@ -44,7 +45,7 @@ BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-3}
 DECODE_TOKENS=${DECODE_TOKENS:-8}
 TEST_THREADS=${TEST_THREADS:-4}
-ALL_STEPS=(tests-cuda kernels tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked profile-wgpu torch-compile)
+ALL_STEPS=(tests-cuda kernels tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager bench-cuda-simt-attn profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked profile-wgpu torch-compile)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -108,7 +109,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local var="T_$(echo "$1" | tr 'a-z-' 'A-Z_')"
   local def
   case $1 in
-    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; profile-cuda) def=90 ;;
+    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; bench-cuda-simt-attn) def=150 ;; profile-cuda) def=90 ;;
     torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; bench-wgpu-coop) def=150 ;; bench-wgpu-tile64) def=150 ;; bench-wgpu-checked) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
@@ -183,11 +184,15 @@ for step in "${ALL_STEPS[@]}"; do
       else run_step "$step" "$logs/$step.log" "$OUT/visword-cuda-$preset.json" \
         "$BIN/visword" bench --backend cuda --preset $preset --json --runs "$RUNS" --decode-tokens "$DECODE_TOKENS"
       fi ;;
-    bench-cuda-eager)
+    bench-cuda-eager | bench-cuda-simt-attn)
+      case $step in
+        bench-cuda-eager) switch=VISWORD_CUDA_GRAPH=0 ;;
+        bench-cuda-simt-attn) switch=VISWORD_CUDA_ATTN=simt ;;
+      esac
       if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"
       elif ! have_bin visword; then skip "$step" "$BIN/visword missing"
-      else VISWORD_CUDA_GRAPH=0 run_step "$step" "$logs/$step.log" "$OUT/visword-cuda-eager-lisa-7b.json" \
-        "$BIN/visword" bench --backend cuda --preset lisa-7b --json --runs "$RUNS" --decode-tokens "$DECODE_TOKENS"
+      else (export "$switch"; run_step "$step" "$logs/$step.log" "$OUT/visword-${step#bench-}-lisa-7b.json" \
+        "$BIN/visword" bench --backend cuda --preset lisa-7b --json --runs "$RUNS" --decode-tokens "$DECODE_TOKENS")
       fi ;;
     profile-cuda)
       if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"

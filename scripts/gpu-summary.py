@@ -116,6 +116,7 @@ def main():
     coop, _ = first("visword-wgpu-coop-lisa-7b.json")
     tile64, _ = first("visword-wgpu-tile64-lisa-7b.json")
     checked, _ = first("visword-wgpu-checked-lisa-7b.json")
+    simt_attn, _ = first("visword-cuda-simt-attn-lisa-7b.json")
     eager, eager_name = first("torch-eager.json", "torch-eager-tiny-cpu.json")
     comp, _ = first("torch-compile.json")
 
@@ -168,25 +169,27 @@ def main():
         return ms_text(ms)
     rows.append(["vision ∥ SAM encoders, overlapped", overlapped_cell(cuda), overlapped_cell(wgpu), "", "", "—"])
 
-    # wgpu benches with one switch changed, each a column after wgpu's.
+    # Benches with one switch changed, each a column after its backend's (wgpu's first, so
+    # inserting CUDA's after them leaves both in place).
     def coop_state(rep):
         dev = rep.get("device", "")
         return "in use" if dev.endswith(", cooperative-matrix GEMM)") else ("self-check failed" if "GEMM off:" in dev else "not offered")
 
-    for rep, title, state in reversed([
-        (coop, "wgpu coop-matrix", coop_state),
-        (tile64, "wgpu 64-tile GEMM only", None),
-        (checked, "wgpu, wgpu's shader checks", None),
+    for rep, title, state, col in reversed([
+        (simt_attn, "cuda, f32 attention", None, 2),
+        (coop, "wgpu coop-matrix", coop_state, 3),
+        (tile64, "wgpu 64-tile GEMM only", None, 3),
+        (checked, "wgpu, wgpu's shader checks", None, 3),
     ]):
         if rep is None:
             continue
-        header.insert(3, title)
+        header.insert(col, title)
         p = rep.get("device_peaks")
         by_label = {LABELS[stage]: visword_cell(rep, stage) for stage in STAGES}
         by_label["copy bandwidth (GB/s)"] = f"{p['copy_gb_per_s']:.0f}" if p else "—"
         by_label["GEMM TFLOP/s"] = f"{p['gemm_tflops']:.3g}" if p and "gemm_tflops" in p else "—"
         for i, r in enumerate(rows):
-            r.insert(3, (state(rep) if state else "") if i == 0 else by_label.get(r[0], ""))
+            r.insert(col, (state(rep) if state else "") if i == 0 else by_label.get(r[0], ""))
     failed = [f"{k}: {v[0]}" for k, v in status.items() if v[0] not in ("ok", "skipped")]
     skipped = [f"{k} ({v[2] if len(v) > 2 else ''})" for k, v in status.items() if v[0] == "skipped"]
 

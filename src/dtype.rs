@@ -47,6 +47,12 @@ impl DType {
         })
     }
 
+    /// F16 or BF16: the half-precision weights whose models accept half-precision attention
+    /// operands (`AttnParams::low_precision`).
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16)
+    }
+
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F16 | DType::BF16)
     }

@@ -83,11 +83,17 @@ pub struct AttnParams<'a> {
     /// Only the first `kv_len` keys are valid (a KV cache larger than the sequence); `None` = all.
     pub kv_len: Option<usize>,
     pub bias: AttnBias<'a>,
+    /// The caller's weights are half precision, so q, k, v and the softmax weights may be
+    /// rounded to f16 for the tensor cores (CUDA's `attention_fwd_mma_*`, for more than 8
+    /// queries); scores, softmax statistics and outputs stay f32, and q·scale, k and v must then
+    /// fit f16 (magnitudes below 65504), as a half-precision model's do. The CPU and wgpu ignore
+    /// it.
+    pub low_precision: bool,
 }
 
 impl<'a> AttnParams<'a> {
     pub fn new(head_dim: usize) -> Self {
-        AttnParams { scale: 1.0 / (head_dim as f32).sqrt(), causal: false, kv_len: None, bias: AttnBias::None }
+        AttnParams { scale: 1.0 / (head_dim as f32).sqrt(), causal: false, kv_len: None, bias: AttnBias::None, low_precision: false }
     }
 }
 

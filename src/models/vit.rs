@@ -202,7 +202,8 @@ impl SelfAttention {
         let q = self.q.forward(be, x, Activation::None, None)?;
         let k = self.k.forward(be, x, Activation::None, None)?;
         let v = self.v.forward(be, x, Activation::None, None)?;
-        let o = be.attention_tokens(&q, &k, &v, self.heads, &AttnParams::new(self.head_dim))?;
+        let params = AttnParams { low_precision: self.q.weight.dtype().is_half(), ..AttnParams::new(self.head_dim) };
+        let o = be.attention_tokens(&q, &k, &v, self.heads, &params)?;
         self.out.forward(be, &o, Activation::None, residual)
     }
 }

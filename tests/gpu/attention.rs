@@ -12,14 +12,26 @@
 //! f32 op tolerance (1e-4 / 1e-4) against the CPU backend (GPU dot products and softmax sums run
 //! in another order and with fused multiply-adds, and the online softmax rescales as it goes),
 //! and the design's rule for attention: the largest error against an f64 reference at most twice
-//! that of a naive f32 implementation.
+//! that of a naive f32 implementation. Half-precision callers (`AttnParams::low_precision`, which
+//! CUDA runs on the tensor cores for more than 8 queries) are checked against the CPU on the same
+//! inputs rounded as the kernel rounds them (q·scale, k and v to f16), within `LOW_PRECISION_TOL`:
+//! what is left is the f16 rounding of the softmax weights (relative 2⁻¹¹) and the order of sums.
 
 use std::time::Instant;
 
 use visword::{AttnBias, AttnParams, Backend, Tensor};
 
 use crate::common::backends::{gpus, Gpu};
-use crate::common::{assert_close, Rng};
+use crate::common::{assert_close, Rng, Tol};
+
+/// Low-precision attention against the CPU on f16-rounded operands (see the module doc).
+const LOW_PRECISION_TOL: Tol = Tol { atol: 2e-3, rtol: 2e-3 };
+
+/// `x` rounded to f16 and back, after multiplying by `s` (then divided by it again).
+fn f16_round(cpu: &Backend, x: &Tensor, s: f32) -> Tensor {
+    let r = cpu.affine(x, s, 0.0).unwrap().to_dtype(visword::DType::F16).unwrap().to_dtype(visword::DType::F32).unwrap();
+    cpu.affine(&r, 1.0 / s, 0.0).unwrap()
+}
 
 /// One attention problem: q [b, h, nq, d], k/v [b, hkv, nk, d].
 #[derive(Clone, Copy, Debug)]
@@ -202,6 +214,17 @@ fn check(name: &str, gpus: &[Gpu], c: Case) {
         let heads = be.to_host(&out).unwrap().reshape(&[c.b, c.nq, c.h, c.d]).unwrap();
         let got = cpu.permute(&heads, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap();
         assert_close(&format!("{what}, token-major"), &got, &want, gpu.op_tol);
+
+        // A half-precision caller, head-major and token-major.
+        let lp = AttnParams { low_precision: true, ..p };
+        let (qr, kr, vr) = (f16_round(&cpu, &x.q, lp.scale), f16_round(&cpu, &x.k, 1.0), f16_round(&cpu, &x.v, 1.0));
+        let want_lp = cpu.attention(&qr, &kr, &vr, &params(&c, x.rel.as_ref())).unwrap().to_f32_vec().unwrap();
+        let got = be.to_vec_f32(&be.attention(&q, &k, &v, &lp).unwrap_or_else(|e| panic!("{name}: low-precision attention on {}: {e}", be.name()))).unwrap();
+        assert_close(&format!("{what}, low precision"), &got, &want_lp, LOW_PRECISION_TOL);
+        let out = be.attention_tokens(&qt, &kt, &vt, c.h, &lp).unwrap_or_else(|e| panic!("{name}: low-precision attention_tokens on {}: {e}", be.name()));
+        let heads = be.to_host(&out).unwrap().reshape(&[c.b, c.nq, c.h, c.d]).unwrap();
+        let got = cpu.permute(&heads, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap();
+        assert_close(&format!("{what}, token-major, low precision"), &got, &want_lp, LOW_PRECISION_TOL);
     }
 }
 

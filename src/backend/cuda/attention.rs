@@ -8,7 +8,11 @@
 //! * at most 64 keys with d ≤ 32 and no bias: `attention_fewkeys_d{16,32}_f32`, one thread per
 //!   query row over the head's keys in shared memory (SAM's image-to-token attention);
 //! * Nq > 8: `attention_fwd_d{DP}_f32`, flash forward, one block per 32 queries of one head;
-//!   DP is D rounded up to a multiple of 16 (D = 80 runs the 80-wide variant, not 128).
+//!   DP is D rounded up to a multiple of 16 (D = 80 runs the 80-wide variant, not 128). With
+//!   `AttnParams::low_precision` (half-precision models) `attention_fwd_mma_d{DP}_f32`
+//!   (kernels/attention_mma.cu) instead: blocks of 64 queries on the tensor cores, f16
+//!   operands, unless switched off (`VISWORD_CUDA_ATTN=simt` at start-up, or
+//!   `set_mma_attention(false)`).
 //! * Nq <= 8 (unless Nq > 1 over ≥ DEC_TARGET_BLOCKS batch·heads, which takes the forward
 //!   kernel, with blocks of 8 queries for DP ≤ 64: `attention_fwd_q8_d{DP}_f32`):
 //!   `attention_decode_d{DP}_f32` (DP = D rounded up to 32), one block per query row
@@ -36,6 +40,8 @@ const FWD_BQ: usize = 32;
 const FWD_Q8: usize = 8;
 const FWD_Q8_MAX_DP: usize = 64;
 const FWD_THREADS: u32 = 128;
+/// Queries per block of `attention_fwd_mma_*` (MMA_BQ in the kernel; same thread count).
+const MMA_BQ: usize = 64;
 /// The few-keys kernel: query rows (threads) per block, most keys and largest head dim
 /// (FEW_THREADS, FEW_MAX_KEYS and its widest variant).
 const FEW_THREADS: u32 = 128;
@@ -65,6 +71,19 @@ fn decode_splits(rows: usize, nk: usize) -> (usize, usize) {
     let n = wanted.clamp(1, most);
     let chunk = nk.div_ceil(n).next_multiple_of(DEC_KEYS_PER_STEP).max(DEC_KEYS_PER_STEP);
     (nk.div_ceil(chunk).max(1), chunk)
+}
+
+impl CudaBackend {
+    /// Whether half-precision callers' attention (`AttnParams::low_precision`, more than 8
+    /// queries) runs on the tensor cores (the default) or on the f32 flash kernel
+    /// (`VISWORD_CUDA_ATTN=simt` at start-up, or this with `false`).
+    pub fn mma_attention(&self) -> bool {
+        self.core.mma_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_mma_attention(&self, on: bool) {
+        self.core.mma_attention.store(on, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 fn i32_arg(what: &str, x: usize) -> Result<i32> {
@@ -182,17 +201,21 @@ impl CudaBackend {
         // grid fills the device without key splits.
         if step.is_none() && (nq > DECODE_MAX_NQ || (nq > 1 && bh >= DEC_TARGET_BLOCKS)) {
             let dp = d.next_multiple_of(16);
-            // At most 8 queries: blocks of 8 (`attention_fwd_q8_*`, for DP up to 64).
-            let (bq, name) = if nq <= FWD_Q8 && dp <= FWD_Q8_MAX_DP {
-                (FWD_Q8, format!("attention_fwd_q8_d{dp}_f32"))
+            // At most 8 queries: blocks of 8 (`attention_fwd_q8_*`, for DP up to 64). More, with
+            // half-precision callers: blocks of 64 on the tensor cores (kernels/attention_mma.cu,
+            // the same arguments).
+            let (kernel, bq, name) = if nq <= FWD_Q8 && dp <= FWD_Q8_MAX_DP {
+                (&kernels::ATTENTION, FWD_Q8, format!("attention_fwd_q8_d{dp}_f32"))
+            } else if p.low_precision && self.mma_attention() {
+                (&kernels::ATTENTION_MMA, MMA_BQ, format!("attention_fwd_mma_d{dp}_f32"))
             } else {
-                (FWD_BQ, format!("attention_fwd_d{dp}_f32"))
+                (&kernels::ATTENTION, FWD_BQ, format!("attention_fwd_d{dp}_f32"))
             };
             let tiles = nq.div_ceil(bq);
             if bh > GRID_X_MAX || tiles > GRID_Y_MAX {
                 return Err(Error::shape(OP, format!("{bh} heads × {tiles} query tiles exceed the CUDA grid")));
             }
-            let f = self.function(&kernels::ATTENTION, &name)?;
+            let f = self.function(kernel, &name)?;
             let cfg = LaunchConfig { grid_dim: (bh as u32, tiles as u32, 1), block_dim: (FWD_THREADS, 1, 1), shared_mem_bytes: 0 };
             let mut l = stream.launch_builder(&f);
             l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut *out).arg(st);
@@ -202,8 +225,9 @@ impl CudaBackend {
             // inside their buffers (the callers' shape checks; a batch stride of 0 reads one
             // shared batch entry); rel_h/rel_w are [bh, nq, k_h/k_w] when k_w > 0; the kernel
             // reads keys < nk only, query rows < nq only, and the grid is (bh, ceil(nq / bq))
-            // with 128 threads, bq the variant's block of queries, as it assumes. Static shared
-            // memory (≤ 38.4 KB) needs no opt-in.
+            // with 128 threads, bq the variant's block of queries, as it assumes (the mma
+            // kernels' 64 included: 4 warps of 16 rows). Static shared memory (≤ 38.4 KB) needs
+            // no opt-in.
             unsafe { l.launch(cfg) }.map_err(dev_err(OP))?;
             return Ok(());
         }

@@ -71,6 +71,8 @@ struct Core {
     lt_gemm: std::sync::atomic::AtomicBool,
     /// SAM-sized `upscale_masks` runs on the tensor cores (masks.rs).
     mma_upscale: std::sync::atomic::AtomicBool,
+    /// Half-precision callers' attention runs on the tensor cores (attention.rs).
+    mma_attention: std::sync::atomic::AtomicBool,
     /// Decode steps are recorded as graphs and replayed (graph.rs).
     step_graphs: std::sync::atomic::AtomicBool,
 }
@@ -184,6 +186,7 @@ impl CudaBackend {
         let bf16_gemm = std::env::var("VISWORD_CUDA_GEMM").map(|v| v.trim() != "f32").unwrap_or(true);
         let lt_gemm = std::env::var("VISWORD_CUDA_LT").map(|v| v.trim() != "0").unwrap_or(true);
         let mma_upscale = std::env::var("VISWORD_CUDA_UPSCALE").map(|v| v.trim() != "simt").unwrap_or(true);
+        let mma_attention = std::env::var("VISWORD_CUDA_ATTN").map(|v| v.trim() != "simt").unwrap_or(true);
         let step_graphs = std::env::var("VISWORD_CUDA_GRAPH").map(|v| v.trim() != "0").unwrap_or(true);
         let core = Core {
             ctx,
@@ -193,6 +196,7 @@ impl CudaBackend {
             bf16_gemm: bf16_gemm.into(),
             lt_gemm: lt_gemm.into(),
             mma_upscale: mma_upscale.into(),
+            mma_attention: mma_attention.into(),
             step_graphs: step_graphs.into(),
         };
         Ok(CudaBackend::with_stream(Arc::new(core), stream, blas))

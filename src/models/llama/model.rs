@@ -390,7 +390,13 @@ impl Llama {
         let v = to_heads(be, &v, n, hkv, d)?;
         let q = be.rope_qk_write_kv(&q, &k, &v, k_cache, v_cache, &self.cos, &self.sin, pos)?;
         // transformers multiplies by head_dim ** -0.5 computed in double precision.
-        let params = AttnParams { scale: (d as f64).powf(-0.5) as f32, causal: true, kv_len: Some(pos + n), bias: AttnBias::None };
+        let params = AttnParams {
+            scale: (d as f64).powf(-0.5) as f32,
+            causal: true,
+            kv_len: Some(pos + n),
+            bias: AttnBias::None,
+            low_precision: a.q_proj.weight.dtype().is_half(),
+        };
         let attn = from_heads(be, &be.attention(&q, k_cache, v_cache, &params)?, n, h * d)?;
         let x = a.o_proj.forward(be, &attn, Activation::None, Some(x))?;
 

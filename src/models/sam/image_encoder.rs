@@ -221,7 +221,7 @@ impl ImageEncoder {
         let q = be.narrow(&qkv, 0, 0, 1)?.reshape(&[b, nh, t, hd])?;
         let k = be.narrow(&qkv, 0, 1, 1)?.reshape(&[b, nh, t, hd])?;
         let v = be.narrow(&qkv, 0, 2, 1)?.reshape(&[b, nh, t, hd])?;
-        let mut params = AttnParams::new(hd);
+        let mut params = AttnParams { low_precision: l.qkv_w.dtype().is_half(), ..AttnParams::new(hd) };
         let rel;
         if let Some((rh, rw)) = &l.rel_pos {
             rel = decomposed_rel_pos(be, &q, rh, rw, side)?;
