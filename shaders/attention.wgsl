@@ -24,7 +24,10 @@
 //   memory (within WebGPU's 16 KiB default). Causal tiles stop at the tile's last visible key.
 //   Per tile and thread at D = 128: 512 FMAs against 136 vec4 loads from workgroup memory.
 //   Flops 4·Nq·Nk·D per (b, h); K and V are read once per query tile, 8·Nk·D·⌈Nq/32⌉ bytes
-//   per (b, h), mostly from L2.
+//   per (b, h), mostly from L2. When query tiles are few (SAM's token-to-image attention: 7
+//   tokens per head over 4096 keys), the keys are also split into n_splits chunks of `chunk`
+//   keys, one workgroup per (tile, chunk), each writing its rows' unnormalised partials
+//   [B·H·Nq, n_splits, D + 2] for attention_combine_f32, as decode does.
 // * attention_decode_f32 (Nq = 1, no bias): flash-decoding. The valid keys are cut into
 //   n_splits chunks of `chunk` keys; a workgroup of 64 threads handles one (b, h, chunk): one key
 //   per thread for the score (a D-long dot product), then all threads share the 64 weights and
@@ -39,11 +42,11 @@
 //
 // Bindings (the backend's convention, src/backend/wgpu/mod.rs): 0 = params (u32 words, f32 as
 // bits), then the buffers in the order the wrapper passes them: 1 q (the split partials for
-// combine), 2 k, 3 v, 4 out (the split partials for a split decode), 5 rel_h, 6 rel_w.
+// combine), 2 k, 3 v, 4 out (the split partials when a call is split), 5 rel_h, 6 rel_w.
 //
 // Params: [0] nq, [1] kv_len, [2] d, [3] heads H, [4] group G = H/Hkv, [5] causal (0/1),
 // [6] scale (f32 bits), [7] k_h (0 = no bias), [8] k_w, [9] batch·heads, [10] n_splits
-// (decode/combine), [11] chunk (decode), then the element strides (batch, head, row) of
+// (1 = none), [11] chunk (keys per split), then the element strides (batch, head, row) of
 // [12..15) q, [15..18) k, [18..21) v, [21..24) out. The wrapper checks that every index they
 // reach lies inside its buffer and fits u32.
 //
@@ -107,14 +110,18 @@ fn attention_fwd_f32(
     let k_h = params[7];
     let k_w = params[8];
     let bh_total = params[9];
+    let n_splits = params[10];
+    let chunk = params[11];
 
     let n_qtiles = (nq + BQ - 1u) / BQ;
     let flat = flat_wg(wid, nwg);
-    if flat >= n_qtiles * bh_total {
+    if flat >= n_qtiles * bh_total * n_splits {
         return;
     }
-    let bh = flat / n_qtiles;
-    let q0 = (flat % n_qtiles) * BQ;
+    let split = flat % n_splits;
+    let tile = flat / n_splits;
+    let bh = tile / n_qtiles;
+    let q0 = (tile % n_qtiles) * BQ;
     let batch = bh / heads;
     let head = bh % heads;
     let kv_head = head / group;
@@ -143,10 +150,13 @@ fn attention_fwd_f32(
         acc[j] = vec4<f32>(0.0);
     }
 
-    // Keys this tile of queries can see: all kv_len, or up to its last query's position.
+    // Keys this tile of queries can see: all kv_len, or up to its last query's position; of
+    // those, this workgroup's chunk [k_lo, k_hi).
     let n_scan = select(kv_len, kv_len - nq + min(q0 + BQ, nq), causal);
     let pos = kv_len - nq + qi_c;
-    let n_tiles = (n_scan + BK - 1u) / BK;
+    let k_lo = min(split * chunk, n_scan);
+    let k_hi = select(n_scan, min(k_lo + chunk, n_scan), n_splits > 1u);
+    let n_tiles = (k_hi - k_lo + BK - 1u) / BK;
     let k_base = at(K_STRIDES, batch, kv_head, 0u);
     let v_base = at(V_STRIDES, batch, kv_head, 0u);
     let k_stride = params[K_STRIDES + 2u];
@@ -157,7 +167,7 @@ fn attention_fwd_f32(
     var m = NEG_BIG;
     var l = 0.0;
     for (var t = 0u; t < n_tiles; t++) {
-        let c0 = t * BK;
+        let c0 = k_lo + t * BK;
         workgroupBarrier(); // the previous tile's K, V and partials are no longer read
         // The tile's BK · dv vec4 slots are spread over every thread (slot e: row e / dv,
         // column e % dv), so a small D keeps all threads loading (at D = 16 the 32 threads of an
@@ -168,7 +178,7 @@ fn attention_fwd_f32(
             let slot = e - r * dv;
             var kx = vec4<f32>(0.0);
             var vx = vec4<f32>(0.0);
-            if c0 + r < n_scan {
+            if c0 + r < k_hi {
                 let gk = k_base + (c0 + r) * k_stride + slot * 4u;
                 let gv = v_base + (c0 + r) * v_stride + slot * 4u;
                 for (var c = 0u; c < 4u; c++) {
@@ -211,7 +221,7 @@ fn attention_fwd_f32(
             let p4 = partials[row * SP_STRIDE + c];
             let kc = c0 + c;
             var sc = ((p4.x + p4.y) + (p4.z + p4.w)) * scale;
-            let ok = kc < n_scan && (!causal || kc <= pos);
+            let ok = kc < k_hi && (!causal || kc <= pos);
             if has_bias {
                 if ok {
                     sc += rel_h[bias_row * k_h + gy] + rel_w[bias_row * k_w + gx];
@@ -249,7 +259,7 @@ fn attention_fwd_f32(
         m = m_new;
     }
 
-    if in_range {
+    if in_range && n_splits == 1u {
         // No visible key (kv_len = 0): zeros, as the CPU's softmax of an empty row gives.
         let inv = select(1.0 / l, 0.0, l == 0.0);
         let o_base = at(O_STRIDES, batch, head, qi);
@@ -261,6 +271,23 @@ fn attention_fwd_f32(
                     out[o_base + e] = acc[j][c] * inv;
                 }
             }
+        }
+    } else if in_range {
+        // This chunk's unnormalised partial of row (bh, qi): o[0..d], then m and l (every lane of
+        // the row holds the same m and l).
+        let base = ((bh * nq + qi) * n_splits + split) * (d + 2u);
+        for (var j = 0u; j < DV_PER_LANE; j++) {
+            let slot = lane + j * LANES;
+            for (var c = 0u; c < 4u; c++) {
+                let e = slot * 4u + c;
+                if e < d {
+                    out[base + e] = acc[j][c];
+                }
+            }
+        }
+        if lane == 0u {
+            out[base + d] = m;
+            out[base + d + 1u] = l;
         }
     }
 }
@@ -381,24 +408,27 @@ fn attention_decode_f32(
     }
 }
 
-// Merge the splits of attention_decode_f32: binding 1 holds the partials [B·H, n_splits, D + 2];
-// the result goes to query row 0 of (b, h) in out, through out's strides.
+// Merge the splits of attention_decode_f32 or attention_fwd_f32: binding 1 holds the partials
+// [B·H·Nq, n_splits, D + 2]; one workgroup per query row (b, h, i) writes row i of (b, h) in
+// out, through out's strides.
 @compute @workgroup_size(64)
 fn attention_combine_f32(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
+    let nq = params[0];
     let d = params[2];
     let heads = params[3];
     let bh_total = params[9];
     let n_splits = params[10];
-    let bh = flat_wg(wid, nwg);
-    if bh >= bh_total {
+    let row = flat_wg(wid, nwg);
+    if row >= bh_total * nq {
         return;
     }
+    let bh = row / nq;
     let stride = d + 2u;
-    let base = bh * n_splits * stride;
+    let base = row * n_splits * stride;
     var m = NEG_BIG;
     for (var s = 0u; s < n_splits; s++) {
         m = max(m, q[base + s * stride + d]);
@@ -408,7 +438,7 @@ fn attention_combine_f32(
         l += q[base + s * stride + d + 1u] * exp(q[base + s * stride + d] - m);
     }
     let inv = select(1.0 / l, 0.0, l == 0.0);
-    let o_base = at(O_STRIDES, bh / heads, bh % heads, 0u);
+    let o_base = at(O_STRIDES, bh / heads, bh % heads, row % nq);
     for (var e = tid; e < d; e += DEC_THREADS) {
         var o = 0.0;
         for (var s = 0u; s < n_splits; s++) {

@@ -270,6 +270,21 @@ fn few_queries_over_many_heads() {
 }
 
 #[test]
+fn forward_key_splits() {
+    // Few query tiles over hundreds of keys: wgpu's forward kernel splits the keys (chunks of at
+    // least 256) and combines the partials, as for SAM's token-to-image attention (7 tokens per
+    // head over 4096 keys); with 8-query and 32-query tiles, GQA, causal rows whose later chunks
+    // see nothing, a cache longer than kv_len, and the rel-pos bias.
+    let name = "attention::forward_key_splits";
+    let g = gpus(name);
+    check(name, &g, Case::new(4, 2, 2, 7, 1030, 16).q_amp(3.0));
+    check(name, &g, Case::new(1, 2, 1, 40, 700, 64).q_amp(3.0));
+    check(name, &g, Case::new(1, 2, 2, 600, 600, 16).causal());
+    check(name, &g, Case::new(1, 2, 2, 40, 800, 32).kv_len(600));
+    check(name, &g, Case::new(1, 2, 2, 20, 576, 16).bias(24, 24).q_amp(3.0));
+}
+
+#[test]
 fn token_major_with_a_shared_batch() {
     // SAM's mask decoder: one set of image queries against every prompt's tokens (q shared),
     // and every prompt's tokens against one shared image (k/v shared); then the same through
@@ -297,6 +312,9 @@ fn token_major_with_a_shared_batch() {
         (false, Case::new(5, 3, 1, 33, 65, 1).causal()),
         (false, Case::new(3, 2, 2, 65, 100, 128).q_amp(3.0)),
         (true, Case::new(3, 2, 1, 65, 100, 128).causal()),
+        // Few query tiles over many keys: wgpu splits the keys of its forward kernel (here the
+        // 3 × 7 queries over one shared set of 1030 keys fold into one 32-query tile per head).
+        (false, Case::new(3, 2, 2, 7, 1030, 16).q_amp(3.0)),
     ];
     for (i, &(q_shared, c)) in cases.iter().enumerate() {
         let (b, h, d) = (c.b, c.h, c.d);

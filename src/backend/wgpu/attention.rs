@@ -1,6 +1,6 @@
 //! Attention on wgpu: the wrappers of shaders/attention.wgsl's entry points (a flash-style
-//! forward for query tiles, a split-sequence decode with its combine pass, and a
-//! thread-per-query kernel for a handful of keys).
+//! forward for query tiles, split along the keys too when the tiles are few, a split-sequence
+//! decode, the combine pass both share, and a thread-per-query kernel for a handful of keys).
 //!
 //! Semantics are the CPU backend's (src/backend/cpu/attention.rs); the shape checks mirror its
 //! checks and messages, plus the GPU kernels' own limit (head dim ≤ 128). The kernels read and
@@ -32,6 +32,14 @@ const DECODE_TARGET_WORKGROUPS: usize = 1024;
 /// 616 cached keys took 13.9 ms against 7.5 ms over 43 keys with 256-key chunks (2 splits of
 /// 32 heads: 64 workgroups for the whole GPU).
 const DECODE_MIN_CHUNK: usize = DECODE_TILE;
+/// The forward kernel splits the keys too while its query tiles number fewer than
+/// FWD_TARGET_WORKGROUPS (SAM's token-to-image attention: 512 one-tile heads over 4096 keys), in
+/// chunks of at least FWD_MIN_CHUNK keys, so each workgroup still runs 32+ key tiles between the
+/// partial write and the combine pass.
+const FWD_TARGET_WORKGROUPS: usize = 4096;
+const FWD_MIN_CHUNK: usize = 256;
+/// Keys per staged tile of the forward kernel (BK): chunks are multiples of it.
+const FWD_KEY_TILE: usize = 8;
 /// attention_fewkeys_f32's limits and queries per workgroup (FEW_KEYS, D ≤ 16, FEW_THREADS).
 const FEW_MAX_KEYS: usize = 32;
 const FEW_MAX_D: usize = 16;
@@ -132,6 +140,18 @@ fn decode_splits(heads: usize, kv_len: usize) -> (usize, usize) {
     (kv_len.div_ceil(chunk).max(1), chunk)
 }
 
+/// How the forward kernel cuts the keys of `tiles` query tiles: (n_splits, chunk), as
+/// `decode_splits` (shapes only, no split empty), one split while the tiles fill the GPU.
+fn fwd_splits(tiles: usize, kv_len: usize) -> (usize, usize) {
+    let want = FWD_TARGET_WORKGROUPS.div_ceil(tiles.max(1));
+    let n = want.clamp(1, (kv_len / FWD_MIN_CHUNK).max(1));
+    if n == 1 {
+        return (1, kv_len);
+    }
+    let chunk = kv_len.div_ceil(n).next_multiple_of(FWD_KEY_TILE);
+    (kv_len.div_ceil(chunk), chunk)
+}
+
 /// q [B, H, Nq, D], k = v [B, Hkv, Nk, D] → [B, H, Nq, D].
 pub(super) fn attention(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
     let s = attention_shape(q, k, v, p)?;
@@ -189,7 +209,8 @@ fn run(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, out_shape: Vec<usiz
             u(partials.numel())?;
             let pb = be.buffer(&partials, "attention")?;
             be.dispatch(&ATTENTION, "attention_decode_f32", &[qb, kb, vb, pb], &params, groups)?;
-            // The combine pass reads the partials through binding 1 (q's slot in the others).
+            // The combine pass reads the partials through binding 1 (q's slot in the others);
+            // one workgroup per query row (nq = 1 here).
             be.dispatch(&ATTENTION, "attention_combine_f32", &[pb, kb, vb, ob], &params, [u(bh)?, 1, 1])?;
         }
         return Ok(out);
@@ -209,8 +230,22 @@ fn run(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, out_shape: Vec<usiz
         None => (qb, qb),
     };
     let (shader, tile) = if s.nq <= FWD_QUERY_TILE_SMALL { (&ATTENTION_Q8, FWD_QUERY_TILE_SMALL) } else { (&ATTENTION, FWD_QUERY_TILE) };
-    let groups = [u(s.nq.div_ceil(tile) * bh)?, 1, 1];
-    be.dispatch(shader, "attention_fwd_f32", &[qb, kb, vb, ob, rh, rw], &params, groups)?;
+    let tiles = s.nq.div_ceil(tile) * bh;
+    let (n_splits, chunk) = fwd_splits(tiles, s.nk);
+    params[PARAM_N_SPLITS] = u(n_splits)?;
+    params[PARAM_CHUNK] = u(chunk)?;
+    let groups = [u(tiles * n_splits)?, 1, 1];
+    if n_splits == 1 {
+        be.dispatch(shader, "attention_fwd_f32", &[qb, kb, vb, ob, rh, rw], &params, groups)?;
+    } else {
+        // Per query row and split: d unnormalised outputs, then its running max and sum.
+        let partials = be.alloc(vec![bh * s.nq, n_splits, s.d + 2], DType::F32)?;
+        u(partials.numel())?;
+        let pb = be.buffer(&partials, "attention")?;
+        be.dispatch(shader, "attention_fwd_f32", &[qb, kb, vb, pb, rh, rw], &params, groups)?;
+        // The combine pass reads the partials through binding 1 (q's slot in the others).
+        be.dispatch(&ATTENTION, "attention_combine_f32", &[pb, kb, vb, ob], &params, [u(bh * s.nq)?, 1, 1])?;
+    }
     Ok(out)
 }
 
@@ -258,5 +293,23 @@ mod tests {
         assert_eq!(decode_splits(4, 4096), (64, 64));
         assert_eq!(decode_splits(1024, 4096), (1, 4096));
         assert_eq!(decode_splits(32, 4096), (32, 128));
+    }
+
+    #[test]
+    fn fwd_splits_cover_the_keys_without_empty_chunks() {
+        for tiles in [1usize, 7, 112, 512, 4096, 100_000] {
+            for kv_len in [1usize, 255, 256, 577, 616, 4096, 4097] {
+                let (n, chunk) = fwd_splits(tiles, kv_len);
+                assert!(n >= 1 && n * chunk >= kv_len, "{tiles} tiles, {kv_len} keys: keys left over");
+                assert!((n - 1) * chunk < kv_len, "{tiles} tiles, {kv_len} keys: an empty split");
+                assert!(n == 1 || (chunk >= FWD_MIN_CHUNK.min(kv_len) && chunk % FWD_KEY_TILE == 0), "{tiles} tiles, {kv_len} keys: chunk {chunk}");
+            }
+        }
+        // SAM's token-to-image attention: block 1 (7 tokens × 64 prompts merged over shared
+        // keys: 14 tiles × 8 heads) and the later ones (512 one-tile heads), 4096 keys.
+        assert_eq!(fwd_splits(112, 4096), (16, 256));
+        assert_eq!(fwd_splits(512, 4096), (8, 512));
+        // SAM's encoder layers fill the GPU already: no split.
+        assert_eq!(fwd_splits(2048 * 2, 4096), (1, 4096));
     }
 }
