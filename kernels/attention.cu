@@ -441,12 +441,8 @@ __device__ __forceinline__ void attention_fewkeys(const float* __restrict__ q, c
 
 } // namespace
 
-// Entry points, spelled out so each name is greppable; the argument lists are shared.
-#define FWD_PARAMS                                                                                     \
-    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,            \
-        const float *__restrict__ rel_h, const float *__restrict__ rel_w, float *__restrict__ out,         \
-        AttnStrides st, int H, int Hkv, int nq, int nk, int d, float scale, int causal, int k_h, int k_w
-#define FWD_ARGS q, k, v, rel_h, rel_w, out, st, H, Hkv, nq, nk, d, scale, causal, k_h, k_w
+// Entry points, spelled out so each name is greppable; the argument lists are shared (FWD_PARAMS
+// in attention.cuh).
 
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d16_f32(FWD_PARAMS) { attention_fwd<16, FWD_BQ>(FWD_ARGS); }
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d32_f32(FWD_PARAMS) { attention_fwd<32, FWD_BQ>(FWD_ARGS); }

@@ -7,6 +7,14 @@ struct AttnStrides {
     long long q_b, q_h, q_r, kv_b, kv_h, kv_r, o_b, o_h, o_r;
 };
 
+// The forward kernels' argument list (attention_fwd_* and attention_fwd_mma_* take the same),
+// and its names for forwarding.
+#define FWD_PARAMS                                                                                     \
+    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,            \
+        const float *__restrict__ rel_h, const float *__restrict__ rel_w, float *__restrict__ out,         \
+        AttnStrides st, int H, int Hkv, int nq, int nk, int d, float scale, int causal, int k_h, int k_w
+#define FWD_ARGS q, k, v, rel_h, rel_w, out, st, H, Hkv, nq, nk, d, scale, causal, k_h, k_w
+
 // Rescale factor of a running sum when its max moves from m_old to m_new (1 when it stays,
 // including both still -inf; 0 when leaving -inf).
 __device__ __forceinline__ float rescale(float m_old, float m_new) {

@@ -212,17 +212,12 @@ __device__ __forceinline__ void attention_fwd_mma(const float* __restrict__ q, c
 
 } // namespace
 
-#define MMA_PARAMS                                                                                     \
-    const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,            \
-        const float *__restrict__ rel_h, const float *__restrict__ rel_w, float *__restrict__ out,         \
-        AttnStrides st, int H, int Hkv, int nq, int nk, int d, float scale, int causal, int k_h, int k_w
-#define MMA_ARGS q, k, v, rel_h, rel_w, out, st, H, Hkv, nq, nk, d, scale, causal, k_h, k_w
 
-extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d16_f32(MMA_PARAMS) { attention_fwd_mma<16>(MMA_ARGS); }
-extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d32_f32(MMA_PARAMS) { attention_fwd_mma<32>(MMA_ARGS); }
-extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d48_f32(MMA_PARAMS) { attention_fwd_mma<48>(MMA_ARGS); }
-extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d64_f32(MMA_PARAMS) { attention_fwd_mma<64>(MMA_ARGS); }
-extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d80_f32(MMA_PARAMS) { attention_fwd_mma<80>(MMA_ARGS); }
-extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d96_f32(MMA_PARAMS) { attention_fwd_mma<96>(MMA_ARGS); }
-extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d112_f32(MMA_PARAMS) { attention_fwd_mma<112>(MMA_ARGS); }
-extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d128_f32(MMA_PARAMS) { attention_fwd_mma<128>(MMA_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d16_f32(FWD_PARAMS) { attention_fwd_mma<16>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d32_f32(FWD_PARAMS) { attention_fwd_mma<32>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d48_f32(FWD_PARAMS) { attention_fwd_mma<48>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d64_f32(FWD_PARAMS) { attention_fwd_mma<64>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d80_f32(FWD_PARAMS) { attention_fwd_mma<80>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d96_f32(FWD_PARAMS) { attention_fwd_mma<96>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d112_f32(FWD_PARAMS) { attention_fwd_mma<112>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d128_f32(FWD_PARAMS) { attention_fwd_mma<128>(FWD_ARGS); }
