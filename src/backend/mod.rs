@@ -553,14 +553,11 @@ impl Backend {
     /// Attention: q [B, H, Nq, D]; k, v [B, Hkv, Nk, D] with H a multiple of Hkv (GQA).
     /// Returns [B, H, Nq, D]. Never materialises more than a block of scores.
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
-        let few = q.dims() == 4 && q.dim(2) <= 8;
-        op!(self, if few { "attention, Nq ≤ 8" } else if self.mma_attention(p) { "attention, tensor cores" } else { "attention" }, be => be.attention(q, k, v, p))
-    }
-
-    /// Whether a call with more than 8 queries per head runs on CUDA's tensor cores (the
-    /// profile's label; kernels/attention_mma.cu).
-    fn mma_attention(&self, p: &AttnParams) -> bool {
-        matches!(self, Backend::Cuda(b) if b.mma_attention() && p.low_precision)
+        let _span = profile::Span::start(self, || match (self, attention_shape(q, k, v, p)) {
+            (Backend::Cuda(b), Ok(s)) => format!("attention, {}", b.attention_family(&s, p).label()),
+            _ => (if q.dims() == 4 && q.dim(2) <= 8 { "attention, Nq ≤ 8" } else { "attention" }).to_string(),
+        });
+        dispatch!(self, be => be.attention(q, k, v, p))
     }
 
     /// Attention on token-major tensors: q [Bq, Nq, H·D]; k, v [Bk, Nk, Hkv·D], where a batch
@@ -570,10 +567,9 @@ impl Backend {
     /// of a shared batch). Params as for `attention` (a bias is [B, H, Nq, k_*]).
     pub fn attention_tokens(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, p: &AttnParams) -> Result<Tensor> {
         let t = attention_tokens_shape(q, k, v, heads, p)?;
-        let _span = profile::Span::start(self, || match (t.s.nq <= 8, self.mma_attention(p)) {
-            (true, _) => "attention_tokens, Nq ≤ 8".to_string(),
-            (false, true) => "attention_tokens, Nq > 8, tensor cores".to_string(),
-            (false, false) => "attention_tokens, Nq > 8".to_string(),
+        let _span = profile::Span::start(self, || match self {
+            Backend::Cuda(b) => format!("attention_tokens, {}", b.attention_family(&t.s, p).label()),
+            _ => format!("attention_tokens, Nq {} 8", if t.s.nq <= 8 { "≤" } else { ">" }),
         });
         dispatch!(self, be => be.attention_tokens(q, k, v, &t, p))
     }

@@ -4,7 +4,8 @@
 //! each operand's batch/head/row strides, so `attention_tokens` ([B, N, H·D] operands, a shared
 //! batch of 1) runs them on the models' token-major projections without permutes or copies.
 //!
-//! Three kernels, picked by the number of keys and of queries per head:
+//! The kernels, picked by the number of keys and of queries per head (`attention_family`, which
+//! the profile labels follow too):
 //! * at most 64 keys with d ≤ 32 and no bias: `attention_fewkeys_d{16,32}_f32`, one thread per
 //!   query row over the head's keys in shared memory (SAM's image-to-token attention);
 //! * Nq > 8: `attention_fwd_d{DP}_f32`, flash forward, one block per 32 queries of one head;
@@ -73,7 +74,51 @@ fn decode_splits(rows: usize, nk: usize) -> (usize, usize) {
     (nk.div_ceil(chunk).max(1), chunk)
 }
 
+/// The kernel family a call takes: the dispatch in `run_attention` and the profile's label
+/// (`Family::label`) both follow `CudaBackend::attention_family`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    FewKeys,
+    Forward,
+    ForwardQ8,
+    ForwardMma,
+    Decode,
+}
+
+impl Family {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Family::FewKeys => "few keys",
+            Family::Forward => "flash",
+            Family::ForwardQ8 => "flash, 8-query blocks",
+            Family::ForwardMma => "flash, tensor cores",
+            Family::Decode => "decode",
+        }
+    }
+}
+
 impl CudaBackend {
+    /// Which kernels a call of shape `s` takes (see the module doc).
+    pub(crate) fn attention_family(&self, s: &AttnShape, p: &AttnParams) -> Family {
+        // A decode step being recorded (graph.rs) reads its key count on the device, so it takes
+        // the decode kernel whatever the count is now.
+        let recording = self.step_args().is_some() && s.nq == 1 && p.kv_len.is_some();
+        let bias = !matches!(p.bias, AttnBias::None);
+        if !recording && !bias && s.nk <= FEW_MAX_KEYS && s.d <= FEW_MAX_D {
+            Family::FewKeys
+        } else if !recording && (s.nq > DECODE_MAX_NQ || (s.nq > 1 && s.b * s.h >= DEC_TARGET_BLOCKS)) {
+            if s.nq <= FWD_Q8 && s.d.next_multiple_of(16) <= FWD_Q8_MAX_DP {
+                Family::ForwardQ8
+            } else if p.low_precision && self.mma_attention() {
+                Family::ForwardMma
+            } else {
+                Family::Forward
+            }
+        } else {
+            Family::Decode
+        }
+    }
+
     /// Whether half-precision callers' attention (`AttnParams::low_precision`, more than 8
     /// queries) runs on the tensor cores (the default) or on the f32 flash kernel
     /// (`VISWORD_CUDA_ATTN=simt` at start-up, or this with `false`).
@@ -172,12 +217,10 @@ impl CudaBackend {
             k_w: i32_arg("k_w", k_w)?,
         };
         let stream = self.stream();
-        // A decode step being recorded (graph.rs) reads its key count on the device, so it takes
-        // the decode kernel whatever the count is now, split over the cache's capacity.
-        let step = self.step_args().filter(|_| nq == 1 && p.kv_len.is_some());
+        let family = self.attention_family(s, p);
 
         // A handful of keys: one thread per query row (kernels/attention.cu attention_fewkeys).
-        if step.is_none() && rel.is_none() && nk <= FEW_MAX_KEYS && d <= FEW_MAX_D {
+        if family == Family::FewKeys {
             let chunks = nq.div_ceil(FEW_THREADS as usize);
             if bh > GRID_X_MAX || chunks > GRID_Y_MAX {
                 return Err(Error::shape(OP, format!("{bh} heads × {chunks} query chunks exceed the CUDA grid")));
@@ -199,17 +242,15 @@ impl CudaBackend {
         // 7 tokens) take the forward kernel too: it reads each head's keys once per block of 32
         // queries, where the decode kernel reads them once per query; with this many heads its
         // grid fills the device without key splits.
-        if step.is_none() && (nq > DECODE_MAX_NQ || (nq > 1 && bh >= DEC_TARGET_BLOCKS)) {
+        if family != Family::Decode {
             let dp = d.next_multiple_of(16);
             // At most 8 queries: blocks of 8 (`attention_fwd_q8_*`, for DP up to 64). More, with
             // half-precision callers: blocks of 64 on the tensor cores (kernels/attention_mma.cu,
             // the same arguments).
-            let (kernel, bq, name) = if nq <= FWD_Q8 && dp <= FWD_Q8_MAX_DP {
-                (&kernels::ATTENTION, FWD_Q8, format!("attention_fwd_q8_d{dp}_f32"))
-            } else if p.low_precision && self.mma_attention() {
-                (&kernels::ATTENTION_MMA, MMA_BQ, format!("attention_fwd_mma_d{dp}_f32"))
-            } else {
-                (&kernels::ATTENTION, FWD_BQ, format!("attention_fwd_d{dp}_f32"))
+            let (kernel, bq, name) = match family {
+                Family::ForwardQ8 => (&kernels::ATTENTION, FWD_Q8, format!("attention_fwd_q8_d{dp}_f32")),
+                Family::ForwardMma => (&kernels::ATTENTION_MMA, MMA_BQ, format!("attention_fwd_mma_d{dp}_f32")),
+                _ => (&kernels::ATTENTION, FWD_BQ, format!("attention_fwd_d{dp}_f32")),
             };
             let tiles = nq.div_ceil(bq);
             if bh > GRID_X_MAX || tiles > GRID_Y_MAX {
@@ -232,6 +273,8 @@ impl CudaBackend {
             return Ok(());
         }
 
+        // A recorded step spreads its keys over splits of the cache's capacity.
+        let step = self.step_args().filter(|_| nq == 1 && p.kv_len.is_some());
         let (nsplit, chunk) = decode_splits(rows, if step.is_some() { s.nk_all } else { nk });
         let step = step.unwrap_or(0);
         if rows > GRID_X_MAX || nsplit > GRID_Y_MAX {
