@@ -11,12 +11,6 @@
 //   error ~1e-7 over the f32 range, the same as the CPU backend's libm.
 // * Half weights are stored packed, two per u32, and read with unpack2x16float (core WGSL: no
 //   `enable f16` needed).
-// * GEMVs (gemv.wgsl, gemv_many.wgsl) stream weights in batches of GEMV_BATCH 16-byte vectors per
-//   lane, every load of a batch issued before any is used: written that way the loads are in
-//   flight together, where a loop that loads and uses one vector per iteration may keep a single
-//   load in flight (kernels/gemv.cu found exactly that in CUDA's machine code).
-
-const GEMV_BATCH: u32 = 8u;
 
 fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;

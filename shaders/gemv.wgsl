@@ -29,29 +29,20 @@ fn row_partial(row: u32, lane: u32, lanes: u32) -> f32 {
     let k_all = params[1];
     let w_f16 = params[2] != 0u;
     var s = 0.0;
-    if ((w_f16 && k_all % 8u == 0u) || (!w_f16 && k_all % 4u == 0u)) {
-        let per_row = select(k_all / 4u, k_all / 8u, w_f16);
+    if (w_f16 && k_all % 8u == 0u) {
+        let per_row = k_all / 8u;
         let base = row * per_row;
-        for (var j0 = lane; j0 < per_row; j0 += lanes * GEMV_BATCH) {
-            var q: array<vec4<u32>, GEMV_BATCH>;
-            for (var u = 0u; u < GEMV_BATCH; u++) {
-                let j = j0 + u * lanes;
-                if (j < per_row) {
-                    q[u] = w[base + j];
-                }
-            }
-            for (var u = 0u; u < GEMV_BATCH; u++) {
-                let j = j0 + u * lanes;
-                if (j < per_row) {
-                    if (w_f16) {
-                        let lo = vec4<f32>(unpack2x16float(q[u].x), unpack2x16float(q[u].y));
-                        let hi = vec4<f32>(unpack2x16float(q[u].z), unpack2x16float(q[u].w));
-                        s += dot(lo, x[2u * j]) + dot(hi, x[2u * j + 1u]);
-                    } else {
-                        s += dot(bitcast<vec4<f32>>(q[u]), x[j]);
-                    }
-                }
-            }
+        for (var j = lane; j < per_row; j += lanes) {
+            let q = w[base + j];
+            let lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+            let hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+            s += dot(lo, x[2u * j]) + dot(hi, x[2u * j + 1u]);
+        }
+    } else if (!w_f16 && k_all % 4u == 0u) {
+        let per_row = k_all / 4u;
+        let base = row * per_row;
+        for (var j = lane; j < per_row; j += lanes) {
+            s += dot(bitcast<vec4<f32>>(w[base + j]), x[j]);
         }
     } else {
         let base = row * k_all;
