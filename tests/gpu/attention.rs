@@ -209,11 +209,14 @@ fn check(name: &str, gpus: &[Gpu], c: Case) {
             cpu.permute(t, &[0, 2, 1, 3]).unwrap().reshape(&[s[0], s[2], s[1] * s[3]]).unwrap()
         };
         let (qt, kt, vt) = (up(&tokens(&x.q)), up(&tokens(&x.k)), up(&tokens(&x.v)));
+        // A token-major output back in the head-major layout of `want`.
+        let head_major = |out: &Tensor| {
+            assert_eq!(out.shape(), [c.b, c.nq, c.h * c.d], "{name}: token-major output shape on {}", be.name());
+            let heads = be.to_host(out).unwrap().reshape(&[c.b, c.nq, c.h, c.d]).unwrap();
+            cpu.permute(&heads, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap()
+        };
         let out = be.attention_tokens(&qt, &kt, &vt, c.h, &p).unwrap_or_else(|e| panic!("{name}: attention_tokens on {}: {e}", be.name()));
-        assert_eq!(out.shape(), [c.b, c.nq, c.h * c.d], "{name}: token-major output shape on {}", be.name());
-        let heads = be.to_host(&out).unwrap().reshape(&[c.b, c.nq, c.h, c.d]).unwrap();
-        let got = cpu.permute(&heads, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap();
-        assert_close(&format!("{what}, token-major"), &got, &want, gpu.op_tol);
+        assert_close(&format!("{what}, token-major"), &head_major(&out), &want, gpu.op_tol);
 
         // A half-precision caller, head-major and token-major.
         let lp = AttnParams { low_precision: true, ..p };
@@ -222,9 +225,7 @@ fn check(name: &str, gpus: &[Gpu], c: Case) {
         let got = be.to_vec_f32(&be.attention(&q, &k, &v, &lp).unwrap_or_else(|e| panic!("{name}: low-precision attention on {}: {e}", be.name()))).unwrap();
         assert_close(&format!("{what}, low precision"), &got, &want_lp, LOW_PRECISION_TOL);
         let out = be.attention_tokens(&qt, &kt, &vt, c.h, &lp).unwrap_or_else(|e| panic!("{name}: low-precision attention_tokens on {}: {e}", be.name()));
-        let heads = be.to_host(&out).unwrap().reshape(&[c.b, c.nq, c.h, c.d]).unwrap();
-        let got = cpu.permute(&heads, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap();
-        assert_close(&format!("{what}, token-major, low precision"), &got, &want_lp, LOW_PRECISION_TOL);
+        assert_close(&format!("{what}, token-major, low precision"), &head_major(&out), &want_lp, LOW_PRECISION_TOL);
     }
 }
 

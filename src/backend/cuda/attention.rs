@@ -100,9 +100,9 @@ impl Family {
 impl CudaBackend {
     /// Which kernels a call of shape `s` takes (see the module doc).
     pub(crate) fn attention_family(&self, s: &AttnShape, p: &AttnParams) -> Family {
-        // A decode step being recorded (graph.rs) reads its key count on the device, so it takes
-        // the decode kernel whatever the count is now.
-        let recording = self.step_args().is_some() && s.nq == 1 && p.kv_len.is_some();
+        // A decode step being recorded reads its key count on the device, so it takes the decode
+        // kernel whatever the count is now.
+        let recording = self.recorded_step(s, p).is_some();
         let bias = !matches!(p.bias, AttnBias::None);
         if !recording && !bias && s.nk <= FEW_MAX_KEYS && s.d <= FEW_MAX_D {
             Family::FewKeys
@@ -117,6 +117,11 @@ impl CudaBackend {
         } else {
             Family::Decode
         }
+    }
+
+    /// The step-argument buffer when this call is a decode step being recorded (graph.rs).
+    fn recorded_step(&self, s: &AttnShape, p: &AttnParams) -> Option<u64> {
+        self.step_args().filter(|_| s.nq == 1 && p.kv_len.is_some())
     }
 
     /// Whether half-precision callers' attention (`AttnParams::low_precision`, more than 8
@@ -274,7 +279,7 @@ impl CudaBackend {
         }
 
         // A recorded step spreads its keys over splits of the cache's capacity.
-        let step = self.step_args().filter(|_| nq == 1 && p.kv_len.is_some());
+        let step = self.recorded_step(s, p);
         let (nsplit, chunk) = decode_splits(rows, if step.is_some() { s.nk_all } else { nk });
         let step = step.unwrap_or(0);
         if rows > GRID_X_MAX || nsplit > GRID_Y_MAX {

@@ -44,7 +44,7 @@ const FWD_KEY_TILE: usize = 8;
 const FEW_MAX_KEYS: usize = 32;
 const FEW_MAX_D: usize = 16;
 const FEW_QUERIES: usize = 128;
-/// Where the decode parameters sit in the shader's params (see its header).
+/// Where the key-split parameters sit in the shader's params (see its header; `dispatch_split`).
 const PARAM_N_SPLITS: usize = 10;
 const PARAM_CHUNK: usize = 11;
 
@@ -188,31 +188,16 @@ fn run(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, out_shape: Vec<usiz
         return Ok(out);
     }
     let (k_h, k_w) = bias.map_or((0, 0), |(_, _, kh, kw)| (kh, kw));
-    // Shared by the three entry points (see the shader's header); [10], [11] are decode's.
+    // Shared by the entry points (see the shader's header); [10], [11] are set by `dispatch_split`.
     let mut params = vec![u(s.nq)?, u(s.nk)?, u(s.d)?, u(s.h)?, u(s.h / s.hkv)?, p.causal as u32, p.scale.to_bits(), u(k_h)?, u(k_w)?, u(bh)?, 1, 0];
     params.extend(stride_params(q, k, v, &out, s, st)?);
     let (qb, kb, vb, ob) = (be.buffer(q, "attention")?, be.buffer(k, "attention")?, be.buffer(v, "attention")?, be.buffer(&out, "attention")?);
 
     if s.nq == 1 && bias.is_none() {
         // Decode. Causal changes nothing here: the one query sits at the last valid position.
-        let (n_splits, chunk) = decode_splits(bh, s.nk);
-        params[PARAM_N_SPLITS] = u(n_splits)?;
-        params[PARAM_CHUNK] = u(chunk)?;
-        let groups = [u(bh * n_splits)?, 1, 1];
-        if n_splits == 1 {
-            // SAFETY of the indexing: the strides reach only inside q, k, v and out (checked
-            // above, every size fits u32), and the kernel bounds every key index by kv_len ≤ nk_all.
-            be.dispatch(&ATTENTION, "attention_decode_f32", &[qb, kb, vb, ob], &params, groups)?;
-        } else {
-            // Per split: d unnormalised outputs, then its running max and sum.
-            let partials = be.alloc(vec![bh, n_splits, s.d + 2], DType::F32)?;
-            u(partials.numel())?;
-            let pb = be.buffer(&partials, "attention")?;
-            be.dispatch(&ATTENTION, "attention_decode_f32", &[qb, kb, vb, pb], &params, groups)?;
-            // The combine pass reads the partials through binding 1 (q's slot in the others);
-            // one workgroup per query row (nq = 1 here).
-            be.dispatch(&ATTENTION, "attention_combine_f32", &[pb, kb, vb, ob], &params, [u(bh)?, 1, 1])?;
-        }
+        // SAFETY of the indexing: the strides reach only inside q, k, v and out (checked above,
+        // every size fits u32), and the kernel bounds every key index by kv_len ≤ nk_all.
+        dispatch_split(be, &ATTENTION, "attention_decode_f32", &[qb, kb, vb, ob], &mut params, decode_splits(bh, s.nk), bh, s)?;
         return Ok(out);
     }
 
@@ -231,22 +216,33 @@ fn run(be: &WgpuBackend, q: &Tensor, k: &Tensor, v: &Tensor, out_shape: Vec<usiz
     };
     let (shader, tile) = if s.nq <= FWD_QUERY_TILE_SMALL { (&ATTENTION_Q8, FWD_QUERY_TILE_SMALL) } else { (&ATTENTION, FWD_QUERY_TILE) };
     let tiles = s.nq.div_ceil(tile) * bh;
-    let (n_splits, chunk) = fwd_splits(tiles, s.nk);
+    dispatch_split(be, shader, "attention_fwd_f32", &[qb, kb, vb, ob, rh, rw], &mut params, fwd_splits(tiles, s.nk), tiles, s)?;
+    Ok(out)
+}
+
+/// Dispatch `entry` over `units` workgroups per key split, `splits` = (n_splits, chunk) going
+/// into params [10] and [11]. One split writes out (binding 4) directly; more write per query
+/// row and split d unnormalised outputs, then their running max and sum, into partials
+/// [B·H·Nq, n_splits, D + 2] in out's binding slot, and attention_combine_f32 (reading them
+/// through binding 1, q's slot in the others; one workgroup per query row) merges them into out.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_split(be: &WgpuBackend, shader: &Shader, entry: &str, bindings: &[&::wgpu::Buffer], params: &mut [u32], splits: (usize, usize), units: usize, s: &AttnShape) -> Result<()> {
+    let u = |n: usize| u32_of("attention", n);
+    let (n_splits, chunk) = splits;
     params[PARAM_N_SPLITS] = u(n_splits)?;
     params[PARAM_CHUNK] = u(chunk)?;
-    let groups = [u(tiles * n_splits)?, 1, 1];
+    let groups = [u(units * n_splits)?, 1, 1];
     if n_splits == 1 {
-        be.dispatch(shader, "attention_fwd_f32", &[qb, kb, vb, ob, rh, rw], &params, groups)?;
-    } else {
-        // Per query row and split: d unnormalised outputs, then its running max and sum.
-        let partials = be.alloc(vec![bh * s.nq, n_splits, s.d + 2], DType::F32)?;
-        u(partials.numel())?;
-        let pb = be.buffer(&partials, "attention")?;
-        be.dispatch(shader, "attention_fwd_f32", &[qb, kb, vb, pb, rh, rw], &params, groups)?;
-        // The combine pass reads the partials through binding 1 (q's slot in the others).
-        be.dispatch(&ATTENTION, "attention_combine_f32", &[pb, kb, vb, ob], &params, [u(bh * s.nq)?, 1, 1])?;
+        return be.dispatch(shader, entry, bindings, params, groups);
     }
-    Ok(out)
+    let rows = s.b * s.h * s.nq;
+    let partials = be.alloc(vec![rows, n_splits, s.d + 2], DType::F32)?;
+    u(partials.numel())?;
+    let pb = be.buffer(&partials, "attention")?;
+    let mut split_bindings = bindings.to_vec();
+    let ob = std::mem::replace(&mut split_bindings[3], pb);
+    be.dispatch(shader, entry, &split_bindings, params, groups)?;
+    be.dispatch(&ATTENTION, "attention_combine_f32", &[pb, bindings[1], bindings[2], ob], params, [u(rows)?, 1, 1])
 }
 
 #[cfg(test)]
