@@ -12,6 +12,7 @@ pub mod cuda;
 pub mod mask_select;
 mod overlap;
 pub mod profile;
+mod two_way;
 mod upscale;
 pub mod wgpu;
 
@@ -250,6 +251,8 @@ pub(crate) fn rope_kv_shape(q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor
     }
     Ok(RopeKvShape { n, h, q_pairs: q.numel() / 2, kv_pairs: k.numel() / 2, max: cs[2] })
 }
+
+pub(crate) use two_way::TwoWayShape;
 
 /// The sizes of one `upscale_masks` call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -684,6 +687,51 @@ impl Backend {
                 b.upscale_masks(y, ln, w2, b2, hyper, s)
             }
             _ => upscale::composed(self, y, ln, w2, b2, hyper, s),
+        }
+    }
+
+    /// SAM's image-to-token attention, its output projection, residual and LayerNorm, on
+    /// factored weights (two_way.rs): every image token j of prompt b scores the prompt's R
+    /// rows, s[b, j, r] = x[b, j]·ax[b, r] + y[j, g(r)]·ay[b, r], takes a softmax within each
+    /// group of T = R / G rows (one per head), and becomes
+    /// LN(x[b, j] + bias + Σ_r p[b, j, r]·u[b, r]). x [B or 1, N, C] (one set shared by every
+    /// prompt), y [1, N, G·Dy] (shared), ax [B, R, C], ay [B, R, Dy], u [B, R, C], bias and the
+    /// LayerNorm [C], all f32. Returns [B, N, C]. No [B, N, C] intermediate is formed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn two_way_update(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tensor, bias: &Tensor, ln: (&Tensor, &Tensor, f32), groups: usize) -> Result<Tensor> {
+        let s = two_way::two_way_shape("two_way_update", x, y, ax, ay, groups)?;
+        two_way::check_update(&s, u, bias, ln)?;
+        let span = || profile::Span::start(self, || "two_way_update".to_string());
+        match self {
+            Backend::Cuda(b) if cuda::CudaBackend::two_way_fits(&s) => {
+                let _span = span();
+                b.two_way_update(x, y, ax, ay, u, bias, ln, s)
+            }
+            Backend::Wgpu(b) if wgpu::WgpuBackend::two_way_fits(&s) => {
+                let _span = span();
+                b.two_way_update(x, y, ax, ay, u, bias, ln, s)
+            }
+            _ => two_way::composed_update(self, x, y, ax, ay, u, bias, ln, &s),
+        }
+    }
+
+    /// SAM's token-to-image attention before its value and output projections, on factored
+    /// weights: with the scores of `two_way_update`, row r of prompt b takes a softmax over the
+    /// N image tokens and returns their weighted sum, Σ_j p[b, r, j]·x[b, j]. Shapes as there;
+    /// returns [B, R, C].
+    pub fn two_way_pool(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, groups: usize) -> Result<Tensor> {
+        let s = two_way::two_way_shape("two_way_pool", x, y, ax, ay, groups)?;
+        let span = || profile::Span::start(self, || "two_way_pool".to_string());
+        match self {
+            Backend::Cuda(b) if cuda::CudaBackend::two_way_fits(&s) => {
+                let _span = span();
+                b.two_way_pool(x, y, ax, ay, s)
+            }
+            Backend::Wgpu(b) if wgpu::WgpuBackend::two_way_fits(&s) => {
+                let _span = span();
+                b.two_way_pool(x, y, ax, ay, s)
+            }
+            _ => two_way::composed_pool(self, x, y, ax, ay, &s),
         }
     }
 

@@ -60,6 +60,7 @@ mod matmul_wide;
 mod norm;
 mod runtime;
 mod scatter_pool;
+mod two_way;
 
 pub use matmul_wide::GemmKernel;
 

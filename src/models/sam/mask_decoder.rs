@@ -33,11 +33,134 @@ struct Attention {
     out: Linear,
     heads: usize,
     inner: usize,
+    /// The same weights folded per head for the image side (`Folded`), for the attentions
+    /// that need them.
+    folded: Option<Folded>,
+}
+
+/// Which folding an attention needs (`Folded::new`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fold {
+    None,
+    ImageToToken,
+    TokenToImage,
+}
+
+/// An attention between the prompt tokens and the image tokens with each head's projections
+/// multiplied together (f32, at load), so that the image tokens are never projected
+/// (`Backend::two_way_update` / `two_way_pool`). For head h with head dim d, the tokens t
+/// (queries + query_pe, [B, T, C]) give
+///
+/// * `ax`: the image-side projection's weight applied to the token-side projection of t,
+///   Wᵢ,hᵀ·(Wₜ,h·t + bₜ,h)/√d — rows [h·C, (h+1)·C) of one linear ([H·C, C]);
+/// * `ay`: (Wₜ·t + bₜ)/√d ([inner, C]), which meets the positional encoding through the
+///   image-side projection (its bias included) head by head;
+/// * `vo`: each head's value projection followed by its slice of the output projection,
+///   Wo,h·Wv,h ([H·C, C] as a linear, its bias Wo,h·bv,h), for the side whose values are the
+///   tokens; for the side whose values are the image tokens, the same blocks side by side
+///   ([C, H·C], bias Wo·bv + bo) applied to the pooled image tokens.
+///
+/// Image-to-token (image tokens query the prompt tokens): Wᵢ = Wq, Wₜ = Wk. Token-to-image:
+/// Wᵢ = Wk, Wₜ = Wq.
+struct Folded {
+    ax: Linear,
+    ay: Linear,
+    vo: Linear,
+}
+
+/// Host weights of one `SamAttention`, f32, [out, in] row-major.
+struct HostAttention {
+    q: (Vec<f32>, Vec<f32>),
+    k: (Vec<f32>, Vec<f32>),
+    v: (Vec<f32>, Vec<f32>),
+    out: (Vec<f32>, Vec<f32>),
+}
+
+/// Σ_e a[h·d + e, c]·b[h·d + e, c']·scale for every head h as a [H·C, C] weight (row h·C + c,
+/// column c'), and Σ_e a[h·d + e, c]·bias[h·d + e]·scale as its bias. a, b [inner, C].
+fn fold_heads(a: &[f32], b: &[f32], bias: &[f32], heads: usize, c: usize, scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let d = bias.len() / heads;
+    let mut w = vec![0f32; heads * c * c];
+    let mut wb = vec![0f32; heads * c];
+    for h in 0..heads {
+        for e in 0..d {
+            let row = h * d + e;
+            let (ar, br) = (&a[row * c..(row + 1) * c], &b[row * c..(row + 1) * c]);
+            for (ci, &av) in ar.iter().enumerate() {
+                let av = av * scale;
+                let out = &mut w[(h * c + ci) * c..(h * c + ci + 1) * c];
+                for (o, &bv) in out.iter_mut().zip(br) {
+                    *o += av * bv;
+                }
+                wb[h * c + ci] += av * bias[row];
+            }
+        }
+    }
+    (w, wb)
+}
+
+/// w [rows, cols] → wᵀ [cols, rows].
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+impl Folded {
+    /// `image_queries`: the image tokens are the queries (image-to-token), else the keys and
+    /// values (token-to-image).
+    fn new(be: &Backend, w: &HostAttention, heads: usize, c: usize, image_queries: bool) -> Result<Folded> {
+        let inner = w.q.1.len();
+        let scale = 1.0 / ((inner / heads) as f32).sqrt();
+        let (img, tok) = if image_queries { (&w.q, &w.k) } else { (&w.k, &w.q) };
+        let (ax_w, ax_b) = fold_heads(&img.0, &tok.0, &tok.1, heads, c, scale);
+        let ay_w: Vec<f32> = tok.0.iter().map(|v| v * scale).collect();
+        let ay_b: Vec<f32> = tok.1.iter().map(|v| v * scale).collect();
+        // Wo,h·Wv,h: row h·C + o, column c' (Woᵀ is [inner, C]).
+        let (vo_w, vo_b) = fold_heads(&transpose(&w.out.0, c, inner), &w.v.0, &w.v.1, heads, c, 1.0);
+        let (vo_w, vo_b, rows, cols) = if image_queries {
+            (vo_w, vo_b, heads * c, c)
+        } else {
+            // Side by side: [C, H·C], row o, column h·C + c'; bias Wo·bv + bo.
+            let mut side = vec![0f32; c * heads * c];
+            for h in 0..heads {
+                for o in 0..c {
+                    side[(o * heads + h) * c..(o * heads + h + 1) * c].copy_from_slice(&vo_w[(h * c + o) * c..(h * c + o + 1) * c]);
+                }
+            }
+            let bias: Vec<f32> = (0..c).map(|o| (0..heads).map(|h| vo_b[h * c + o]).sum::<f32>() + w.out.1[o]).collect();
+            (side, bias, c, heads * c)
+        };
+        let up = |v: Vec<f32>, shape: Vec<usize>| -> Result<Tensor> { be.upload(&Tensor::from_f32(v, shape)?) };
+        Ok(Folded {
+            ax: (up(ax_w, vec![heads * c, c])?, up(ax_b, vec![heads * c])?),
+            ay: (up(ay_w, vec![inner, c])?, up(ay_b, vec![inner])?),
+            vo: (up(vo_w, vec![rows, cols])?, up(vo_b, vec![rows])?),
+        })
+    }
 }
 
 impl Attention {
-    fn load(vv: &VarView, hidden: usize, downsample: usize, heads: usize) -> Result<Attention> {
+    fn load(vv: &VarView, hidden: usize, downsample: usize, heads: usize, fold: Fold) -> Result<Attention> {
         let inner = hidden / downsample;
+        if heads == 0 || inner % heads != 0 {
+            return Err(Error::arg("num_attention_heads", format!("{heads} heads do not split {inner} channels")));
+        }
+        let host = |name: &str, out: usize, inp: usize| -> Result<(Vec<f32>, Vec<f32>)> {
+            let p = vv.pp(name);
+            Ok((p.get_host("weight", &[out, inp])?.to_f32_vec()?, p.get_host("bias", &[out])?.to_f32_vec()?))
+        };
+        let folded = match fold {
+            Fold::None => None,
+            Fold::ImageToToken | Fold::TokenToImage => {
+                let w = HostAttention { q: host("q_proj", inner, hidden)?, k: host("k_proj", inner, hidden)?, v: host("v_proj", inner, hidden)?, out: host("out_proj", hidden, inner)? };
+                Some(Folded::new(vv.backend(), &w, heads, hidden, fold == Fold::ImageToToken)?)
+            }
+        };
         Ok(Attention {
             q: lin(&vv.pp("q_proj"), inner, hidden)?,
             k: lin(&vv.pp("k_proj"), inner, hidden)?,
@@ -45,7 +168,37 @@ impl Attention {
             out: lin(&vv.pp("out_proj"), hidden, inner)?,
             heads,
             inner,
+            folded,
         })
+    }
+
+    /// The folded token side for `tokens` [B, T, C]: ax [B, H·T, C] and ay [B, H·T, d], rows
+    /// head-major.
+    fn token_side(&self, be: &Backend, tokens: &Tensor) -> Result<(&Folded, Tensor, Tensor)> {
+        let f = self.folded.as_ref().ok_or_else(|| Error::arg("mask_decoder", "attention loaded without its folded weights"))?;
+        let ax = heads_major(be, &proj(be, tokens, &f.ax)?, self.heads)?;
+        let ay = heads_major(be, &proj(be, tokens, &f.ay)?, self.heads)?;
+        Ok((f, ax, ay))
+    }
+
+    /// Image-to-token attention plus its residual and `ln`: the image tokens `keys`
+    /// ([B or 1, N, C]) attend to the prompt tokens (keys `tokens_pe` = tokens + pe, values
+    /// `tokens`); `pe_q` [1, N, inner] is the image positional encoding through q_proj.
+    fn image_update(&self, be: &Backend, keys: &Tensor, pe_q: &Tensor, tokens_pe: &Tensor, tokens: &Tensor, ln: &Linear, eps: f32) -> Result<Tensor> {
+        let (f, ax, ay) = self.token_side(be, tokens_pe)?;
+        let u = heads_major(be, &proj(be, tokens, &f.vo)?, self.heads)?;
+        be.two_way_update(keys, pe_q, &ax, &ay, &u, &self.out.1, (&ln.0, &ln.1, eps), self.heads)
+    }
+
+    /// Token-to-image attention plus the residual `tokens`: the prompt tokens (queries
+    /// `tokens_pe`) attend to the image tokens `keys` ([B or 1, N, C]; keys + pe through k_proj,
+    /// `pe_k` [1, N, inner] being the pe part with the bias, values the keys through v_proj).
+    fn token_update(&self, be: &Backend, keys: &Tensor, pe_k: &Tensor, tokens_pe: &Tensor, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = (tokens.dim(0), tokens.dim(1), tokens.dim(2));
+        let (f, ax, ay) = self.token_side(be, tokens_pe)?;
+        let pooled = be.two_way_pool(keys, pe_k, &ax, &ay, self.heads)?.reshape(&[b, self.heads, t, c])?;
+        let pooled = be.permute(&pooled, &[0, 2, 1, 3])?.reshape(&[b, t, self.heads * c])?;
+        be.linear(&pooled, &f.vo.0, Some(&f.vo.1), Activation::None, Some(tokens))
     }
 
     /// q [Bq, Nq, C], k/v [Bk, Nk, C] → [B, Nq, C], with Bq, Bk = B or 1 (one set of queries
@@ -65,6 +218,12 @@ impl Attention {
 
 fn proj(be: &Backend, x: &Tensor, w: &Linear) -> Result<Tensor> {
     be.linear(x, &w.0, Some(&w.1), Activation::None, None)
+}
+
+/// [B, T, H·K] (token-major, head h's K channels at h·K) → [B, H·T, K] (head-major rows).
+fn heads_major(be: &Backend, x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, k) = (x.dim(0), x.dim(1), x.dim(2) / heads);
+    be.permute(&x.reshape(&[b, t, heads, k])?, &[0, 2, 1, 3])?.reshape(&[b, heads * t, k])
 }
 
 /// `w` applied to image tokens plus their positional encoding, (x + pe)·Wᵀ + b, as
@@ -89,7 +248,7 @@ pub struct ImageKeys {
     e: usize,
     keys: Tensor,
     pe: PeProjections,
-    first: Option<[Tensor; 3]>,
+    first: Option<[Tensor; 2]>,
 }
 
 struct TwoWayBlock {
@@ -174,15 +333,16 @@ impl MaskDecoder {
         for i in 0..cfg.num_hidden_layers {
             let b = t.pp("layers").pp(i);
             blocks.push(TwoWayBlock {
-                self_attn: Attention::load(&b.pp("self_attn"), c, 1, heads)?,
+                self_attn: Attention::load(&b.pp("self_attn"), c, 1, heads, Fold::None)?,
                 ln1: norm(&b.pp("layer_norm1"), c)?,
-                cross_t2i: Attention::load(&b.pp("cross_attn_token_to_image"), c, ds, heads)?,
+                // The first block's keys are shared by every prompt: projected once instead.
+                cross_t2i: Attention::load(&b.pp("cross_attn_token_to_image"), c, ds, heads, if i == 0 { Fold::None } else { Fold::TokenToImage })?,
                 ln2: norm(&b.pp("layer_norm2"), c)?,
                 mlp1: lin(&b.pp("mlp").pp("lin1"), cfg.mlp_dim, c)?,
                 mlp2: lin(&b.pp("mlp").pp("lin2"), c, cfg.mlp_dim)?,
                 ln3: norm(&b.pp("layer_norm3"), c)?,
                 ln4: norm(&b.pp("layer_norm4"), c)?,
-                cross_i2t: Attention::load(&b.pp("cross_attn_image_to_token"), c, ds, heads)?,
+                cross_i2t: Attention::load(&b.pp("cross_attn_image_to_token"), c, ds, heads, Fold::ImageToToken)?,
                 skip_first_layer_pe: i == 0,
             });
         }
@@ -199,7 +359,7 @@ impl MaskDecoder {
         Ok(MaskDecoder {
             output_tokens,
             blocks,
-            final_attn: Attention::load(&t.pp("final_attn_token_to_image"), c, ds, heads)?,
+            final_attn: Attention::load(&t.pp("final_attn_token_to_image"), c, ds, heads, Fold::TokenToImage)?,
             ln_final: norm(&t.pp("layer_norm_final_attn"), c)?,
             upscale_conv1: (conv1_w, conv1_b),
             upscale_ln: norm(&vv.pp("upscale_layer_norm"), c / 4)?,
@@ -251,10 +411,9 @@ impl MaskDecoder {
             blocks: self.blocks.iter().map(|b| Ok((proj(be, &key_pe, &b.cross_t2i.k)?, proj(be, &key_pe, &b.cross_i2t.q)?))).collect::<Result<_>>()?,
             final_k: proj(be, &key_pe, &self.final_attn.k)?,
         };
-        // The first block's projections of the shared keys: token-to-image keys and values,
-        // image-to-token queries.
+        // The first block's projections of the shared keys: token-to-image keys and values.
         let first = match (self.blocks.first(), pe.blocks.first()) {
-            (Some(b), Some(pe_w)) => Some([proj_pe(be, &keys, &b.cross_t2i.k, &pe_w.0)?, proj(be, &keys, &b.cross_t2i.v)?, proj_pe(be, &keys, &b.cross_i2t.q, &pe_w.1)?]),
+            (Some(b), Some(pe_w)) => Some([proj_pe(be, &keys, &b.cross_t2i.k, &pe_w.0)?, proj(be, &keys, &b.cross_t2i.v)?]),
             _ => None,
         };
         Ok(ImageKeys { e, keys, pe, first })
@@ -284,9 +443,7 @@ impl MaskDecoder {
             keys = be.concat(&vec![&keys; p], 0)?;
         }
         let q = be.add(&queries, &tokens)?;
-        let f = &self.final_attn;
-        let (kp, vp) = (proj_pe(be, &keys, &f.k, &pe.final_k)?, proj(be, &keys, &f.v)?);
-        let queries = f.attend(be, &proj(be, &q, &f.q)?, &kp, &vp, Some(&queries))?;
+        let queries = self.final_attn.token_update(be, &keys, &pe.final_k, &q, &queries)?;
         // transformers builds this LayerNorm with the default eps (1e-5), not the config's.
         let queries = be.layer_norm(&queries, &self.ln_final.0, &self.ln_final.1, 1e-5)?;
 
@@ -321,7 +478,7 @@ impl MaskDecoder {
         keys: &Tensor,
         query_pe: &Tensor,
         pe_w: &(Tensor, Tensor),
-        first: Option<&[Tensor; 3]>,
+        first: Option<&[Tensor; 2]>,
     ) -> Result<(Tensor, Tensor)> {
         let eps = self.eps;
         let queries = if blk.skip_first_layer_pe {
@@ -332,30 +489,24 @@ impl MaskDecoder {
         };
         let queries = be.layer_norm(&queries, &blk.ln1.0, &blk.ln1.1, eps)?;
 
-        // Token-to-image: keys + pe through k_proj, the keys through v_proj.
+        // Token-to-image: keys + pe through k_proj, the keys through v_proj (projected once
+        // for the first block's shared keys, folded into the tokens' side after it).
         let t2i = &blk.cross_t2i;
         let q = be.add(&queries, query_pe)?;
-        let (kp, vp) = match first {
-            Some([kp, vp, _]) => (kp.clone(), vp.clone()),
-            None => (proj_pe(be, keys, &t2i.k, &pe_w.0)?, proj(be, keys, &t2i.v)?),
+        let queries = match first {
+            Some([kp, vp]) => t2i.attend(be, &proj(be, &q, &t2i.q)?, kp, vp, Some(&queries))?,
+            None => t2i.token_update(be, keys, &pe_w.0, &q, &queries)?,
         };
-        let queries = t2i.attend(be, &proj(be, &q, &t2i.q)?, &kp, &vp, Some(&queries))?;
         let queries = be.layer_norm(&queries, &blk.ln2.0, &blk.ln2.1, eps)?;
 
         let h = be.linear(&queries, &blk.mlp1.0, Some(&blk.mlp1.1), self.act, None)?;
         let queries = be.linear(&h, &blk.mlp2.0, Some(&blk.mlp2.1), Activation::None, Some(&queries))?;
         let queries = be.layer_norm(&queries, &blk.ln3.0, &blk.ln3.1, eps)?;
 
-        // Image-to-token: keys + pe through q_proj (shared keys give one set of image queries
-        // for every prompt, projected once), the keys updated with a residual.
-        let i2t = &blk.cross_i2t;
+        // Image-to-token: keys + pe query the tokens + pe, whose values are the tokens; the keys
+        // (shared by every prompt in the first block) updated with a residual and ln4.
         let q = be.add(&queries, query_pe)?;
-        let qp = match first {
-            Some([_, _, qp]) => qp.clone(),
-            None => proj_pe(be, keys, &i2t.q, &pe_w.1)?,
-        };
-        let keys = i2t.attend(be, &qp, &proj(be, &q, &i2t.k)?, &proj(be, &queries, &i2t.v)?, Some(keys))?;
-        let keys = be.layer_norm(&keys, &blk.ln4.0, &blk.ln4.1, eps)?;
+        let keys = blk.cross_i2t.image_update(be, keys, &pe_w.1, &q, &queries, &blk.ln4, eps)?;
         Ok((queries, keys))
     }
 }

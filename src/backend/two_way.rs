@@ -1,0 +1,136 @@
+//! SAM's two-way attention between a few prompt tokens and many image tokens, on factored
+//! weights (`Backend::two_way_update`, `Backend::two_way_pool`): the shape check every backend
+//! shares, and the composed implementation built from batched matmuls, softmax and LayerNorm
+//! that serves as the reference and as the path for a backend without a fused kernel.
+//!
+//! Both ops score image token j of prompt b against row r of that prompt's query matrix:
+//!
+//!   s[b, j, r] = x[b, j] · ax[b, r] + y[j, g(r)] · ay[b, r]
+//!
+//! with rows in G groups of T (g(r) = r / T, one group per attention head) and y's channels in
+//! G slices of Dy. `x` is the image tokens ([B or 1, N, C]: one shared set of keys before the
+//! first block's update), `y` a per-image-token term shared by every prompt (the positional
+//! encoding through a projection, its bias included). The models fold a head's query and key
+//! projections, and its value and output projections, into ax and u (mask_decoder.rs), so no
+//! projection of the image tokens is ever formed.
+
+use super::Backend;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Sizes of a two-way op: `b` prompts, `bx` = B or 1 sets of image tokens, `n` image tokens of
+/// `c` channels, `r` = `groups` · T query rows, `dy` channels of y per group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TwoWayShape {
+    pub b: usize,
+    pub bx: usize,
+    pub n: usize,
+    pub c: usize,
+    pub r: usize,
+    pub groups: usize,
+    pub dy: usize,
+}
+
+impl TwoWayShape {
+    /// Rows per group (T).
+    pub fn t(&self) -> usize {
+        self.r / self.groups
+    }
+}
+
+/// Check the operands shared by both ops: x [Bx, N, C], y [1, N, G·Dy], ax [B, R, C],
+/// ay [B, R, Dy], all f32, with Bx ∈ {1, B} and R a positive multiple of G.
+pub(crate) fn two_way_shape(op: &'static str, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, groups: usize) -> Result<TwoWayShape> {
+    let (xs, ys, axs, ays) = (x.shape(), y.shape(), ax.shape(), ay.shape());
+    let f32s = [x, y, ax, ay].iter().all(|t| t.dtype() == DType::F32);
+    let ok = f32s
+        && xs.len() == 3
+        && ys.len() == 3
+        && axs.len() == 3
+        && ays.len() == 3
+        && groups > 0
+        && axs[0] > 0
+        && (xs[0] == 1 || xs[0] == axs[0])
+        && xs[1] > 0
+        && xs[2] > 0
+        && ys[0] == 1
+        && ys[1] == xs[1]
+        && axs[1] > 0
+        && axs[1] % groups == 0
+        && axs[2] == xs[2]
+        && ays[0] == axs[0]
+        && ays[1] == axs[1]
+        && ys[2] == groups * ays[2];
+    if !ok {
+        return Err(Error::shape(
+            op,
+            format!(
+                "x {xs:?}, y {ys:?}, ax {axs:?}, ay {ays:?}, {groups} groups: expected f32 [B or 1, N, C], [1, N, G·Dy], [B, R, C], [B, R, Dy] with R a multiple of G"
+            ),
+        ));
+    }
+    Ok(TwoWayShape { b: axs[0], bx: xs[0], n: xs[1], c: xs[2], r: axs[1], groups, dy: ays[2] })
+}
+
+/// The extra operands of the update: u [B, R, C], bias, LayerNorm weight and bias [C], f32.
+pub(crate) fn check_update(s: &TwoWayShape, u: &Tensor, bias: &Tensor, ln: (&Tensor, &Tensor, f32)) -> Result<()> {
+    let ok = [u, bias, ln.0, ln.1].iter().all(|t| t.dtype() == DType::F32)
+        && u.shape() == [s.b, s.r, s.c]
+        && [bias, ln.0, ln.1].iter().all(|t| t.shape() == [s.c]);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            "two_way_update",
+            format!(
+                "u {:?}, bias {:?}, norm {:?}/{:?}: expected f32 [{}, {}, {}] and [{}]",
+                u.shape(),
+                bias.shape(),
+                ln.0.shape(),
+                ln.1.shape(),
+                s.b,
+                s.r,
+                s.c,
+                s.c
+            ),
+        ))
+    }
+}
+
+/// The scores transposed, sᵀ [B, R, N]: x·axᵀ by prompt (one matmul against the shared x when
+/// Bx = 1), plus each group's y slice against its rows of ay.
+fn scores_rn(be: &Backend, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, s: &TwoWayShape) -> Result<Tensor> {
+    let xs = if s.bx == 1 { x.reshape(&[s.n, s.c])? } else { x.clone() };
+    let sx = be.matmul(ax, &xs, true)?;
+    let t = s.t();
+    let ay = ay.reshape(&[s.b, s.groups, t, s.dy])?;
+    let y = y.reshape(&[s.n, s.groups, s.dy])?;
+    let mut parts = Vec::with_capacity(s.groups);
+    for g in 0..s.groups {
+        let ay_g = be.narrow(&ay, 1, g, 1)?.reshape(&[s.b, t, s.dy])?;
+        let y_g = be.narrow(&y, 1, g, 1)?.reshape(&[s.n, s.dy])?;
+        parts.push(be.matmul(&ay_g, &y_g, true)?);
+    }
+    let sy = if parts.len() == 1 { parts.swap_remove(0) } else { be.concat(&parts.iter().collect::<Vec<_>>(), 1)? };
+    be.add(&sx, &sy)
+}
+
+/// `Backend::two_way_update` from other ops: scores, softmax within each group, the rows of u
+/// weighted by it, then the residual, bias and LayerNorm.
+pub(crate) fn composed_update(be: &Backend, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tensor, bias: &Tensor, ln: (&Tensor, &Tensor, f32), s: &TwoWayShape) -> Result<Tensor> {
+    let t = s.t();
+    let st = scores_rn(be, x, y, ax, ay, s)?.reshape(&[s.b, s.groups, t, s.n])?;
+    let p = be.softmax(&be.permute(&st, &[0, 3, 1, 2])?)?.reshape(&[s.b, s.n, s.r])?;
+    let z = be.add(&be.matmul(&p, u, false)?, x)?;
+    let z = be.add(&z, bias)?;
+    be.layer_norm(&z, ln.0, ln.1, ln.2)
+}
+
+/// `Backend::two_way_pool` from other ops: scores, softmax over the image tokens, then the image
+/// tokens weighted by it.
+pub(crate) fn composed_pool(be: &Backend, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, s: &TwoWayShape) -> Result<Tensor> {
+    let p = be.softmax(&scores_rn(be, x, y, ax, ay, s)?)?;
+    let xs = if s.bx == 1 { x.reshape(&[s.n, s.c])? } else { x.clone() };
+    be.matmul(&p, &xs, false)
+}
