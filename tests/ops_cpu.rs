@@ -590,3 +590,112 @@ fn mask_stats_counts_boxes_and_bits() {
     }
     assert!(be().mask_stats(&Tensor::from_f32(vec![0.0; 3], vec![3]).unwrap(), [0, 0, 1, 1], 1.0).is_err());
 }
+
+/// The two-way ops' scores in f64 from their definition (src/backend/two_way.rs):
+/// s[b, j, r] = x[b|0, j]·ax[b, r] + y[j, r / T]·ay[b, r], as [B][N][R].
+#[allow(clippy::too_many_arguments)]
+fn naive_two_way_scores(x: &[f32], bx: usize, y: &[f32], ax: &[f32], ay: &[f32], b: usize, n: usize, c: usize, r: usize, groups: usize, dy: usize) -> Vec<f64> {
+    let t = r / groups;
+    let mut s = vec![0f64; b * n * r];
+    for bi in 0..b {
+        let xb = if bx == 1 { 0 } else { bi };
+        for j in 0..n {
+            for ri in 0..r {
+                let g = ri / t;
+                let dx: f64 = (0..c).map(|k| x[(xb * n + j) * c + k] as f64 * ax[(bi * r + ri) * c + k] as f64).sum();
+                let dyv: f64 = (0..dy).map(|k| y[j * groups * dy + g * dy + k] as f64 * ay[(bi * r + ri) * dy + k] as f64).sum();
+                s[(bi * n + j) * r + ri] = dx + dyv;
+            }
+        }
+    }
+    s
+}
+
+fn softmax_f64(v: &mut [f64]) {
+    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = v.iter_mut().map(|e| {
+        *e = (*e - m).exp();
+        *e
+    }).sum();
+    v.iter_mut().for_each(|e| *e /= sum);
+}
+
+/// `two_way_update` and `two_way_pool` against f64 references written from their definitions:
+/// one shared set of image tokens and one per prompt, one group and eight, size 1, SAM's
+/// channel and row counts, sizes off every block size.
+#[test]
+fn two_way_update_and_pool_match_reference() {
+    let mut rng = Rng::new(29);
+    eprintln!("seed 29");
+    // (B, Bx, N, C, groups, T, Dy)
+    for &(b, bx, n, c, groups, t, dy) in &[(1, 1, 1, 1, 1, 1, 1), (2, 2, 37, 32, 2, 7, 8), (3, 1, 64, 16, 8, 3, 2), (2, 1, 130, 256, 8, 7, 16), (1, 1, 5, 9, 3, 40, 5)] {
+        let r = groups * t;
+        let x = rng.tensor(&[bx, n, c]);
+        let y = rng.tensor(&[1, n, groups * dy]);
+        // Scores of a few units, as SAM's scaled ones are.
+        let scale = 1.0 / (c as f32).sqrt();
+        let ax = Tensor::from_f32(rng.vec(b * r * c).iter().map(|v| v * 2.0 * scale).collect(), vec![b, r, c]).unwrap();
+        let ay = rng.tensor(&[b, r, dy]);
+        let u = rng.tensor(&[b, r, c]);
+        let (bias, lw, lb) = (rng.tensor(&[c]), rng.tensor(&[c]), rng.tensor(&[c]));
+        let f = |t: &Tensor| t.to_f32_vec().unwrap();
+        let (xv, uv, bv, lwv, lbv) = (f(&x), f(&u), f(&bias), f(&lw), f(&lb));
+        let s = naive_two_way_scores(&xv, bx, &f(&y), &f(&ax), &f(&ay), b, n, c, r, groups, dy);
+
+        let mut want_update = vec![0f32; b * n * c];
+        for bi in 0..b {
+            let xb = if bx == 1 { 0 } else { bi };
+            for j in 0..n {
+                let mut p = s[(bi * n + j) * r..(bi * n + j + 1) * r].to_vec();
+                p.chunks_mut(t).for_each(softmax_f64);
+                let z: Vec<f64> = (0..c).map(|k| xv[(xb * n + j) * c + k] as f64 + bv[k] as f64 + (0..r).map(|ri| p[ri] * uv[(bi * r + ri) * c + k] as f64).sum::<f64>()).collect();
+                let mean = z.iter().sum::<f64>() / c as f64;
+                let var = z.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c as f64;
+                for k in 0..c {
+                    want_update[(bi * n + j) * c + k] = ((z[k] - mean) / (var + 1e-6).sqrt() * lwv[k] as f64 + lbv[k] as f64) as f32;
+                }
+            }
+        }
+        let got = be().two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), groups).unwrap();
+        assert_eq!(got.shape(), [b, n, c]);
+        let what = format!("two_way_update B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy}");
+        assert_close(&what, got.as_f32().unwrap(), &want_update, Tol { atol: 2e-5 * (c as f32).sqrt(), rtol: 1e-4 });
+
+        let mut want_pool = vec![0f32; b * r * c];
+        for bi in 0..b {
+            let xb = if bx == 1 { 0 } else { bi };
+            for ri in 0..r {
+                let mut p: Vec<f64> = (0..n).map(|j| s[(bi * n + j) * r + ri]).collect();
+                softmax_f64(&mut p);
+                for k in 0..c {
+                    want_pool[(bi * r + ri) * c + k] = (0..n).map(|j| p[j] * xv[(xb * n + j) * c + k] as f64).sum::<f64>() as f32;
+                }
+            }
+        }
+        let got = be().two_way_pool(&x, &y, &ax, &ay, groups).unwrap();
+        assert_eq!(got.shape(), [b, r, c]);
+        let what = format!("two_way_pool B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy}");
+        assert_close(&what, got.as_f32().unwrap(), &want_pool, Tol { atol: 2e-5 * (c as f32).sqrt(), rtol: 1e-4 });
+    }
+}
+
+/// Mismatched operands are typed errors, not panics.
+#[test]
+fn two_way_ops_reject_bad_shapes() {
+    let mut rng = Rng::new(30);
+    let (x, y) = (rng.tensor(&[2, 10, 8]), rng.tensor(&[1, 10, 4]));
+    let (ax, ay, u) = (rng.tensor(&[2, 6, 8]), rng.tensor(&[2, 6, 2]), rng.tensor(&[2, 6, 8]));
+    let (bias, lw, lb) = (rng.tensor(&[8]), rng.tensor(&[8]), rng.tensor(&[8]));
+    let ln = (&lw, &lb, 1e-6);
+    assert!(be().two_way_pool(&x, &y, &ax, &ay, 2).is_ok());
+    // R not a multiple of the groups; y's width not groups · Dy; x's batch neither 1 nor B;
+    // ax's channels not x's; f16 operands; u of the wrong shape; a bias of the wrong length.
+    assert!(be().two_way_pool(&x, &y, &ax, &ay, 4).is_err());
+    assert!(be().two_way_pool(&x, &rng.tensor(&[1, 10, 5]), &ax, &ay, 2).is_err());
+    assert!(be().two_way_pool(&rng.tensor(&[3, 10, 8]), &y, &rng.tensor(&[2, 6, 8]), &ay, 2).is_err());
+    assert!(be().two_way_pool(&x, &y, &rng.tensor(&[2, 6, 7]), &ay, 2).is_err());
+    assert!(be().two_way_pool(&x.to_dtype(DType::F16).unwrap(), &y, &ax, &ay, 2).is_err());
+    assert!(be().two_way_update(&x, &y, &ax, &ay, &rng.tensor(&[2, 5, 8]), &bias, ln, 2).is_err());
+    assert!(be().two_way_update(&x, &y, &ax, &ay, &u, &rng.tensor(&[7]), ln, 2).is_err());
+    assert!(be().two_way_update(&x, &y, &ax, &ay, &u, &bias, ln, 2).is_ok());
+}

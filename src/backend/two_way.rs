@@ -118,6 +118,7 @@ fn scores_rn(be: &Backend, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, s: 
 
 /// `Backend::two_way_update` from other ops: scores, softmax within each group, the rows of u
 /// weighted by it, then the residual, bias and LayerNorm.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn composed_update(be: &Backend, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tensor, bias: &Tensor, ln: (&Tensor, &Tensor, f32), s: &TwoWayShape) -> Result<Tensor> {
     let t = s.t();
     let st = scores_rn(be, x, y, ax, ay, s)?.reshape(&[s.b, s.groups, t, s.n])?;

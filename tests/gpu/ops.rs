@@ -919,3 +919,33 @@ fn mask_select_and_paint_match_the_cpu_exactly() {
         assert!(g.backend.mask_paint(&stats, 4, 33, &[]).is_err(), "a width past the bitmap must be an error");
     }
 }
+
+/// SAM's two-way ops on factored weights against the CPU: SAM's sizes (N = 4096 image tokens
+/// of 256 channels, 8 heads × 7 tokens, Dy 16) with shared and per-prompt image tokens, and
+/// small ragged ones (size 1, N and C off every block size, one group, R over 256 which a fused
+/// kernel may hand to the composed ops).
+#[test]
+fn two_way_update_and_pool() {
+    let mut r = rng("two_way");
+    for g in gpus("two_way") {
+        // (B, Bx, N, C, groups, T, Dy)
+        let shapes = [(1usize, 1usize, 1usize, 1usize, 1usize, 1usize, 1usize), (2, 2, 37, 32, 2, 7, 8), (3, 1, 70, 16, 8, 3, 2), (2, 2, 4096, 256, 8, 7, 16), (3, 1, 4096, 256, 8, 7, 16), (1, 1, 33, 40, 1, 5, 3), (2, 2, 20, 24, 2, 150, 4)];
+        for (b, bx, n, c, groups, t, dy) in shapes {
+            let rows = groups * t;
+            let x = r.tensor(&[bx, n, c]);
+            let y = r.tensor(&[1, n, groups * dy]);
+            let scale = 2.0 / (c as f32).sqrt();
+            let ax = Tensor::from_f32(r.vec(b * rows * c).iter().map(|v| v * scale).collect(), vec![b, rows, c]).unwrap();
+            let (ay, u) = (r.tensor(&[b, rows, dy]), r.tensor(&[b, rows, c]));
+            let (bias, lw, lb) = (r.tensor(&[c]), r.tensor(&[c]), r.tensor(&[c]));
+            let what = format!("B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy}");
+            let want = cpu().two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), groups).unwrap();
+            let a = (up(&g, &x), up(&g, &y), up(&g, &ax), up(&g, &ay), up(&g, &u), up(&g, &bias), up(&g, &lw), up(&g, &lb));
+            let got = g.backend.two_way_update(&a.0, &a.1, &a.2, &a.3, &a.4, &a.5, (&a.6, &a.7, 1e-6), groups).unwrap();
+            same(&format!("two_way_update {what}"), &g, &got, &want, tol_k(&g, c.max(rows)));
+            let want = cpu().two_way_pool(&x, &y, &ax, &ay, groups).unwrap();
+            let got = g.backend.two_way_pool(&a.0, &a.1, &a.2, &a.3, groups).unwrap();
+            same(&format!("two_way_pool {what}"), &g, &got, &want, tol_k(&g, c.max(n)));
+        }
+    }
+}

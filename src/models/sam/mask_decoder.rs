@@ -147,7 +147,7 @@ impl Folded {
 impl Attention {
     fn load(vv: &VarView, hidden: usize, downsample: usize, heads: usize, fold: Fold) -> Result<Attention> {
         let inner = hidden / downsample;
-        if heads == 0 || inner % heads != 0 {
+        if heads == 0 || !inner.is_multiple_of(heads) {
             return Err(Error::arg("num_attention_heads", format!("{heads} heads do not split {inner} channels")));
         }
         let host = |name: &str, out: usize, inp: usize| -> Result<(Vec<f32>, Vec<f32>)> {
