@@ -703,6 +703,10 @@ impl Backend {
         two_way::check_update(&s, u, bias, ln)?;
         let span = || profile::Span::start(self, || "two_way_update".to_string());
         match self {
+            Backend::Cpu(b) => {
+                let _span = span();
+                b.two_way_update(x, y, ax, ay, u, bias, ln, s)
+            }
             Backend::Cuda(b) if cuda::CudaBackend::two_way_fits(&s) => {
                 let _span = span();
                 b.two_way_update(x, y, ax, ay, u, bias, ln, s)
@@ -723,6 +727,10 @@ impl Backend {
         let s = two_way::two_way_shape("two_way_pool", x, y, ax, ay, groups)?;
         let span = || profile::Span::start(self, || "two_way_pool".to_string());
         match self {
+            Backend::Cpu(b) => {
+                let _span = span();
+                b.two_way_pool(x, y, ax, ay, s)
+            }
             Backend::Cuda(b) if cuda::CudaBackend::two_way_fits(&s) => {
                 let _span = span();
                 b.two_way_pool(x, y, ax, ay, s)

@@ -135,3 +135,48 @@ pub(crate) fn composed_pool(be: &Backend, x: &Tensor, y: &Tensor, ax: &Tensor, a
     let xs = if s.bx == 1 { x.reshape(&[s.n, s.c])? } else { x.clone() };
     be.matmul(&p, &xs, false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(seed: &mut u64, shape: &[usize], scale: f32) -> Tensor {
+        let n = shape.iter().product();
+        let v = (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect();
+        Tensor::from_f32(v, shape.to_vec()).unwrap()
+    }
+
+    /// The composed path (what a GPU backend runs for sizes its kernels do not take) against the
+    /// CPU's fused ops, which tests/ops_cpu.rs checks against f64 references.
+    #[test]
+    fn composed_matches_the_fused_cpu_ops() {
+        let be = Backend::cpu();
+        let mut seed = 0x2_0a1u64;
+        for (b, bx, n, c, groups, t, dy) in [(1usize, 1usize, 1usize, 1usize, 1usize, 1usize, 1usize), (3, 1, 70, 16, 8, 3, 2), (2, 2, 37, 32, 2, 7, 8)] {
+            let r = groups * t;
+            let x = tensor(&mut seed, &[bx, n, c], 1.0);
+            let y = tensor(&mut seed, &[1, n, groups * dy], 1.0);
+            let ax = tensor(&mut seed, &[b, r, c], 2.0 / (c as f32).sqrt());
+            let (ay, u) = (tensor(&mut seed, &[b, r, dy], 1.0), tensor(&mut seed, &[b, r, c], 1.0));
+            let (bias, lw, lb) = (tensor(&mut seed, &[c], 1.0), tensor(&mut seed, &[c], 1.0), tensor(&mut seed, &[c], 1.0));
+            let s = two_way_shape("test", &x, &y, &ax, &ay, groups).unwrap();
+            let close = |what: &str, got: &Tensor, want: &Tensor| {
+                assert_eq!(got.shape(), want.shape(), "{what}");
+                for (i, (p, q)) in got.to_f32_vec().unwrap().iter().zip(want.to_f32_vec().unwrap()).enumerate() {
+                    assert!((p - q).abs() <= 1e-4 + 1e-4 * q.abs(), "{what} B{b} N{n} C{c} [{i}]: composed {p}, fused {q}");
+                }
+            };
+            let fused = be.two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), groups).unwrap();
+            close("update", &composed_update(&be, &x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), &s).unwrap(), &fused);
+            let fused = be.two_way_pool(&x, &y, &ax, &ay, groups).unwrap();
+            close("pool", &composed_pool(&be, &x, &y, &ax, &ay, &s).unwrap(), &fused);
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub(crate) mod mask_select;
 mod masks;
 mod matmul;
 mod norm;
+mod two_way;
 mod vmath;
 
 pub use elementwise::BinaryOp;
@@ -33,6 +34,13 @@ impl CpuBackend {
     }
     pub fn linear_many(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         matmul::linear_many(x, ws)
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn two_way_update(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tensor, bias: &Tensor, ln: (&Tensor, &Tensor, f32), s: crate::backend::TwoWayShape) -> Result<Tensor> {
+        two_way::two_way_update(x, y, ax, ay, u, bias, ln, s)
+    }
+    pub(crate) fn two_way_pool(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, s: crate::backend::TwoWayShape) -> Result<Tensor> {
+        two_way::two_way_pool(x, y, ax, ay, s)
     }
     pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_b: bool) -> Result<Tensor> {
         matmul::batched_matmul(a, b, trans_b)
