@@ -1,19 +1,33 @@
 //! SAM's two-way ops on factored weights (`Backend::two_way_update`, `two_way_pool`; the
-//! definitions are in src/backend/two_way.rs), fused: each task scores a block of image tokens
-//! with two small GEMMs and never forms the [B, N, C] sums or [B, N, R] scores of the composed
-//! path.
+//! definitions are in src/backend/two_way.rs), fused: the update scores a block of 256 image
+//! tokens of one prompt (a GEMM against the prompt's R rows), takes the grouped softmax, and
+//! adds p·u, the residual and the LayerNorm in place; the pool scores a prompt's image tokens
+//! transposed ([R, N], so each softmax runs along a contiguous row) and multiplies back. Neither
+//! forms the [B, N, C] sums or the [B, N, R] scores of the composed path.
 
 use rayon::prelude::*;
 
 use super::matmul::sgemm_serial;
 use super::norm::lanes_sum;
-use super::{check_f32, for_chunks};
+use super::vmath::exp_shifted_sum;
+use super::{check_f32, for_chunks, gemm_nt};
 use crate::backend::TwoWayShape;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// Image tokens per task of the update: the scores and softmax of 64 rows stay in L1/L2.
-const UPDATE_ROWS: usize = 64;
+/// Image tokens per task of the update: their scores ([256, R], 57 KB at SAM's R = 56) stay in
+/// L2, and 256 rows amortise each GEMM call better than 64 (2-core VM: 66 → 56 ms a call).
+const UPDATE_ROWS: usize = 256;
+
+/// s [rows, R] = x [rows, C] · ax [R, C]ᵀ: dot products along C (`gemm_nt`, AVX-512), else the
+/// packed GEMM.
+fn scores(s: &mut [f32], x: &[f32], ax: &[f32], rows: usize, r: usize, c: usize) {
+    if gemm_nt::available() {
+        gemm_nt::gemm_nt(x, rows, c, &[ax], &[r], &mut [s]);
+    } else {
+        sgemm_serial(rows, r, c, x, c, 1, ax, 1, c, s, false);
+    }
+}
 
 /// s[i, r] += y[j0 + i, g(r)]·ay[r] for the rows of one block.
 fn add_y_term(s: &mut [f32], y: &[f32], ay: &[f32], j0: usize, sh: &TwoWayShape) {
@@ -43,12 +57,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 fn softmax_in_place(v: &mut [f32]) {
     let m = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for e in v.iter_mut() {
-        *e = (*e - m).exp();
-        sum += *e;
-    }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / exp_shifted_sum(v, m);
     v.iter_mut().for_each(|e| *e *= inv);
 }
 
@@ -70,7 +79,7 @@ pub fn two_way_update(x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tens
         let (axb, ayb, ub) = (&axv[b * r * c..][..r * c], &ayv[b * r * s.dy..][..r * s.dy], &uv[b * r * c..][..r * c]);
         // Scores [rows, R] = x·axᵀ + the y term, softmax within each group of T.
         let mut sc = vec![0f32; rows * r];
-        sgemm_serial(rows, r, c, xs, c, 1, axb, 1, c, &mut sc, false);
+        scores(&mut sc, xs, axb, rows, r, c);
         add_y_term(&mut sc, yv, ayb, j0, &s);
         sc.chunks_mut(s.t()).for_each(softmax_in_place);
         // z = x + bias + p·u, then LayerNorm in place.
@@ -95,37 +104,27 @@ pub fn two_way_update(x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tens
 pub fn two_way_pool(x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, s: TwoWayShape) -> Result<Tensor> {
     const OP: &str = "two_way_pool";
     let (xv, yv, axv, ayv) = (check_f32(OP, x)?, check_f32(OP, y)?, check_f32(OP, ax)?, check_f32(OP, ay)?);
-    let (n, c, r) = (s.n, s.c, s.r);
+    let (n, c, r, t, dy) = (s.n, s.c, s.r, s.t(), s.dy);
+    let yw = s.groups * dy;
     let mut out = vec![0f32; s.b * r * c];
-    // One task per prompt: scores [N, R] (rows of image tokens, as the update forms them), the
-    // softmax down each column, then pᵀ·x.
+    // One task per prompt: the transposed scores [R, N] (ax·xᵀ plus the y term), a softmax
+    // along each row (vectorised exp), then p·x.
     for_chunks(&mut out, r * c, |b, o| {
         let xb = if s.bx == 1 { 0 } else { b };
         let xs = &xv[xb * n * c..][..n * c];
-        let (axb, ayb) = (&axv[b * r * c..][..r * c], &ayv[b * r * s.dy..][..r * s.dy]);
-        let mut sc = vec![0f32; n * r];
-        sgemm_serial(n, r, c, xs, c, 1, axb, 1, c, &mut sc, false);
-        add_y_term(&mut sc, yv, ayb, 0, &s);
-        // Column-wise softmax over the N image tokens.
-        let mut max = vec![f32::NEG_INFINITY; r];
-        for row in sc.chunks(r) {
-            for (m, &v) in max.iter_mut().zip(row) {
-                *m = m.max(v);
+        let (axb, ayb) = (&axv[b * r * c..][..r * c], &ayv[b * r * dy..][..r * dy]);
+        let mut sc = vec![0f32; r * n];
+        sgemm_serial(r, n, c, axb, c, 1, xs, 1, c, &mut sc, false);
+        for (ri, row) in sc.chunks_mut(n).enumerate() {
+            let (g, ayr) = (ri / t, &ayb[ri * dy..][..dy]);
+            for (j, v) in row.iter_mut().enumerate() {
+                *v += dot(&yv[j * yw + g * dy..][..dy], ayr);
             }
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let inv = 1.0 / exp_shifted_sum(row, max);
+            row.iter_mut().for_each(|v| *v *= inv);
         }
-        let mut sum = vec![0f32; r];
-        for row in sc.chunks_mut(r) {
-            for ((v, &m), acc) in row.iter_mut().zip(&max).zip(sum.iter_mut()) {
-                *v = (*v - m).exp();
-                *acc += *v;
-            }
-        }
-        let inv: Vec<f32> = sum.iter().map(|v| 1.0 / v).collect();
-        for row in sc.chunks_mut(r) {
-            row.iter_mut().zip(&inv).for_each(|(v, i)| *v *= i);
-        }
-        // out [R, C] = pᵀ [R, N] · x [N, C].
-        sgemm_serial(r, c, n, &sc, 1, r, xs, c, 1, o, false);
+        sgemm_serial(r, c, n, &sc, n, 1, xs, c, 1, o, false);
     });
     Tensor::from_f32(out, vec![s.b, r, c])
 }

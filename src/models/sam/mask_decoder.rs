@@ -184,6 +184,7 @@ impl Attention {
     /// Image-to-token attention plus its residual and `ln`: the image tokens `keys`
     /// ([B or 1, N, C]) attend to the prompt tokens (keys `tokens_pe` = tokens + pe, values
     /// `tokens`); `pe_q` [1, N, inner] is the image positional encoding through q_proj.
+    #[allow(clippy::too_many_arguments)]
     fn image_update(&self, be: &Backend, keys: &Tensor, pe_q: &Tensor, tokens_pe: &Tensor, tokens: &Tensor, ln: &Linear, eps: f32) -> Result<Tensor> {
         let (f, ax, ay) = self.token_side(be, tokens_pe)?;
         let u = heads_major(be, &proj(be, tokens, &f.vo)?, self.heads)?;
