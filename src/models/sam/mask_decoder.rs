@@ -4,9 +4,12 @@
 //!
 //! Every prompt (point set / box) is a batch entry: tokens `[P, T, C]`, image keys `[P, E·E, C]`.
 //! The keys are one shared `[1, E·E, C]` until the first block's image-to-token attention makes
-//! them diverge, so that block projects them once for all prompts. Attention runs on the
-//! token-major projections (`Backend::attention_tokens`, no head permutes), and keys + pe is
-//! never formed: pe goes through each projection once per image and joins as a shared residual.
+//! them diverge, so that block's token-to-image attention projects them once for all prompts
+//! (`Backend::attention_tokens` on the token-major projections). After that, every attention
+//! between a prompt's tokens and its image tokens runs on weights folded per head at load
+//! (`Folded`): the image tokens are scored against H·T vectors built from the tokens
+//! (`Backend::two_way_update`, `two_way_pool`) and never projected. keys + pe is never formed
+//! either: pe goes through each projection once per image.
 
 use crate::backend::{Activation, AttnParams, Backend};
 use crate::error::{Error, Result};
