@@ -1,22 +1,110 @@
-//! SAM's two-way attention on factored weights (`Backend::two_way_update` / `two_way_pool`).
+//! SAM's two-way attention on factored weights (`Backend::two_way_update` / `two_way_pool`,
+//! kernels/two_way.cu): the update in one kernel per 32 image tokens of a prompt, the pool as
+//! per-chunk partials (256 image tokens each) merged in chunk order by a second kernel.
+//!
+//! `VISWORD_CUDA_TWO_WAY=composed` (read once per process), or
+//! `CudaBackend::set_fused_two_way(false)`, sends both ops to the composed path (matmuls,
+//! softmax and LayerNorm). The switch is process-wide: `two_way_fits` is asked before a backend
+//! is at hand.
 
-use super::CudaBackend;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::{grid_rows, kernels, launch, CudaBackend};
 use crate::backend::TwoWayShape;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// Threads per block of every two-way kernel (TW_THREADS).
+const THREADS: u32 = 256;
+/// Image tokens per block of the update (TW_ROWS).
+const ROWS: usize = 32;
+/// Image tokens per partial of the pool (TWP_CHUNK).
+const CHUNK: usize = 256;
+/// Channel and query-row limits of the kernels (TW_C, TW_R).
+const MAX_C: usize = 256;
+const MAX_R: usize = 64;
+
+/// Fused kernels on or off: 0 = not decided yet (the environment decides on first use), 1 = on,
+/// 2 = off.
+static FUSED: AtomicU8 = AtomicU8::new(0);
+
+fn fused() -> bool {
+    match FUSED.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("VISWORD_CUDA_TWO_WAY").map(|v| v.trim() != "composed").unwrap_or(true);
+            // A setter call that raced this one wins.
+            let _ = FUSED.compare_exchange(0, if on { 1 } else { 2 }, Ordering::Relaxed, Ordering::Relaxed);
+            FUSED.load(Ordering::Relaxed) == 1
+        }
+        v => v == 1,
+    }
+}
+
 impl CudaBackend {
-    /// Whether a fused kernel takes these sizes; the composed path runs otherwise.
-    pub(crate) fn two_way_fits(_s: &TwoWayShape) -> bool {
-        false
+    /// Whether the fused kernels take these sizes (C ≤ 256 channels and R ≤ 64 query rows, their
+    /// shared-memory tiles; N, B and G·Dy within u32) and are switched on; the composed path
+    /// runs otherwise.
+    pub(crate) fn two_way_fits(s: &TwoWayShape) -> bool {
+        let small = |v: usize| v <= (u32::MAX >> 1) as usize;
+        fused() && s.c <= MAX_C && s.r <= MAX_R && small(s.n) && small(s.b) && small(s.groups * s.dy)
     }
 
+    /// Whether `two_way_update` / `two_way_pool` run the fused kernels (the default) or the
+    /// composed ops (`VISWORD_CUDA_TWO_WAY=composed` at start-up, or `set_fused_two_way(false)`).
+    pub fn fused_two_way(&self) -> bool {
+        fused()
+    }
+
+    /// Switch the fused two-way kernels on or off, for every CUDA backend of the process.
+    pub fn set_fused_two_way(&self, on: bool) {
+        FUSED.store(if on { 1 } else { 2 }, Ordering::Relaxed)
+    }
+
+    /// `Backend::two_way_update` in one kernel (operands checked by the caller, sizes by
+    /// `two_way_fits`).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn two_way_update(&self, _x: &Tensor, _y: &Tensor, _ax: &Tensor, _ay: &Tensor, _u: &Tensor, _bias: &Tensor, _ln: (&Tensor, &Tensor, f32), _s: TwoWayShape) -> Result<Tensor> {
-        Err(Error::shape("two_way_update", "no fused CUDA kernel yet"))
+    pub(crate) fn two_way_update(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tensor, bias: &Tensor, ln: (&Tensor, &Tensor, f32), s: TwoWayShape) -> Result<Tensor> {
+        const OP: &str = "two_way_update";
+        let (b32, n32, c32, r32, t32, dy32) = sizes(OP, &s)?;
+        let out = self.alloc_f32(&[s.b, s.n, s.c])?;
+        let (xp, yp, axp, ayp, up) = (self.f32_ptr(x, OP)?, self.f32_ptr(y, OP)?, self.f32_ptr(ax, OP)?, self.f32_ptr(ay, OP)?, self.f32_ptr(u, OP)?);
+        let (bp, lwp, lbp, eps, op) = (self.f32_ptr(bias, OP)?, self.f32_ptr(ln.0, OP)?, self.f32_ptr(ln.1, OP)?, ln.2, self.ptr(&out));
+        let xstride = x_batch_stride(&s);
+        let cfg = grid_rows(s.b * s.n.div_ceil(ROWS), THREADS, 0);
+        launch!(self, OP, self.function(&kernels::TWO_WAY, "two_way_update_f32")?, cfg, xp, xstride, yp, axp, ayp, up, bp, lwp, lbp, eps, op, b32, n32, c32, r32, t32, dy32)?;
+        Ok(self.wrap_f32(out, vec![s.b, s.n, s.c]))
     }
 
-    pub(crate) fn two_way_pool(&self, _x: &Tensor, _y: &Tensor, _ax: &Tensor, _ay: &Tensor, _s: TwoWayShape) -> Result<Tensor> {
-        Err(Error::shape("two_way_pool", "no fused CUDA kernel yet"))
+    /// `Backend::two_way_pool`: partials per chunk of image tokens, then their merge (operands
+    /// checked by the caller, sizes by `two_way_fits`).
+    pub(crate) fn two_way_pool(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, s: TwoWayShape) -> Result<Tensor> {
+        const OP: &str = "two_way_pool";
+        let (b32, n32, c32, r32, t32, dy32) = sizes(OP, &s)?;
+        let chunks = s.n.div_ceil(CHUNK);
+        // Maxima [B, K, R], sums [B, K, R], weighted sums [B, K, R, C].
+        let part = self.alloc::<f32>(s.b * chunks * s.r * (s.c + 2), OP)?;
+        let out = self.alloc_f32(&[s.b, s.r, s.c])?;
+        let (xp, yp, axp, ayp, pp, op) = (self.f32_ptr(x, OP)?, self.f32_ptr(y, OP)?, self.f32_ptr(ax, OP)?, self.f32_ptr(ay, OP)?, self.ptr(&part), self.ptr(&out));
+        let xstride = x_batch_stride(&s);
+        let cfg = grid_rows(s.b * chunks, THREADS, 0);
+        launch!(self, OP, self.function(&kernels::TWO_WAY, "two_way_pool_part_f32")?, cfg, xp, xstride, yp, axp, ayp, pp, b32, n32, c32, r32, t32, dy32)?;
+        let cfg = grid_rows(s.b * s.r, THREADS, 0);
+        launch!(self, OP, self.function(&kernels::TWO_WAY, "two_way_pool_combine_f32")?, cfg, pp, op, b32, n32, c32, r32)?;
+        Ok(self.wrap_f32(out, vec![s.b, s.r, s.c]))
     }
+}
+
+/// Elements between two prompts' image tokens: 0 when one set is shared.
+fn x_batch_stride(s: &TwoWayShape) -> u64 {
+    if s.bx == 1 {
+        0
+    } else {
+        (s.n * s.c) as u64
+    }
+}
+
+/// B, N, C, R, T and Dy as the kernels take them.
+fn sizes(op: &'static str, s: &TwoWayShape) -> Result<(u32, u32, u32, u32, u32, u32)> {
+    let u = |v: usize| u32::try_from(v).map_err(|_| Error::shape(op, format!("{s:?}: a size exceeds u32")));
+    Ok((u(s.b)?, u(s.n)?, u(s.c)?, u(s.r)?, u(s.t())?, u(s.dy)?))
 }
