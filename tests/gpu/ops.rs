@@ -671,6 +671,12 @@ fn permute_narrow_concat_pad_and_kv_writes() {
         for dims in [[0usize, 1, 2, 3], [0, 2, 1, 3], [3, 2, 1, 0], [1, 3, 0, 2]] {
             same(&format!("permute {dims:?}"), &g, &g.backend.permute(&xg, &dims).unwrap(), &cpu().permute(&x, &dims).unwrap(), Tol { atol: 0.0, rtol: 0.0 });
         }
+        // A single element (every dim of size 1) and size-1 dims around one real dim.
+        for shape in [vec![1usize, 1, 1], vec![1, 5, 1]] {
+            let t = r.tensor(&shape);
+            let got = g.backend.permute(&up(&g, &t), &[2, 0, 1]).unwrap();
+            same(&format!("permute of {shape:?}"), &g, &got, &cpu().permute(&t, &[2, 0, 1]).unwrap(), Tol { atol: 0.0, rtol: 0.0 });
+        }
         for (dim, start, len) in [(0usize, 1usize, 1usize), (1, 1, 2), (2, 0, 5), (3, 6, 1), (3, 2, 3)] {
             same(&format!("narrow dim {dim} {start}+{len}"), &g, &g.backend.narrow(&xg, dim, start, len).unwrap(), &cpu().narrow(&x, dim, start, len).unwrap(), Tol { atol: 0.0, rtol: 0.0 });
         }

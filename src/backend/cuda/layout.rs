@@ -101,6 +101,11 @@ impl CudaBackend {
                 shp.push(len);
                 st.push(stride);
             }
+            if shp.is_empty() {
+                // Every dim has size 1: one element, copied as a run of one.
+                shp.push(1);
+                st.push(1);
+            }
             if shp.len() > 8 {
                 return Err(Error::shape(OP, format!("{dims:?} of {s:?} needs more than 8 dims after merging")));
             }
