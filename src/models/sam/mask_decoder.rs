@@ -177,11 +177,10 @@ impl Attention {
 
     /// The folded token side for `tokens` [B, T, C]: ax [B, H·T, C] and ay [B, H·T, d], rows
     /// head-major.
-    fn token_side(&self, be: &Backend, tokens: &Tensor) -> Result<(&Folded, Tensor, Tensor)> {
-        let f = self.folded.as_ref().ok_or_else(|| Error::arg("mask_decoder", "attention loaded without its folded weights"))?;
+    fn token_side(&self, be: &Backend, f: &Folded, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
         let ax = heads_major(be, &proj(be, tokens, &f.ax)?, self.heads)?;
         let ay = heads_major(be, &proj(be, tokens, &f.ay)?, self.heads)?;
-        Ok((f, ax, ay))
+        Ok((ax, ay))
     }
 
     /// Image-to-token attention plus its residual and `ln`: the image tokens `keys`
@@ -189,7 +188,14 @@ impl Attention {
     /// `tokens`); `pe_q` [1, N, inner] is the image positional encoding through q_proj.
     #[allow(clippy::too_many_arguments)]
     fn image_update(&self, be: &Backend, keys: &Tensor, pe_q: &Tensor, tokens_pe: &Tensor, tokens: &Tensor, ln: &Linear, eps: f32) -> Result<Tensor> {
-        let (f, ax, ay) = self.token_side(be, tokens_pe)?;
+        let Some(f) = &self.folded else {
+            // Unfolded: the image tokens projected (keys + pe through q_proj), attention over
+            // the projected tokens, out_proj with the keys as residual, then `ln`.
+            let qp = proj_pe(be, keys, &self.q, pe_q)?;
+            let keys = self.attend(be, &qp, &proj(be, tokens_pe, &self.k)?, &proj(be, tokens, &self.v)?, Some(keys))?;
+            return be.layer_norm(&keys, &ln.0, &ln.1, eps);
+        };
+        let (ax, ay) = self.token_side(be, f, tokens_pe)?;
         let u = heads_major(be, &proj(be, tokens, &f.vo)?, self.heads)?;
         be.two_way_update(keys, pe_q, &ax, &ay, &u, &self.out.1, (&ln.0, &ln.1, eps), self.heads)
     }
@@ -198,8 +204,13 @@ impl Attention {
     /// `tokens_pe`) attend to the image tokens `keys` ([B or 1, N, C]; keys + pe through k_proj,
     /// `pe_k` [1, N, inner] being the pe part with the bias, values the keys through v_proj).
     fn token_update(&self, be: &Backend, keys: &Tensor, pe_k: &Tensor, tokens_pe: &Tensor, tokens: &Tensor) -> Result<Tensor> {
+        let Some(f) = &self.folded else {
+            // Unfolded: keys + pe through k_proj, the keys through v_proj.
+            let (kp, vp) = (proj_pe(be, keys, &self.k, pe_k)?, proj(be, keys, &self.v)?);
+            return self.attend(be, &proj(be, tokens_pe, &self.q)?, &kp, &vp, Some(tokens));
+        };
         let (b, t, c) = (tokens.dim(0), tokens.dim(1), tokens.dim(2));
-        let (f, ax, ay) = self.token_side(be, tokens_pe)?;
+        let (ax, ay) = self.token_side(be, f, tokens_pe)?;
         let pooled = be.two_way_pool(keys, pe_k, &ax, &ay, self.heads)?.reshape(&[b, self.heads, t, c])?;
         let pooled = be.permute(&pooled, &[0, 2, 1, 3])?.reshape(&[b, t, self.heads * c])?;
         be.linear(&pooled, &f.vo.0, Some(&f.vo.1), Activation::None, Some(tokens))
@@ -217,6 +228,23 @@ impl Attention {
     fn attend(&self, be: &Backend, qp: &Tensor, kp: &Tensor, vp: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let o = be.attention_tokens(qp, kp, vp, self.heads, &AttnParams::new(self.inner / self.heads))?;
         be.linear(&o, &self.out.0, Some(&self.out.1), Activation::None, residual)
+    }
+}
+
+/// Whether the attentions between the prompt tokens and the image tokens run folded
+/// (`Folded`: `two_way_update` / `two_way_pool`) or on projected image tokens. Folding cuts
+/// the arithmetic to ~60% and the image-side bytes to under half, but the projections it
+/// replaces are GEMMs that each backend runs near its best rate, so it has not paid everywhere:
+/// 2-core CPU VM, cpu preset, 8×8 grid, median of 3: superpixels 1825 / 2122 ms folded against
+/// 1935 / 2181 ms projected (kept on); lavapipe, tiny preset: 15.5 s folded against 6.9 s; H200,
+/// 64 prompts: the f32 CUDA kernels take 1.25 ms (update) and 1.75 ms (pool) a call, about
+/// what the tensor-core projections they replace take. The GPUs keep the projections until
+/// their two-way kernels beat them; `VISWORD_SAM_FOLD=1` / `0` decides for every backend.
+fn fold_two_way(be: &Backend) -> bool {
+    match std::env::var("VISWORD_SAM_FOLD").as_deref().map(str::trim) {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => be.name() == "cpu",
     }
 }
 
@@ -333,6 +361,8 @@ impl MaskDecoder {
         let output_tokens = vv.backend().concat(&[&iou, &masks], 0)?;
         let t = vv.pp("transformer");
         let (heads, ds) = (cfg.num_attention_heads, cfg.attention_downsample_rate);
+        let fold = fold_two_way(vv.backend());
+        let (i2t_fold, t2i_fold) = if fold { (Fold::ImageToToken, Fold::TokenToImage) } else { (Fold::None, Fold::None) };
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let b = t.pp("layers").pp(i);
@@ -340,13 +370,13 @@ impl MaskDecoder {
                 self_attn: Attention::load(&b.pp("self_attn"), c, 1, heads, Fold::None)?,
                 ln1: norm(&b.pp("layer_norm1"), c)?,
                 // The first block's keys are shared by every prompt: projected once instead.
-                cross_t2i: Attention::load(&b.pp("cross_attn_token_to_image"), c, ds, heads, if i == 0 { Fold::None } else { Fold::TokenToImage })?,
+                cross_t2i: Attention::load(&b.pp("cross_attn_token_to_image"), c, ds, heads, if i == 0 { Fold::None } else { t2i_fold })?,
                 ln2: norm(&b.pp("layer_norm2"), c)?,
                 mlp1: lin(&b.pp("mlp").pp("lin1"), cfg.mlp_dim, c)?,
                 mlp2: lin(&b.pp("mlp").pp("lin2"), c, cfg.mlp_dim)?,
                 ln3: norm(&b.pp("layer_norm3"), c)?,
                 ln4: norm(&b.pp("layer_norm4"), c)?,
-                cross_i2t: Attention::load(&b.pp("cross_attn_image_to_token"), c, ds, heads, Fold::ImageToToken)?,
+                cross_i2t: Attention::load(&b.pp("cross_attn_image_to_token"), c, ds, heads, i2t_fold)?,
                 skip_first_layer_pe: i == 0,
             });
         }
@@ -363,7 +393,7 @@ impl MaskDecoder {
         Ok(MaskDecoder {
             output_tokens,
             blocks,
-            final_attn: Attention::load(&t.pp("final_attn_token_to_image"), c, ds, heads, Fold::TokenToImage)?,
+            final_attn: Attention::load(&t.pp("final_attn_token_to_image"), c, ds, heads, t2i_fold)?,
             ln_final: norm(&t.pp("layer_norm_final_attn"), c)?,
             upscale_conv1: (conv1_w, conv1_b),
             upscale_ln: norm(&vv.pp("upscale_layer_norm"), c / 4)?,
