@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::matmul::sgemm_serial;
-use super::norm::lanes_sum;
+use super::norm::mean_inv_std;
 use super::vmath::exp_shifted_sum;
 use super::{check_f32, for_chunks, gemm_nt};
 use crate::backend::TwoWayShape;
@@ -90,9 +90,7 @@ pub fn two_way_update(x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tens
         }
         sgemm_serial(rows, c, r, &sc, r, 1, ub, c, 1, o, true);
         for row in o.chunks_mut(c) {
-            let mean = lanes_sum(row, |v| v) / c as f32;
-            let var = lanes_sum(row, |v| (v - mean) * (v - mean)) / c as f32;
-            let inv = 1.0 / (var + eps).sqrt();
+            let (mean, inv) = mean_inv_std(row, eps);
             for ((v, &w), &bb) in row.iter_mut().zip(lw).zip(lb) {
                 *v = (*v - mean) * inv * w + bb;
             }
@@ -120,9 +118,7 @@ pub fn two_way_pool(x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, s: TwoWayS
             for (j, v) in row.iter_mut().enumerate() {
                 *v += dot(&yv[j * yw + g * dy..][..dy], ayr);
             }
-            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let inv = 1.0 / exp_shifted_sum(row, max);
-            row.iter_mut().for_each(|v| *v *= inv);
+            softmax_in_place(row);
         }
         sgemm_serial(r, c, n, &sc, n, 1, xs, c, 1, o, false);
     });

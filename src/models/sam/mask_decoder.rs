@@ -185,13 +185,17 @@ impl Attention {
 
     /// Image-to-token attention plus its residual and `ln`: the image tokens `keys`
     /// ([B or 1, N, C]) attend to the prompt tokens (keys `tokens_pe` = tokens + pe, values
-    /// `tokens`); `pe_q` [1, N, inner] is the image positional encoding through q_proj.
+    /// `tokens`); `pe_q` [1, N, inner] is the image positional encoding through q_proj, and
+    /// `qp` the keys' projection already made (shared keys), for the unfolded attention.
     #[allow(clippy::too_many_arguments)]
-    fn image_update(&self, be: &Backend, keys: &Tensor, pe_q: &Tensor, tokens_pe: &Tensor, tokens: &Tensor, ln: &Linear, eps: f32) -> Result<Tensor> {
+    fn image_update(&self, be: &Backend, keys: &Tensor, pe_q: &Tensor, qp: Option<&Tensor>, tokens_pe: &Tensor, tokens: &Tensor, ln: &Linear, eps: f32) -> Result<Tensor> {
         let Some(f) = &self.folded else {
             // Unfolded: the image tokens projected (keys + pe through q_proj), attention over
             // the projected tokens, out_proj with the keys as residual, then `ln`.
-            let qp = proj_pe(be, keys, &self.q, pe_q)?;
+            let qp = match qp {
+                Some(qp) => qp.clone(),
+                None => proj_pe(be, keys, &self.q, pe_q)?,
+            };
             let keys = self.attend(be, &qp, &proj(be, tokens_pe, &self.k)?, &proj(be, tokens, &self.v)?, Some(keys))?;
             return be.layer_norm(&keys, &ln.0, &ln.1, eps);
         };
@@ -280,7 +284,15 @@ pub struct ImageKeys {
     e: usize,
     keys: Tensor,
     pe: PeProjections,
-    first: Option<[Tensor; 2]>,
+    first: Option<FirstKeys>,
+}
+
+/// The first block's projections of the keys every prompt shares: token-to-image keys and
+/// values, and the image-to-token queries when that attention runs unfolded.
+struct FirstKeys {
+    kp: Tensor,
+    vp: Tensor,
+    qp: Option<Tensor>,
 }
 
 struct TwoWayBlock {
@@ -445,9 +457,13 @@ impl MaskDecoder {
             blocks: self.blocks.iter().map(|b| Ok((proj(be, &key_pe, &b.cross_t2i.k)?, proj(be, &key_pe, &b.cross_i2t.q)?))).collect::<Result<_>>()?,
             final_k: proj(be, &key_pe, &self.final_attn.k)?,
         };
-        // The first block's projections of the shared keys: token-to-image keys and values.
+        // The first block's projections of the shared keys (`FirstKeys`).
         let first = match (self.blocks.first(), pe.blocks.first()) {
-            (Some(b), Some(pe_w)) => Some([proj_pe(be, &keys, &b.cross_t2i.k, &pe_w.0)?, proj(be, &keys, &b.cross_t2i.v)?]),
+            (Some(b), Some(pe_w)) => Some(FirstKeys {
+                kp: proj_pe(be, &keys, &b.cross_t2i.k, &pe_w.0)?,
+                vp: proj(be, &keys, &b.cross_t2i.v)?,
+                qp: if b.cross_i2t.folded.is_none() { Some(proj_pe(be, &keys, &b.cross_i2t.q, &pe_w.1)?) } else { None },
+            }),
             _ => None,
         };
         Ok(ImageKeys { e, keys, pe, first })
@@ -512,7 +528,7 @@ impl MaskDecoder {
         keys: &Tensor,
         query_pe: &Tensor,
         pe_w: &(Tensor, Tensor),
-        first: Option<&[Tensor; 2]>,
+        first: Option<&FirstKeys>,
     ) -> Result<(Tensor, Tensor)> {
         let eps = self.eps;
         let queries = if blk.skip_first_layer_pe {
@@ -528,7 +544,7 @@ impl MaskDecoder {
         let t2i = &blk.cross_t2i;
         let q = be.add(&queries, query_pe)?;
         let queries = match first {
-            Some([kp, vp]) => t2i.attend(be, &proj(be, &q, &t2i.q)?, kp, vp, Some(&queries))?,
+            Some(f) => t2i.attend(be, &proj(be, &q, &t2i.q)?, &f.kp, &f.vp, Some(&queries))?,
             None => t2i.token_update(be, keys, &pe_w.0, &q, &queries)?,
         };
         let queries = be.layer_norm(&queries, &blk.ln2.0, &blk.ln2.1, eps)?;
@@ -540,7 +556,7 @@ impl MaskDecoder {
         // Image-to-token: keys + pe query the tokens + pe, whose values are the tokens; the keys
         // (shared by every prompt in the first block) updated with a residual and ln4.
         let q = be.add(&queries, query_pe)?;
-        let keys = blk.cross_i2t.image_update(be, keys, &pe_w.1, &q, &queries, &blk.ln4, eps)?;
+        let keys = blk.cross_i2t.image_update(be, keys, &pe_w.1, first.and_then(|f| f.qp.as_ref()), &q, &queries, &blk.ln4, eps)?;
         Ok((queries, keys))
     }
 }
