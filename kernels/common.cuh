@@ -1,6 +1,8 @@
 // Shared helpers for every kernel file (build.rs inlines this header into each file's embedded
 // source, so NVRTC needs no header list). No CUDA headers are included: half-precision loads are
-// done with PTX and bit shifts, so the run-time compile needs nothing but NVRTC itself.
+// done with PTX and bit shifts, so the run-time compile needs nothing but NVRTC itself. Built as
+// host C++ with VISWORD_CUDA_EMU (tests/cuda_emu/), the PTX below is replaced by the emulator's
+// conversions and mma.
 #pragma once
 
 typedef unsigned long long u64;
@@ -19,29 +21,45 @@ typedef unsigned short u16;
 __device__ __forceinline__ u64 block_row() { return (u64)blockIdx.y * gridDim.x + blockIdx.x; }
 
 __device__ __forceinline__ float f16_to_f32(u16 h) {
+#ifdef VISWORD_CUDA_EMU
+    return emu::half_bits_to_f32(h);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((unsigned)h) << 16); }
 // Round to nearest even (sm_80+), NaN stays NaN.
 __device__ __forceinline__ u16 f32_to_bf16(float f) {
+#ifdef VISWORD_CUDA_EMU
+    return emu::f32_to_bf16_bits(f);
+#else
     u16 h;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
+#endif
 }
 
 // Round to nearest even f16 (the bits).
 __device__ __forceinline__ u16 f32_to_f16(float f) {
+#ifdef VISWORD_CUDA_EMU
+    return emu::f32_to_half_bits(f);
+#else
     u16 h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
+#endif
 }
 // Two floats as f16x2: lo in the low half (the lower k or column index of an mma fragment).
 __device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
+#ifdef VISWORD_CUDA_EMU
+    return (unsigned)emu::f32_to_half_bits(lo) | (unsigned)emu::f32_to_half_bits(hi) << 16;
+#else
     unsigned r;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+#endif
 }
 
 // Tensor cores (sm_80+): D = A·B + D for a 16×16 f16 A (row-major) and a 16×8 f16 B (stored
@@ -51,10 +69,14 @@ __device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
 //   b0 = B[2t..][g], b1 = B[2t + 8..][g]
 //   c[0], c[1] = D[g][2t], D[g][2t + 1]; c[2], c[3] = D[g + 8][2t], D[g + 8][2t + 1]
 __device__ __forceinline__ void mma_f16_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+#ifdef VISWORD_CUDA_EMU
+    emu::mma_16816(c, a0, a1, a2, a3, b0, b1, emu::half_bits_to_f32);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 // A captured decode step's device-side arguments (src/backend/cuda/graph.rs): int32 slots of the

@@ -4,16 +4,33 @@
 #    machine;
 #  * NVIDIA's nvcc 13.0 from PyPI wheels, so build.rs compile-checks every CUDA kernel for sm_80
 #    and sm_90 (pinned to 13.0.x: newer wheels emit a PTX ISA that CUDA 13.0 drivers reject), and
-#    NVRTC, so the run-time compile path is checked too.
+#    NVRTC, so the run-time compile path is checked too;
+#  * a C++ compiler (g++), which builds kernels/*.cu against the host CUDA emulator of
+#    tests/cuda_emu so the kernels run on the CPU.
 # Each step that cannot run here says so on stderr and the suite goes on; CI then fails the
 # tests that require it (VISWORD_REQUIRE).
 set -uo pipefail
 
+sudo=""
+[ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo -n"
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq >/dev/null || return 1
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo -n"
-  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1; } >/dev/null; then
+  if ! apt_install mesa-vulkan-drivers libvulkan1; then
     echo "warning: could not install mesa-vulkan-drivers; the wgpu tests will have no adapter" >&2
+  fi
+fi
+
+if ! command -v "${CXX:-g++}" >/dev/null; then
+  if ! apt_install g++; then
+    echo "warning: could not install g++; the emulated CUDA kernel tests will skip" >&2
   fi
 fi
 

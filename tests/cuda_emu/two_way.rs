@@ -1,0 +1,97 @@
+//! kernels/two_way.cu (SAM's two-way attention on factored weights, f32 on the CUDA cores)
+//! against the CPU backend's `two_way_update` / `two_way_pool`: SAM's sizes with shared image
+//! tokens, and ragged ones off every block size (N past one 32-row tile and one 256-token pool
+//! chunk, C below a 32-channel chunk, one group, R at the 64-row limit).
+
+use visword::{Backend, Tensor};
+
+use crate::common::{assert_close, Rng, Tol};
+use crate::emu::{self, grid_rows};
+
+/// Threads per block, image tokens per update block and per pool chunk (TW_THREADS, TW_ROWS,
+/// TWP_CHUNK).
+const THREADS: u32 = 256;
+const ROWS: usize = 32;
+const CHUNK: usize = 256;
+
+type Update = unsafe extern "C" fn(*const f32, u64, *const f32, *const f32, *const f32, *const f32, *const f32, *const f32, *const f32, f32, *mut f32, u32, u32, u32, u32, u32, u32);
+type PoolPart = unsafe extern "C" fn(*const f32, u64, *const f32, *const f32, *const f32, *mut f32, u32, u32, u32, u32, u32, u32);
+type PoolCombine = unsafe extern "C" fn(*const f32, *mut f32, u32, u32, u32, u32);
+
+/// (B, Bx, N, C, groups, T, Dy): Bx = 1 shares the image tokens across the B prompts.
+type Shape = (usize, usize, usize, usize, usize, usize, usize);
+
+/// f32 sums of up to k products in another order: the GPU tests' bound for CUDA.
+fn tol(k: usize) -> Tol {
+    Tol { atol: 1e-4f32.max(4e-6 * (k as f32).sqrt()), rtol: 1e-4 }
+}
+
+fn check((b, bx, n, c, groups, t, dy): Shape) {
+    let Some(emu) = emu::kernels("two_way") else { return };
+    let seed = 0x7A0_0000 ^ (b * 7919 + n * 31 + c * 7 + groups * t) as u64;
+    let mut r = Rng::new(seed);
+    let cpu = Backend::cpu();
+    let rows = groups * t;
+    let x = r.tensor(&[bx, n, c]);
+    let y = r.tensor(&[1, n, groups * dy]);
+    // Scores of a few units, as SAM's scaled projections give: the softmax is neither flat nor
+    // one-hot.
+    let scale = 2.0 / (c as f32).sqrt();
+    let ax = Tensor::from_f32(r.vec(b * rows * c).iter().map(|v| v * scale).collect(), vec![b, rows, c]).unwrap();
+    let (ay, u) = (r.tensor(&[b, rows, dy]), r.tensor(&[b, rows, c]));
+    let (bias, lw, lb) = (r.tensor(&[c]), r.tensor(&[c]), r.tensor(&[c]));
+    let eps = 1e-6;
+    let what = format!("B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy} seed {seed:#x}");
+    let v = |t: &Tensor| t.to_f32_vec().unwrap();
+    let (xv, yv, axv, ayv, uv, bv, lwv, lbv) = (v(&x), v(&y), v(&ax), v(&ay), v(&u), v(&bias), v(&lw), v(&lb));
+    let xstride = if bx == 1 { 0 } else { (n * c) as u64 };
+    let s32 = |v: usize| v as u32;
+
+    let want = cpu.two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, eps), groups).unwrap();
+    let mut out = vec![f32::NAN; b * n * c];
+    // SAFETY: two_way_update_f32's parameter list.
+    let f: Update = unsafe { emu.kernel("two_way_update_f32") };
+    let o = out.as_mut_ptr() as usize;
+    emu.launch(grid_rows(b * n.div_ceil(ROWS)), (THREADS, 1, 1), || unsafe {
+        f(xv.as_ptr(), xstride, yv.as_ptr(), axv.as_ptr(), ayv.as_ptr(), uv.as_ptr(), bv.as_ptr(), lwv.as_ptr(), lbv.as_ptr(), eps, o as *mut f32, s32(b), s32(n), s32(c), s32(rows), s32(t), s32(dy))
+    });
+    assert_close(&format!("two_way_update_f32 {what}"), &out, &v(&want), tol(c.max(rows)));
+
+    let want = cpu.two_way_pool(&x, &y, &ax, &ay, groups).unwrap();
+    let chunks = n.div_ceil(CHUNK);
+    let mut part = vec![f32::NAN; b * chunks * rows * (c + 2)];
+    let mut out = vec![f32::NAN; b * rows * c];
+    // SAFETY: the pool kernels' parameter lists.
+    let (fp, fc): (PoolPart, PoolCombine) = unsafe { (emu.kernel("two_way_pool_part_f32"), emu.kernel("two_way_pool_combine_f32")) };
+    let (pp, o) = (part.as_mut_ptr() as usize, out.as_mut_ptr() as usize);
+    emu.launch(grid_rows(b * chunks), (THREADS, 1, 1), || unsafe {
+        fp(xv.as_ptr(), xstride, yv.as_ptr(), axv.as_ptr(), ayv.as_ptr(), pp as *mut f32, s32(b), s32(n), s32(c), s32(rows), s32(t), s32(dy))
+    });
+    emu.launch(grid_rows(b * rows), (THREADS, 1, 1), || unsafe { fc(pp as *const f32, o as *mut f32, s32(b), s32(n), s32(c), s32(rows)) });
+    assert_close(&format!("two_way_pool {what}"), &out, &v(&want), tol(c.max(n)));
+}
+
+#[test]
+fn two_way_sam_sizes_shared_image_tokens() {
+    // SAM's token-to-image layer: 4096 image tokens of 256 channels shared by 2 prompts,
+    // 8 heads × 7 tokens, Dy 16.
+    check((2, 1, 4096, 256, 8, 7, 16));
+}
+
+#[test]
+fn two_way_per_prompt_image_tokens_ragged() {
+    // Per-prompt image tokens, N = 300 (a partial 32-row tile and a second, partial pool chunk),
+    // C = 40 (a partial 32-channel chunk).
+    check((2, 2, 300, 40, 2, 7, 8));
+}
+
+#[test]
+fn two_way_one_group_widest_rows() {
+    // One group of 64 query rows (the kernels' limit), odd Dy, N below one tile.
+    check((1, 1, 19, 24, 1, 64, 3));
+}
+
+#[test]
+fn two_way_size_one() {
+    check((1, 1, 1, 1, 1, 1, 1));
+}
