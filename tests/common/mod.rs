@@ -133,3 +133,30 @@ impl Rng {
 pub fn without_notices(stderr: &str) -> String {
     stderr.lines().filter(|l| !l.starts_with("notice: ")).map(|l| format!("{l}\n")).collect()
 }
+
+/// Seeded operands of SAM's two-way ops (`Backend::two_way_update` / `two_way_pool`) for
+/// (B, Bx, N, C, groups, T, Dy): scores of a few units, as SAM's scaled projections give, so the
+/// softmax is neither flat nor one-hot.
+pub struct TwoWayInputs {
+    pub x: Tensor,
+    pub y: Tensor,
+    pub ax: Tensor,
+    pub ay: Tensor,
+    pub u: Tensor,
+    pub bias: Tensor,
+    pub ln_w: Tensor,
+    pub ln_b: Tensor,
+}
+
+impl TwoWayInputs {
+    pub fn new(r: &mut Rng, (b, bx, n, c, groups, t, dy): (usize, usize, usize, usize, usize, usize, usize)) -> TwoWayInputs {
+        let rows = groups * t;
+        let x = r.tensor(&[bx, n, c]);
+        let y = r.tensor(&[1, n, groups * dy]);
+        let scale = 2.0 / (c as f32).sqrt();
+        let ax = Tensor::from_f32(r.vec(b * rows * c).iter().map(|v| v * scale).collect(), vec![b, rows, c]).unwrap();
+        let (ay, u) = (r.tensor(&[b, rows, dy]), r.tensor(&[b, rows, c]));
+        let (bias, ln_w, ln_b) = (r.tensor(&[c]), r.tensor(&[c]), r.tensor(&[c]));
+        TwoWayInputs { x, y, ax, ay, u, bias, ln_w, ln_b }
+    }
+}

@@ -5,7 +5,7 @@
 
 use visword::{Backend, Tensor};
 
-use crate::common::{assert_close, Rng, Tol};
+use crate::common::{assert_close, Rng, Tol, TwoWayInputs};
 use crate::emu::{self, grid_rows};
 
 /// Threads per block, image tokens per update block and per pool chunk (TW_THREADS, TW_ROWS,
@@ -32,14 +32,7 @@ fn check((b, bx, n, c, groups, t, dy): Shape) {
     let mut r = Rng::new(seed);
     let cpu = Backend::cpu();
     let rows = groups * t;
-    let x = r.tensor(&[bx, n, c]);
-    let y = r.tensor(&[1, n, groups * dy]);
-    // Scores of a few units, as SAM's scaled projections give: the softmax is neither flat nor
-    // one-hot.
-    let scale = 2.0 / (c as f32).sqrt();
-    let ax = Tensor::from_f32(r.vec(b * rows * c).iter().map(|v| v * scale).collect(), vec![b, rows, c]).unwrap();
-    let (ay, u) = (r.tensor(&[b, rows, dy]), r.tensor(&[b, rows, c]));
-    let (bias, lw, lb) = (r.tensor(&[c]), r.tensor(&[c]), r.tensor(&[c]));
+    let TwoWayInputs { x, y, ax, ay, u, bias, ln_w: lw, ln_b: lb } = TwoWayInputs::new(&mut r, (b, bx, n, c, groups, t, dy));
     let eps = 1e-6;
     let what = format!("B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy} seed {seed:#x}");
     let v = |t: &Tensor| t.to_f32_vec().unwrap();

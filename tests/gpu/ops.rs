@@ -7,7 +7,7 @@ use visword::backend::BinaryOp;
 use visword::{Activation, Backend, DType, Tensor};
 
 use crate::common::backends::{gpus, Gpu};
-use crate::common::{assert_close, Rng, Tol};
+use crate::common::{assert_close, Rng, Tol, TwoWayInputs};
 
 const SEED: u64 = 0x5EED_0005;
 
@@ -938,12 +938,7 @@ fn two_way_update_and_pool() {
         let shapes = [(1usize, 1usize, 1usize, 1usize, 1usize, 1usize, 1usize), (2, 2, 37, 32, 2, 7, 8), (3, 1, 70, 16, 8, 3, 2), (2, 2, 4096, 256, 8, 7, 16), (3, 1, 4096, 256, 8, 7, 16), (1, 1, 33, 40, 1, 5, 3), (2, 2, 20, 24, 2, 150, 4)];
         for (b, bx, n, c, groups, t, dy) in shapes {
             let rows = groups * t;
-            let x = r.tensor(&[bx, n, c]);
-            let y = r.tensor(&[1, n, groups * dy]);
-            let scale = 2.0 / (c as f32).sqrt();
-            let ax = Tensor::from_f32(r.vec(b * rows * c).iter().map(|v| v * scale).collect(), vec![b, rows, c]).unwrap();
-            let (ay, u) = (r.tensor(&[b, rows, dy]), r.tensor(&[b, rows, c]));
-            let (bias, lw, lb) = (r.tensor(&[c]), r.tensor(&[c]), r.tensor(&[c]));
+            let TwoWayInputs { x, y, ax, ay, u, bias, ln_w: lw, ln_b: lb } = TwoWayInputs::new(&mut r, (b, bx, n, c, groups, t, dy));
             let what = format!("B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy}");
             let want = cpu().two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), groups).unwrap();
             let a = (up(&g, &x), up(&g, &y), up(&g, &ax), up(&g, &ay), up(&g, &u), up(&g, &bias), up(&g, &lw), up(&g, &lb));
