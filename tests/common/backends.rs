@@ -45,7 +45,8 @@ fn selected(name: &str) -> bool {
     std::env::var("VISWORD_BACKENDS").map(|v| v.split(',').any(|s| s.trim() == name)).unwrap_or(true)
 }
 
-fn required(name: &str) -> bool {
+/// Whether `VISWORD_REQUIRE` (comma-separated) names `name`: its absence then fails the tests.
+pub fn required(name: &str) -> bool {
     std::env::var("VISWORD_REQUIRE").map(|v| v.split(',').any(|s| s.trim() == name)).unwrap_or(false)
 }
 

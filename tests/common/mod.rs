@@ -102,6 +102,17 @@ pub fn assert_tensor_close(what: &str, got: &Tensor, want: &Tensor, tol: Tol) {
     assert_close(what, &got.to_f32_vec().unwrap(), &want.to_f32_vec().unwrap(), tol);
 }
 
+/// Attention for half-precision callers against the CPU on f16-rounded operands (the policy
+/// above).
+pub const LOW_PRECISION_TOL: Tol = Tol { atol: 2e-3, rtol: 2e-3 };
+
+/// `x` rounded to f16 and back, after multiplying by `s` (then divided by it again): operands
+/// as a kernel with f16 operands sees them.
+pub fn f16_round(cpu: &visword::Backend, x: &Tensor, s: f32) -> Tensor {
+    let r = cpu.affine(x, s, 0.0).unwrap().to_dtype(visword::DType::F16).unwrap().to_dtype(visword::DType::F32).unwrap();
+    cpu.affine(&r, 1.0 / s, 0.0).unwrap()
+}
+
 /// A small seeded RNG (SplitMix64) for test inputs; print the seed in the test.
 pub struct Rng(u64);
 

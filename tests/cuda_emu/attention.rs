@@ -1,14 +1,13 @@
 //! kernels/attention_mma.cu (flash attention on the tensor cores, f16 operands) against the CPU
 //! backend on the operands rounded as the kernel rounds them (q·scale, k and v to f16): what is
 //! left is the f16 rounding of the softmax weights before P·V (relative 2⁻¹¹) and the order of
-//! sums, within `TOL` (the same as tests/gpu/attention.rs uses for half-precision callers).
+//! sums, within `LOW_PRECISION_TOL` (as tests/gpu/attention.rs for half-precision callers).
 
-use visword::{AttnBias, AttnParams, Backend, DType, Tensor};
+use visword::{AttnBias, AttnParams, Backend, Tensor};
 
-use crate::common::{assert_close, Rng, Tol};
+use crate::common::{assert_close, f16_round, Rng, LOW_PRECISION_TOL};
 use crate::emu;
 
-const TOL: Tol = Tol { atol: 2e-3, rtol: 2e-3 };
 /// Queries per block and threads per block of the mma kernels (MMA_BQ, MMA_THREADS).
 const BQ: usize = 64;
 const THREADS: u32 = 128;
@@ -44,11 +43,6 @@ impl Case {
     fn new(b: usize, h: usize, hkv: usize, nq: usize, nk: usize, d: usize) -> Case {
         Case { b, h, hkv, nq, nk_all: nk, nk, d, causal: false, grid: None, token_major_shared_kv: false }
     }
-}
-
-fn f16_round(cpu: &Backend, x: &Tensor, s: f32) -> Tensor {
-    let r = cpu.affine(x, s, 0.0).unwrap().to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
-    cpu.affine(&r, 1.0 / s, 0.0).unwrap()
 }
 
 fn check(c: Case) {
@@ -103,7 +97,7 @@ fn check(c: Case) {
     } else {
         out
     };
-    assert_close(&format!("attention_fwd_mma_d{dp} {c:?} seed {seed:#x}"), &got, &want, TOL);
+    assert_close(&format!("attention_fwd_mma_d{dp} {c:?} seed {seed:#x}"), &got, &want, LOW_PRECISION_TOL);
 }
 
 #[test]

@@ -9,11 +9,8 @@ use std::sync::{Mutex, OnceLock};
 
 use libloading::Library;
 
-/// Whether CI asked for these tests to run (`VISWORD_REQUIRE=cuda-emu`): a missing compiler then
-/// fails them instead of skipping.
-fn required() -> bool {
-    std::env::var("VISWORD_REQUIRE").map(|v| v.split(',').any(|s| s.trim() == "cuda-emu")).unwrap_or(false)
-}
+use crate::common::backends;
+use crate::common::Tol;
 
 fn cxx() -> String {
     std::env::var("CXX").unwrap_or_else(|_| "g++".into())
@@ -38,7 +35,7 @@ pub fn kernels(file: &str) -> Option<&'static Emu> {
         return Some(e);
     }
     if Command::new(cxx()).arg("--version").output().is_err() {
-        assert!(!required(), "a C++ compiler ({}) is required here (VISWORD_REQUIRE=cuda-emu) but was not found", cxx());
+        assert!(!backends::required("cuda-emu"), "a C++ compiler ({}) is required here (VISWORD_REQUIRE=cuda-emu) but was not found", cxx());
         eprintln!("cuda_emu: skipping kernels/{file}.cu: no C++ compiler ({}) found", cxx());
         return None;
     }
@@ -93,6 +90,11 @@ impl Emu {
         // SAFETY: emu_launch writes a NUL-terminated message on failure.
         assert_eq!(rc, 0, "kernels/{}.cu: {}", self.file, unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy());
     }
+}
+
+/// f32 sums of up to k products in another order: tests/gpu's bound for CUDA's f32 kernels.
+pub fn tol(k: usize) -> Tol {
+    Tol { atol: 1e-4f32.max(4e-6 * (k as f32).sqrt()), rtol: 1e-4 }
 }
 
 /// The grid of a row kernel (`grid_rows` in src/backend/cuda/mod.rs): x ≤ 65535 blocks, the rest

@@ -6,8 +6,8 @@
 
 use visword::{Activation, Backend, DType, Tensor};
 
-use crate::common::{assert_close, Rng, Tol};
-use crate::emu;
+use crate::common::{assert_close, Rng};
+use crate::emu::{self, tol};
 
 /// Two blocks of 8 warps: fewer warps than the tests' rows.
 const GRID: (u32, u32, u32) = (2, 1, 1);
@@ -17,11 +17,6 @@ const KS: [usize; 3] = [2056, 40, 37];
 
 type Gemv = unsafe extern "C" fn(*const f32, *const u8, *mut f32, u32, u64, u32, *const u8, i32, i32, *const f32);
 type GemvMany = unsafe extern "C" fn(*const f32, *const f32, f32, *const u8, *const u8, *const u8, *mut f32, *mut f32, *mut f32, u32, u64, u64, u64, u32);
-
-/// f32 sums of k products in another order: the GPU tests' bound for CUDA.
-fn tol(k: usize) -> Tol {
-    Tol { atol: 1e-4f32.max(4e-6 * (k as f32).sqrt()), rtol: 1e-4 }
-}
 
 /// A tensor's bytes in a 16-byte aligned buffer, as device allocations are (the kernels load
 /// 16 bytes at a time).

@@ -5,8 +5,8 @@
 
 use visword::{Backend, Tensor};
 
-use crate::common::{assert_close, Rng, Tol, TwoWayInputs};
-use crate::emu::{self, grid_rows};
+use crate::common::{assert_close, Rng, TwoWayInputs};
+use crate::emu::{self, grid_rows, tol};
 
 /// Threads per block, image tokens per update block and per pool chunk (TW_THREADS, TW_ROWS,
 /// TWP_CHUNK).
@@ -20,11 +20,6 @@ type PoolCombine = unsafe extern "C" fn(*const f32, *mut f32, u32, u32, u32, u32
 
 /// (B, Bx, N, C, groups, T, Dy): Bx = 1 shares the image tokens across the B prompts.
 type Shape = (usize, usize, usize, usize, usize, usize, usize);
-
-/// f32 sums of up to k products in another order: the GPU tests' bound for CUDA.
-fn tol(k: usize) -> Tol {
-    Tol { atol: 1e-4f32.max(4e-6 * (k as f32).sqrt()), rtol: 1e-4 }
-}
 
 fn check((b, bx, n, c, groups, t, dy): Shape) {
     let Some(emu) = emu::kernels("two_way") else { return };

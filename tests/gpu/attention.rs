@@ -22,16 +22,7 @@ use std::time::Instant;
 use visword::{AttnBias, AttnParams, Backend, Tensor};
 
 use crate::common::backends::{gpus, Gpu};
-use crate::common::{assert_close, Rng, Tol};
-
-/// Low-precision attention against the CPU on f16-rounded operands (see the module doc).
-const LOW_PRECISION_TOL: Tol = Tol { atol: 2e-3, rtol: 2e-3 };
-
-/// `x` rounded to f16 and back, after multiplying by `s` (then divided by it again).
-fn f16_round(cpu: &Backend, x: &Tensor, s: f32) -> Tensor {
-    let r = cpu.affine(x, s, 0.0).unwrap().to_dtype(visword::DType::F16).unwrap().to_dtype(visword::DType::F32).unwrap();
-    cpu.affine(&r, 1.0 / s, 0.0).unwrap()
-}
+use crate::common::{assert_close, f16_round, Rng, LOW_PRECISION_TOL};
 
 /// One attention problem: q [b, h, nq, d], k/v [b, hkv, nk, d].
 #[derive(Clone, Copy, Debug)]
