@@ -79,6 +79,34 @@ __device__ __forceinline__ void mma_f16_16816(float* c, unsigned a0, unsigned a1
 #endif
 }
 
+// TF32 (sm_80+): an f32 rounded to the tensor cores' 10-bit mantissa, nearest with ties away
+// from zero (cvt.rna), as the bits an mma_tf32_1688 operand register takes.
+__device__ __forceinline__ unsigned f32_to_tf32(float f) {
+#ifdef VISWORD_CUDA_EMU
+    return emu::f32_to_tf32_bits(f);
+#else
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
+    return r;
+#endif
+}
+
+// D = A·B + D for a 16×8 TF32 A (row-major) and an 8×8 TF32 B (stored column by column), f32
+// accumulators. Fragments (g = lane / 4, t = lane % 4; one element per register):
+//   a0 = A[g][t], a1 = A[g + 8][t], a2 = A[g][t + 4], a3 = A[g + 8][t + 4]
+//   b0 = B[t][g], b1 = B[t + 4][g]
+//   c as in mma_f16_16816.
+__device__ __forceinline__ void mma_tf32_1688(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+#ifdef VISWORD_CUDA_EMU
+    emu::mma_1688_tf32(c, a0, a1, a2, a3, b0, b1);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
 // A captured decode step's device-side arguments (src/backend/cuda/graph.rs): int32 slots of the
 // buffer that kernels read in place of their host token id, position or key count when given one.
 #define STEP_ID 0

@@ -44,36 +44,16 @@
 //
 // Limits (CudaBackend::two_way_fits): C ≤ TW_C = 256, R ≤ TW_R = 64; any N, G, Dy.
 #include "common.cuh"
+#include "two_way.cuh"
 
-#define TW_THREADS 256
-#define TW_WARPS (TW_THREADS / 32)
-#define TW_ROWS 32
-#define TW_C 256
-#define TW_R 64
-#define TW_KC 32
-#define TW_KLD (TW_KC + 4)
 #define TW_PLD (TW_R + 4)
 // The second buffer: an ax chunk [TW_R][TW_KLD], then the scores / p [TW_R][TW_ROWS], or the
 // pool's weights [TW_ROWS][TW_PLD].
 #define TW_WS (TW_R * TW_KLD)
-#define TWP_CHUNK 256
-// y staged for the y term: TW_YW columns of 32 rows at a time, rows TW_YLD apart (odd: a warp
-// reading one column of 32 rows hits 32 banks).
+// y staged for the y term: TW_YW columns of 32 rows at a time.
 #define TW_YW 48
-#define TW_YLD (TW_YW + 1)
 
 namespace {
-
-// Image rows j0 .. j0 + 31 of one set of image tokens (xb = [N, C]) into xs [TW_ROWS][TW_C],
-// zero at rows ≥ jend and channels ≥ C. Warp w copies rows w, w + 8, ...; lanes read 32
-// consecutive channels (coalesced).
-__device__ __forceinline__ void tw_stage_x(float* xs, const float* __restrict__ xb, unsigned j0, unsigned jend, unsigned C) {
-    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (unsigned row = warp; row < TW_ROWS; row += TW_WARPS) {
-        const unsigned j = j0 + row;
-        for (unsigned c = lane; c < TW_C; c += 32) xs[row * TW_C + c] = (j < jend && c < C) ? xb[(u64)j * C + c] : 0.0f;
-    }
-}
 
 // The x·ax part of the scores of the 32 staged image rows: thread t gets s[i][k] for image row
 // 2·(t / 16) + i and query row t % 16 + 16k (rows ≥ R come out 0). axb = ax[b] [R, C]. ws holds
@@ -150,40 +130,6 @@ __device__ __forceinline__ void tw_store_scores(float* st, const float s[2][4]) 
     }
 }
 
-// Add the y term to the scores st [TW_R][TW_ROWS] of image rows j0.. (rows ≥ jend are left
-// as they are): y's G·Dy columns pass through ys [TW_ROWS][TW_YLD] TW_YW at a time (staged
-// coalesced), and one thread per (image row, group) adds y[j, g·Dy + d]·ay[b, r, d] over the
-// columns of its group in the slice for each of the group's T rows (ay through the L1: a
-// warp's 32 lanes are 32 image rows of one group, so they read the same ay word). Starts and
-// ends with a block barrier.
-__device__ __forceinline__ void tw_add_y(float* st, float* ys, const float* __restrict__ y, const float* __restrict__ ayb, unsigned j0,
-                                         unsigned jend, unsigned G, unsigned T, unsigned Dy) {
-    const unsigned gdy = G * Dy;
-    for (unsigned y0 = 0; y0 < gdy; y0 += TW_YW) {
-        __syncthreads();
-        for (unsigned e = threadIdx.x; e < TW_ROWS * TW_YW; e += TW_THREADS) {
-            const unsigned row = e / TW_YW, cc = e % TW_YW, j = j0 + row;
-            ys[row * TW_YLD + cc] = (j < jend && y0 + cc < gdy) ? y[(u64)j * gdy + y0 + cc] : 0.0f;
-        }
-        __syncthreads();
-        for (unsigned q = threadIdx.x; q < TW_ROWS * G; q += TW_THREADS) {
-            const unsigned row = q % TW_ROWS, g = q / TW_ROWS;
-            // This group's columns [lo, lo + Dy) within [y0, y0 + TW_YW): d in [d0, d1).
-            const unsigned lo = g * Dy;
-            if (j0 + row >= jend || lo + Dy <= y0 || lo >= y0 + TW_YW) continue;
-            const unsigned d0 = max(lo, y0) - lo, d1 = min(lo + Dy, y0 + TW_YW) - lo;
-            const float* yr = ys + row * TW_YLD + g * Dy - y0;
-            for (unsigned t = 0; t < T; ++t) {
-                const float* ar = ayb + (u64)(g * T + t) * Dy;
-                float v = 0.0f;
-                for (unsigned d = d0; d < d1; ++d) v = fmaf(yr[d], __ldg(ar + d), v);
-                st[(g * T + t) * TW_ROWS + row] += v;
-            }
-        }
-    }
-    __syncthreads();
-}
-
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_update_f32(const float* __restrict__ x, u64 x_bstride,
@@ -195,36 +141,22 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_update_f32(c
                                                                            unsigned Dy) {
     __shared__ __align__(16) float xs[TW_ROWS * TW_C];
     __shared__ __align__(16) float ws[TW_WS];
-    __shared__ float ys[TW_ROWS * TW_YLD];
+    __shared__ float ys[TW_ROWS * (TW_YW + 1)];
     const unsigned tiles = (N + TW_ROWS - 1) / TW_ROWS;
     const u64 blk = block_row();
     if (blk >= (u64)B * tiles) return;
     const unsigned b = (unsigned)(blk / tiles), j0 = (unsigned)(blk % tiles) * TW_ROWS;
     const unsigned tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
-    tw_stage_x(xs, x + (u64)b * x_bstride, j0, N, C);
+    tw_stage_x<TW_C>(xs, x + (u64)b * x_bstride, j0, N, C);
     float s[2][4];
     tw_scores<true>(xs, ws, ax + (u64)b * R * C, R, C, s);
     float* pt = ws;  // [TW_R][TW_ROWS]: scores, then p
     tw_store_scores(pt, s);
     const unsigned G = R / T;
-    tw_add_y(pt, ys, y, ay + (u64)b * R * Dy, j0, N, G, T, Dy);
+    tw_add_y<TW_ROWS, TW_YW>(pt, ys, y, ay + (u64)b * R * Dy, j0, N, G, T, Dy);
 
-    // One thread per (image row, group): the group's softmax in place.
-    for (unsigned q = tid; q < TW_ROWS * G; q += TW_THREADS) {
-        const unsigned row = q % TW_ROWS, g = q / TW_ROWS;
-        float* col = pt + g * T * TW_ROWS + row;
-        float mx = NEG_INF;
-        for (unsigned t = 0; t < T; ++t) mx = fmaxf(mx, col[t * TW_ROWS]);
-        float sum = 0.0f;
-        for (unsigned t = 0; t < T; ++t) {
-            const float e = expf(col[t * TW_ROWS] - mx);
-            col[t * TW_ROWS] = e;
-            sum += e;
-        }
-        const float inv = 1.0f / sum;
-        for (unsigned t = 0; t < T; ++t) col[t * TW_ROWS] *= inv;
-    }
+    tw_group_softmax<TW_ROWS>(pt, G, T);
     __syncthreads();
 
     // z = x + bias + p·u: warp w owns image rows 4w..4w+3, lane l channels l + 32m.
@@ -299,7 +231,7 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_pool_part_f3
                                                                               unsigned Dy) {
     __shared__ __align__(16) float xs[TW_ROWS * TW_C];
     __shared__ __align__(16) float ws[TW_WS];
-    __shared__ float ys[TW_ROWS * TW_YLD];
+    __shared__ float ys[TW_ROWS * (TW_YW + 1)];
     const unsigned chunks = (N + TWP_CHUNK - 1) / TWP_CHUNK;
     const u64 blk = block_row();
     if (blk >= (u64)B * chunks) return;
@@ -322,12 +254,12 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_pool_part_f3
     }
     for (unsigned j0 = jbeg; j0 < jend; j0 += TW_ROWS) {
         __syncthreads();  // the previous tile's xs and weights are no longer read
-        tw_stage_x(xs, xb, j0, jend, C);
+        tw_stage_x<TW_C>(xs, xb, j0, jend, C);
         float s[2][4];
         tw_scores<false>(xs, ws, axb, R, C, s);
         float* st = ws;  // [TW_R][TW_ROWS]
         tw_store_scores(st, s);
-        tw_add_y(st, ys, y, ay + (u64)b * R * Dy, j0, jend, G, T, Dy);
+        tw_add_y<TW_ROWS, TW_YW>(st, ys, y, ay + (u64)b * R * Dy, j0, jend, G, T, Dy);
         // Image rows past the chunk get −inf.
         if (j0 + TW_ROWS > jend) {
             for (unsigned q = tid; q < TW_R * TW_ROWS; q += TW_THREADS)

@@ -117,7 +117,8 @@ def main():
     tile64, _ = first("visword-wgpu-tile64-lisa-7b.json")
     checked, _ = first("visword-wgpu-checked-lisa-7b.json")
     simt_attn, _ = first("visword-cuda-simt-attn-lisa-7b.json")
-    fold, _ = first("visword-cuda-fold-lisa-7b.json")
+    nofold, _ = first("visword-cuda-nofold-lisa-7b.json")
+    fold_simt, _ = first("visword-cuda-fold-simt-lisa-7b.json")
     eager, eager_name = first("torch-eager.json", "torch-eager-tiny-cpu.json")
     comp, _ = first("torch-compile.json")
 
@@ -178,7 +179,8 @@ def main():
 
     for rep, title, state, col in reversed([
         (simt_attn, "cuda, f32 attention", None, 2),
-        (fold, "cuda, SAM decoder folded", None, 2),
+        (nofold, "cuda, SAM decoder projected", None, 2),
+        (fold_simt, "cuda, two-way f32 kernels", None, 2),
         (coop, "wgpu coop-matrix", coop_state, 3),
         (tile64, "wgpu 64-tile GEMM only", None, 3),
         (checked, "wgpu, wgpu's shader checks", None, 3),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_close, Rng, Tol, F32_OP};
-use visword::{Activation, AttnBias, AttnParams, Backend, DType, Tensor};
+use visword::{Activation, AttnBias, AttnParams, Backend, DType, Tensor, TwoWayParams};
 
 fn be() -> Backend {
     Backend::cpu()
@@ -656,7 +656,7 @@ fn two_way_update_and_pool_match_reference() {
                 }
             }
         }
-        let got = be().two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), groups).unwrap();
+        let got = be().two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), TwoWayParams::new(groups)).unwrap();
         assert_eq!(got.shape(), [b, n, c]);
         let what = format!("two_way_update B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy}");
         assert_close(&what, got.as_f32().unwrap(), &want_update, Tol { atol: 2e-5 * (c as f32).sqrt(), rtol: 1e-4 });
@@ -672,7 +672,7 @@ fn two_way_update_and_pool_match_reference() {
                 }
             }
         }
-        let got = be().two_way_pool(&x, &y, &ax, &ay, groups).unwrap();
+        let got = be().two_way_pool(&x, &y, &ax, &ay, TwoWayParams::new(groups)).unwrap();
         assert_eq!(got.shape(), [b, r, c]);
         let what = format!("two_way_pool B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy}");
         assert_close(&what, got.as_f32().unwrap(), &want_pool, Tol { atol: 2e-5 * (c as f32).sqrt(), rtol: 1e-4 });
@@ -687,15 +687,15 @@ fn two_way_ops_reject_bad_shapes() {
     let (ax, ay, u) = (rng.tensor(&[2, 6, 8]), rng.tensor(&[2, 6, 2]), rng.tensor(&[2, 6, 8]));
     let (bias, lw, lb) = (rng.tensor(&[8]), rng.tensor(&[8]), rng.tensor(&[8]));
     let ln = (&lw, &lb, 1e-6);
-    assert!(be().two_way_pool(&x, &y, &ax, &ay, 2).is_ok());
+    assert!(be().two_way_pool(&x, &y, &ax, &ay, TwoWayParams::new(2)).is_ok());
     // R not a multiple of the groups; y's width not groups · Dy; x's batch neither 1 nor B;
     // ax's channels not x's; f16 operands; u of the wrong shape; a bias of the wrong length.
-    assert!(be().two_way_pool(&x, &y, &ax, &ay, 4).is_err());
-    assert!(be().two_way_pool(&x, &rng.tensor(&[1, 10, 5]), &ax, &ay, 2).is_err());
-    assert!(be().two_way_pool(&rng.tensor(&[3, 10, 8]), &y, &rng.tensor(&[2, 6, 8]), &ay, 2).is_err());
-    assert!(be().two_way_pool(&x, &y, &rng.tensor(&[2, 6, 7]), &ay, 2).is_err());
-    assert!(be().two_way_pool(&x.to_dtype(DType::F16).unwrap(), &y, &ax, &ay, 2).is_err());
-    assert!(be().two_way_update(&x, &y, &ax, &ay, &rng.tensor(&[2, 5, 8]), &bias, ln, 2).is_err());
-    assert!(be().two_way_update(&x, &y, &ax, &ay, &u, &rng.tensor(&[7]), ln, 2).is_err());
-    assert!(be().two_way_update(&x, &y, &ax, &ay, &u, &bias, ln, 2).is_ok());
+    assert!(be().two_way_pool(&x, &y, &ax, &ay, TwoWayParams::new(4)).is_err());
+    assert!(be().two_way_pool(&x, &rng.tensor(&[1, 10, 5]), &ax, &ay, TwoWayParams::new(2)).is_err());
+    assert!(be().two_way_pool(&rng.tensor(&[3, 10, 8]), &y, &rng.tensor(&[2, 6, 8]), &ay, TwoWayParams::new(2)).is_err());
+    assert!(be().two_way_pool(&x, &y, &rng.tensor(&[2, 6, 7]), &ay, TwoWayParams::new(2)).is_err());
+    assert!(be().two_way_pool(&x.to_dtype(DType::F16).unwrap(), &y, &ax, &ay, TwoWayParams::new(2)).is_err());
+    assert!(be().two_way_update(&x, &y, &ax, &ay, &rng.tensor(&[2, 5, 8]), &bias, ln, TwoWayParams::new(2)).is_err());
+    assert!(be().two_way_update(&x, &y, &ax, &ay, &u, &rng.tensor(&[7]), ln, TwoWayParams::new(2)).is_err());
+    assert!(be().two_way_update(&x, &y, &ax, &ay, &u, &bias, ln, TwoWayParams::new(2)).is_ok());
 }

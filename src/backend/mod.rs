@@ -253,6 +253,7 @@ pub(crate) fn rope_kv_shape(q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor
 }
 
 pub(crate) use two_way::TwoWayShape;
+pub use two_way::TwoWayParams;
 
 /// The sizes of one `upscale_masks` call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -696,10 +697,11 @@ impl Backend {
     /// group of T = R / G rows (one per head), and becomes
     /// LN(x[b, j] + bias + Σ_r p[b, j, r]·u[b, r]). x [B or 1, N, C] (one set shared by every
     /// prompt), y [1, N, G·Dy] (shared), ax [B, R, C], ay [B, R, Dy], u [B, R, C], bias and the
-    /// LayerNorm [C], all f32. Returns [B, N, C]. No [B, N, C] intermediate is formed.
+    /// LayerNorm [C], all f32; G = `p.groups`. Returns [B, N, C]. No [B, N, C] intermediate is
+    /// formed.
     #[allow(clippy::too_many_arguments)]
-    pub fn two_way_update(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tensor, bias: &Tensor, ln: (&Tensor, &Tensor, f32), groups: usize) -> Result<Tensor> {
-        let s = two_way::two_way_shape("two_way_update", x, y, ax, ay, groups)?;
+    pub fn two_way_update(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, u: &Tensor, bias: &Tensor, ln: (&Tensor, &Tensor, f32), p: TwoWayParams) -> Result<Tensor> {
+        let s = two_way::two_way_shape("two_way_update", x, y, ax, ay, p)?;
         two_way::check_update(&s, u, bias, ln)?;
         let span = || profile::Span::start(self, || "two_way_update".to_string());
         match self {
@@ -723,8 +725,8 @@ impl Backend {
     /// weights: with the scores of `two_way_update`, row r of prompt b takes a softmax over the
     /// N image tokens and returns their weighted sum, Σ_j p[b, r, j]·x[b, j]. Shapes as there;
     /// returns [B, R, C].
-    pub fn two_way_pool(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, groups: usize) -> Result<Tensor> {
-        let s = two_way::two_way_shape("two_way_pool", x, y, ax, ay, groups)?;
+    pub fn two_way_pool(&self, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, p: TwoWayParams) -> Result<Tensor> {
+        let s = two_way::two_way_shape("two_way_pool", x, y, ax, ay, p)?;
         let span = || profile::Span::start(self, || "two_way_pool".to_string());
         match self {
             Backend::Cpu(b) => {

@@ -19,6 +19,24 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// Parameters of `Backend::two_way_update` / `two_way_pool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwoWayParams {
+    /// Groups of query rows (one per attention head; the update's softmax runs within each).
+    pub groups: usize,
+    /// The caller's weights are half precision, so x, ax, u and the softmax weights may be
+    /// rounded to TF32 (10-bit mantissa, f32 range) for the tensor cores (CUDA's
+    /// `two_way_*_tf32`), as the image-side projections these ops replace already are; scores,
+    /// softmax statistics and outputs stay f32. The CPU and wgpu ignore it.
+    pub low_precision: bool,
+}
+
+impl TwoWayParams {
+    pub fn new(groups: usize) -> Self {
+        TwoWayParams { groups, low_precision: false }
+    }
+}
+
 /// Sizes of a two-way op: `b` prompts, `bx` = B or 1 sets of image tokens, `n` image tokens of
 /// `c` channels, `r` = `groups` · T query rows, `dy` channels of y per group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +48,8 @@ pub(crate) struct TwoWayShape {
     pub r: usize,
     pub groups: usize,
     pub dy: usize,
+    /// `TwoWayParams::low_precision`.
+    pub low_precision: bool,
 }
 
 impl TwoWayShape {
@@ -41,7 +61,8 @@ impl TwoWayShape {
 
 /// Check the operands shared by both ops: x [Bx, N, C], y [1, N, G·Dy], ax [B, R, C],
 /// ay [B, R, Dy], all f32, with Bx ∈ {1, B} and R a positive multiple of G.
-pub(crate) fn two_way_shape(op: &'static str, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, groups: usize) -> Result<TwoWayShape> {
+pub(crate) fn two_way_shape(op: &'static str, x: &Tensor, y: &Tensor, ax: &Tensor, ay: &Tensor, p: TwoWayParams) -> Result<TwoWayShape> {
+    let groups = p.groups;
     let (xs, ys, axs, ays) = (x.shape(), y.shape(), ax.shape(), ay.shape());
     let f32s = [x, y, ax, ay].iter().all(|t| t.dtype() == DType::F32);
     let ok = f32s
@@ -70,7 +91,7 @@ pub(crate) fn two_way_shape(op: &'static str, x: &Tensor, y: &Tensor, ax: &Tenso
             ),
         ));
     }
-    Ok(TwoWayShape { b: axs[0], bx: xs[0], n: xs[1], c: xs[2], r: axs[1], groups, dy: ays[2] })
+    Ok(TwoWayShape { b: axs[0], bx: xs[0], n: xs[1], c: xs[2], r: axs[1], groups, dy: ays[2], low_precision: p.low_precision })
 }
 
 /// The extra operands of the update: u [B, R, C], bias, LayerNorm weight and bias [C], f32.
@@ -166,16 +187,17 @@ mod tests {
             let ax = tensor(&mut seed, &[b, r, c], 2.0 / (c as f32).sqrt());
             let (ay, u) = (tensor(&mut seed, &[b, r, dy], 1.0), tensor(&mut seed, &[b, r, c], 1.0));
             let (bias, lw, lb) = (tensor(&mut seed, &[c], 1.0), tensor(&mut seed, &[c], 1.0), tensor(&mut seed, &[c], 1.0));
-            let s = two_way_shape("test", &x, &y, &ax, &ay, groups).unwrap();
+            let p = TwoWayParams::new(groups);
+            let s = two_way_shape("test", &x, &y, &ax, &ay, p).unwrap();
             let close = |what: &str, got: &Tensor, want: &Tensor| {
                 assert_eq!(got.shape(), want.shape(), "{what}");
                 for (i, (p, q)) in got.to_f32_vec().unwrap().iter().zip(want.to_f32_vec().unwrap()).enumerate() {
                     assert!((p - q).abs() <= 1e-4 + 1e-4 * q.abs(), "{what} B{b} N{n} C{c} [{i}]: composed {p}, fused {q}");
                 }
             };
-            let fused = be.two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), groups).unwrap();
+            let fused = be.two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), p).unwrap();
             close("update", &composed_update(&be, &x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), &s).unwrap(), &fused);
-            let fused = be.two_way_pool(&x, &y, &ax, &ay, groups).unwrap();
+            let fused = be.two_way_pool(&x, &y, &ax, &ay, p).unwrap();
             close("pool", &composed_pool(&be, &x, &y, &ax, &ay, &s).unwrap(), &fused);
         }
     }

@@ -113,6 +113,13 @@ pub fn f16_round(cpu: &visword::Backend, x: &Tensor, s: f32) -> Tensor {
     cpu.affine(&r, 1.0 / s, 0.0).unwrap()
 }
 
+/// `x` rounded to TF32 (10 mantissa bits, nearest with ties away from zero, as cvt.rna does):
+/// operands as a kernel on TF32 tensor cores sees them.
+pub fn tf32_round(x: &Tensor) -> Tensor {
+    let v = x.to_f32_vec().unwrap().iter().map(|&f| if f.is_finite() { f32::from_bits((f.to_bits() + 0x1000) & !0x1fff) } else { f }).collect();
+    Tensor::from_f32(v, x.shape().to_vec()).unwrap()
+}
+
 /// A small seeded RNG (SplitMix64) for test inputs; print the seed in the test.
 pub struct Rng(u64);
 

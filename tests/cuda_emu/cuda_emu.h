@@ -361,4 +361,43 @@ inline void mma_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned 
     sync_warp(0xffffffffu);
     for (int e = 0; e < 4; ++e) c[e] = d[e];
 }
+
+// cvt.rna.tf32.f32: keep 10 mantissa bits, rounding to nearest with ties away from zero (on the
+// magnitude bits, so a carry may reach the exponent and overflow to infinity); NaN and infinity
+// pass through.
+inline unsigned f32_to_tf32_bits(float f) {
+    unsigned x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7f800000u) == 0x7f800000u) return x;
+    return (x + 0x1000u) & 0xffffe000u;
+}
+
+// D = A·B + C for one m16n8k8 TF32 tile (g = lane / 4, t = lane % 4): A regs (g, t), (g + 8, t),
+// (g, t + 4), (g + 8, t + 4); B regs (k t, n g), (k t + 4, n g); C/D as in mma_16816. The
+// tensor cores read only the top 19 bits of each operand, so the low 13 are dropped here too.
+inline void mma_1688_tf32(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    Warp& w = g.warps[g.cur->warp];
+    const int lane = g.cur->lane;
+    w.mma_a[lane][0] = a0, w.mma_a[lane][1] = a1, w.mma_a[lane][2] = a2, w.mma_a[lane][3] = a3;
+    w.mma_b[lane][0] = b0, w.mma_b[lane][1] = b1;
+    sync_warp(0xffffffffu);
+    auto val = [](unsigned v) {
+        v &= 0xffffe000u;
+        float f;
+        memcpy(&f, &v, 4);
+        return (double)f;
+    };
+    auto A = [&](int row, int k) { return val(w.mma_a[(row % 8) * 4 + k % 4][(row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]); };
+    auto B = [&](int k, int col) { return val(w.mma_b[col * 4 + k % 4][k >= 4 ? 1 : 0]); };
+    const int gi = lane / 4, ti = lane % 4;
+    float d[4];
+    for (int e = 0; e < 4; ++e) {
+        const int row = gi + (e >= 2 ? 8 : 0), col = 2 * ti + (e & 1);
+        double acc = c[e];
+        for (int k = 0; k < 8; ++k) acc += A(row, k) * B(k, col);
+        d[e] = (float)acc;
+    }
+    sync_warp(0xffffffffu);
+    for (int e = 0; e < 4; ++e) c[e] = d[e];
+}
 } // namespace emu

@@ -4,10 +4,10 @@
 
 use visword::backend::wgpu::GemmKernel;
 use visword::backend::BinaryOp;
-use visword::{Activation, Backend, DType, Tensor};
+use visword::{Activation, Backend, DType, Tensor, TwoWayParams};
 
 use crate::common::backends::{gpus, Gpu};
-use crate::common::{assert_close, Rng, Tol, TwoWayInputs};
+use crate::common::{assert_close, tf32_round, Rng, Tol, TwoWayInputs, LOW_PRECISION_TOL};
 
 const SEED: u64 = 0x5EED_0005;
 
@@ -929,24 +929,31 @@ fn mask_select_and_paint_match_the_cpu_exactly() {
 /// SAM's two-way ops on factored weights against the CPU: SAM's sizes (N = 4096 image tokens
 /// of 256 channels, 8 heads × 7 tokens, Dy 16) with shared and per-prompt image tokens, and
 /// small ragged ones (size 1, N and C off every block size, one group, R over 256 which a fused
-/// kernel may hand to the composed ops).
+/// kernel may hand to the composed ops). Each also as a half-precision caller
+/// (`TwoWayParams::low_precision`: CUDA's TF32 kernels), against the CPU on operands rounded to
+/// TF32 as the tensor cores take them, at the low-precision tolerance.
 #[test]
 fn two_way_update_and_pool() {
     let mut r = rng("two_way");
     for g in gpus("two_way") {
         // (B, Bx, N, C, groups, T, Dy)
-        let shapes = [(1usize, 1usize, 1usize, 1usize, 1usize, 1usize, 1usize), (2, 2, 37, 32, 2, 7, 8), (3, 1, 70, 16, 8, 3, 2), (2, 2, 4096, 256, 8, 7, 16), (3, 1, 4096, 256, 8, 7, 16), (1, 1, 33, 40, 1, 5, 3), (2, 2, 20, 24, 2, 150, 4)];
+        let shapes = [(1usize, 1usize, 1usize, 1usize, 1usize, 1usize, 1usize), (2, 2, 37, 32, 2, 7, 8), (3, 1, 70, 16, 8, 3, 2), (2, 2, 4096, 256, 8, 7, 16), (3, 1, 4096, 256, 8, 7, 16), (1, 1, 33, 40, 1, 5, 3), (2, 2, 20, 24, 2, 150, 4), (3, 3, 70, 37, 3, 5, 5)];
         for (b, bx, n, c, groups, t, dy) in shapes {
             let rows = groups * t;
             let TwoWayInputs { x, y, ax, ay, u, bias, ln_w: lw, ln_b: lb } = TwoWayInputs::new(&mut r, (b, bx, n, c, groups, t, dy));
-            let what = format!("B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy}");
-            let want = cpu().two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), groups).unwrap();
-            let a = (up(&g, &x), up(&g, &y), up(&g, &ax), up(&g, &ay), up(&g, &u), up(&g, &bias), up(&g, &lw), up(&g, &lb));
-            let got = g.backend.two_way_update(&a.0, &a.1, &a.2, &a.3, &a.4, &a.5, (&a.6, &a.7, 1e-6), groups).unwrap();
-            same(&format!("two_way_update {what}"), &g, &got, &want, tol_k(&g, c.max(rows)));
-            let want = cpu().two_way_pool(&x, &y, &ax, &ay, groups).unwrap();
-            let got = g.backend.two_way_pool(&a.0, &a.1, &a.2, &a.3, groups).unwrap();
-            same(&format!("two_way_pool {what}"), &g, &got, &want, tol_k(&g, c.max(n)));
+            for low_precision in [false, true] {
+                let (x, ax, u) = if low_precision { (tf32_round(&x), tf32_round(&ax), tf32_round(&u)) } else { (x.clone(), ax.clone(), u.clone()) };
+                let p = TwoWayParams { low_precision, ..TwoWayParams::new(groups) };
+                let tol = |k: usize| if low_precision { LOW_PRECISION_TOL } else { tol_k(&g, k) };
+                let what = format!("B{b} Bx{bx} N{n} C{c} G{groups} T{t} Dy{dy} low_precision {low_precision}");
+                let want = cpu().two_way_update(&x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), p).unwrap();
+                let a = (up(&g, &x), up(&g, &y), up(&g, &ax), up(&g, &ay), up(&g, &u), up(&g, &bias), up(&g, &lw), up(&g, &lb));
+                let got = g.backend.two_way_update(&a.0, &a.1, &a.2, &a.3, &a.4, &a.5, (&a.6, &a.7, 1e-6), p).unwrap();
+                same(&format!("two_way_update {what}"), &g, &got, &want, tol(c.max(rows)));
+                let want = cpu().two_way_pool(&x, &y, &ax, &ay, p).unwrap();
+                let got = g.backend.two_way_pool(&a.0, &a.1, &a.2, &a.3, p).unwrap();
+                same(&format!("two_way_pool {what}"), &g, &got, &want, tol(c.max(n)));
+            }
         }
     }
 }

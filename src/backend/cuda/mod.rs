@@ -36,6 +36,7 @@ pub mod kernels {
 
 pub use compile::{nvrtc_available, nvrtc_compile, Kernel};
 pub use graph::DecodeGraph;
+pub use two_way::TwoWayMode;
 
 use std::sync::Arc;
 

@@ -11,7 +11,8 @@
 //! (`Backend::two_way_update`, `two_way_pool`) and never projected. keys + pe is never formed
 //! either: pe goes through each projection once per image.
 
-use crate::backend::{Activation, AttnParams, Backend};
+use crate::backend::cuda::TwoWayMode;
+use crate::backend::{Activation, AttnParams, Backend, TwoWayParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::weights::VarView;
@@ -69,6 +70,8 @@ struct Folded {
     ax: Linear,
     ay: Linear,
     vo: Linear,
+    /// The checkpoint's projections are half precision (`TwoWayParams::low_precision`).
+    low_precision: bool,
 }
 
 /// Host weights of one `SamAttention`, f32, [out, in] row-major.
@@ -114,9 +117,13 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 impl Folded {
+    fn params(&self, heads: usize) -> TwoWayParams {
+        TwoWayParams { low_precision: self.low_precision, ..TwoWayParams::new(heads) }
+    }
+
     /// `image_queries`: the image tokens are the queries (image-to-token), else the keys and
     /// values (token-to-image).
-    fn new(be: &Backend, w: &HostAttention, heads: usize, c: usize, image_queries: bool) -> Result<Folded> {
+    fn new(be: &Backend, w: &HostAttention, heads: usize, c: usize, image_queries: bool, low_precision: bool) -> Result<Folded> {
         let inner = w.q.1.len();
         let scale = 1.0 / ((inner / heads) as f32).sqrt();
         let (img, tok) = if image_queries { (&w.q, &w.k) } else { (&w.k, &w.q) };
@@ -143,6 +150,7 @@ impl Folded {
             ax: (up(ax_w, vec![heads * c, c])?, up(ax_b, vec![heads * c])?),
             ay: (up(ay_w, vec![inner, c])?, up(ay_b, vec![inner])?),
             vo: (up(vo_w, vec![rows, cols])?, up(vo_b, vec![rows])?),
+            low_precision,
         })
     }
 }
@@ -157,15 +165,16 @@ impl Attention {
             let p = vv.pp(name);
             Ok((p.get_host("weight", &[out, inp])?.to_f32_vec()?, p.get_host("bias", &[out])?.to_f32_vec()?))
         };
+        let q = lin(&vv.pp("q_proj"), inner, hidden)?;
         let folded = match fold {
             Fold::None => None,
             Fold::ImageToToken | Fold::TokenToImage => {
                 let w = HostAttention { q: host("q_proj", inner, hidden)?, k: host("k_proj", inner, hidden)?, v: host("v_proj", inner, hidden)?, out: host("out_proj", hidden, inner)? };
-                Some(Folded::new(vv.backend(), &w, heads, hidden, fold == Fold::ImageToToken)?)
+                Some(Folded::new(vv.backend(), &w, heads, hidden, fold == Fold::ImageToToken, q.0.dtype().is_half())?)
             }
         };
         Ok(Attention {
-            q: lin(&vv.pp("q_proj"), inner, hidden)?,
+            q,
             k: lin(&vv.pp("k_proj"), inner, hidden)?,
             v: lin(&vv.pp("v_proj"), inner, hidden)?,
             out: lin(&vv.pp("out_proj"), hidden, inner)?,
@@ -201,7 +210,7 @@ impl Attention {
         };
         let (ax, ay) = self.token_side(be, f, tokens_pe)?;
         let u = heads_major(be, &proj(be, tokens, &f.vo)?, self.heads)?;
-        be.two_way_update(keys, pe_q, &ax, &ay, &u, &self.out.1, (&ln.0, &ln.1, eps), self.heads)
+        be.two_way_update(keys, pe_q, &ax, &ay, &u, &self.out.1, (&ln.0, &ln.1, eps), f.params(self.heads))
     }
 
     /// Token-to-image attention plus the residual `tokens`: the prompt tokens (queries
@@ -215,7 +224,7 @@ impl Attention {
         };
         let (b, t, c) = (tokens.dim(0), tokens.dim(1), tokens.dim(2));
         let (ax, ay) = self.token_side(be, f, tokens_pe)?;
-        let pooled = be.two_way_pool(keys, pe_k, &ax, &ay, self.heads)?.reshape(&[b, self.heads, t, c])?;
+        let pooled = be.two_way_pool(keys, pe_k, &ax, &ay, f.params(self.heads))?.reshape(&[b, self.heads, t, c])?;
         let pooled = be.permute(&pooled, &[0, 2, 1, 3])?.reshape(&[b, t, self.heads * c])?;
         be.linear(&pooled, &f.vo.0, Some(&f.vo.1), Activation::None, Some(tokens))
     }
@@ -236,19 +245,26 @@ impl Attention {
 }
 
 /// Whether the attentions between the prompt tokens and the image tokens run folded
-/// (`Folded`: `two_way_update` / `two_way_pool`) or on projected image tokens. Folding cuts
-/// the arithmetic to ~60% and the image-side bytes to under half, but the projections it
-/// replaces are GEMMs that each backend runs near its best rate, so it has not paid everywhere:
-/// 2-core CPU VM, cpu preset, 8×8 grid, median of 3: superpixels 1825 / 2122 ms folded against
-/// 1935 / 2181 ms projected (kept on); lavapipe, tiny preset: 15.5 s folded against 6.9 s; H200,
-/// 64 prompts: the f32 CUDA kernels take 1.25 ms (update) and 1.75 ms (pool) a call, about
-/// what the tensor-core projections they replace take. The GPUs keep the projections until
-/// their two-way kernels beat them; `VISWORD_SAM_FOLD=1` / `0` decides for every backend.
-fn fold_two_way(be: &Backend) -> bool {
+/// (`Folded`: `two_way_update` / `two_way_pool`) or on projected image tokens, for a
+/// checkpoint whose projections are half precision (`half`) or not. Folding cuts the
+/// arithmetic to ~60% and the image-side bytes to under half, but the projections it replaces
+/// are GEMMs that each backend runs near its best rate, so it pays only where the two-way
+/// kernels do: 2-core CPU VM, cpu preset, 8×8 grid, median of 3: superpixels 1825 / 2122 ms
+/// folded against 1935 / 2181 ms projected (on); lavapipe, tiny preset: 15.5 s folded against
+/// 6.9 s (off for wgpu); H200, 64 prompts: CUDA's f32 kernels take 1.25 ms (update) and 1.75 ms
+/// (pool) a call, about what the tensor-core projections they replace take (off for f32
+/// checkpoints). Half-precision checkpoints on CUDA fold by default, with both products on the
+/// TF32 tensor cores (kernels/two_way_mma.cu) unless `VISWORD_CUDA_TWO_WAY` says otherwise.
+/// `VISWORD_SAM_FOLD=1` / `0` decides for every backend.
+fn fold_two_way(be: &Backend, half: bool) -> bool {
     match std::env::var("VISWORD_SAM_FOLD").as_deref().map(str::trim) {
         Ok("1") => true,
         Ok("0") => false,
-        _ => be.name() == "cpu",
+        _ => match be {
+            Backend::Cpu(_) => true,
+            Backend::Cuda(b) => half && b.two_way_mode() == TwoWayMode::Mma,
+            Backend::Wgpu(_) => false,
+        },
     }
 }
 
@@ -373,7 +389,9 @@ impl MaskDecoder {
         let output_tokens = vv.backend().concat(&[&iou, &masks], 0)?;
         let t = vv.pp("transformer");
         let (heads, ds) = (cfg.num_attention_heads, cfg.attention_downsample_rate);
-        let fold = fold_two_way(vv.backend());
+        let inner = c / ds.max(1);
+        let half = t.pp("final_attn_token_to_image").pp("q_proj").get_host("weight", &[inner, c])?.dtype().is_half();
+        let fold = fold_two_way(vv.backend(), half);
         let (i2t_fold, t2i_fold) = if fold { (Fold::ImageToToken, Fold::TokenToImage) } else { (Fold::None, Fold::None) };
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
