@@ -132,13 +132,7 @@ __device__ __forceinline__ void tw_store_scores(float* st, const float s[2][4]) 
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_update_f32(const float* __restrict__ x, u64 x_bstride,
-                                                                           const float* __restrict__ y, const float* __restrict__ ax,
-                                                                           const float* __restrict__ ay, const float* __restrict__ u,
-                                                                           const float* __restrict__ bias, const float* __restrict__ ln_w,
-                                                                           const float* __restrict__ ln_b, float eps, float* __restrict__ out,
-                                                                           unsigned B, unsigned N, unsigned C, unsigned R, unsigned T,
-                                                                           unsigned Dy) {
+extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_update_f32(TW_UPDATE_PARAMS) {
     __shared__ __align__(16) float xs[TW_ROWS * TW_C];
     __shared__ __align__(16) float ws[TW_WS];
     __shared__ float ys[TW_ROWS * (TW_YW + 1)];
@@ -191,44 +185,10 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_update_f32(c
     }
 
     // LayerNorm over the C channels of each row (z is 0 at channels ≥ C).
-    float lw[8], lb[8];
-#pragma unroll
-    for (int m = 0; m < 8; ++m) {
-        const unsigned c = lane + 32 * m;
-        lw[m] = c < C ? ln_w[c] : 0.0f;
-        lb[m] = c < C ? ln_b[c] : 0.0f;
-    }
-    const float inv_c = 1.0f / (float)C;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        float sum = 0.0f;
-#pragma unroll
-        for (int m = 0; m < 8; ++m) sum += z[i][m];
-        const float mean = warp_sum(sum) * inv_c;
-        float sq = 0.0f;
-#pragma unroll
-        for (int m = 0; m < 8; ++m) {
-            const float d = lane + 32 * m < C ? z[i][m] - mean : 0.0f;
-            sq = fmaf(d, d, sq);
-        }
-        const float rstd = rsqrtf(warp_sum(sq) * inv_c + eps);
-        const unsigned j = j0 + r4 + i;
-        if (j < N) {
-            float* o = out + ((u64)b * N + j) * C;
-#pragma unroll
-            for (int m = 0; m < 8; ++m) {
-                const unsigned c = lane + 32 * m;
-                if (c < C) o[c] = (z[i][m] - mean) * rstd * lw[m] + lb[m];
-            }
-        }
-    }
+    tw_layer_norm_store(z, ln_w, ln_b, eps, out + (u64)b * N * C, j0 + r4, N, C);
 }
 
-extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_pool_part_f32(const float* __restrict__ x, u64 x_bstride,
-                                                                              const float* __restrict__ y, const float* __restrict__ ax,
-                                                                              const float* __restrict__ ay, float* __restrict__ part,
-                                                                              unsigned B, unsigned N, unsigned C, unsigned R, unsigned T,
-                                                                              unsigned Dy) {
+extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_pool_part_f32(TW_POOL_PARAMS) {
     __shared__ __align__(16) float xs[TW_ROWS * TW_C];
     __shared__ __align__(16) float ws[TW_WS];
     __shared__ float ys[TW_ROWS * (TW_YW + 1)];

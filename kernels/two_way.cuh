@@ -16,6 +16,18 @@
 // Image tokens per partial of the pool.
 #define TWP_CHUNK 256
 
+// The update kernels' argument list (two_way_update_f32 and _tf32 take the same), and the
+// pool part kernels'.
+#define TW_UPDATE_PARAMS                                                                                             \
+    const float *__restrict__ x, u64 x_bstride, const float *__restrict__ y, const float *__restrict__ ax,            \
+        const float *__restrict__ ay, const float *__restrict__ u, const float *__restrict__ bias,                    \
+        const float *__restrict__ ln_w, const float *__restrict__ ln_b, float eps, float *__restrict__ out, unsigned B, \
+        unsigned N, unsigned C, unsigned R, unsigned T, unsigned Dy
+#define TW_POOL_PARAMS                                                                                                \
+    const float *__restrict__ x, u64 x_bstride, const float *__restrict__ y, const float *__restrict__ ax,            \
+        const float *__restrict__ ay, float *__restrict__ part, unsigned B, unsigned N, unsigned C, unsigned R,       \
+        unsigned T, unsigned Dy
+
 namespace {
 
 // Image rows j0 .. j0 + 31 of one set of image tokens (xb = [N, C]) into xs [TW_ROWS][LD], zero
@@ -83,6 +95,44 @@ __device__ __forceinline__ void tw_group_softmax(float* st, unsigned G, unsigned
         }
         const float inv = 1.0f / sum;
         for (unsigned t = 0; t < T; ++t) col[t * SLD] *= inv;
+    }
+}
+
+// The update's last step for the 4 image rows j .. j + 3 (rows ≥ N skipped) a warp holds, lane
+// l holding channels l + 32m in z[i][m] (0 at channels ≥ C): LayerNorm over the C channels
+// (biased variance; mean and variance as warp sums), written to out rows [N, C] (coalesced).
+__device__ __forceinline__ void tw_layer_norm_store(const float z[4][8], const float* __restrict__ ln_w, const float* __restrict__ ln_b,
+                                                    float eps, float* __restrict__ out, unsigned j, unsigned N, unsigned C) {
+    const unsigned lane = threadIdx.x & 31;
+    float lw[8], lb[8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+        const unsigned c = lane + 32 * m;
+        lw[m] = c < C ? ln_w[c] : 0.0f;
+        lb[m] = c < C ? ln_b[c] : 0.0f;
+    }
+    const float inv_c = 1.0f / (float)C;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int m = 0; m < 8; ++m) sum += z[i][m];
+        const float mean = warp_sum(sum) * inv_c;
+        float sq = 0.0f;
+#pragma unroll
+        for (int m = 0; m < 8; ++m) {
+            const float d = lane + 32 * m < C ? z[i][m] - mean : 0.0f;
+            sq = fmaf(d, d, sq);
+        }
+        const float rstd = rsqrtf(warp_sum(sq) * inv_c + eps);
+        if (j + i < N) {
+            float* o = out + (u64)(j + i) * C;
+#pragma unroll
+            for (int m = 0; m < 8; ++m) {
+                const unsigned c = lane + 32 * m;
+                if (c < C) o[c] = (z[i][m] - mean) * rstd * lw[m] + lb[m];
+            }
+        }
     }
 }
 

@@ -105,13 +105,7 @@ __device__ __forceinline__ void twm_scores(const float* xs, float* ws, const flo
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_update_tf32(const float* __restrict__ x, u64 x_bstride,
-                                                                            const float* __restrict__ y, const float* __restrict__ ax,
-                                                                            const float* __restrict__ ay, const float* __restrict__ u,
-                                                                            const float* __restrict__ bias, const float* __restrict__ ln_w,
-                                                                            const float* __restrict__ ln_b, float eps, float* __restrict__ out,
-                                                                            unsigned B, unsigned N, unsigned C, unsigned R, unsigned T,
-                                                                            unsigned Dy) {
+extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_update_tf32(TW_UPDATE_PARAMS) {
     // x [TW_ROWS][TWM_XLD], then chunks of u and finally z [TW_ROWS][TWM_ULD].
     __shared__ __align__(16) float xs[TW_ROWS * TWM_ULD];
     // ax chunks [TW_R][TW_KLD], then the scores / p [TW_R][TWM_USLD].
@@ -173,41 +167,15 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_update_tf32(
     __syncthreads();
 
     // LayerNorm over the C channels of rows 4w .. 4w + 3 (z is 0 at channels ≥ C).
-    const float inv_c = 1.0f / (float)C;
+    float zr[4][8];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const unsigned row = 4 * warp + i;
-        float v[8], sum = 0.0f;
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int m = 0; m < 8; ++m) {
-            v[m] = xs[row * TWM_ULD + lane + 32 * m];
-            sum += v[m];
-        }
-        const float mean = warp_sum(sum) * inv_c;
-        float sq = 0.0f;
-#pragma unroll
-        for (int m = 0; m < 8; ++m) {
-            const float d = lane + 32 * m < C ? v[m] - mean : 0.0f;
-            sq = fmaf(d, d, sq);
-        }
-        const float rstd = rsqrtf(warp_sum(sq) * inv_c + eps);
-        const unsigned j = j0 + row;
-        if (j < N) {
-            float* o = out + ((u64)b * N + j) * C;
-#pragma unroll
-            for (int m = 0; m < 8; ++m) {
-                const unsigned c = lane + 32 * m;
-                if (c < C) o[c] = (v[m] - mean) * rstd * ln_w[c] + ln_b[c];
-            }
-        }
-    }
+        for (int m = 0; m < 8; ++m) zr[i][m] = xs[(4 * warp + i) * TWM_ULD + lane + 32 * m];
+    tw_layer_norm_store(zr, ln_w, ln_b, eps, out + (u64)b * N * C, j0 + 4 * warp, N, C);
 }
 
-extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_pool_part_tf32(const float* __restrict__ x, u64 x_bstride,
-                                                                               const float* __restrict__ y, const float* __restrict__ ax,
-                                                                               const float* __restrict__ ay, float* __restrict__ part,
-                                                                               unsigned B, unsigned N, unsigned C, unsigned R, unsigned T,
-                                                                               unsigned Dy) {
+extern "C" __global__ void __launch_bounds__(TW_THREADS, 2) two_way_pool_part_tf32(TW_POOL_PARAMS) {
     __shared__ __align__(16) float xs[TW_ROWS * TWM_ULD];
     // ax chunks [TW_R][TW_KLD], then the scores / weights [TW_R][TWM_PSLD].
     __shared__ __align__(16) float ws[TW_R * TW_KLD];
