@@ -4,6 +4,8 @@
 #
 #   tests-cuda     the GPU test binary on CUDA (VISWORD_REQUIRE=cuda: a missing device fails)
 #   kernels        the CUDA kernel tests (cuda_kernels), when packed
+#   timings-cuda   cuda_kernels' timings (VISWORD_CUDA_TIMINGS=1): GEMV bandwidth per dtype, GEMMs,
+#                  and SAM's two-way ops (TF32 and f32 kernels) beside the projection they replace
 #   tests-wgpu     the GPU test binary on wgpu, when a Vulkan driver is there (VISWORD_REQUIRE=wgpu;
 #                  VISWORD_WGPU_COOP=0, so a fault in the experimental cooperative matrices cannot
 #                  take the other tests down with it)
@@ -48,7 +50,7 @@ BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-3}
 DECODE_TOKENS=${DECODE_TOKENS:-8}
 TEST_THREADS=${TEST_THREADS:-4}
-ALL_STEPS=(tests-cuda kernels tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager bench-cuda-simt-attn bench-cuda-nofold bench-cuda-fold-simt profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked profile-wgpu torch-compile)
+ALL_STEPS=(tests-cuda kernels timings-cuda tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager bench-cuda-simt-attn bench-cuda-nofold bench-cuda-fold-simt profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked profile-wgpu torch-compile)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -112,7 +114,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local var="T_$(echo "$1" | tr 'a-z-' 'A-Z_')"
   local def
   case $1 in
-    tests-cuda) def=120 ;; kernels) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; bench-cuda-simt-attn) def=150 ;; bench-cuda-nofold) def=150 ;; bench-cuda-fold-simt) def=150 ;; profile-cuda) def=90 ;;
+    tests-cuda) def=120 ;; kernels) def=60 ;; timings-cuda) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; bench-cuda-simt-attn) def=150 ;; bench-cuda-nofold) def=150 ;; bench-cuda-fold-simt) def=150 ;; profile-cuda) def=90 ;;
     torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; bench-wgpu-coop) def=150 ;; bench-wgpu-tile64) def=150 ;; bench-wgpu-checked) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
@@ -162,6 +164,11 @@ for step in "${ALL_STEPS[@]}"; do
       if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"
       elif ! have_bin cuda_kernels; then skip "$step" "$BIN/cuda_kernels not packed"
       else VISWORD_BACKENDS=cuda VISWORD_REQUIRE=cuda run_step "$step" "$logs/kernels.log" "$logs/kernels.out" "$BIN/cuda_kernels" --test-threads="$TEST_THREADS"
+      fi ;;
+    timings-cuda)
+      if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"
+      elif ! have_bin cuda_kernels; then skip "$step" "$BIN/cuda_kernels not packed"
+      else VISWORD_CUDA_TIMINGS=1 run_step "$step" "$logs/timings-cuda.log" "$logs/timings-cuda.out" "$BIN/cuda_kernels" cuda_timings --nocapture --test-threads=1
       fi ;;
     tests-wgpu)
       if [ $vulkan = none ]; then skip "$step" "no Vulkan driver"

@@ -82,7 +82,7 @@ mod common;
 use common::{compare, Rng, Tol};
 use visword::backend::cuda::CudaBackend;
 use visword::backend::cpu::CpuBackend;
-use visword::{Activation, DType, Tensor};
+use visword::{Activation, DType, Tensor, TwoWayParams};
 
 const TOL: Tol = Tol { atol: 1e-4, rtol: 1e-4 };
 
@@ -460,4 +460,47 @@ fn cuda_timings() {
         let s = time(&|| gpu.linear(&x, &wb, None, Activation::None, None));
         eprintln!("linear bf16 weight (widened) M={m} N={n} K={k}: {:.1} µs, {:.1} TFLOP/s", s * 1e6, 2.0 * (m * n * k) as f64 / s / 1e12);
     }
+    two_way_timings(visword::Backend::Cuda(gpu), &mut rng);
+}
+
+/// SAM's two-way ops at the mask decoder's sizes (64 prompts × 4096 image tokens of 256
+/// channels, 8 heads × 7 tokens, Dy 16) per call: the TF32 kernels (half-precision callers)
+/// and the f32 ones, with per-prompt and shared image tokens, next to one of the image-side
+/// projections they replace ([64·4096, 256] through a [128, 256] bf16 weight, cuBLASLt TF32).
+fn two_way_timings(be: visword::Backend, rng: &mut Rng) {
+    let time = |f: &dyn Fn() -> visword::Result<Tensor>| -> f64 {
+        for _ in 0..2 {
+            f().expect("warm-up");
+        }
+        be.synchronize().expect("sync");
+        let iters = 10;
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            f().expect("run");
+        }
+        be.synchronize().expect("sync");
+        t.elapsed().as_secs_f64() / iters as f64
+    };
+    let (b, n, c, groups, t, dy) = (64, 4096, 256, 8, 7, 16);
+    let r = groups * t;
+    let mut up = |shape: &[usize], scale: f32| {
+        let v = rng.tensor(shape).to_f32_vec().expect("f32").iter().map(|x| x * scale).collect();
+        be.upload(&Tensor::from_f32(v, shape.to_vec()).expect("tensor")).expect("upload")
+    };
+    let (xs, xp, y) = (up(&[1, n, c], 1.0), up(&[b, n, c], 1.0), up(&[1, n, groups * dy], 1.0));
+    let (ax, ay, u) = (up(&[b, r, c], 2.0 / (c as f32).sqrt()), up(&[b, r, dy], 1.0), up(&[b, r, c], 1.0));
+    let (bias, lw, lb) = (up(&[c], 1.0), up(&[c], 1.0), up(&[c], 1.0));
+    for low_precision in [true, false] {
+        let p = TwoWayParams { low_precision, ..TwoWayParams::new(groups) };
+        let kind = if low_precision { "TF32" } else { "f32" };
+        for (x, which) in [(&xp, "per-prompt"), (&xs, "shared")] {
+            let s = time(&|| be.two_way_update(x, &y, &ax, &ay, &u, &bias, (&lw, &lb, 1e-6), p));
+            eprintln!("two_way_update {kind} B={b} N={n} C={c} R={r} ({which} image tokens): {:.1} µs", s * 1e6);
+        }
+        let s = time(&|| be.two_way_pool(&xp, &y, &ax, &ay, p));
+        eprintln!("two_way_pool {kind} B={b} N={n} C={c} R={r}: {:.1} µs", s * 1e6);
+    }
+    let w = be.upload_weight(&rng.tensor(&[c / 2, c]).to_dtype(DType::BF16).expect("dtype")).expect("upload");
+    let s = time(&|| be.linear(&xp, &w, None, Activation::None, None));
+    eprintln!("linear [{b}·{n}, {c}] × bf16 [{}, {c}] (one image-side projection): {:.1} µs", c / 2, s * 1e6);
 }
