@@ -120,6 +120,20 @@ pub fn tf32_round(x: &Tensor) -> Tensor {
     Tensor::from_f32(v, x.shape().to_vec()).unwrap()
 }
 
+/// `upscale_masks` on the CPU with the CUDA tensor-core kernel's rounding: the features after
+/// LayerNorm + GELU and w2 rounded to f16 before their product, everything else in f32 (the
+/// composed ops of src/backend/upscale.rs).
+pub fn upscale_masks_f16_operands(y: &Tensor, lw: &Tensor, lb: &Tensor, w2: &Tensor, b2: &Tensor, hyper: &Tensor) -> Tensor {
+    use visword::{Activation, DType};
+    let (c, round) = (visword::Backend::cpu(), |t: &Tensor| t.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap());
+    let (p, e, c1, c2, m) = (y.dim(0), y.dim(1), w2.dim(1), b2.dim(0), hyper.dim(1));
+    let g = c.activate(&c.layer_norm(&y.reshape(&[p * e * e * 4, c1]).unwrap(), lw, lb, 1e-6).unwrap(), Activation::Gelu).unwrap();
+    let bias4 = c.concat(&[b2, b2, b2, b2], 0).unwrap();
+    let z = c.linear(&round(&g), &round(w2), Some(&bias4), Activation::Gelu, None).unwrap().reshape(&[p, e, e, 2, 2, 2, 2, c2]).unwrap();
+    let z = c.permute(&z, &[0, 7, 1, 3, 5, 2, 4, 6]).unwrap().reshape(&[p, c2, 16 * e * e]).unwrap();
+    c.matmul(hyper, &z, false).unwrap().reshape(&[p, m, 4 * e, 4 * e]).unwrap()
+}
+
 /// A small seeded RNG (SplitMix64) for test inputs; print the seed in the test.
 pub struct Rng(u64);
 

@@ -14,4 +14,5 @@ mod common;
 mod attention;
 mod emu;
 mod gemv;
+mod masks;
 mod two_way;
