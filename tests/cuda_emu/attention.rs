@@ -1,16 +1,25 @@
-//! kernels/attention_mma.cu (flash attention on the tensor cores, f16 operands) against the CPU
-//! backend on the operands rounded as the kernel rounds them (q·scale, k and v to f16): what is
-//! left is the f16 rounding of the softmax weights before P·V (relative 2⁻¹¹) and the order of
-//! sums, within `LOW_PRECISION_TOL` (as tests/gpu/attention.rs for half-precision callers).
+//! kernels/attention.cu and kernels/attention_mma.cu against the CPU backend's attention: the
+//! f32 flash forward (blocks of 32 queries, and of 8), the few-keys kernel, the split decode
+//! with its combine (host-given chunks, and the recorded step's device-side key count), and the
+//! tensor-core forward. The tensor-core kernel runs on the operands as it rounds them (q·scale,
+//! k and v to f16), so what is left is the f16 rounding of the softmax weights before P·V
+//! (relative 2⁻¹¹) and the order of sums, within `LOW_PRECISION_TOL` (as tests/gpu/attention.rs
+//! for half-precision callers); the f32 kernels are held to the f32 bound of `emu::tol`.
 
 use visword::{AttnBias, AttnParams, Backend, Tensor};
 
 use crate::common::{assert_close, f16_round, Rng, LOW_PRECISION_TOL};
-use crate::emu;
+use crate::emu::{self, tol};
 
-/// Queries per block and threads per block of the mma kernels (MMA_BQ, MMA_THREADS).
-const BQ: usize = 64;
+/// Threads per block of every attention kernel (FWD_THREADS, MMA_THREADS, DEC_THREADS,
+/// FEW_THREADS), and queries per block of the forward kernels (FWD_BQ, the q8 variants, MMA_BQ)
+/// and of the few-keys kernel; keys per decode block step (DEC_WARPS · DEC_KU).
 const THREADS: u32 = 128;
+const FWD_BQ: usize = 32;
+const Q8_BQ: usize = 8;
+const MMA_BQ: usize = 64;
+const FEW_BQ: usize = 128;
+const DEC_STEP: usize = 16;
 
 /// kernels/attention.cuh's AttnStrides.
 #[repr(C)]
@@ -22,6 +31,26 @@ struct Strides {
 }
 
 type Fwd = unsafe extern "C" fn(*const f32, *const f32, *const f32, *const f32, *const f32, *mut f32, Strides, i32, i32, i32, i32, i32, f32, i32, i32, i32);
+type Decode = unsafe extern "C" fn(*const f32, *const f32, *const f32, *const f32, *const f32, *mut f32, Strides, i32, i32, i32, i32, i32, f32, i32, i32, i32, *mut f32, *mut f32, i32, *const i32);
+type Combine = unsafe extern "C" fn(*const f32, *const f32, *mut f32, Strides, i32, i32, i32, i32);
+type Few = unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, Strides, i32, i32, i32, i32, i32, f32, i32);
+
+/// Which kernel a case runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    /// attention_fwd_mma_d* (f16 operands).
+    Mma,
+    /// attention_fwd_d* (blocks of 32 queries).
+    Fwd,
+    /// attention_fwd_q8_d* (blocks of 8).
+    Q8,
+    /// attention_fewkeys_d* (at most 64 keys, d ≤ 32).
+    FewKeys,
+    /// attention_decode_d* over about `splits` key splits, merged by attention_combine_f32 when
+    /// more than one; `recorded`: the key count comes from a recorded step's device buffer and
+    /// the kernel spreads the keys over the splits itself.
+    Decode { splits: usize, recorded: bool },
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -45,8 +74,9 @@ impl Case {
     }
 }
 
-fn check(c: Case) {
-    let Some(emu) = emu::kernels("attention_mma") else { return };
+fn check(kernel: Kernel, c: Case) {
+    let file = if kernel == Kernel::Mma { "attention_mma" } else { "attention" };
+    let Some(emu) = emu::kernels(file) else { return };
     let seed = 0xE3A0_0000 ^ (c.nq * 131 + c.nk_all * 7 + c.d) as u64;
     let mut rng = Rng::new(seed);
     let cpu = Backend::cpu();
@@ -56,9 +86,9 @@ fn check(c: Case) {
     let v = rng.tensor(&kv_shape);
     let rel = c.grid.map(|(kh, kw)| (rng.tensor(&[c.b, c.h, c.nq, kh]), rng.tensor(&[c.b, c.h, c.nq, kw])));
     let scale = 1.0 / (c.d as f32).sqrt();
-    let (qr, kr, vr) = (f16_round(&cpu, &q, scale), f16_round(&cpu, &k, 1.0), f16_round(&cpu, &v, 1.0));
+    let (qr, kr, vr) = if kernel == Kernel::Mma { (f16_round(&cpu, &q, scale), f16_round(&cpu, &k, 1.0), f16_round(&cpu, &v, 1.0)) } else { (q.clone(), k.clone(), v.clone()) };
 
-    // The CPU reference on the rounded operands, head-major and with k/v repeated per batch.
+    // The CPU reference (on the rounded operands for the mma kernel), head-major and with k/v repeated per batch.
     let rep = |t: &Tensor| if kv_b == 1 && c.b > 1 { cpu.concat(&vec![t; c.b], 0).unwrap() } else { t.clone() };
     let mut p = AttnParams::new(c.d);
     p.causal = c.causal;
@@ -84,48 +114,141 @@ fn check(c: Case) {
     };
     let (k_h, k_w) = c.grid.unwrap_or((0, 0));
     let mut out = vec![f32::NAN; c.b * c.h * c.nq * c.d];
-    let dp = c.d.next_multiple_of(16);
-    // SAFETY: FWD_PARAMS of kernels/attention.cuh.
-    let f: Fwd = unsafe { emu.kernel(&format!("attention_fwd_mma_d{dp}_f32")) };
     let o = out.as_mut_ptr() as usize;
-    emu.launch(((c.b * c.h) as u32, c.nq.div_ceil(BQ) as u32, 1), (THREADS, 1, 1), || unsafe {
-        f(qv.as_ptr(), kv.as_ptr(), vv.as_ptr(), rh.as_ptr(), rw.as_ptr(), o as *mut f32, st, c.h as i32, c.hkv as i32, c.nq as i32, c.nk as i32, c.d as i32, scale, c.causal as i32, k_h as i32, k_w as i32)
-    });
+    let (h32, hkv32, nq32, nk32, d32, causal) = (c.h as i32, c.hkv as i32, c.nq as i32, c.nk as i32, c.d as i32, c.causal as i32);
+    let (bh, rows) = (c.b * c.h, c.b * c.h * c.nq);
+    let name = match kernel {
+        Kernel::Mma => format!("attention_fwd_mma_d{}_f32", c.d.next_multiple_of(16)),
+        Kernel::Fwd => format!("attention_fwd_d{}_f32", c.d.next_multiple_of(16)),
+        Kernel::Q8 => format!("attention_fwd_q8_d{}_f32", c.d.next_multiple_of(16)),
+        Kernel::FewKeys => format!("attention_fewkeys_d{}_f32", if c.d <= 16 { 16 } else { 32 }),
+        Kernel::Decode { .. } => format!("attention_decode_d{}_f32", c.d.next_multiple_of(32)),
+    };
+    match kernel {
+        Kernel::Mma | Kernel::Fwd | Kernel::Q8 => {
+            let bq = match kernel {
+                Kernel::Mma => MMA_BQ,
+                Kernel::Q8 => Q8_BQ,
+                _ => FWD_BQ,
+            };
+            // SAFETY: FWD_PARAMS of kernels/attention.cuh.
+            let f: Fwd = unsafe { emu.kernel(&name) };
+            emu.launch((bh as u32, c.nq.div_ceil(bq) as u32, 1), (THREADS, 1, 1), || unsafe {
+                f(qv.as_ptr(), kv.as_ptr(), vv.as_ptr(), rh.as_ptr(), rw.as_ptr(), o as *mut f32, st, h32, hkv32, nq32, nk32, d32, scale, causal, k_h as i32, k_w as i32)
+            });
+        }
+        Kernel::FewKeys => {
+            // SAFETY: FEW_PARAMS of kernels/attention.cu.
+            let f: Few = unsafe { emu.kernel(&name) };
+            emu.launch((bh as u32, c.nq.div_ceil(FEW_BQ) as u32, 1), (THREADS, 1, 1), || unsafe {
+                f(qv.as_ptr(), kv.as_ptr(), vv.as_ptr(), o as *mut f32, st, h32, hkv32, nq32, nk32, d32, scale, causal)
+            });
+        }
+        Kernel::Decode { splits, recorded } => {
+            // Host-given chunks: whole block steps covering the keys in about `splits` parts.
+            // Recorded: the grid has `splits` parts and the key count is read on the device.
+            let (nsplit, chunk, nk_arg) = if recorded {
+                (splits, 0, c.nk_all)
+            } else {
+                let chunk = c.nk.div_ceil(splits).next_multiple_of(DEC_STEP);
+                (c.nk.div_ceil(chunk), chunk, c.nk)
+            };
+            let step = [0i32, 0, c.nk as i32];
+            let mut part_o = vec![f32::NAN; rows * nsplit * c.d];
+            let mut part_ml = vec![f32::NAN; rows * nsplit * 2];
+            let (po, pml) = (part_o.as_mut_ptr() as usize, part_ml.as_mut_ptr() as usize);
+            // SAFETY: DEC_PARAMS of kernels/attention.cu.
+            let f: Decode = unsafe { emu.kernel(&name) };
+            emu.launch((rows as u32, nsplit as u32, 1), (THREADS, 1, 1), || unsafe {
+                let (po, pml) = if nsplit > 1 { (po as *mut f32, pml as *mut f32) } else { (std::ptr::null_mut(), std::ptr::null_mut()) };
+                let stepp = if recorded { step.as_ptr() } else { std::ptr::null() };
+                f(qv.as_ptr(), kv.as_ptr(), vv.as_ptr(), rh.as_ptr(), rw.as_ptr(), o as *mut f32, st, h32, hkv32, nq32, nk_arg as i32, d32, scale, causal, k_h as i32, k_w as i32, po, pml, chunk as i32, stepp)
+            });
+            if nsplit > 1 {
+                // SAFETY: attention_combine_f32's parameter list.
+                let f: Combine = unsafe { emu.kernel("attention_combine_f32") };
+                emu.launch((rows as u32, 1, 1), (c.d.next_multiple_of(32).min(THREADS as usize) as u32, 1, 1), || unsafe {
+                    f(po as *const f32, pml as *const f32, o as *mut f32, st, h32, nq32, d32, nsplit as i32)
+                });
+            }
+        }
+    }
     let got = if c.token_major_shared_kv {
         let t = Tensor::from_f32(out, vec![c.b, c.nq, c.h, c.d]).unwrap();
         cpu.permute(&t, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap()
     } else {
         out
     };
-    assert_close(&format!("attention_fwd_mma_d{dp} {c:?} seed {seed:#x}"), &got, &want, LOW_PRECISION_TOL);
+    let tol = if kernel == Kernel::Mma { LOW_PRECISION_TOL } else { tol(c.nk.max(c.d)) };
+    assert_close(&format!("{name} {kernel:?} {c:?} seed {seed:#x}"), &got, &want, tol);
 }
 
 #[test]
 fn mma_attention_ragged_gqa() {
     // 70 queries (two blocks, the second mostly padding) over 130 keys (a partial third tile),
     // d 20 (zero-filled to 32), 4 heads on 2 K/V heads.
-    check(Case::new(1, 4, 2, 70, 130, 20));
+    check(Kernel::Mma, Case::new(1, 4, 2, 70, 130, 20));
 }
 
 #[test]
 fn mma_attention_causal_cache() {
     // Causal prefill continuing a cache: 65 queries ending at key 80 of a 96-row cache, d 80.
-    check(Case { causal: true, nk_all: 96, ..Case::new(1, 2, 2, 65, 80, 80) });
+    check(Kernel::Mma, Case { causal: true, nk_all: 96, ..Case::new(1, 2, 2, 65, 80, 80) });
 }
 
 #[test]
 fn mma_attention_rel_pos_bias() {
     // SAM's decomposed relative-position bias on an 8 × 8 key grid, d 16, 2 batch entries.
-    check(Case { grid: Some((8, 8)), ..Case::new(2, 2, 2, 64, 64, 16) });
+    check(Kernel::Mma, Case { grid: Some((8, 8)), ..Case::new(2, 2, 2, 64, 64, 16) });
 }
 
 #[test]
 fn mma_attention_widest_head_shared_tokens() {
     // d 128; token-major tensors with one k/v shared by both batch entries (batch stride 0).
-    check(Case { token_major_shared_kv: true, ..Case::new(2, 2, 2, 9, 70, 128) });
+    check(Kernel::Mma, Case { token_major_shared_kv: true, ..Case::new(2, 2, 2, 9, 70, 128) });
 }
 
 #[test]
 fn mma_attention_one_key() {
-    check(Case::new(1, 1, 1, 17, 1, 64));
+    check(Kernel::Mma, Case::new(1, 1, 1, 17, 1, 64));
+}
+
+#[test]
+fn f32_forward_ragged_causal_and_bias() {
+    // Blocks of 32 queries: 70 queries over 130 keys with GQA at d 20; a causal prefill ending
+    // at key 80 of a 96-row cache at d 80; SAM's decomposed bias on an 8 × 8 grid at d 16.
+    check(Kernel::Fwd, Case::new(1, 4, 2, 70, 130, 20));
+    check(Kernel::Fwd, Case { causal: true, nk_all: 96, ..Case::new(1, 2, 2, 65, 80, 80) });
+    check(Kernel::Fwd, Case { grid: Some((8, 8)), ..Case::new(2, 2, 2, 40, 64, 16) });
+    check(Kernel::Fwd, Case { token_major_shared_kv: true, ..Case::new(2, 2, 2, 9, 70, 128) });
+}
+
+#[test]
+fn f32_forward_blocks_of_eight() {
+    // SAM's token-to-image shape, small: 7 queries per prompt over a shared token-major set of
+    // 300 keys, d 16; and 3 queries at d 64 with GQA.
+    check(Kernel::Q8, Case { token_major_shared_kv: true, ..Case::new(3, 4, 4, 7, 300, 16) });
+    check(Kernel::Q8, Case::new(1, 2, 1, 3, 40, 64));
+}
+
+#[test]
+fn few_keys() {
+    // SAM's image-to-token shape, small: 200 queries (a partial second block of 128) over 7
+    // keys, d 16, token-major with shared keys; 130 causal queries over 64 keys at d 24.
+    check(Kernel::FewKeys, Case { token_major_shared_kv: true, ..Case::new(2, 2, 2, 200, 7, 16) });
+    check(Kernel::FewKeys, Case { causal: true, ..Case::new(1, 2, 1, 64, 64, 24) });
+    check(Kernel::FewKeys, Case::new(1, 1, 1, 130, 1, 32));
+}
+
+#[test]
+fn decode_splits_and_recorded_steps() {
+    // One query over 300 keys in 3 splits (d 128, GQA); 4 causal queries over the first 100
+    // keys of a 128-row cache in 2 splits (d 64); one split writing the output itself; a
+    // recorded step reading 150 of 256 cached keys from its device buffer over 4 splits (d 96),
+    // and one whose keys leave splits empty.
+    check(Kernel::Decode { splits: 3, recorded: false }, Case::new(1, 4, 2, 1, 300, 128));
+    check(Kernel::Decode { splits: 2, recorded: false }, Case { causal: true, nk_all: 128, ..Case::new(1, 2, 2, 4, 100, 64) });
+    check(Kernel::Decode { splits: 1, recorded: false }, Case::new(2, 2, 1, 1, 37, 32));
+    check(Kernel::Decode { splits: 4, recorded: true }, Case { nk_all: 256, ..Case::new(1, 2, 1, 1, 150, 96) });
+    check(Kernel::Decode { splits: 8, recorded: true }, Case { causal: true, nk_all: 256, ..Case::new(1, 2, 2, 2, 20, 64) });
 }
