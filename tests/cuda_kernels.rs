@@ -427,20 +427,9 @@ fn cuda_timings() {
         eprintln!("cuda_timings: no CUDA device");
         return;
     };
+    let gpu = visword::Backend::Cuda(gpu);
     let mut rng = Rng::new(3);
-    let time = |f: &dyn Fn() -> visword::Result<Tensor>| -> f64 {
-        for _ in 0..3 {
-            f().expect("warm-up");
-        }
-        gpu.synchronize().expect("sync");
-        let iters = 20;
-        let t = std::time::Instant::now();
-        for _ in 0..iters {
-            f().expect("run");
-        }
-        gpu.synchronize().expect("sync");
-        t.elapsed().as_secs_f64() / iters as f64
-    };
+    let time = |f: &dyn Fn() -> visword::Result<Tensor>| time_per_call(&gpu, f);
     for (n, k) in [(1536, 576), (49152, 576), (16384, 4096)] {
         let w = rng.tensor(&[n, k]);
         for dt in [DType::F32, DType::F16, DType::BF16] {
@@ -460,27 +449,30 @@ fn cuda_timings() {
         let s = time(&|| gpu.linear(&x, &wb, None, Activation::None, None));
         eprintln!("linear bf16 weight (widened) M={m} N={n} K={k}: {:.1} µs, {:.1} TFLOP/s", s * 1e6, 2.0 * (m * n * k) as f64 / s / 1e12);
     }
-    two_way_timings(visword::Backend::Cuda(gpu), &mut rng);
+    two_way_timings(&gpu, &mut rng);
+}
+
+/// Seconds per call of `f` on `be`: 3 calls to warm up, then the mean of 20 between syncs.
+fn time_per_call(be: &visword::Backend, f: &dyn Fn() -> visword::Result<Tensor>) -> f64 {
+    for _ in 0..3 {
+        f().expect("warm-up");
+    }
+    be.synchronize().expect("sync");
+    let iters = 20;
+    let t = std::time::Instant::now();
+    for _ in 0..iters {
+        f().expect("run");
+    }
+    be.synchronize().expect("sync");
+    t.elapsed().as_secs_f64() / iters as f64
 }
 
 /// SAM's two-way ops at the mask decoder's sizes (64 prompts × 4096 image tokens of 256
 /// channels, 8 heads × 7 tokens, Dy 16) per call: the TF32 kernels (half-precision callers)
 /// and the f32 ones, with per-prompt and shared image tokens, next to one of the image-side
 /// projections they replace ([64·4096, 256] through a [128, 256] bf16 weight, cuBLASLt TF32).
-fn two_way_timings(be: visword::Backend, rng: &mut Rng) {
-    let time = |f: &dyn Fn() -> visword::Result<Tensor>| -> f64 {
-        for _ in 0..2 {
-            f().expect("warm-up");
-        }
-        be.synchronize().expect("sync");
-        let iters = 10;
-        let t = std::time::Instant::now();
-        for _ in 0..iters {
-            f().expect("run");
-        }
-        be.synchronize().expect("sync");
-        t.elapsed().as_secs_f64() / iters as f64
-    };
+fn two_way_timings(be: &visword::Backend, rng: &mut Rng) {
+    let time = |f: &dyn Fn() -> visword::Result<Tensor>| time_per_call(be, f);
     let (b, n, c, groups, t, dy) = (64, 4096, 256, 8, 7, 16);
     let r = groups * t;
     let mut up = |shape: &[usize], scale: f32| {
