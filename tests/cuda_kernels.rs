@@ -449,7 +449,51 @@ fn cuda_timings() {
         let s = time(&|| gpu.linear(&x, &wb, None, Activation::None, None));
         eprintln!("linear bf16 weight (widened) M={m} N={n} K={k}: {:.1} µs, {:.1} TFLOP/s", s * 1e6, 2.0 * (m * n * k) as f64 / s / 1e12);
     }
+    stack_linear_timings(&gpu, &mut rng);
     two_way_timings(&gpu, &mut rng);
+}
+
+/// The linears of the benchmark's stages at their own sizes (bf16 weights, the default bf16
+/// tensor-core path: x rounded to bf16, cuBLAS, then the epilogue), each against its two
+/// floors: the weight bytes at 4 TB/s and the multiply-adds at 600 TFLOP/s. Prefill of 80
+/// and 616 tokens through Llama-7B, CLIP ViT-L/14-336 and SAM ViT-H's layers.
+fn stack_linear_timings(be: &visword::Backend, rng: &mut Rng) {
+    let time = |f: &dyn Fn() -> visword::Result<Tensor>| time_per_call(be, f);
+    let weight = |rng: &mut Rng, n: usize, k: usize| be.upload(&rng.tensor(&[n, k]).to_dtype(DType::BF16).expect("dtype")).expect("upload");
+    let report = |what: &str, m: usize, n: usize, k: usize, s: f64| {
+        let (flops, bytes) = (2.0 * (m * n * k) as f64, (2 * n * k) as f64);
+        let floor = (bytes / 4e12).max(flops / 600e12);
+        eprintln!("{what} M={m} N={n} K={k}: {:.1} µs, {:.0} TFLOP/s, {:.2} TB/s of weights, {:.0}% of the larger floor", s * 1e6, flops / s / 1e12, bytes / s / 1e12, 100.0 * floor / s);
+    };
+    // (name, M, N, K, activation, residual)
+    let shapes: [(&str, usize, usize, usize, Activation, bool); 12] = [
+        ("llama o_proj + residual", 80, 4096, 4096, Activation::None, true),
+        ("llama gate", 80, 11008, 4096, Activation::None, false),
+        ("llama down + residual", 80, 4096, 11008, Activation::None, true),
+        ("llama o_proj + residual", 616, 4096, 4096, Activation::None, true),
+        ("llama gate", 616, 11008, 4096, Activation::None, false),
+        ("llama down + residual", 616, 4096, 11008, Activation::None, true),
+        ("clip q", 577, 1024, 1024, Activation::None, false),
+        ("clip fc1 + quick-GELU", 577, 4096, 1024, Activation::QuickGelu, false),
+        ("clip fc2 + residual", 577, 1024, 4096, Activation::None, true),
+        ("sam qkv (windows)", 4900, 3840, 1280, Activation::None, false),
+        ("sam fc1 + GELU", 4096, 5120, 1280, Activation::Gelu, false),
+        ("sam fc2 + residual", 4096, 1280, 5120, Activation::None, true),
+    ];
+    for (what, m, n, k, act, res) in shapes {
+        let w = weight(rng, n, k);
+        let x = be.upload(&rng.tensor(&[m, k])).expect("upload");
+        let r = res.then(|| be.upload(&rng.tensor(&[m, n])).expect("upload"));
+        let s = time(&|| be.linear(&x, &w, None, act, r.as_ref()));
+        report(what, m, n, k, s);
+    }
+    // Q, K and V of one Llama-7B layer on one rounded x (three cuBLAS calls).
+    for m in [80, 616] {
+        let ws = [weight(rng, 4096, 4096), weight(rng, 4096, 4096), weight(rng, 4096, 4096)];
+        let x = be.upload(&rng.tensor(&[m, 4096])).expect("upload");
+        let s = time(&|| be.linear_many(&x, &[&ws[0], &ws[1], &ws[2]]).map(|mut v| v.remove(0)));
+        report("llama q, k, v (linear_many)", m, 3 * 4096, 4096, s);
+    }
 }
 
 /// Seconds per call of `f` on `be`: 3 calls to warm up, then the mean of 20 between syncs.

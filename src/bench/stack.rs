@@ -258,7 +258,10 @@ impl Stack {
     /// `index` (modulo the number of photos), each encoder timed on its own.
     pub fn encode(&self, be: &Backend, index: usize) -> Result<Encoded> {
         let photo = &self.photos[index % self.photos.len()];
+        let section = crate::backend::profile::Section::start("the vision encoder");
         let (features, vision_ms) = timed(be, || self.vision_features(be, photo))?;
+        drop(section);
+        let _section = crate::backend::profile::Section::start("SAM's image encoder");
         let (image_embeddings, sam_ms) = timed(be, || self.sam.image_embeddings(be, &photo.sam_pixels))?;
         Ok(Encoded { photo: photo.name, vision_ms, sam_ms, overlapped_ms: None, features, image_embeddings, frame: photo.frame })
     }

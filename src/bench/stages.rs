@@ -168,11 +168,13 @@ pub fn llm_prefill_decode(be: &Backend, llm: &Llama, tokens: usize, decode_token
     let cache = super::stack::kept_cache(be, llm, cache, tokens + decode_tokens + 1)?;
     be.synchronize()?;
 
+    let section = crate::backend::profile::Section::start(&format!("prefill, {tokens} tokens"));
     let start = Instant::now();
     let out = llm.forward(be, Input::Embeds(&embeds), cache, Logits::Last, false)?;
     let mut token = super::stack::next_token(be, out.logits)?;
     be.synchronize()?;
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+    drop(section);
 
     let _section = (decode_tokens > 0).then(|| crate::backend::profile::Section::start("decode"));
     let start = Instant::now();
