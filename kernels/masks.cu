@@ -193,9 +193,11 @@ extern "C" __global__ void __launch_bounds__(128) upscale_masks_f32(const float*
 // Launch: 128 threads (4 warps) per block, one block per (p, UPT_ROWS consecutive rows of y),
 // 2-D grid (block_row()). The block stages w2 once as f16 ([128][UPT_LD], k contiguous: the
 // col-major B operand) with b2, prompt p's hypernetwork rows and the norm weights; then per tile
-// of 64 rows, warp w normalises rows 16w..16w+15 itself (lane l: channels 2l, 2l+1; the mean and
-// variance by warp shuffles) into its f16 A rows, and multiplies them by all 128 columns (16
-// n-fragments of 8, 4 k-steps: 64 mma per warp per tile, 64 f32 accumulators per thread).
+// of 64 rows, warp w normalises rows 16w..16w+15 itself, four rows at a time so that their
+// shuffle reductions overlap (lane l: channels 2l, 2l+1), into its f16 A rows, loads its A
+// fragments for all four k-steps into registers, and multiplies them by the 128 columns in two
+// halves of 64 (8 n-fragments of 8 each: 32 mma and 32 f32 accumulators per thread per half,
+// 127 registers, 4 blocks per SM, where 64 accumulators took 142 and 3 blocks).
 // Epilogue from registers: in fragment f a thread holds rows g and g + 8 (g = lane / 4) at
 // columns 8f + 2t, 8f + 2t + 1 (t = lane % 4), so for sub-position cd (fragments 4cd..4cd+3) it
 // holds 8 of the 32 features of each of its two rows; it applies bias and GELU, takes their dot
@@ -204,12 +206,13 @@ extern "C" __global__ void __launch_bounds__(128) upscale_masks_f32(const float*
 // fragment load hit 32 distinct banks.
 #define UPT_ROWS 256
 #define UPT_LD 72
+#define UPT_LN_ROWS 4
 
 extern "C" __global__ void __launch_bounds__(128) upscale_masks_mma_f32(const float* __restrict__ y, const float* __restrict__ ln_w,
-                                                                        const float* __restrict__ ln_b, float eps,
-                                                                        const float* __restrict__ w2, const float* __restrict__ b2,
-                                                                        const float* __restrict__ hyper, float* __restrict__ out,
-                                                                        unsigned P, unsigned E, unsigned M) {
+                                                                           const float* __restrict__ ln_b, float eps,
+                                                                           const float* __restrict__ w2, const float* __restrict__ b2,
+                                                                           const float* __restrict__ hyper, float* __restrict__ out,
+                                                                           unsigned P, unsigned E, unsigned M) {
     __shared__ __align__(16) unsigned short s_w[128 * UPT_LD];
     __shared__ __align__(16) unsigned short s_a[64 * UPT_LD];
     __shared__ float s_b[32];
@@ -232,74 +235,101 @@ extern "C" __global__ void __launch_bounds__(128) upscale_masks_mma_f32(const fl
     __syncthreads();
     const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const unsigned L = 4 * E;
+    const float lw0 = s_lw[2 * lane], lw1 = s_lw[2 * lane + 1], lb0 = s_lb[2 * lane], lb1 = s_lb[2 * lane + 1];
     for (unsigned tile = r0; tile < min(r0 + UPT_ROWS, rows); tile += 64) {
         // LayerNorm + GELU of the warp's 16 rows into its A rows (zeros past the last row).
-        for (unsigned r = 0; r < 16; ++r) {
-            const unsigned R = tile + warp * 16 + r;
-            float2 v = make_float2(0.f, 0.f);
-            if (R < rows) v = *reinterpret_cast<const float2*>(y + ((u64)p * rows + R) * 64 + 2 * lane);
-            float s = v.x + v.y;
+        for (unsigned r = 0; r < 16; r += UPT_LN_ROWS) {
+            float2 v[UPT_LN_ROWS];
+            float s[UPT_LN_ROWS], q[UPT_LN_ROWS];
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            const float mean = s * (1.0f / 64.0f);
-            const float dx = v.x - mean, dy = v.y - mean;
-            float q = dx * dx + dy * dy;
+            for (int u = 0; u < UPT_LN_ROWS; ++u) {
+                const unsigned R = tile + warp * 16 + r + u;
+                v[u] = R < rows ? *reinterpret_cast<const float2*>(y + ((u64)p * rows + R) * 64 + 2 * lane) : make_float2(0.f, 0.f);
+                s[u] = v[u].x + v[u].y;
+            }
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
-            const float rstd = rsqrtf(q * (1.0f / 64.0f) + eps);
-            float g0 = act_apply(dx * rstd * s_lw[2 * lane] + s_lb[2 * lane], ACT_GELU);
-            float g1 = act_apply(dy * rstd * s_lw[2 * lane + 1] + s_lb[2 * lane + 1], ACT_GELU);
-            if (R >= rows) g0 = g1 = 0.f;
-            *reinterpret_cast<unsigned*>(s_a + (warp * 16 + r) * UPT_LD + 2 * lane) = pack_f16x2(g0, g1);
-        }
-        __syncwarp();
-        float acc[16][4];
+            for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
-        for (int f = 0; f < 16; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.f;
-        const unsigned short* arow = s_a + (warp * 16 + g) * UPT_LD + 2 * t;
+                for (int u = 0; u < UPT_LN_ROWS; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
 #pragma unroll
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-            const unsigned a0 = *reinterpret_cast<const unsigned*>(arow + k0);
-            const unsigned a1 = *reinterpret_cast<const unsigned*>(arow + 8 * UPT_LD + k0);
-            const unsigned a2 = *reinterpret_cast<const unsigned*>(arow + k0 + 8);
-            const unsigned a3 = *reinterpret_cast<const unsigned*>(arow + 8 * UPT_LD + k0 + 8);
+            for (int u = 0; u < UPT_LN_ROWS; ++u) {
+                const float mean = s[u] * (1.0f / 64.0f);
+                v[u].x -= mean;
+                v[u].y -= mean;
+                q[u] = v[u].x * v[u].x + v[u].y * v[u].y;
+            }
 #pragma unroll
-            for (int f = 0; f < 16; ++f) {
-                const unsigned short* bcol = s_w + (f * 8 + g) * UPT_LD + 2 * t + k0;
-                mma_f16_16816(acc[f], a0, a1, a2, a3, *reinterpret_cast<const unsigned*>(bcol), *reinterpret_cast<const unsigned*>(bcol + 8));
+            for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+                for (int u = 0; u < UPT_LN_ROWS; ++u) q[u] += __shfl_xor_sync(0xffffffffu, q[u], o);
+#pragma unroll
+            for (int u = 0; u < UPT_LN_ROWS; ++u) {
+                const float rstd = rsqrtf(q[u] * (1.0f / 64.0f) + eps);
+                float g0 = act_apply(v[u].x * rstd * lw0 + lb0, ACT_GELU);
+                float g1 = act_apply(v[u].y * rstd * lw1 + lb1, ACT_GELU);
+                if (tile + warp * 16 + r + u >= rows) g0 = g1 = 0.f;
+                *reinterpret_cast<unsigned*>(s_a + (warp * 16 + r + u) * UPT_LD + 2 * lane) = pack_f16x2(g0, g1);
             }
         }
+        __syncwarp();
+        // The warp's A fragments for the four k-steps.
+        unsigned a[4][4];
+        const unsigned short* arow = s_a + (warp * 16 + g) * UPT_LD + 2 * t;
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+            a[ks][0] = *reinterpret_cast<const unsigned*>(arow + 16 * ks);
+            a[ks][1] = *reinterpret_cast<const unsigned*>(arow + 8 * UPT_LD + 16 * ks);
+            a[ks][2] = *reinterpret_cast<const unsigned*>(arow + 16 * ks + 8);
+            a[ks][3] = *reinterpret_cast<const unsigned*>(arow + 8 * UPT_LD + 16 * ks + 8);
+        }
         __syncwarp();  // the next tile's norm rewrites this warp's A rows
-        // Epilogue: rows g and g + 8 of the warp's 16.
+#pragma unroll 1
+        for (int half = 0; half < 2; ++half) {
+            // Columns 64·half .. 64·half + 63: sub-positions cd = 2·half and 2·half + 1.
+            float acc[8][4];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const unsigned R = tile + warp * 16 + g + 8 * h;
-            const unsigned i = R / (4 * E), j = (R / 4) % E, a = (R / 2) % 2, b = R % 2;
+            for (int f = 0; f < 8; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.f;
 #pragma unroll
-            for (int cd = 0; cd < 4; ++cd) {
-                float dots[UPS_M];
+            for (int ks = 0; ks < 4; ++ks) {
 #pragma unroll
-                for (int m = 0; m < UPS_M; ++m) dots[m] = 0.f;
+                for (int f = 0; f < 8; ++f) {
+                    const unsigned short* bcol = s_w + ((half * 8 + f) * 8 + g) * UPT_LD + 2 * t + 16 * ks;
+                    mma_f16_16816(acc[f], a[ks][0], a[ks][1], a[ks][2], a[ks][3], *reinterpret_cast<const unsigned*>(bcol),
+                                  *reinterpret_cast<const unsigned*>(bcol + 8));
+                }
+            }
+            // Epilogue: rows g and g + 8 of the warp's 16.
 #pragma unroll
-                for (int jf = 0; jf < 4; ++jf) {
+            for (int h = 0; h < 2; ++h) {
+                const unsigned R = tile + warp * 16 + g + 8 * h;
+                const unsigned i = R / (4 * E), j = (R / 4) % E, a_ = (R / 2) % 2, b = R % 2;
 #pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const unsigned o = jf * 8 + 2 * t + e;
-                        const float z = act_apply(acc[cd * 4 + jf][2 * h + e] + s_b[o], ACT_GELU);
+                for (int c2 = 0; c2 < 2; ++c2) {
+                    const int cd = 2 * half + c2;
+                    float dots[UPS_M];
 #pragma unroll
-                        for (int m = 0; m < UPS_M; ++m)
-                            if (m < (int)M) dots[m] = fmaf(s_h[m * 32 + o], z, dots[m]);
+                    for (int m = 0; m < UPS_M; ++m) dots[m] = 0.f;
+#pragma unroll
+                    for (int jf = 0; jf < 4; ++jf) {
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const unsigned o = jf * 8 + 2 * t + e;
+                            const float z = act_apply(acc[c2 * 4 + jf][2 * h + e] + s_b[o], ACT_GELU);
+#pragma unroll
+                            for (int m = 0; m < UPS_M; ++m)
+                                if (m < (int)M) dots[m] = fmaf(s_h[m * 32 + o], z, dots[m]);
+                        }
                     }
-                }
 #pragma unroll
-                for (int m = 0; m < UPS_M; ++m) {
-                    dots[m] += __shfl_xor_sync(0xffffffffu, dots[m], 1);
-                    dots[m] += __shfl_xor_sync(0xffffffffu, dots[m], 2);
-                }
-                const unsigned py = 4 * i + 2 * a + cd / 2, px = 4 * j + 2 * b + cd % 2;
+                    for (int m = 0; m < UPS_M; ++m) {
+                        dots[m] += __shfl_xor_sync(0xffffffffu, dots[m], 1);
+                        dots[m] += __shfl_xor_sync(0xffffffffu, dots[m], 2);
+                    }
+                    const unsigned py = 4 * i + 2 * a_ + cd / 2, px = 4 * j + 2 * b + cd % 2;
 #pragma unroll
-                for (int m = 0; m < UPS_M; ++m)
-                    if (m < (int)M && (unsigned)m % 4 == t && R < rows) out[(((u64)p * M + m) * L + py) * L + px] = dots[m];
+                    for (int m = 0; m < UPS_M; ++m)
+                        if (m < (int)M && (unsigned)m % 4 == t && R < rows) out[(((u64)p * M + m) * L + py) * L + px] = dots[m];
+                }
             }
         }
     }
