@@ -28,6 +28,8 @@
 #   bench-wgpu-coop  the same with VISWORD_WGPU_COOP=1 (the cooperative-matrix GEMM), NVIDIA only
 #   bench-wgpu-tile64  the same with VISWORD_WGPU_GEMM=tile64 (the 64×64-tile GEMM only), NVIDIA only
 #   bench-wgpu-checked  the same with VISWORD_WGPU_CHECKS=1 (wgpu's injected shader checks), NVIDIA only
+#   bench-wgpu-gemv-batched  the same with VISWORD_WGPU_GEMV=batched (eight weight loads in flight
+#                  per GEMV lane), NVIDIA only
 #   profile-wgpu   visword bench --backend wgpu with VISWORD_PROFILE=1 (one run): time per op, in its log
 #   torch-compile  tools/bench_torch.py, torch.compile
 #
@@ -50,7 +52,7 @@ BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-3}
 DECODE_TOKENS=${DECODE_TOKENS:-8}
 TEST_THREADS=${TEST_THREADS:-4}
-ALL_STEPS=(tests-cuda kernels timings-cuda tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager bench-cuda-simt-attn bench-cuda-nofold bench-cuda-fold-simt profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked profile-wgpu torch-compile)
+ALL_STEPS=(tests-cuda kernels timings-cuda tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager bench-cuda-simt-attn bench-cuda-nofold bench-cuda-fold-simt profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked bench-wgpu-gemv-batched profile-wgpu torch-compile)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -115,7 +117,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local def
   case $1 in
     tests-cuda) def=120 ;; kernels) def=60 ;; timings-cuda) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; bench-cuda-simt-attn) def=150 ;; bench-cuda-nofold) def=150 ;; bench-cuda-fold-simt) def=150 ;; profile-cuda) def=90 ;;
-    torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; bench-wgpu-coop) def=150 ;; bench-wgpu-tile64) def=150 ;; bench-wgpu-checked) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
+    torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; bench-wgpu-coop) def=150 ;; bench-wgpu-tile64) def=150 ;; bench-wgpu-checked) def=150 ;; bench-wgpu-gemv-batched) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
 }
@@ -223,11 +225,12 @@ for step in "${ALL_STEPS[@]}"; do
         run_step "$step" "$logs/$step.log" "$OUT/visword-wgpu-tiny.json" \
           "$BIN/visword" bench --backend wgpu --preset tiny --points-per-side 8 --json --runs 1 --decode-tokens 2
       fi ;;
-    bench-wgpu-coop | bench-wgpu-tile64 | bench-wgpu-checked)
+    bench-wgpu-coop | bench-wgpu-tile64 | bench-wgpu-checked | bench-wgpu-gemv-batched)
       case $step in
         bench-wgpu-coop) switch=VISWORD_WGPU_COOP=1 ;;
         bench-wgpu-tile64) switch=VISWORD_WGPU_GEMM=tile64 ;;
         bench-wgpu-checked) switch=VISWORD_WGPU_CHECKS=1 ;;
+        bench-wgpu-gemv-batched) switch=VISWORD_WGPU_GEMV=batched ;;
       esac
       if [ $vulkan != nvidia ]; then skip "$step" "no NVIDIA Vulkan driver"
       elif ! have_bin visword; then skip "$step" "$BIN/visword missing"

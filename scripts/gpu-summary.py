@@ -116,6 +116,7 @@ def main():
     coop, _ = first("visword-wgpu-coop-lisa-7b.json")
     tile64, _ = first("visword-wgpu-tile64-lisa-7b.json")
     checked, _ = first("visword-wgpu-checked-lisa-7b.json")
+    gemv_batched, _ = first("visword-wgpu-gemv-batched-lisa-7b.json")
     simt_attn, _ = first("visword-cuda-simt-attn-lisa-7b.json")
     nofold, _ = first("visword-cuda-nofold-lisa-7b.json")
     fold_simt, _ = first("visword-cuda-fold-simt-lisa-7b.json")
@@ -184,6 +185,7 @@ def main():
         (coop, "wgpu coop-matrix", coop_state, 3),
         (tile64, "wgpu 64-tile GEMM only", None, 3),
         (checked, "wgpu, wgpu's shader checks", None, 3),
+        (gemv_batched, "wgpu, batched GEMV loads", None, 3),
     ]):
         if rep is None:
             continue

@@ -1,4 +1,4 @@
-// needs: common.wgsl
+// needs: common.wgsl gemv_batch1.wgsl
 // gemv.wgsl: y = act(W·x + bias) + residual for one input row (M = 1 linear: LLM decode), with
 // the same epilogue as matmul.wgsl (twin of kernels/gemv.cu). gemv_subgroup.wgsl adds the
 // subgroup variant on top of this file.
@@ -7,7 +7,10 @@
 // 16-byte loads (8 halves or 4 floats per load) when K keeps rows 16-byte aligned (K % 8 == 0
 // for f16, K % 4 == 0 for f32), element loads otherwise. Adjacent lanes read adjacent 16-byte
 // words: coalesced. Bandwidth-bound: W is streamed once (2 or 4 bytes and 2 flops per weight);
-// x (K floats) is re-read from cache by every row.
+// x (K floats) is re-read from cache by every row. The vector loads come in batches of
+// GEMV_BATCH per lane, all issued before any is used: 1 in the default build (gemv_batch1.wgsl),
+// 8 in the batched one (gemv_batch8.wgsl, VISWORD_WGPU_GEMV=batched), where a compiler that keeps
+// one load in flight per loop step still has eight.
 //
 // gemv (plain): 256 threads per workgroup = 8 rows × 32 lanes, then a tree reduction in
 // workgroup memory. Grid: ⌈N/8⌉ workgroups, folded to 2-D above 65535.
@@ -29,20 +32,29 @@ fn row_partial(row: u32, lane: u32, lanes: u32) -> f32 {
     let k_all = params[1];
     let w_f16 = params[2] != 0u;
     var s = 0.0;
-    if (w_f16 && k_all % 8u == 0u) {
-        let per_row = k_all / 8u;
+    if ((w_f16 && k_all % 8u == 0u) || (!w_f16 && k_all % 4u == 0u)) {
+        let per_row = select(k_all / 4u, k_all / 8u, w_f16);
         let base = row * per_row;
-        for (var j = lane; j < per_row; j += lanes) {
-            let q = w[base + j];
-            let lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-            let hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-            s += dot(lo, x[2u * j]) + dot(hi, x[2u * j + 1u]);
-        }
-    } else if (!w_f16 && k_all % 4u == 0u) {
-        let per_row = k_all / 4u;
-        let base = row * per_row;
-        for (var j = lane; j < per_row; j += lanes) {
-            s += dot(bitcast<vec4<f32>>(w[base + j]), x[j]);
+        for (var j0 = lane; j0 < per_row; j0 += lanes * GEMV_BATCH) {
+            var q: array<vec4<u32>, GEMV_BATCH>;
+            for (var u = 0u; u < GEMV_BATCH; u++) {
+                let j = j0 + u * lanes;
+                if (j < per_row) {
+                    q[u] = w[base + j];
+                }
+            }
+            for (var u = 0u; u < GEMV_BATCH; u++) {
+                let j = j0 + u * lanes;
+                if (j < per_row) {
+                    if (w_f16) {
+                        let lo = vec4<f32>(unpack2x16float(q[u].x), unpack2x16float(q[u].y));
+                        let hi = vec4<f32>(unpack2x16float(q[u].z), unpack2x16float(q[u].w));
+                        s += dot(lo, x[2u * j]) + dot(hi, x[2u * j + 1u]);
+                    } else {
+                        s += dot(bitcast<vec4<f32>>(q[u]), x[j]);
+                    }
+                }
+            }
         }
     } else {
         let base = row * k_all;

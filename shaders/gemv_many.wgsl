@@ -1,4 +1,4 @@
-// needs: common.wgsl
+// needs: common.wgsl gemv_batch1.wgsl
 // gemv_many.wgsl: one or two GEMVs that share one input row x (M = 1: LLM decode) in one
 // dispatch, with the RMSNorm of x and the SwiGLU product fused in (twin of gemv_many_impl in
 // kernels/gemv.cu, which takes three weights: here a third would need nine storage bindings, one
@@ -13,10 +13,11 @@
 // * NORM_SWIGLU (Backend::rms_norm_swiglu): w0 = gate, w1 = up with n0 = n1 rows; row r streams
 //   both weight rows in one loop and writes y0[r] = silu(rstd · gate) · (rstd · up).
 //
-// Per output row, a dot product striped over `lanes` threads with 16-byte weight loads where K
-// keeps rows 16-byte aligned (K % 8 == 0 for f16, K % 4 == 0 for f32), element loads otherwise,
-// as in gemv.wgsl. Bandwidth-bound: the weights are read once. A decode layer's Q/K/V become two
-// dispatches and its gate/up one, where they were a norm, two or three GEMVs and a product.
+// Per output row, a dot product striped over `lanes` threads with 16-byte weight loads, issued in
+// batches of GEMV_BATCH (gemv_batch1.wgsl or gemv_batch8.wgsl, as in gemv.wgsl), where K keeps
+// rows 16-byte aligned (K % 8 == 0 for f16, K % 4 == 0 for f32), element loads otherwise.
+// Bandwidth-bound: the weights are read once. A decode layer's Q/K/V become two dispatches and
+// its gate/up one, where they were a norm, two or three GEMVs and a product.
 //
 // gemv_many (plain): 256 threads = 8 rows × 32 lanes, tree reductions in workgroup memory.
 // gemv_many_subgroup.wgsl adds the subgroup variant (one subgroup per row).
@@ -101,33 +102,49 @@ fn row_partial(row: Row, two: bool, lane: u32, lanes: u32) -> Partial {
     let w_f16 = params[3] != 0u;
     let norm = params[4] != MODE_MANY;
     var p = Partial(0.0, 0.0, 0.0);
-    if (w_f16 && k_all % 8u == 0u) {
-        let per_row = k_all / 8u;
+    if ((w_f16 && k_all % 8u == 0u) || (!w_f16 && k_all % 4u == 0u)) {
+        // Batches of GEMV_BATCH vectors per weight row, loaded before any is used (as gemv.wgsl).
+        let per_row = select(k_all / 4u, k_all / 8u, w_f16);
         let base = row.r * per_row;
-        for (var j = lane; j < per_row; j += lanes) {
-            let lo = xin(2u * j, norm);
-            let hi = xin(2u * j + 1u, norm);
-            p.a += dot8(wvec(row.which, base + j), lo, hi);
-            if (two) {
-                p.b += dot8(w1[base + j], lo, hi);
+        for (var j0 = lane; j0 < per_row; j0 += lanes * GEMV_BATCH) {
+            var qa: array<vec4<u32>, GEMV_BATCH>;
+            var qb: array<vec4<u32>, GEMV_BATCH>;
+            for (var u = 0u; u < GEMV_BATCH; u++) {
+                let j = j0 + u * lanes;
+                if (j < per_row) {
+                    qa[u] = wvec(row.which, base + j);
+                    if (two) {
+                        qb[u] = w1[base + j];
+                    }
+                }
             }
-            if (norm) {
-                let xl = x[2u * j];
-                let xh = x[2u * j + 1u];
-                p.ss += dot(xl, xl) + dot(xh, xh);
-            }
-        }
-    } else if (!w_f16 && k_all % 4u == 0u) {
-        let per_row = k_all / 4u;
-        let base = row.r * per_row;
-        for (var j = lane; j < per_row; j += lanes) {
-            let v = xin(j, norm);
-            p.a += dot(bitcast<vec4<f32>>(wvec(row.which, base + j)), v);
-            if (two) {
-                p.b += dot(bitcast<vec4<f32>>(w1[base + j]), v);
-            }
-            if (norm) {
-                p.ss += dot(x[j], x[j]);
+            for (var u = 0u; u < GEMV_BATCH; u++) {
+                let j = j0 + u * lanes;
+                if (j >= per_row) {
+                    break;
+                }
+                if (w_f16) {
+                    let lo = xin(2u * j, norm);
+                    let hi = xin(2u * j + 1u, norm);
+                    p.a += dot8(qa[u], lo, hi);
+                    if (two) {
+                        p.b += dot8(qb[u], lo, hi);
+                    }
+                    if (norm) {
+                        let xl = x[2u * j];
+                        let xh = x[2u * j + 1u];
+                        p.ss += dot(xl, xl) + dot(xh, xh);
+                    }
+                } else {
+                    let v = xin(j, norm);
+                    p.a += dot(bitcast<vec4<f32>>(qa[u]), v);
+                    if (two) {
+                        p.b += dot(bitcast<vec4<f32>>(qb[u]), v);
+                    }
+                    if (norm) {
+                        p.ss += dot(x[j], x[j]);
+                    }
+                }
             }
         }
     } else {

@@ -1,4 +1,4 @@
-// needs: common.wgsl gemv_many.wgsl
+// needs: common.wgsl gemv_batch1.wgsl gemv_many.wgsl
 // gemv_many_subgroup.wgsl: the fused GEMVs of gemv_many.wgsl with one subgroup per output row
 // and subgroupAdd instead of the workgroup-memory trees (no barriers). Compiled only where the
 // adapter offers subgroups (a separate module: subgroup operations anywhere in a module need the

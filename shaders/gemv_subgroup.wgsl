@@ -1,4 +1,4 @@
-// needs: common.wgsl gemv.wgsl
+// needs: common.wgsl gemv_batch1.wgsl gemv.wgsl
 // gemv_subgroup.wgsl: the GEMV of gemv.wgsl with one subgroup per output row and a subgroupAdd
 // instead of the workgroup-memory tree (no barriers). Compiled only where the adapter offers
 // subgroups (a separate module: subgroup operations anywhere in a module need the feature).

@@ -268,12 +268,19 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
                     cb.set_bf16_gemm(true);
                     same(&format!("linear {m}×{k}×{n} {dtype} exact f32 GEMM"), &g, &got, &want, tol_k(&g, k));
                 }
-                // The GEMV's plain fallback, on adapters whose subgroup variant ran above.
+                // The GEMV's other builds on wgpu: the plain fallback (on adapters whose subgroup
+                // variant ran above) and the batched loads, with and without subgroups.
                 if let (1, Backend::Wgpu(wb)) = (m, &g.backend) {
-                    wb.set_use_subgroups(false);
+                    let was = wb.gemv_batched();
                     let want = cpu().linear(&x, &w, Some(&b), Activation::Silu, Some(&res)).unwrap();
-                    same(&format!("linear {m}×{k}×{n} {dtype} plain GEMV"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Silu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
+                    for (subgroups, batched) in [(false, false), (true, true), (false, true)] {
+                        wb.set_use_subgroups(subgroups);
+                        wb.set_gemv_batched(batched);
+                        let build = format!("{}{}", if subgroups { "" } else { " plain" }, if batched { " batched" } else { "" });
+                        same(&format!("linear {m}×{k}×{n} {dtype} GEMV{build}"), &g, &g.backend.linear(&xg, &wg, Some(&bg), Activation::Silu, Some(&rg)).unwrap(), &want, tol_k(&g, k));
+                    }
                     wb.set_use_subgroups(true);
+                    wb.set_gemv_batched(was);
                 }
                 // wgpu's cooperative-matrix GEMM on adapters that have it: f16 weights, the
                 // activations rounded to f16 as it stages them (so the reference rounds them too).
@@ -570,17 +577,24 @@ fn rms_norm_fused_into_linear_many_and_swiglu() {
                 let upg = g.backend.upload_weight(upw).unwrap();
                 let got = g.backend.rms_norm_swiglu(&xg, &nwg, 1e-5, &wsg[0], &upg).unwrap();
                 same(&format!("rms_norm_swiglu {m}×{k} {dtype}"), &g, &got, &want, tol_k(&g, k));
-                // The fused GEMVs' plain fallback, on adapters whose subgroup variant ran above.
+                // The fused GEMVs' other builds on wgpu: the plain fallback (on adapters whose
+                // subgroup variant ran above) and the batched loads, with and without subgroups.
                 if let (1, Backend::Wgpu(wb)) = (m, &g.backend) {
-                    wb.set_use_subgroups(false);
-                    let got = g.backend.rms_norm_swiglu(&xg, &nwg, 1e-5, &wsg[0], &upg).unwrap();
-                    same(&format!("rms_norm_swiglu {m}×{k} {dtype} plain"), &g, &got, &want, tol_k(&g, k));
-                    let want = cpu().linear_many(&normed, &ws.iter().collect::<Vec<_>>()).unwrap();
-                    let got = g.backend.rms_norm_linear_many(&xg, &nwg, 1e-5, &wsg.iter().collect::<Vec<_>>()).unwrap();
-                    for (i, (gt, wt)) in got.iter().zip(&want).enumerate() {
-                        same(&format!("rms_norm_linear_many {m}×{k} {dtype} #{i} plain"), &g, gt, wt, tol_k(&g, k));
+                    let was = wb.gemv_batched();
+                    let linear_want = cpu().linear_many(&normed, &ws.iter().collect::<Vec<_>>()).unwrap();
+                    for (subgroups, batched) in [(false, false), (true, true), (false, true)] {
+                        wb.set_use_subgroups(subgroups);
+                        wb.set_gemv_batched(batched);
+                        let build = format!("{}{}", if subgroups { "" } else { " plain" }, if batched { " batched" } else { "" });
+                        let got = g.backend.rms_norm_swiglu(&xg, &nwg, 1e-5, &wsg[0], &upg).unwrap();
+                        same(&format!("rms_norm_swiglu {m}×{k} {dtype}{build}"), &g, &got, &want, tol_k(&g, k));
+                        let got = g.backend.rms_norm_linear_many(&xg, &nwg, 1e-5, &wsg.iter().collect::<Vec<_>>()).unwrap();
+                        for (i, (gt, wt)) in got.iter().zip(&linear_want).enumerate() {
+                            same(&format!("rms_norm_linear_many {m}×{k} {dtype} #{i}{build}"), &g, gt, wt, tol_k(&g, k));
+                        }
                     }
                     wb.set_use_subgroups(true);
+                    wb.set_gemv_batched(was);
                 }
             }
         }

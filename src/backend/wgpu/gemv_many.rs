@@ -9,11 +9,11 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-const GEMV_MANY: Shader = Shader { name: "gemv_many", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_many.wgsl")) };
-const GEMV_MANY_SUBGROUP: Shader = Shader {
-    name: "gemv_many_subgroup",
-    source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_many.wgsl"), include_str!("../../../shaders/gemv_many_subgroup.wgsl")),
-};
+const GEMV_MANY: Shader = Shader { name: "gemv_many", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_batch1.wgsl"), include_str!("../../../shaders/gemv_many.wgsl")) };
+const GEMV_MANY_SUBGROUP: Shader = Shader { name: "gemv_many_subgroup", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_batch1.wgsl"), include_str!("../../../shaders/gemv_many.wgsl"), include_str!("../../../shaders/gemv_many_subgroup.wgsl")) };
+/// The batched builds (VISWORD_WGPU_GEMV=batched): eight weight loads in flight per lane.
+pub(super) const GEMV_MANY_BATCHED: Shader = Shader { name: "gemv_many_batched", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_batch8.wgsl"), include_str!("../../../shaders/gemv_many.wgsl")) };
+pub(super) const GEMV_MANY_SUBGROUP_BATCHED: Shader = Shader { name: "gemv_many_subgroup_batched", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_batch8.wgsl"), include_str!("../../../shaders/gemv_many.wgsl"), include_str!("../../../shaders/gemv_many_subgroup.wgsl")) };
 
 /// Weights one dispatch takes: params, x, the norm weight, two weights and two outputs are
 /// seven storage bindings, within WebGPU's default limit of eight (a third weight and output
@@ -74,9 +74,10 @@ impl WgpuBackend {
             Some((g, _)) => self.buffer(g, op)?,
             None => xb,
         };
+        let batched = self.rt.gemv_batched();
         let (shader, entry, rows) = match self.rt.subgroup_min_size() {
-            Some(min) => (&GEMV_MANY_SUBGROUP, "gemv_many_subgroup", (THREADS / min).max(1) as usize),
-            None => (&GEMV_MANY, "gemv_many", PLAIN_ROWS),
+            Some(min) => (if batched { &GEMV_MANY_SUBGROUP_BATCHED } else { &GEMV_MANY_SUBGROUP }, "gemv_many_subgroup", (THREADS / min).max(1) as usize),
+            None => (if batched { &GEMV_MANY_BATCHED } else { &GEMV_MANY }, "gemv_many", PLAIN_ROWS),
         };
         let eps = g.map_or(0.0, |(_, e)| e);
         let pairs: Vec<(&[&Tensor], &[Tensor])> = if mode == Mode::NormSwiglu { vec![(ws, &outs[..])] } else { ws.chunks(PER_DISPATCH).zip(outs.chunks(PER_DISPATCH)).collect() };

@@ -26,11 +26,11 @@ pub(super) const MATMUL_COOP: Shader = Shader {
         include_str!("../../../shaders/matmul_coop.wgsl")
     ),
 };
-const GEMV: Shader = Shader { name: "gemv", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv.wgsl")) };
-const GEMV_SUBGROUP: Shader = Shader {
-    name: "gemv_subgroup",
-    source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv.wgsl"), include_str!("../../../shaders/gemv_subgroup.wgsl")),
-};
+const GEMV: Shader = Shader { name: "gemv", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_batch1.wgsl"), include_str!("../../../shaders/gemv.wgsl")) };
+const GEMV_SUBGROUP: Shader = Shader { name: "gemv_subgroup", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_batch1.wgsl"), include_str!("../../../shaders/gemv.wgsl"), include_str!("../../../shaders/gemv_subgroup.wgsl")) };
+/// The batched builds (VISWORD_WGPU_GEMV=batched): eight weight loads in flight per lane.
+pub(super) const GEMV_BATCHED: Shader = Shader { name: "gemv_batched", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_batch8.wgsl"), include_str!("../../../shaders/gemv.wgsl")) };
+pub(super) const GEMV_SUBGROUP_BATCHED: Shader = Shader { name: "gemv_subgroup_batched", source: concat!(include_str!("../../../shaders/common.wgsl"), include_str!("../../../shaders/gemv_batch8.wgsl"), include_str!("../../../shaders/gemv.wgsl"), include_str!("../../../shaders/gemv_subgroup.wgsl")) };
 
 /// Output tile of the GEMM (rows and columns per workgroup).
 const TILE: usize = 64;
@@ -199,9 +199,10 @@ fn gemv(be: &WgpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Ac
     u32_of("linear", w.numel())?;
     // One subgroup per row where the adapter has subgroups: as many rows per workgroup as its
     // smallest subgroups would give.
+    let batched = be.rt.gemv_batched();
     let (shader, entry, rows) = match be.rt.subgroup_min_size() {
-        Some(min) => (&GEMV_SUBGROUP, "gemv_subgroup", (GEMV_THREADS / min).max(1) as usize),
-        None => (&GEMV, "gemv", GEMV_ROWS),
+        Some(min) => (if batched { &GEMV_SUBGROUP_BATCHED } else { &GEMV_SUBGROUP }, "gemv_subgroup", (GEMV_THREADS / min).max(1) as usize),
+        None => (if batched { &GEMV_BATCHED } else { &GEMV }, "gemv", GEMV_ROWS),
     };
     let params = [n as u32, k as u32, w_f16 as u32, bias.is_some() as u32, act.kernel_code(), residual.is_some() as u32, rows as u32];
     be.dispatch(shader, entry, &buffers, &params, [n.div_ceil(rows) as u32, 1, 1])

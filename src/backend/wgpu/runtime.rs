@@ -102,6 +102,8 @@ pub(crate) struct Runtime {
     pub(crate) coop_note: Mutex<String>,
     /// The plain GEMM kernel choice (`GemmKernel::code`): VISWORD_WGPU_GEMM, else auto.
     gemm_kernel: AtomicU8,
+    /// The GEMVs take their batched builds (VISWORD_WGPU_GEMV=batched).
+    gemv_batched: AtomicBool,
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
     pipelines: Mutex<HashMap<&'static str, HashMap<String, Arc<Pipeline>>>>,
     batch: Mutex<Option<Batch>>,
@@ -175,6 +177,7 @@ impl Runtime {
         };
         let info = adapter.get_info();
         let gemm_kernel = GemmKernel::from_env(std::env::var("VISWORD_WGPU_GEMM").ok().as_deref())?;
+        let gemv_batched = gemv_batched_from_env(std::env::var("VISWORD_WGPU_GEMV").ok().as_deref())?;
         let offered = adapter.features();
         let base = offered & (::wgpu::Features::SHADER_F16 | ::wgpu::Features::SUBGROUP);
         let coop_env = std::env::var("VISWORD_WGPU_COOP").ok();
@@ -224,6 +227,7 @@ impl Runtime {
             use_coop: AtomicBool::new(has_coop && coop_env.as_deref() == Some("1")),
             coop_note: Mutex::new(String::new()),
             gemm_kernel: AtomicU8::new(gemm_kernel.code()),
+            gemv_batched: AtomicBool::new(gemv_batched),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             batch: Mutex::new(None),
@@ -248,6 +252,11 @@ impl Runtime {
     /// Which plain GEMM kernel to use where the wide one applies.
     pub(crate) fn gemm_kernel(&self) -> GemmKernel {
         GemmKernel::from_code(self.gemm_kernel.load(Ordering::Relaxed))
+    }
+
+    /// Whether the GEMVs take their batched builds (gemv_batch8.wgsl).
+    pub(crate) fn gemv_batched(&self) -> bool {
+        self.gemv_batched.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_max_groups_per_dim(&self, n: u32) {
@@ -653,6 +662,18 @@ impl WgpuBackend {
         self.rt.gemm_kernel.store(k.code(), Ordering::Relaxed)
     }
 
+    /// Whether the GEMVs (M = 1 linears and the fused decode GEMVs) take their batched builds,
+    /// eight weight loads in flight per lane (VISWORD_WGPU_GEMV=batched when the backend opened).
+    pub fn gemv_batched(&self) -> bool {
+        self.rt.gemv_batched()
+    }
+
+    /// Switch the GEMVs' batched builds on or off, so tests reach both.
+    #[doc(hidden)]
+    pub fn set_gemv_batched(&self, on: bool) {
+        self.rt.gemv_batched.store(on, Ordering::Relaxed)
+    }
+
     /// The adapter's shader-f16 feature is enabled.
     pub fn has_f16(&self) -> bool {
         self.rt.has_f16
@@ -680,5 +701,15 @@ impl WgpuBackend {
     #[doc(hidden)]
     pub fn set_max_workgroups_per_dim(&self, n: u32) {
         self.rt.set_max_groups_per_dim(n)
+    }
+}
+
+/// The value of VISWORD_WGPU_GEMV: `batched` (eight weight loads in flight per lane) or
+/// `single` (the default, also when unset); anything else is an error.
+fn gemv_batched_from_env(v: Option<&str>) -> Result<bool> {
+    match v.map(str::trim) {
+        None | Some("") | Some("single") => Ok(false),
+        Some("batched") => Ok(true),
+        Some(other) => Err(Error::arg("VISWORD_WGPU_GEMV", format!("`{other}`: expected single or batched"))),
     }
 }

@@ -68,3 +68,14 @@ fn cooperative_gemm_source_is_the_assembled_file() {
 fn small_tile_attention_module_validates() {
     validate("attention_q8 module", super::attention::ATTENTION_Q8.source).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The GEMVs' batched builds (gemv_batch8.wgsl in place of gemv_batch1.wgsl) are no files of
+/// their own: they validate and write SPIR-V as their wrappers compile them.
+#[test]
+fn batched_gemv_modules_validate() {
+    use super::{gemv_many, matmul};
+    for shader in [matmul::GEMV_BATCHED, matmul::GEMV_SUBGROUP_BATCHED, gemv_many::GEMV_MANY_BATCHED, gemv_many::GEMV_MANY_SUBGROUP_BATCHED] {
+        assert!(shader.source.contains("const GEMV_BATCH: u32 = 8u;"), "{}", shader.name);
+        validate(shader.name, shader.source).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
