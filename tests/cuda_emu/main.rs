@@ -15,4 +15,5 @@ mod attention;
 mod emu;
 mod gemv;
 mod masks;
+mod scatter_pool;
 mod two_way;

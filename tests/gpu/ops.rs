@@ -815,9 +815,15 @@ fn upscale_masks_fused_and_composed() {
 fn scatter_mean_pool_is_the_coverage_weighted_mean() {
     let mut r = rng("scatter_pool");
     for g in gpus("scatter_pool") {
-        for (s, p, c) in [(1usize, 1usize, 1usize), (3, 10, 7), (2, 9, 33), (40, 576, 300), (0, 5, 4)] {
+        // Sparse: each superpixel covers about one patch in 32, as SVP's ~40 regions of 576
+        // patches do (the kernels skip the rest); P = 2100 spans more than one of wgpu's
+        // 1024-weight chunks.
+        for (s, p, c, sparse) in [(1usize, 1usize, 1usize, false), (3, 10, 7, false), (2, 9, 33, false), (40, 576, 300, false), (40, 576, 70, true), (3, 2100, 40, false), (2, 2100, 9, true), (0, 5, 4, false)] {
             // Row-normalised non-negative coverage, as the projector builds it.
             let mut w: Vec<f32> = r.vec(s * p).iter().map(|v| v.abs()).collect();
+            if sparse {
+                w.iter_mut().for_each(|v| *v = if r.uniform() < 1.0 / 32.0 { *v + 0.1 } else { 0.0 });
+            }
             for row in w.chunks_mut(p.max(1)) {
                 let sum: f32 = row.iter().sum();
                 row.iter_mut().for_each(|v| *v /= sum.max(1e-6));
