@@ -7,7 +7,7 @@
 // weights [S, P] are the row-normalised coverage, feats and pos [P, C]. Deterministic, no atomics:
 // a workgroup of 256 threads covers one s and 32 columns, as 8 slices of P; slice j sums the
 // p = j, j + 8, ... with a nonzero weight, in order, and the 8 partials are then added in slice
-// order, so the result never depends on scheduling (the CUDA kernel's order, bit for bit). The
+// order, so the result never depends on scheduling (the CUDA kernel's order). The
 // workgroup stages s's weights in workgroup memory, CHUNK at a time, so a slice scans its
 // candidates there and reads only the rows of the patches the superpixel covers (~P/S of them)
 // from memory: a slice's 32 threads read 128 contiguous bytes of a feats/pos row each.
