@@ -8,6 +8,9 @@
 //                             float4s per lane (read once, written once), both sums as warp
 //                             shuffles, no shared memory
 // * rms_norm_f32:             rows of length d: w · (x · rsqrt(mean(x²) + eps))
+// * rms_norm_bf16:            the same, written as bf16 (round to nearest even): the input of
+//                             the bf16 tensor-core GEMMs after it (prefill's Q/K/V and gate/up),
+//                             in one pass where the norm and a rounding pass were two
 // * layer_norm_channels_f32:  x [B, C, H·W]: each (b, pixel) normalised over C (SAM's
 //                             LayerNorm2d); one thread per pixel, channel loop strided by H·W so a
 //                             warp reads 32 consecutive pixels (coalesced)
@@ -100,18 +103,36 @@ extern "C" __global__ void layer_norm_warp2_f32(LN_WARP_PARAMS) { layer_norm_war
 extern "C" __global__ void layer_norm_warp4_f32(LN_WARP_PARAMS) { layer_norm_warp<4>(LN_WARP_ARGS); }
 extern "C" __global__ void layer_norm_warp8_f32(LN_WARP_PARAMS) { layer_norm_warp<8>(LN_WARP_ARGS); }
 
-extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, float* __restrict__ y, u64 rows, unsigned d,
-                                        const void* w, int wdt, float eps) {
+template <typename T>
+__device__ __forceinline__ void rms_norm_row(const float* __restrict__ x, T* __restrict__ y, u64 rows, unsigned d, const void* w, int wdt,
+                                             float eps) {
     __shared__ float scratch[32];
     const u64 row = block_row();
     if (row >= rows) return;
     const float* xr = x + row * d;
-    float* yr = y + row * d;
+    T* yr = y + row * d;
     float s = 0.0f;
     for (unsigned j = threadIdx.x; j < d; j += blockDim.x) s += xr[j] * xr[j];
     const float ms = block_sum(s, scratch) / (float)d;
     const float r = 1.0f / sqrtf(ms + eps);
-    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = wload(w, wdt, j) * (xr[j] * r);
+    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) {
+        const float v = wload(w, wdt, j) * (xr[j] * r);
+        if constexpr (sizeof(T) == 2) {
+            yr[j] = f32_to_bf16(v);
+        } else {
+            yr[j] = v;
+        }
+    }
+}
+
+extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, float* __restrict__ y, u64 rows, unsigned d, const void* w, int wdt,
+                                        float eps) {
+    rms_norm_row(x, y, rows, d, w, wdt, eps);
+}
+
+extern "C" __global__ void rms_norm_bf16(const float* __restrict__ x, u16* __restrict__ y, u64 rows, unsigned d, const void* w, int wdt,
+                                         float eps) {
+    rms_norm_row(x, y, rows, d, w, wdt, eps);
 }
 
 extern "C" __global__ void layer_norm_channels_f32(const float* __restrict__ x, float* __restrict__ y, u64 pixels, unsigned c, u64 hw,

@@ -458,13 +458,19 @@ impl Backend {
 
     /// rms_norm(x, norm_w, eps) · wᵢᵀ for each weight (no bias): the pre-attention norm and the
     /// Q/K/V projections. On CUDA for M ≤ 4 rows, and on wgpu for one row, one GEMV dispatch
-    /// in which each row's threads normalise x themselves; elsewhere the two ops.
+    /// in which each row's threads normalise x themselves; on CUDA for more rows on bf16
+    /// weights, the norm writes the tensor-core GEMMs' bf16 operand itself; elsewhere the two
+    /// ops.
     pub fn rms_norm_linear_many(&self, x: &Tensor, norm_w: &Tensor, eps: f32, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         let span = || profile::Span::start(self, || "rms_norm_linear_many".to_string());
         match self {
             Backend::Cuda(b) if cuda::CudaBackend::norm_gemv_fits(x, norm_w, ws) => {
                 let _span = span();
                 return b.rms_norm_linear_many(x, norm_w, eps, ws);
+            }
+            Backend::Cuda(b) if b.norm_gemm_fits(x, norm_w, ws) => {
+                let _span = span();
+                return b.rms_norm_linear_many_gemm(x, norm_w, eps, ws);
             }
             Backend::Wgpu(b) if b.gemv_many_fits(x, ws) => {
                 let _span = span();
@@ -477,7 +483,8 @@ impl Backend {
 
     /// silu(n · w_gateᵀ) ⊙ (n · w_upᵀ) with n = rms_norm(x, norm_w, eps): the post-attention
     /// norm and a SwiGLU MLP's first half. On CUDA for M ≤ 4 rows, and on wgpu for one row, one
-    /// GEMV dispatch; elsewhere the norm, `linear_many` and `silu_mul`.
+    /// GEMV dispatch; on CUDA for more rows on bf16 weights, the norm writing the GEMMs' bf16
+    /// operand, the two GEMMs and `silu_mul`; elsewhere the norm, `linear_many` and `silu_mul`.
     pub fn rms_norm_swiglu(&self, x: &Tensor, norm_w: &Tensor, eps: f32, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
         let span = || profile::Span::start(self, || "rms_norm_swiglu".to_string());
         let one_shape = w_gate.shape() == w_up.shape();
@@ -485,6 +492,10 @@ impl Backend {
             Backend::Cuda(b) if one_shape && cuda::CudaBackend::norm_gemv_fits(x, norm_w, &[w_gate, w_up]) => {
                 let _span = span();
                 return b.rms_norm_swiglu(x, norm_w, eps, w_gate, w_up);
+            }
+            Backend::Cuda(b) if one_shape && b.norm_gemm_fits(x, norm_w, &[w_gate, w_up]) => {
+                let _span = span();
+                return b.rms_norm_swiglu_gemm(x, norm_w, eps, w_gate, w_up);
             }
             Backend::Wgpu(b) if one_shape && b.gemv_many_fits(x, &[w_gate, w_up]) => {
                 let _span = span();

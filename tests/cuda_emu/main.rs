@@ -15,5 +15,6 @@ mod attention;
 mod emu;
 mod gemv;
 mod masks;
+mod norm;
 mod scatter_pool;
 mod two_way;

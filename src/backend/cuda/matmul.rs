@@ -410,6 +410,49 @@ impl CudaBackend {
             && ws.iter().all(|w| w.dims() == 2 && w.dim(1) == k && w.dtype() == ws[0].dtype())
     }
 
+    /// Whether the RMSNorm in front of bf16 tensor-core GEMMs writes their bf16 operand itself
+    /// (`rms_norm_linear_many_gemm`, `rms_norm_swiglu_gemm`): more than 4 rows of f32 x, 1..=3
+    /// bf16 weights [N, K] and a norm weight of length K ≥ 1, in the bf16 GEMM mode.
+    pub(crate) fn norm_gemm_fits(&self, x: &Tensor, norm_w: &Tensor, ws: &[&Tensor]) -> bool {
+        let k = norm_w.numel();
+        let m = x.numel().checked_div(k).unwrap_or(0);
+        self.bf16_gemm()
+            && k > 0
+            && x.dtype() == DType::F32
+            && x.shape().last() == Some(&k)
+            && m > GEMV_MAX_M
+            && (1..=3).contains(&ws.len())
+            && ws.iter().all(|w| w.dims() == 2 && w.dim(1) == k && w.dtype() == DType::BF16)
+    }
+
+    /// `Backend::rms_norm_linear_many` for prefill-sized M (operands checked by
+    /// `norm_gemm_fits`): the norm writes the bf16 operand (one launch where the norm and a
+    /// rounding pass were two), then one cuBLAS GEMM per weight.
+    pub(crate) fn rms_norm_linear_many_gemm(&self, x: &Tensor, norm_w: &Tensor, eps: f32, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        const OP: &str = "rms_norm_linear_many";
+        let shapes = ws.iter().map(|w| Self::check_linear(OP, x, w)).collect::<Result<Vec<_>>>()?;
+        let m = shapes[0].0;
+        let xb = self.rms_norm_bf16(x, norm_w, eps)?;
+        let (xp, xbp) = (self.f32_ptr(x, OP)?, self.ptr(&xb));
+        let mut out = Vec::with_capacity(ws.len());
+        for (w, (_, _, shape)) in ws.iter().zip(shapes) {
+            let y = self.alloc_f32(&shape)?;
+            self.gemm_nt(OP, xp, Some(xbp), w, &y, m)?;
+            out.push(self.wrap_f32(y, shape));
+        }
+        Ok(out)
+    }
+
+    /// `Backend::rms_norm_swiglu` for prefill-sized M (operands checked by `norm_gemm_fits` and
+    /// the caller: gate and up of one shape): the norm's bf16 output feeds both GEMMs, then
+    /// silu(gate) · up.
+    pub(crate) fn rms_norm_swiglu_gemm(&self, x: &Tensor, norm_w: &Tensor, eps: f32, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
+        match self.rms_norm_linear_many_gemm(x, norm_w, eps, &[w_gate, w_up])?.as_slice() {
+            [gate, up] => self.silu_mul(gate, up),
+            _ => Err(Error::shape("rms_norm_swiglu", "expected two GEMM outputs")),
+        }
+    }
+
     /// `Backend::rms_norm_linear_many` in one launch (operands checked by `norm_gemv_fits`).
     pub(crate) fn rms_norm_linear_many(&self, x: &Tensor, norm_w: &Tensor, eps: f32, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         const OP: &str = "rms_norm_linear_many";

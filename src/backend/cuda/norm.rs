@@ -1,7 +1,7 @@
 //! LayerNorm, LayerNorm over channels (NCHW), RMSNorm (kernels/norm.cu). Weights and biases may
 //! be f32, f16 or bf16 (widened inside the kernel).
 
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::elementwise::row_threads;
 use super::{grid_1d, grid_rows, kernels, launch, CudaBackend};
@@ -64,6 +64,23 @@ impl CudaBackend {
             launch!(self, OP, self.function(&kernels::NORM, "rms_norm_f32")?, cfg, xp, yp, r64, d32, wp, wdt, eps)?;
         }
         Ok(self.wrap_f32(out, x.shape().to_vec()))
+    }
+
+    /// `rms_norm` written as bf16 into a new buffer (x [rows, d] f32 → [rows·d] bf16): the
+    /// rounded operand of the bf16 tensor-core GEMMs that follow it, in one launch.
+    pub(crate) fn rms_norm_bf16(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<CudaSlice<half::bf16>> {
+        const OP: &str = "rms_norm";
+        let d = last_dim(OP, x, w)?;
+        let xp = self.f32_ptr(x, OP)?;
+        let (wp, wdt) = self.any_float(w, OP)?;
+        let out = self.alloc::<half::bf16>(x.numel(), OP)?;
+        let rows = x.numel().checked_div(d).unwrap_or(0);
+        if rows > 0 {
+            let (yp, r64, d32) = (self.ptr(&out), rows as u64, d as u32);
+            let cfg = grid_rows(rows, row_threads(d), 0);
+            launch!(self, OP, self.function(&kernels::NORM, "rms_norm_bf16")?, cfg, xp, yp, r64, d32, wp, wdt, eps)?;
+        }
+        Ok(out)
     }
 
     pub fn layer_norm_channels(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
