@@ -483,8 +483,8 @@ impl Backend {
 
     /// silu(n · w_gateᵀ) ⊙ (n · w_upᵀ) with n = rms_norm(x, norm_w, eps): the post-attention
     /// norm and a SwiGLU MLP's first half. On CUDA for M ≤ 4 rows, and on wgpu for one row, one
-    /// GEMV dispatch; on CUDA for more rows on bf16 weights, the norm writing the GEMMs' bf16
-    /// operand, the two GEMMs and `silu_mul`; elsewhere the norm, `linear_many` and `silu_mul`.
+    /// GEMV dispatch; elsewhere `rms_norm_linear_many` (which, on CUDA for more rows on bf16
+    /// weights, has the norm write the GEMMs' bf16 operand) and `silu_mul`.
     pub fn rms_norm_swiglu(&self, x: &Tensor, norm_w: &Tensor, eps: f32, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
         let span = || profile::Span::start(self, || "rms_norm_swiglu".to_string());
         let one_shape = w_gate.shape() == w_up.shape();
@@ -493,17 +493,13 @@ impl Backend {
                 let _span = span();
                 return b.rms_norm_swiglu(x, norm_w, eps, w_gate, w_up);
             }
-            Backend::Cuda(b) if one_shape && b.norm_gemm_fits(x, norm_w, &[w_gate, w_up]) => {
-                let _span = span();
-                return b.rms_norm_swiglu_gemm(x, norm_w, eps, w_gate, w_up);
-            }
             Backend::Wgpu(b) if one_shape && b.gemv_many_fits(x, &[w_gate, w_up]) => {
                 let _span = span();
                 return b.rms_norm_swiglu(x, norm_w, eps, w_gate, w_up);
             }
             _ => {}
         }
-        match self.linear_many(&self.rms_norm(x, norm_w, eps)?, &[w_gate, w_up])?.as_slice() {
+        match self.rms_norm_linear_many(x, norm_w, eps, &[w_gate, w_up])?.as_slice() {
             [gate, up] => self.silu_mul(gate, up),
             _ => Err(Error::shape("rms_norm_swiglu", "linear_many did not return two outputs")),
         }

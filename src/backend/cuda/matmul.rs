@@ -344,15 +344,12 @@ impl CudaBackend {
             return ws.iter().map(|w| self.linear(x, w, None, Activation::None, None)).collect();
         }
         let xp = self.f32_ptr(x, OP)?;
-        let ys = shapes.iter().map(|(_, _, s)| self.alloc_f32(s)).collect::<Result<Vec<_>>>()?;
-        if m <= GEMV_MAX_M {
-            self.gemv_many(OP, xp, ws, &ys, m)?;
-        } else {
-            let xb = if ws[0].dtype() == crate::dtype::DType::BF16 && self.bf16_gemm() { Some(self.to_bf16(OP, xp, m * k)?) } else { None };
-            for (w, y) in ws.iter().zip(&ys) {
-                self.gemm_nt(OP, xp, xb.as_ref().map(|b| self.ptr(b)), w, y, m)?;
-            }
+        if m > GEMV_MAX_M {
+            let xb = if ws[0].dtype() == DType::BF16 && self.bf16_gemm() { Some(self.to_bf16(OP, xp, m * k)?) } else { None };
+            return self.gemm_each(OP, xp, xb.as_ref().map(|b| self.ptr(b)), ws, shapes, m);
         }
+        let ys = shapes.iter().map(|(_, _, s)| self.alloc_f32(s)).collect::<Result<Vec<_>>>()?;
+        self.gemv_many(OP, xp, ws, &ys, m)?;
         Ok(ys.into_iter().zip(shapes).map(|(y, (_, _, s))| self.wrap_f32(y, s)).collect())
     }
 
@@ -397,32 +394,31 @@ impl CudaBackend {
         launch!(self, op, self.function(&kernels::GEMV, &name)?, cfg, xp, gp, eps, w0, w1, w2, y0, y1, y2, m32, n0, n1, n2, k32)
     }
 
+    /// The rows of x when a norm of weight `norm_w` (length K ≥ 1) and then 1..=3 weights
+    /// [N, K] of one dtype fit x (last dim K); None otherwise.
+    fn norm_linear_rows(x: &Tensor, norm_w: &Tensor, ws: &[&Tensor]) -> Option<usize> {
+        let k = norm_w.numel();
+        let fits = k > 0
+            && x.shape().last() == Some(&k)
+            && (1..=3).contains(&ws.len())
+            && ws.iter().all(|w| w.dims() == 2 && w.dim(1) == k && w.dtype() == ws[0].dtype());
+        fits.then(|| x.numel() / k)
+    }
+
     /// Whether the fused RMSNorm GEMVs take these operands: M ≤ 4 rows of x, at most three
     /// weights of one dtype, an f32 norm weight of length K ≥ 1.
     pub(crate) fn norm_gemv_fits(x: &Tensor, norm_w: &Tensor, ws: &[&Tensor]) -> bool {
-        let k = norm_w.numel();
-        let m = x.numel().checked_div(k).unwrap_or(0);
-        k > 0
-            && x.shape().last() == Some(&k)
-            && (1..=GEMV_MAX_M).contains(&m)
-            && norm_w.dtype() == crate::dtype::DType::F32
-            && (1..=3).contains(&ws.len())
-            && ws.iter().all(|w| w.dims() == 2 && w.dim(1) == k && w.dtype() == ws[0].dtype())
+        norm_w.dtype() == DType::F32 && Self::norm_linear_rows(x, norm_w, ws).is_some_and(|m| (1..=GEMV_MAX_M).contains(&m))
     }
 
     /// Whether the RMSNorm in front of bf16 tensor-core GEMMs writes their bf16 operand itself
-    /// (`rms_norm_linear_many_gemm`, `rms_norm_swiglu_gemm`): more than 4 rows of f32 x, 1..=3
-    /// bf16 weights [N, K] and a norm weight of length K ≥ 1, in the bf16 GEMM mode.
+    /// (`rms_norm_linear_many_gemm`): more than 4 rows of f32 x, 1..=3 bf16 weights [N, K] and
+    /// a norm weight of length K ≥ 1, in the bf16 GEMM mode.
     pub(crate) fn norm_gemm_fits(&self, x: &Tensor, norm_w: &Tensor, ws: &[&Tensor]) -> bool {
-        let k = norm_w.numel();
-        let m = x.numel().checked_div(k).unwrap_or(0);
         self.bf16_gemm()
-            && k > 0
             && x.dtype() == DType::F32
-            && x.shape().last() == Some(&k)
-            && m > GEMV_MAX_M
-            && (1..=3).contains(&ws.len())
-            && ws.iter().all(|w| w.dims() == 2 && w.dim(1) == k && w.dtype() == DType::BF16)
+            && ws.first().is_some_and(|w| w.dtype() == DType::BF16)
+            && Self::norm_linear_rows(x, norm_w, ws).is_some_and(|m| m > GEMV_MAX_M)
     }
 
     /// `Backend::rms_norm_linear_many` for prefill-sized M (operands checked by
@@ -433,24 +429,19 @@ impl CudaBackend {
         let shapes = ws.iter().map(|w| Self::check_linear(OP, x, w)).collect::<Result<Vec<_>>>()?;
         let m = shapes[0].0;
         let xb = self.rms_norm_bf16(x, norm_w, eps)?;
-        let (xp, xbp) = (self.f32_ptr(x, OP)?, self.ptr(&xb));
+        self.gemm_each(OP, self.f32_ptr(x, OP)?, Some(self.ptr(&xb)), ws, shapes, m)
+    }
+
+    /// y_i = x · w_iᵀ for each weight, one `gemm_nt` each (`xb`: x already rounded to bf16),
+    /// into new tensors of the `check_linear` shapes.
+    fn gemm_each(&self, op: &'static str, xp: u64, xb: Option<u64>, ws: &[&Tensor], shapes: Vec<(usize, usize, Vec<usize>)>, m: usize) -> Result<Vec<Tensor>> {
         let mut out = Vec::with_capacity(ws.len());
         for (w, (_, _, shape)) in ws.iter().zip(shapes) {
             let y = self.alloc_f32(&shape)?;
-            self.gemm_nt(OP, xp, Some(xbp), w, &y, m)?;
+            self.gemm_nt(op, xp, xb, w, &y, m)?;
             out.push(self.wrap_f32(y, shape));
         }
         Ok(out)
-    }
-
-    /// `Backend::rms_norm_swiglu` for prefill-sized M (operands checked by `norm_gemm_fits` and
-    /// the caller: gate and up of one shape): the norm's bf16 output feeds both GEMMs, then
-    /// silu(gate) · up.
-    pub(crate) fn rms_norm_swiglu_gemm(&self, x: &Tensor, norm_w: &Tensor, eps: f32, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
-        match self.rms_norm_linear_many_gemm(x, norm_w, eps, &[w_gate, w_up])?.as_slice() {
-            [gate, up] => self.silu_mul(gate, up),
-            _ => Err(Error::shape("rms_norm_swiglu", "expected two GEMM outputs")),
-        }
     }
 
     /// `Backend::rms_norm_linear_many` in one launch (operands checked by `norm_gemv_fits`).

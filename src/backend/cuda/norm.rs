@@ -1,7 +1,7 @@
 //! LayerNorm, LayerNorm over channels (NCHW), RMSNorm (kernels/norm.cu). Weights and biases may
 //! be f32, f16 or bf16 (widened inside the kernel).
 
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
 
 use super::elementwise::row_threads;
 use super::{grid_1d, grid_rows, kernels, launch, CudaBackend};
@@ -52,33 +52,28 @@ impl CudaBackend {
     }
 
     pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-        const OP: &str = "rms_norm";
-        let d = last_dim(OP, x, w)?;
-        let xp = self.f32_ptr(x, OP)?;
-        let (wp, wdt) = self.any_float(w, OP)?;
-        let out = self.alloc_f32(x.shape())?;
-        let rows = x.numel().checked_div(d).unwrap_or(0);
-        if rows > 0 {
-            let (yp, r64, d32) = (self.ptr(&out), rows as u64, d as u32);
-            let cfg = grid_rows(rows, row_threads(d), 0);
-            launch!(self, OP, self.function(&kernels::NORM, "rms_norm_f32")?, cfg, xp, yp, r64, d32, wp, wdt, eps)?;
-        }
+        let out = self.rms_norm_into::<f32>(x, w, eps, "rms_norm_f32")?;
         Ok(self.wrap_f32(out, x.shape().to_vec()))
     }
 
     /// `rms_norm` written as bf16 into a new buffer (x [rows, d] f32 → [rows·d] bf16): the
     /// rounded operand of the bf16 tensor-core GEMMs that follow it, in one launch.
     pub(crate) fn rms_norm_bf16(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<CudaSlice<half::bf16>> {
+        self.rms_norm_into::<half::bf16>(x, w, eps, "rms_norm_bf16")
+    }
+
+    /// The RMSNorm of x into a new buffer of `T` by `kernel` (rms_norm_f32 or rms_norm_bf16).
+    fn rms_norm_into<T: DeviceRepr>(&self, x: &Tensor, w: &Tensor, eps: f32, kernel: &str) -> Result<CudaSlice<T>> {
         const OP: &str = "rms_norm";
         let d = last_dim(OP, x, w)?;
         let xp = self.f32_ptr(x, OP)?;
         let (wp, wdt) = self.any_float(w, OP)?;
-        let out = self.alloc::<half::bf16>(x.numel(), OP)?;
+        let out = self.alloc::<T>(x.numel(), OP)?;
         let rows = x.numel().checked_div(d).unwrap_or(0);
         if rows > 0 {
             let (yp, r64, d32) = (self.ptr(&out), rows as u64, d as u32);
             let cfg = grid_rows(rows, row_threads(d), 0);
-            launch!(self, OP, self.function(&kernels::NORM, "rms_norm_bf16")?, cfg, xp, yp, r64, d32, wp, wdt, eps)?;
+            launch!(self, OP, self.function(&kernels::NORM, kernel)?, cfg, xp, yp, r64, d32, wp, wdt, eps)?;
         }
         Ok(out)
     }
