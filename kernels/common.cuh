@@ -79,6 +79,29 @@ __device__ __forceinline__ void mma_f16_16816(float* c, unsigned a0, unsigned a1
 #endif
 }
 
+// Two floats as bf16x2 (round to nearest even): lo in the low half, as pack_f16x2.
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+#ifdef VISWORD_CUDA_EMU
+    return (unsigned)emu::f32_to_bf16_bits(lo) | (unsigned)emu::f32_to_bf16_bits(hi) << 16;
+#else
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
+// The same m16n8k16 tile on bf16 operands (fragments as in mma_f16_16816), f32 accumulators.
+__device__ __forceinline__ void mma_bf16_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+#ifdef VISWORD_CUDA_EMU
+    emu::mma_16816(c, a0, a1, a2, a3, b0, b1, emu::bf16_bits_to_f32);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
 // TF32 (sm_80+): an f32 rounded to the tensor cores' 10-bit mantissa, nearest with ties away
 // from zero (cvt.rna), as the bits an mma_tf32_1688 operand register takes.
 __device__ __forceinline__ unsigned f32_to_tf32(float f) {
@@ -125,6 +148,13 @@ __device__ __forceinline__ void mma_tf32_1688(float* c, unsigned a0, unsigned a1
 #define ACT_QUICK_GELU 3
 #define ACT_RELU 4
 #define ACT_SILU 5
+
+// Element i of a buffer of dtype `dt` (DT_F32 / DT_F16 / DT_BF16), as f32.
+__device__ __forceinline__ float load_any(const void* p, int dt, u64 i) {
+    if (dt == DT_F16) return f16_to_f32(((const u16*)p)[i]);
+    if (dt == DT_BF16) return bf16_to_f32(((const u16*)p)[i]);
+    return ((const float*)p)[i];
+}
 
 // Same formulas as the CPU backend's act_scalar (exact GELU uses erf).
 __device__ __forceinline__ float act_apply(float x, int act) {

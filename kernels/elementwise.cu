@@ -78,13 +78,6 @@ extern "C" __global__ void softmax_f32(const float* __restrict__ x, float* __res
     for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = expf(xr[j] - m) * inv;
 }
 
-// Weight element at index i of a buffer of dtype `dt` (DT_F32 / DT_F16 / DT_BF16).
-__device__ __forceinline__ float load_any(const void* p, int dt, u64 i) {
-    if (dt == DT_F16) return f16_to_f32(((const u16*)p)[i]);
-    if (dt == DT_BF16) return bf16_to_f32(((const u16*)p)[i]);
-    return ((const float*)p)[i];
-}
-
 // GEMM epilogue, in place on y [m, n]: y = act(y + bias[col]) + residual. bias (dtype bdt)
 // and residual may be null. The residual has res_n elements (a whole number of rows): when
 // fewer than y's, its rows repeat (one residual shared by every batch entry).

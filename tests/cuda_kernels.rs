@@ -80,7 +80,7 @@ fn entry_points(src: &str) -> Vec<String> {
 mod common;
 
 use common::{compare, Rng, Tol};
-use visword::backend::cuda::CudaBackend;
+use visword::backend::cuda::{CudaBackend, FusedGemm};
 use visword::backend::cpu::CpuBackend;
 use visword::{Activation, DType, Tensor, TwoWayParams};
 
@@ -453,11 +453,14 @@ fn cuda_timings() {
     two_way_timings(&gpu, &mut rng);
 }
 
-/// The linears of the benchmark's stages at their own sizes (bf16 weights, the default bf16
-/// tensor-core path: x rounded to bf16, cuBLAS, then the epilogue), each against its two
-/// floors: the weight bytes at 4 TB/s and the multiply-adds at 600 TFLOP/s. Prefill of 80
-/// and 616 tokens through Llama-7B, CLIP ViT-L/14-336 and SAM ViT-H's layers.
+/// The linears of the benchmark's stages at their own sizes (bf16 weights), each against its
+/// two floors: the weight bytes at 4 TB/s and the multiply-adds at 600 TFLOP/s. SAM's mask
+/// decoder on a batch of 64 prompts, prefill of 80 and 616 tokens through Llama-7B, CLIP
+/// ViT-L/14-336 and SAM ViT-H's layers; each on the path the stack takes and on the other side
+/// of the fused kernel's size bound (one launch of kernels/gemm.cu, or x rounded to bf16,
+/// cuBLAS, then the epilogue), so the bound can be set from a run.
 fn stack_linear_timings(be: &visword::Backend, rng: &mut Rng) {
+    let visword::Backend::Cuda(cb) = be else { return };
     let time = |f: &dyn Fn() -> visword::Result<Tensor>| time_per_call(be, f);
     let weight = |rng: &mut Rng, n: usize, k: usize| be.upload(&rng.tensor(&[n, k]).to_dtype(DType::BF16).expect("dtype")).expect("upload");
     let report = |what: &str, m: usize, n: usize, k: usize, s: f64| {
@@ -466,7 +469,12 @@ fn stack_linear_timings(be: &visword::Backend, rng: &mut Rng) {
         eprintln!("{what} M={m} N={n} K={k}: {:.1} µs, {:.0} TFLOP/s, {:.2} TB/s of weights, {:.0}% of the larger floor", s * 1e6, flops / s / 1e12, bytes / s / 1e12, 100.0 * floor / s);
     };
     // (name, M, N, K, activation, residual)
-    let shapes: [(&str, usize, usize, usize, Activation, bool); 12] = [
+    let shapes: [(&str, usize, usize, usize, Activation, bool); 17] = [
+        ("sam mask decoder token q", 448, 256, 256, Activation::None, false),
+        ("sam mask decoder token mlp lin1 + ReLU", 448, 2048, 256, Activation::Relu, false),
+        ("sam mask decoder token mlp lin2 + residual", 448, 256, 2048, Activation::None, true),
+        ("sam mask decoder hypernetwork", 256, 256, 256, Activation::Relu, false),
+        ("sam mask decoder token-to-image q (downsampled)", 448, 128, 256, Activation::None, false),
         ("llama o_proj + residual", 80, 4096, 4096, Activation::None, true),
         ("llama gate", 80, 11008, 4096, Activation::None, false),
         ("llama down + residual", 80, 4096, 11008, Activation::None, true),
@@ -484,8 +492,15 @@ fn stack_linear_timings(be: &visword::Backend, rng: &mut Rng) {
         let w = weight(rng, n, k);
         let x = be.upload(&rng.tensor(&[m, k])).expect("upload");
         let r = res.then(|| be.upload(&rng.tensor(&[m, n])).expect("upload"));
+        // Each shape as the stack runs it, then on the other side of the fused kernel's
+        // size bound (kernels/gemm.cu in one launch against round + cuBLAS + epilogue).
         let s = time(&|| be.linear(&x, &w, None, act, r.as_ref()));
-        report(what, m, n, k, s);
+        report(&format!("{what} ({})", cb.linear_path(m, &w)), m, n, k, s);
+        let other = if cb.linear_path(m, &w).contains("fused") { FusedGemm::Off } else { FusedGemm::All };
+        cb.set_fused_gemm(other);
+        let s = time(&|| be.linear(&x, &w, None, act, r.as_ref()));
+        report(&format!("{what} ({})", cb.linear_path(m, &w)), m, n, k, s);
+        cb.set_fused_gemm(FusedGemm::Small);
     }
     // Q, K and V of one Llama-7B layer on one rounded x (three cuBLAS calls).
     for m in [80, 616] {

@@ -13,6 +13,7 @@ mod common;
 
 mod attention;
 mod emu;
+mod gemm;
 mod gemv;
 mod masks;
 mod norm;

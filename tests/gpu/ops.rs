@@ -2,6 +2,7 @@
 //! sweeps: sizes not divisible by the workgroup/tile sizes, size 1, f16/bf16 weights,
 //! broadcasting, and the 2-D dispatch fold for large grids.
 
+use visword::backend::cuda::FusedGemm;
 use visword::backend::wgpu::GemmKernel;
 use visword::backend::BinaryOp;
 use visword::{Activation, Backend, DType, Tensor, TwoWayParams};
@@ -245,7 +246,7 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
         // M = 1 takes the GEMV; odd K exercises the element-wise f16 path; sizes straddle the
         // 64-wide tiles and the 8-row GEMV workgroups. K = 2056 is one chunk of 8 past CUDA's
         // first batch of loads (2048 weights a warp for f16/bf16, 1024 for f32).
-        for (m, k, n) in [(1usize, 1usize, 1usize), (1, 37, 5), (1, 256, 17), (1, 301, 129), (1, 44, 9), (1, 1030, 300), (1, 2048, 70), (1, 2056, 33), (3, 2056, 9), (2, 64, 17), (5, 19, 7), (65, 130, 67), (33, 257, 40)] {
+        for (m, k, n) in [(1usize, 1usize, 1usize), (1, 37, 5), (1, 256, 17), (1, 301, 129), (1, 44, 9), (1, 1030, 300), (1, 2048, 70), (1, 2056, 33), (3, 2056, 9), (2, 64, 17), (5, 19, 7), (65, 130, 67), (33, 257, 40), (70, 136, 72), (6, 64, 130)] {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let x = r.tensor(&[m, k]);
                 let w = r.tensor(&[n, k]).to_dtype(dtype).unwrap();
@@ -267,6 +268,17 @@ fn linear_gemv_and_gemm_for_every_weight_dtype_and_epilogue() {
                     let got = g.backend.linear(&xg, &wg, Some(&bg), Activation::Gelu, Some(&rg)).unwrap();
                     cb.set_bf16_gemm(true);
                     same(&format!("linear {m}×{k}×{n} {dtype} exact f32 GEMM"), &g, &got, &want, tol_k(&g, k));
+                    // The one-launch kernel (kernels/gemm.cu; K a multiple of 8) and the
+                    // three-launch cuBLAS path round x alike: both match the same reference.
+                    let want = cpu().linear(&x_ref, &w, Some(&b), Activation::QuickGelu, Some(&res)).unwrap();
+                    for mode in [FusedGemm::All, FusedGemm::Off] {
+                        cb.set_fused_gemm(mode);
+                        let path = cb.linear_path(m, &wg);
+                        let got = g.backend.linear(&xg, &wg, Some(&bg), Activation::QuickGelu, Some(&rg)).unwrap();
+                        cb.set_fused_gemm(FusedGemm::Small);
+                        assert_eq!(path.contains("fused"), mode == FusedGemm::All && k % 8 == 0, "linear {m}×{k}×{n}: {path}");
+                        same(&format!("linear {m}×{k}×{n} {dtype} {path}"), &g, &got, &want, tol_k(&g, k));
+                    }
                 }
                 // The GEMV's other builds on wgpu: the plain fallback (on adapters whose subgroup
                 // variant ran above) and the batched loads, with and without subgroups.

@@ -8,6 +8,9 @@
 //!   output to bf16 as well; here only the operands are rounded), and it is what the 7B prefill
 //!   and the ViT encoders need: cuBLAS's f32 SGEMM runs at ~50 TFLOP/s on an H100, bf16 at ~600+.
 //!   `CudaBackend::set_bf16_gemm(false)` (or `VISWORD_CUDA_GEMM=f32`) selects the exact path below.
+//!   Small problems (gemm.rs: up to 2²⁸ multiply-adds by default) skip the rounding pass and
+//!   the epilogue: kernels/gemm.cu rounds x as it stages it and applies bias, activation and
+//!   residual as it writes y, in one launch.
 //! * Otherwise: cuBLAS SGEMM (f32 inputs, f32 compute, no TF32), then the fused epilogue kernel.
 //!   f16 (and, on the exact path, bf16) weights are widened to f32 in row blocks of at most
 //!   `WIDEN_CHUNK` elements right before their GEMM. f16 is never fed to cuBLAS as is: that
@@ -268,10 +271,10 @@ impl CudaBackend {
             if shared {
                 self.epilogue(OP, &y, m * n, n, None, Activation::None, residual)?;
             }
-        } else if k == 0 || !self.lt_linear(OP, xp, w, bias, act, residual, &y, m)? {
-            if k > 0 {
-                self.gemm_nt(OP, xp, None, w, &y, m)?;
-            }
+        } else if k == 0 {
+            self.epilogue(OP, &y, m * n, n, bias, act, residual)?;
+        } else if !self.lt_linear(OP, xp, w, bias, act, residual, &y, m)? && !self.fused_linear(OP, xp, w, &y, m, bias, act, residual)? {
+            self.gemm_nt(OP, xp, None, w, &y, m)?;
             self.epilogue(OP, &y, m * n, n, bias, act, residual)?;
         }
         Ok(self.wrap_f32(y, out_shape))
@@ -284,6 +287,8 @@ impl CudaBackend {
             "linear, M ≤ 4 (GEMV)"
         } else if self.takes_lt(m, n, w) {
             "linear, M > 4 (cuBLASLt TF32)"
+        } else if self.fused_fits(m, w) {
+            "linear, M > 4 (fused bf16 GEMM)"
         } else if w.dtype() == DType::BF16 && self.bf16_gemm() {
             "linear, M > 4 (bf16 GEMM)"
         } else {
@@ -345,8 +350,10 @@ impl CudaBackend {
         }
         let xp = self.f32_ptr(x, OP)?;
         if m > GEMV_MAX_M {
-            let xb = if ws[0].dtype() == DType::BF16 && self.bf16_gemm() { Some(self.to_bf16(OP, xp, m * k)?) } else { None };
-            return self.gemm_each(OP, xp, xb.as_ref().map(|b| self.ptr(b)), ws, shapes, m);
+            // One bf16 copy of x for the weights that do not take the fused kernel.
+            let round = ws[0].dtype() == DType::BF16 && self.bf16_gemm() && ws.iter().any(|w| !self.fused_fits(m, w));
+            let xb = if round { Some(self.to_bf16(OP, xp, m * k)?) } else { None };
+            return self.gemm_each(OP, xp, xb.as_ref().map(|b| self.ptr(b)), true, ws, shapes, m);
         }
         let ys = shapes.iter().map(|(_, _, s)| self.alloc_f32(s)).collect::<Result<Vec<_>>>()?;
         self.gemv_many(OP, xp, ws, &ys, m)?;
@@ -429,16 +436,21 @@ impl CudaBackend {
         let shapes = ws.iter().map(|w| Self::check_linear(OP, x, w)).collect::<Result<Vec<_>>>()?;
         let m = shapes[0].0;
         let xb = self.rms_norm_bf16(x, norm_w, eps)?;
-        self.gemm_each(OP, self.f32_ptr(x, OP)?, Some(self.ptr(&xb)), ws, shapes, m)
+        // The fused kernel would read x, not its norm: off here.
+        self.gemm_each(OP, self.f32_ptr(x, OP)?, Some(self.ptr(&xb)), false, ws, shapes, m)
     }
 
-    /// y_i = x · w_iᵀ for each weight, one `gemm_nt` each (`xb`: x already rounded to bf16),
-    /// into new tensors of the `check_linear` shapes.
-    fn gemm_each(&self, op: &'static str, xp: u64, xb: Option<u64>, ws: &[&Tensor], shapes: Vec<(usize, usize, Vec<usize>)>, m: usize) -> Result<Vec<Tensor>> {
+    /// y_i = x · w_iᵀ for each weight into new tensors of the `check_linear` shapes: one
+    /// `gemm_nt` each (`xb`: the operand already rounded to bf16), or with `fused` the fused
+    /// kernel on x where it fits.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_each(&self, op: &'static str, xp: u64, xb: Option<u64>, fused: bool, ws: &[&Tensor], shapes: Vec<(usize, usize, Vec<usize>)>, m: usize) -> Result<Vec<Tensor>> {
         let mut out = Vec::with_capacity(ws.len());
         for (w, (_, _, shape)) in ws.iter().zip(shapes) {
             let y = self.alloc_f32(&shape)?;
-            self.gemm_nt(op, xp, xb, w, &y, m)?;
+            if !(fused && self.fused_linear(op, xp, w, &y, m, None, Activation::None, None)?) {
+                self.gemm_nt(op, xp, xb, w, &y, m)?;
+            }
             out.push(self.wrap_f32(y, shape));
         }
         Ok(out)

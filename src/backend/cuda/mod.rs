@@ -15,6 +15,7 @@ mod attention;
 mod compile;
 mod conv;
 mod elementwise;
+mod gemm;
 mod graph;
 pub(crate) mod lane;
 mod layout;
@@ -35,6 +36,7 @@ pub mod kernels {
 }
 
 pub use compile::{nvrtc_available, nvrtc_compile, Kernel};
+pub use gemm::FusedGemm;
 pub use graph::DecodeGraph;
 pub use two_way::TwoWayMode;
 
@@ -77,6 +79,8 @@ struct Core {
     mma_attention: std::sync::atomic::AtomicBool,
     /// Decode steps are recorded as graphs and replayed (graph.rs).
     step_graphs: std::sync::atomic::AtomicBool,
+    /// Which bf16 linears run as one fused launch (gemm.rs, `FusedGemm::code`).
+    fused_gemm: std::sync::atomic::AtomicU8,
 }
 
 pub struct CudaBackend {
@@ -200,6 +204,7 @@ impl CudaBackend {
             mma_upscale: mma_upscale.into(),
             mma_attention: mma_attention.into(),
             step_graphs: step_graphs.into(),
+            fused_gemm: gemm::FusedGemm::from_env().code().into(),
         };
         Ok(CudaBackend::with_stream(Arc::new(core), stream, blas))
     }
