@@ -5,12 +5,14 @@
 //! activation dtype); weights passed to `linear`/`embedding` may be f32, f16 or bf16.
 //!
 //! Layout conventions: tensors are contiguous and row-major. `attention` takes
-//! `[batch, heads, seq, head_dim]`, `attention_tokens` `[batch, seq, heads·head_dim]`.
+//! `[batch, heads, seq, head_dim]`, `attention_tokens` `[batch, seq, heads·head_dim]`,
+//! `attention_packed` `[batch, seq, 3·heads·head_dim]` (q, k and v side by side).
 
 pub mod cpu;
 pub mod cuda;
 pub mod mask_select;
 mod overlap;
+mod packed_attention;
 pub mod profile;
 mod two_way;
 mod upscale;
@@ -583,6 +585,24 @@ impl Backend {
             _ => format!("attention_tokens, Nq {} 8", if t.s.nq <= 8 { "≤" } else { ">" }),
         });
         dispatch!(self, be => be.attention_tokens(q, k, v, &t, p))
+    }
+
+    /// Self-attention on a packed projection: qkv [B, N, 3·H·D] holds q, k and v side by side
+    /// (SAM's `qkv` linear, read as [B, N, 3, H, D]), with SAM's decomposed relative-position
+    /// bias when `rel` gives its tables rh, rw [S, S, D] for tokens on an S × S grid (N = S²;
+    /// query (y, x) and key (ky, kx) add q·rh[y, ky] + q·rw[x, kx] to their score). Scale
+    /// 1/√D, no mask; `low_precision` as `AttnParams::low_precision`. Returns [B, N, H·D], the
+    /// heads merged. CUDA reads q, k and v in place; the other backends compose it
+    /// (packed_attention.rs).
+    pub fn attention_packed(&self, qkv: &Tensor, heads: usize, rel: Option<(&Tensor, &Tensor)>, low_precision: bool) -> Result<Tensor> {
+        let s = packed_attention::packed_shape(qkv, heads, rel)?;
+        match self {
+            Backend::Cuda(b) if b.packed_attention_fits(&s) => {
+                let _span = profile::Span::start(self, || "attention_packed".to_string());
+                b.attention_packed(qkv, rel, low_precision, &s)
+            }
+            _ => packed_attention::composed(self, qkv, rel, low_precision, &s),
+        }
     }
 
     /// Rotary embedding, HF "rotate_half" layout: x [B, H, N, D]; cos, sin [max_pos, D/2];

@@ -66,11 +66,14 @@ struct Case {
     grid: Option<(usize, usize)>,
     /// k/v shared by every batch entry (batch stride 0), token-major [B, N, H·D] layout.
     token_major_shared_kv: bool,
+    /// q, k and v read in place from one packed projection [B, N, 3, H, D] (h = hkv, nq =
+    /// nk), out token-major [B, N, H·D]: `attention_packed`'s strides.
+    packed: bool,
 }
 
 impl Case {
     fn new(b: usize, h: usize, hkv: usize, nq: usize, nk: usize, d: usize) -> Case {
-        Case { b, h, hkv, nq, nk_all: nk, nk, d, causal: false, grid: None, token_major_shared_kv: false }
+        Case { b, h, hkv, nq, nk_all: nk, nk, d, causal: false, grid: None, token_major_shared_kv: false, packed: false }
     }
 }
 
@@ -100,7 +103,16 @@ fn check(kernel: Kernel, c: Case) {
 
     // The kernel on the unrounded operands, laid out as the case says.
     let (nq, nk_all, d, h, hkv) = (c.nq as i64, c.nk_all as i64, c.d as i64, c.h as i64, c.hkv as i64);
-    let (qv, kv, vv, st) = if c.token_major_shared_kv {
+    // The packed case keeps its one buffer here; q, k and v point into it.
+    let packed;
+    let (qv, kv, vv, st) = if c.packed {
+        // [B, H, N, D] each → [B, N, 3, H, D].
+        let stacked = cpu.concat(&[&q, &k, &v], 1).unwrap().reshape(&[c.b, 3, c.h, c.nq, c.d]).unwrap();
+        packed = cpu.permute(&stacked, &[0, 3, 1, 2, 4]).unwrap().to_f32_vec().unwrap();
+        let row = 3 * h * d;
+        let st = Strides { q: [nq * row, d, row], kv: [nq * row, d, row], o: [nq * h * d, d, h * d] };
+        (packed.clone(), packed[(h * d) as usize..].to_vec(), packed[(2 * h * d) as usize..].to_vec(), st)
+    } else if c.token_major_shared_kv {
         // q, k, v and out token-major [B, N, H·D]; k/v one shared batch entry.
         let tm = |t: &Tensor| cpu.permute(t, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap();
         (tm(&q), tm(&k), tm(&v), Strides { q: [nq * h * d, d, h * d], kv: [0, d, hkv * d], o: [nq * h * d, d, h * d] })
@@ -173,7 +185,7 @@ fn check(kernel: Kernel, c: Case) {
             }
         }
     }
-    let got = if c.token_major_shared_kv {
+    let got = if c.token_major_shared_kv || c.packed {
         let t = Tensor::from_f32(out, vec![c.b, c.nq, c.h, c.d]).unwrap();
         cpu.permute(&t, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap()
     } else {
@@ -209,6 +221,14 @@ fn mma_attention_widest_head_shared_tokens() {
 }
 
 #[test]
+fn mma_attention_packed_projection() {
+    // q, k and v read in place from SAM's packed qkv projection, with its bias on a 7 × 7 key
+    // grid (49 tokens, a partial block), d 16, 2 windows, 3 heads.
+    check(Kernel::Mma, Case { packed: true, grid: Some((7, 7)), ..Case::new(2, 3, 3, 49, 49, 16) });
+    check(Kernel::Mma, Case { packed: true, ..Case::new(1, 2, 2, 70, 70, 80) });
+}
+
+#[test]
 fn mma_attention_one_key() {
     check(Kernel::Mma, Case::new(1, 1, 1, 17, 1, 64));
 }
@@ -221,6 +241,7 @@ fn f32_forward_ragged_causal_and_bias() {
     check(Kernel::Fwd, Case { causal: true, nk_all: 96, ..Case::new(1, 2, 2, 65, 80, 80) });
     check(Kernel::Fwd, Case { grid: Some((8, 8)), ..Case::new(2, 2, 2, 40, 64, 16) });
     check(Kernel::Fwd, Case { token_major_shared_kv: true, ..Case::new(2, 2, 2, 9, 70, 128) });
+    check(Kernel::Fwd, Case { packed: true, grid: Some((6, 6)), ..Case::new(2, 2, 2, 36, 36, 24) });
 }
 
 #[test]

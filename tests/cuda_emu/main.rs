@@ -17,5 +17,6 @@ mod gemm;
 mod gemv;
 mod masks;
 mod norm;
+mod rel_pos;
 mod scatter_pool;
 mod two_way;

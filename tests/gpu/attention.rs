@@ -573,3 +573,71 @@ fn timings_at_model_shapes() {
         }
     }
 }
+
+/// `attention_packed` (SAM's image-encoder attention read straight from its packed qkv
+/// projection, the decomposed bias computed from the same q) on every GPU backend against the
+/// CPU's composition of split heads, bias matmuls and `attention`: windows of 14 × 14 tokens,
+/// a global grid at head dim 80, and no bias. Half-precision callers against the CPU on q·scale,
+/// k and v rounded to f16, with the bias from the unrounded q (CUDA computes it in f32).
+#[test]
+fn packed_projection_with_rel_pos() {
+    let name = "attention::packed_projection_with_rel_pos";
+    let gpus = gpus(name);
+    let cpu = Backend::cpu();
+    let mut r = Rng::new(0xA77E_9000);
+    for (b, h, side, d, with_bias) in [(3usize, 2usize, 14usize, 16usize, true), (1, 2, 9, 80, true), (2, 3, 5, 24, false)] {
+        let n = side * side;
+        let qkv = r.tensor(&[b, n, 3 * h * d]);
+        let tables = with_bias.then(|| (r.tensor(&[side, side, d]), r.tensor(&[side, side, d])));
+        let rel = tables.as_ref().map(|(th, tw)| (th, tw));
+        let want = cpu.attention_packed(&qkv, h, rel, false).unwrap();
+        assert_eq!(want.shape(), [b, n, h * d]);
+        let want = want.to_f32_vec().unwrap();
+
+        // The half-precision reference, head-major: q, k, v split from qkv, the bias by its
+        // definition, then back to [B, N, H·D].
+        let heads = cpu.permute(&qkv.reshape(&[b, n, 3, h, d]).unwrap(), &[2, 0, 3, 1, 4]).unwrap();
+        let part = |i: usize| cpu.narrow(&heads, 0, i, 1).unwrap().reshape(&[b, h, n, d]).unwrap();
+        let (q, k, v) = (part(0), part(1), part(2));
+        let bias = tables.as_ref().map(|(th, tw)| {
+            let (qv, thv, twv) = (q.to_f32_vec().unwrap(), th.to_f32_vec().unwrap(), tw.to_f32_vec().unwrap());
+            let (mut bh, mut bw) = (vec![0f32; b * h * n * side], vec![0f32; b * h * n * side]);
+            for row in 0..b * h * n {
+                let (t, qr) = (row % n, &qv[row * d..][..d]);
+                let (y, x) = (t / side, t % side);
+                for kk in 0..side {
+                    bh[row * side + kk] = qr.iter().zip(&thv[(y * side + kk) * d..][..d]).map(|(a, c)| a * c).sum();
+                    bw[row * side + kk] = qr.iter().zip(&twv[(x * side + kk) * d..][..d]).map(|(a, c)| a * c).sum();
+                }
+            }
+            (Tensor::from_f32(bh, vec![b, h, n, side]).unwrap(), Tensor::from_f32(bw, vec![b, h, n, side]).unwrap())
+        });
+        let mut p = AttnParams::new(d);
+        if let Some((bh, bw)) = &bias {
+            p.bias = AttnBias::DecomposedRelPos { rel_h: bh, rel_w: bw, k_h: side, k_w: side };
+        }
+        // The bias by its definition gives the composed op's result on unrounded operands.
+        let by_definition = cpu.permute(&cpu.attention(&q, &k, &v, &p).unwrap(), &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap();
+        assert_close(&format!("{name}: composed against the definition"), &by_definition, &want, crate::common::Tol { atol: 1e-5, rtol: 1e-5 });
+        let (qr, kr, vr) = (f16_round(&cpu, &q, p.scale), f16_round(&cpu, &k, 1.0), f16_round(&cpu, &v, 1.0));
+        let lp = cpu.attention(&qr, &kr, &vr, &p).unwrap();
+        let want_lp = cpu.permute(&lp, &[0, 2, 1, 3]).unwrap().to_f32_vec().unwrap();
+
+        for g in &gpus {
+            let be = &g.backend;
+            let qkv_g = be.upload(&qkv).unwrap();
+            let rel_g = tables.as_ref().map(|(th, tw)| (be.upload(th).unwrap(), be.upload(tw).unwrap()));
+            let rel_g = rel_g.as_ref().map(|(th, tw)| (th, tw));
+            let what = format!("{name} B {b} H {h} side {side} d {d} bias {with_bias} on {}", be.name());
+            let got = be.to_vec_f32(&be.attention_packed(&qkv_g, h, rel_g, false).unwrap()).unwrap();
+            assert_close(&what, &got, &want, g.op_tol);
+            let got = be.to_vec_f32(&be.attention_packed(&qkv_g, h, rel_g, true).unwrap()).unwrap();
+            assert_close(&format!("{what}, low precision"), &got, &want_lp, LOW_PRECISION_TOL);
+        }
+    }
+    // Bad shapes are errors: channels not 3·H·D, a bias grid that is not the tokens' square.
+    let qkv = r.tensor(&[1, 16, 24]);
+    assert!(cpu.attention_packed(&qkv, 5, None, false).is_err());
+    let t = r.tensor(&[3, 3, 4]);
+    assert!(cpu.attention_packed(&qkv, 2, Some((&t, &t)), false).is_err());
+}

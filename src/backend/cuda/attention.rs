@@ -24,6 +24,7 @@
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{dev_err, kernels, CudaBackend};
+use crate::backend::packed_attention::PackedShape;
 use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape, TokenAttnShape};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -179,7 +180,43 @@ impl CudaBackend {
         let s = attention_shape(q, k, v, p)?;
         let shape = vec![s.b, s.h, s.nq, s.d];
         let mut out = self.alloc_f32(&shape)?;
-        self.run_attention(q, k, v, &mut out, &s, &Strides::head_major(&s), p)?;
+        self.run_attention(self.operands(q, k, v)?, &mut out, &s, &Strides::head_major(&s), p)?;
+        Ok(self.wrap_f32(out, shape))
+    }
+
+    /// The device pointers of three f32 operands.
+    fn operands(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Operands> {
+        Ok(Operands { q: self.f32_ptr(q, OP)?, k: self.f32_ptr(k, OP)?, v: self.f32_ptr(v, OP)? })
+    }
+
+    /// Whether `Backend::attention_packed` runs here as `attention_packed` (head dims the
+    /// kernels hold, a bias grid `rel_pos_f32` holds); else it is composed.
+    pub(crate) fn packed_attention_fits(&self, s: &PackedShape) -> bool {
+        s.head_dim <= MAX_HEAD_DIM && s.side.is_none_or(|side| side <= super::rel_pos::MAX_SIDE)
+    }
+
+    /// `Backend::attention_packed`: q, k and v read in place from qkv [B, N, 3·H·D] (row
+    /// stride 3·H·D, k and v H·D and 2·H·D floats in), the bias (when given) by
+    /// kernels/rel_pos.cu from the same q, the output written token-major [B, N, H·D].
+    pub(crate) fn attention_packed(&self, qkv: &Tensor, rel: Option<(&Tensor, &Tensor)>, low_precision: bool, ps: &PackedShape) -> Result<Tensor> {
+        let PackedShape { b, n, heads: h, head_dim: d, side } = *ps;
+        let base = self.f32_ptr(qkv, OP)?;
+        let row = 3 * h * d;
+        let bias = match (rel, side) {
+            (Some((rh, rw)), Some(side)) => Some(self.rel_pos(base, row, rh, rw, b, h, side, d)?),
+            _ => None,
+        };
+        let mut p = AttnParams { low_precision, ..AttnParams::new(d) };
+        if let (Some((rel_h, rel_w)), Some(side)) = (&bias, side) {
+            p.bias = AttnBias::DecomposedRelPos { rel_h, rel_w, k_h: side, k_w: side };
+        }
+        let s = AttnShape { b, h, hkv: h, nq: n, nk_all: n, nk: n, d };
+        let (n64, row64, d64, hd64) = (n as i64, row as i64, d as i64, (h * d) as i64);
+        let st = Strides { q: [n64 * row64, d64, row64], kv: [n64 * row64, d64, row64], o: [n64 * hd64, d64, hd64] };
+        let shape = vec![b, n, h * d];
+        let mut out = self.alloc_f32(&shape)?;
+        let ops = Operands { q: base, k: base + 4 * (h * d) as u64, v: base + 8 * (h * d) as u64 };
+        self.run_attention(ops, &mut out, &s, &st, &p)?;
         Ok(self.wrap_f32(out, shape))
     }
 
@@ -189,24 +226,24 @@ impl CudaBackend {
         let s = &t.s;
         let shape = vec![s.b, s.nq, s.h * s.d];
         let mut out = self.alloc_f32(&shape)?;
-        self.run_attention(q, k, v, &mut out, s, &Strides::token_major(t), p)?;
+        self.run_attention(self.operands(q, k, v)?, &mut out, s, &Strides::token_major(t), p)?;
         Ok(self.wrap_f32(out, shape))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, out: &mut CudaSlice<f32>, s: &AttnShape, st: &Strides, p: &AttnParams) -> Result<()> {
+    /// Queue the kernels of `attention_family` for operands at `ops` placed by `st`.
+    fn run_attention(&self, ops: Operands, out: &mut CudaSlice<f32>, s: &AttnShape, st: &Strides, p: &AttnParams) -> Result<()> {
         let AttnShape { b, h, hkv, nq, nk, d, .. } = *s;
         if d > MAX_HEAD_DIM {
             return Err(Error::shape(OP, format!("head dim {d}: the CUDA kernels support head dims up to {MAX_HEAD_DIM}")));
         }
         let (rel, k_h, k_w) = match p.bias {
             AttnBias::None => (None, 0, 0),
-            AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => (Some((self.f32_slice(rel_h, OP)?, self.f32_slice(rel_w, OP)?)), k_h, k_w),
+            AttnBias::DecomposedRelPos { rel_h, rel_w, k_h, k_w } => (Some((self.f32_ptr(rel_h, OP)?, self.f32_ptr(rel_w, OP)?)), k_h, k_w),
         };
-        let (qd, kd, vd) = (self.f32_slice(q, OP)?, self.f32_slice(k, OP)?, self.f32_slice(v, OP)?);
         if b * h * nq * d == 0 {
             return Ok(());
         }
+        let Operands { q: qd, k: kd, v: vd } = ops;
         // Without a bias the kernels never read rel_h / rel_w (k_w = 0): q stands in.
         let (rh, rw) = rel.unwrap_or((qd, qd));
         let (bh, rows) = (b * h, b * h * nq);
@@ -234,7 +271,7 @@ impl CudaBackend {
             let f = self.function(&kernels::ATTENTION, &format!("attention_fewkeys_d{dp}_f32"))?;
             let cfg = LaunchConfig { grid_dim: (bh as u32, chunks as u32, 1), block_dim: (FEW_THREADS, 1, 1), shared_mem_bytes: 0 };
             let mut l = stream.launch_builder(&f);
-            l.arg(qd).arg(kd).arg(vd).arg(&mut *out).arg(st).arg(&args.h).arg(&args.hkv).arg(&args.nq).arg(&args.nk).arg(&args.d).arg(&args.scale).arg(&args.causal);
+            l.arg(&qd).arg(&kd).arg(&vd).arg(&mut *out).arg(st).arg(&args.h).arg(&args.hkv).arg(&args.nq).arg(&args.nk).arg(&args.d).arg(&args.scale).arg(&args.causal);
             // SAFETY: argument list matches FEW_PARAMS in kernels/attention.cu; operands placed by
             // the strides as for the other kernels; nk <= 64 keys and d <= 32 fit its static
             // shared arrays (2·64·32 + 128·33 floats, 33 KB); grid (bh, ceil(nq / 128)) with 128
@@ -264,7 +301,7 @@ impl CudaBackend {
             let f = self.function(kernel, &name)?;
             let cfg = LaunchConfig { grid_dim: (bh as u32, tiles as u32, 1), block_dim: (FWD_THREADS, 1, 1), shared_mem_bytes: 0 };
             let mut l = stream.launch_builder(&f);
-            l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut *out).arg(st);
+            l.arg(&qd).arg(&kd).arg(&vd).arg(&rh).arg(&rw).arg(&mut *out).arg(st);
             args.push(&mut l);
             // SAFETY: argument list matches FWD_PARAMS in kernels/attention.cu; the strides place
             // q [b, h, nq, d], k/v [b, hkv, nk_all, d] (nk <= nk_all) and out [b, h, nq, d]
@@ -297,11 +334,11 @@ impl CudaBackend {
         }
         {
             let mut l = stream.launch_builder(&f);
-            l.arg(qd).arg(kd).arg(vd).arg(rh).arg(rw).arg(&mut *out).arg(st);
+            l.arg(&qd).arg(&kd).arg(&vd).arg(&rh).arg(&rw).arg(&mut *out).arg(st);
             args.push(&mut l);
             match parts.as_mut() {
                 Some((po, pml)) => l.arg(po).arg(pml),
-                None => l.arg(qd).arg(qd),
+                None => l.arg(&qd).arg(&qd),
             };
             l.arg(&chunk_arg).arg(&step);
             // SAFETY: argument list matches DEC_PARAMS in kernels/attention.cu; operands as for
@@ -329,6 +366,14 @@ impl CudaBackend {
         }
         Ok(())
     }
+}
+
+/// Device pointers of q, k and v, each placed by the strides from there.
+#[derive(Clone, Copy)]
+struct Operands {
+    q: u64,
+    k: u64,
+    v: u64,
 }
 
 /// The scalar arguments shared by both kernels, in FWD_PARAMS order after the pointers.

@@ -25,6 +25,7 @@ mod mask_select;
 mod masks;
 mod matmul;
 mod norm;
+mod rel_pos;
 mod rope;
 mod scatter_pool;
 mod two_way;

@@ -9,7 +9,7 @@
 //! matrix is ever built: for the 64×64 global layers of a 1024 input that is 4096² floats per
 //! head avoided.
 
-use crate::backend::{Activation, AttnBias, AttnParams, Backend};
+use crate::backend::{Activation, Backend};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::weights::VarView;
@@ -201,8 +201,8 @@ impl ImageEncoder {
     fn layer_forward(&self, be: &Backend, l: &VisionLayer, x: &Tensor) -> Result<Tensor> {
         let (g, d) = (self.grid, self.hidden);
         let h = be.layer_norm(x, &l.ln1.0, &l.ln1.1, self.eps)?;
-        let (tokens, side) = if l.window > 0 { (window_partition(be, &h, l.window)?, l.window) } else { (h.reshape(&[1, g * g, d])?, g) };
-        let attn = self.attention(be, l, &tokens, side)?;
+        let tokens = if l.window > 0 { window_partition(be, &h, l.window)? } else { h.reshape(&[1, g * g, d])? };
+        let attn = self.attention(be, l, &tokens)?;
         let attn = if l.window > 0 { window_unpartition(be, &attn, l.window, g)? } else { attn.reshape(&[g, g, d])? };
         let x = be.linear(&attn, &l.proj.0, Some(&l.proj.1), Activation::None, Some(x))?;
         let h = be.layer_norm(&x, &l.ln2.0, &l.ln2.1, self.eps)?;
@@ -211,43 +211,11 @@ impl ImageEncoder {
     }
 
     /// Multi-head attention over `[B, side², D]` token blocks → `[B, side², D]` (before `proj`).
-    fn attention(&self, be: &Backend, l: &VisionLayer, tokens: &Tensor, side: usize) -> Result<Tensor> {
-        let b = tokens.dim(0);
-        let t = side * side;
-        let (d, nh) = (self.hidden, self.heads);
-        let hd = d / nh;
+    fn attention(&self, be: &Backend, l: &VisionLayer, tokens: &Tensor) -> Result<Tensor> {
         let qkv = be.linear(tokens, &l.qkv_w, l.qkv_b.as_ref(), Activation::None, None)?;
-        let qkv = be.permute(&qkv.reshape(&[b, t, 3, nh, hd])?, &[2, 0, 3, 1, 4])?;
-        let q = be.narrow(&qkv, 0, 0, 1)?.reshape(&[b, nh, t, hd])?;
-        let k = be.narrow(&qkv, 0, 1, 1)?.reshape(&[b, nh, t, hd])?;
-        let v = be.narrow(&qkv, 0, 2, 1)?.reshape(&[b, nh, t, hd])?;
-        let mut params = AttnParams { low_precision: l.qkv_w.dtype().is_half(), ..AttnParams::new(hd) };
-        let rel;
-        if let Some((rh, rw)) = &l.rel_pos {
-            rel = decomposed_rel_pos(be, &q, rh, rw, side)?;
-            params.bias = AttnBias::DecomposedRelPos { rel_h: &rel.0, rel_w: &rel.1, k_h: side, k_w: side };
-        }
-        let o = be.attention(&q, &k, &v, &params)?;
-        be.permute(&o, &[0, 2, 1, 3])?.reshape(&[b, t, d])
+        let rel = l.rel_pos.as_ref().map(|(rh, rw)| (rh, rw));
+        be.attention_packed(&qkv, self.heads, rel, l.qkv_w.dtype().is_half())
     }
-}
-
-/// The two factors of the decomposed relative position bias for queries `q` [B, H, S², hd]:
-/// rel_h[b, h, (y, x), ky] = q[b, h, (y, x)] · Rh[y, ky] and rel_w likewise with Rw[x, kx],
-/// computed as batched matmuls over the query row (resp. column).
-fn decomposed_rel_pos(be: &Backend, q: &Tensor, rh: &Tensor, rw: &Tensor, side: usize) -> Result<(Tensor, Tensor)> {
-    let (b, nh, t, hd) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
-    let bh = b * nh;
-    let q4 = q.reshape(&[bh, side, side, hd])?;
-    // Height: group queries by their row y → [S, BH·S, hd] · Rh[y]ᵀ → [S, BH·S, S].
-    let qy = be.permute(&q4, &[1, 0, 2, 3])?.reshape(&[side, bh * side, hd])?;
-    let rel_h = be.matmul(&qy, rh, true)?.reshape(&[side, bh, side, side])?;
-    let rel_h = be.permute(&rel_h, &[1, 0, 2, 3])?.reshape(&[b, nh, t, side])?;
-    // Width: group by column x → [S, BH·S, hd] · Rw[x]ᵀ.
-    let qx = be.permute(&q4, &[2, 0, 1, 3])?.reshape(&[side, bh * side, hd])?;
-    let rel_w = be.matmul(&qx, rw, true)?.reshape(&[side, bh, side, side])?;
-    let rel_w = be.permute(&rel_w, &[1, 2, 0, 3])?.reshape(&[b, nh, t, side])?;
-    Ok((rel_h, rel_w))
 }
 
 /// `[G, G, D]` → `[nW, w·w, D]` windows, zero-padding the grid bottom/right to a multiple of w.
