@@ -9,6 +9,10 @@
 //                   write_kv one per new block. copy_rows_f32x4: the same in float4 units,
 //                   when every size and offset is a multiple of 4 and both bases are aligned.
 // * pad2d_f32:      [outer, h, w] → [outer, h+top+bottom, w+left+right], zeros outside.
+// * windows_f32 / windows_f32x4: SAM's window partition and its inverse, one pass each: a
+//                   grid [G, G, D] zero-padded bottom/right to n·w and cut into windows
+//                   [n², w·w, D] (window (wy, wx) row (iy, ix) is grid row (wy·w + iy, wx·w + ix),
+//                   zeros past G), or back (the padding dropped). In float4 units when D % 4 == 0.
 // * embedding:      out[t, :] = table[ids[t], :] widened to f32 (table f32, f16 or bf16; ids
 //                   already checked on the host to be < V).
 //
@@ -84,6 +88,35 @@ extern "C" __global__ void pad2d_f32(const float* __restrict__ x, float* __restr
         if (oy >= top && oy < top + h && ox >= left && ox < left + w) v = x[(o * h + (oy - top)) * w + (ox - left)];
         y[i] = v;
     }
+}
+
+// One element (or float4) of the window layout: `y` has `n` of them in rows of `d` (D or D / 4),
+// `g` the grid side, `w` the window side, `nw` windows per side. to_windows: y is the windowed
+// [nw², w·w, d] and x the grid; else y is the grid [g, g, d] and x the windowed layout.
+template <typename T>
+__device__ __forceinline__ void windows_impl(const T* __restrict__ x, T* __restrict__ y, u64 n, unsigned d, unsigned g,
+                                             unsigned w, unsigned nw, int to_windows, T zero) {
+    GRID_STRIDE(i, n) {
+        const u64 row = i / d, c = i - row * d;
+        if (to_windows) {
+            const u64 win = row / (w * w), r = row - win * (w * w);
+            const u64 gy = (win / nw) * w + r / w, gx = (win % nw) * w + r % w;
+            y[i] = gy < g && gx < g ? x[(gy * g + gx) * d + c] : zero;
+        } else {
+            const u64 gy = row / g, gx = row - gy * g;
+            const u64 win = (gy / w) * nw + gx / w, r = (gy % w) * w + gx % w;
+            y[i] = x[(win * (w * w) + r) * d + c];
+        }
+    }
+}
+
+extern "C" __global__ void windows_f32(const float* __restrict__ x, float* __restrict__ y, u64 n, unsigned d, unsigned g,
+                                       unsigned w, unsigned nw, int to_windows) {
+    windows_impl(x, y, n, d, g, w, nw, to_windows, 0.0f);
+}
+extern "C" __global__ void windows_f32x4(const float4* __restrict__ x, float4* __restrict__ y, u64 n, unsigned d4,
+                                         unsigned g, unsigned w, unsigned nw, int to_windows) {
+    windows_impl(x, y, n, d4, g, w, nw, to_windows, make_float4(0.f, 0.f, 0.f, 0.f));
 }
 
 extern "C" __global__ void embedding(const void* __restrict__ table, int dt, const unsigned* __restrict__ ids,

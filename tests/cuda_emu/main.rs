@@ -15,6 +15,7 @@ mod attention;
 mod emu;
 mod gemm;
 mod gemv;
+mod layout;
 mod masks;
 mod norm;
 mod rel_pos;

@@ -976,3 +976,23 @@ fn two_way_update_and_pool() {
         }
     }
 }
+
+/// SAM's window partition and its inverse on every GPU backend against the CPU's composition
+/// (pads, permute, narrows): grids that need padding and ones that do not, channel counts with
+/// and without whole float4s, and the round trip.
+#[test]
+fn window_partition_and_back() {
+    let mut r = rng("windows");
+    for g in gpus("windows") {
+        for (side, w, d) in [(10usize, 4usize, 8usize), (14, 14, 6), (9, 4, 5), (3, 8, 4)] {
+            let x = r.tensor(&[side, side, d]);
+            let want = cpu().window_partition(&x, w).unwrap();
+            let got = g.backend.window_partition(&up(&g, &x), w).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            assert_eq!(g.backend.to_vec_f32(&got).unwrap(), want.to_f32_vec().unwrap(), "window_partition G {side} w {w} D {d} on {}", g.backend.name());
+            let back = g.backend.window_unpartition(&got, w, side).unwrap();
+            assert_eq!(g.backend.to_vec_f32(&back).unwrap(), x.to_f32_vec().unwrap(), "window_unpartition G {side} w {w} D {d} on {}", g.backend.name());
+        }
+        assert!(g.backend.window_unpartition(&up(&g, &r.tensor(&[4, 9, 2])), 2, 4).is_err());
+    }
+}

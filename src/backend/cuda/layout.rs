@@ -204,6 +204,42 @@ impl CudaBackend {
         Ok(self.wrap_f32(out, shape))
     }
 
+    /// `Backend::window_partition` in one pass (kernels/layout.cu `windows_*`).
+    pub(crate) fn window_partition(&self, x: &Tensor, w: usize) -> Result<Tensor> {
+        let (g, d) = crate::backend::windows::grid_shape(x, w)?;
+        let n = g.div_ceil(w);
+        self.windows(x, vec![n * n, w * w, d], g, w, true)
+    }
+
+    /// `Backend::window_unpartition` in one pass.
+    pub(crate) fn window_unpartition(&self, x: &Tensor, w: usize, g: usize) -> Result<Tensor> {
+        let d = crate::backend::windows::windows_shape(x, w, g)?;
+        self.windows(x, vec![g, g, d], g, w, false)
+    }
+
+    /// Launch `windows_f32[x4]` writing a new tensor of `shape` (the last dim D).
+    fn windows(&self, x: &Tensor, shape: Vec<usize>, g: usize, w: usize, to_windows: bool) -> Result<Tensor> {
+        const OP: &str = "window_partition";
+        let xp = self.f32_ptr(x, OP)?;
+        let d = shape[2];
+        let total: usize = shape.iter().product();
+        let out = self.alloc_f32(&shape)?;
+        if total > 0 {
+            let u32_of = |v: usize| u32::try_from(v).map_err(|_| Error::shape(OP, format!("{v} exceeds u32")));
+            let (g32, w32, nw32, dir) = (u32_of(g)?, u32_of(w)?, u32_of(g.div_ceil(w))?, to_windows as i32);
+            u32_of(w * w)?; // the kernel's rows per window
+            let yp = self.ptr(&out);
+            if d.is_multiple_of(4) {
+                let (n64, d4) = ((total / 4) as u64, u32_of(d / 4)?);
+                launch!(self, OP, self.function(&kernels::LAYOUT, "windows_f32x4")?, grid_1d(total / 4), xp, yp, n64, d4, g32, w32, nw32, dir)?;
+            } else {
+                let (n64, d32) = (total as u64, u32_of(d)?);
+                launch!(self, OP, self.function(&kernels::LAYOUT, "windows_f32")?, grid_1d(total), xp, yp, n64, d32, g32, w32, nw32, dir)?;
+            }
+        }
+        Ok(self.wrap_f32(out, shape))
+    }
+
     /// Write `new` [B, H, n, D] into `cache` [B, H, max, D] at `pos..pos+n`. In place when this
     /// tensor is the only owner of the cache buffer; a cache shared with other tensors is copied
     /// first, so they keep their values (the CPU backend's copy-on-write).

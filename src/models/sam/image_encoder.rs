@@ -201,9 +201,9 @@ impl ImageEncoder {
     fn layer_forward(&self, be: &Backend, l: &VisionLayer, x: &Tensor) -> Result<Tensor> {
         let (g, d) = (self.grid, self.hidden);
         let h = be.layer_norm(x, &l.ln1.0, &l.ln1.1, self.eps)?;
-        let tokens = if l.window > 0 { window_partition(be, &h, l.window)? } else { h.reshape(&[1, g * g, d])? };
+        let tokens = if l.window > 0 { be.window_partition(&h, l.window)? } else { h.reshape(&[1, g * g, d])? };
         let attn = self.attention(be, l, &tokens)?;
-        let attn = if l.window > 0 { window_unpartition(be, &attn, l.window, g)? } else { attn.reshape(&[g, g, d])? };
+        let attn = if l.window > 0 { be.window_unpartition(&attn, l.window, g)? } else { attn.reshape(&[g, g, d])? };
         let x = be.linear(&attn, &l.proj.0, Some(&l.proj.1), Activation::None, Some(x))?;
         let h = be.layer_norm(&x, &l.ln2.0, &l.ln2.1, self.eps)?;
         let h = be.linear(&h, &l.lin1.0, Some(&l.lin1.1), self.act, None)?;
@@ -216,37 +216,6 @@ impl ImageEncoder {
         let rel = l.rel_pos.as_ref().map(|(rh, rw)| (rh, rw));
         be.attention_packed(&qkv, self.heads, rel, l.qkv_w.dtype().is_half())
     }
-}
-
-/// `[G, G, D]` → `[nW, w·w, D]` windows, zero-padding the grid bottom/right to a multiple of w.
-fn window_partition(be: &Backend, x: &Tensor, w: usize) -> Result<Tensor> {
-    let (g, d) = (x.dim(0), x.dim(2));
-    let pad = (w - g % w) % w;
-    let gp = g + pad;
-    let x = if pad > 0 {
-        // pad2d pads the last two dims: first the width (dim 1 of [G, G, D]), then the height
-        // (dim 1 of [1, G, Gp·D]).
-        let x = be.pad2d(x, 0, pad, 0, 0)?;
-        be.pad2d(&x.reshape(&[1, g, gp * d])?, 0, pad, 0, 0)?
-    } else {
-        x.clone()
-    };
-    let n = gp / w;
-    let x = be.permute(&x.reshape(&[n, w, n, w, d])?, &[0, 2, 1, 3, 4])?;
-    x.reshape(&[n * n, w * w, d])
-}
-
-/// Inverse of `window_partition`: `[nW, w·w, D]` → `[G, G, D]`, dropping the padding.
-fn window_unpartition(be: &Backend, x: &Tensor, w: usize, g: usize) -> Result<Tensor> {
-    let d = x.dim(2);
-    let gp = g.div_ceil(w) * w;
-    let n = gp / w;
-    let x = be.permute(&x.reshape(&[n, n, w, w, d])?, &[0, 2, 1, 3, 4])?.reshape(&[gp, gp, d])?;
-    if gp == g {
-        return Ok(x);
-    }
-    let x = be.narrow(&x, 0, 0, g)?;
-    be.narrow(&x, 1, 0, g)
 }
 
 #[cfg(test)]
