@@ -22,6 +22,8 @@
 #   bench-cuda-fold-simt  the same with VISWORD_CUDA_TWO_WAY=simt (folded, on the f32 two-way kernels)
 #   bench-cuda-nofused  the same with VISWORD_CUDA_GEMM_FUSED=0 (small bf16 linears as round + cuBLAS +
 #                  epilogue, not one launch of kernels/gemm.cu)
+#   bench-cuda-nolt  the same with VISWORD_CUDA_LT=0 (no cuBLASLt: bias and residual in an epilogue
+#                  pass after each bf16 GEMM, the mask decoder's image-side linears on the bf16 path)
 #   profile-cuda   the same with VISWORD_PROFILE=1 (one run): device time per op, in its log
 #   torch-eager    tools/bench_torch.py, eager (same card, same run)
 #   bench-dinov2   visword bench --backend cuda --preset dinov2-lisa-7b --json
@@ -54,7 +56,7 @@ BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-3}
 DECODE_TOKENS=${DECODE_TOKENS:-8}
 TEST_THREADS=${TEST_THREADS:-4}
-ALL_STEPS=(tests-cuda kernels timings-cuda tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager bench-cuda-simt-attn bench-cuda-nofold bench-cuda-fold-simt bench-cuda-nofused profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked bench-wgpu-gemv-batched profile-wgpu torch-compile)
+ALL_STEPS=(tests-cuda kernels timings-cuda tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager bench-cuda-simt-attn bench-cuda-nofold bench-cuda-fold-simt bench-cuda-nofused bench-cuda-nolt profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked bench-wgpu-gemv-batched profile-wgpu torch-compile)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -118,7 +120,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local var="T_$(echo "$1" | tr 'a-z-' 'A-Z_')"
   local def
   case $1 in
-    tests-cuda) def=120 ;; kernels) def=60 ;; timings-cuda) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; bench-cuda-simt-attn) def=150 ;; bench-cuda-nofold) def=150 ;; bench-cuda-fold-simt) def=150 ;; bench-cuda-nofused) def=150 ;; profile-cuda) def=90 ;;
+    tests-cuda) def=120 ;; kernels) def=60 ;; timings-cuda) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; bench-cuda-simt-attn) def=150 ;; bench-cuda-nofold) def=150 ;; bench-cuda-fold-simt) def=150 ;; bench-cuda-nofused) def=150 ;; bench-cuda-nolt) def=150 ;; profile-cuda) def=90 ;;
     torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; bench-wgpu-coop) def=150 ;; bench-wgpu-tile64) def=150 ;; bench-wgpu-checked) def=150 ;; bench-wgpu-gemv-batched) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
@@ -198,13 +200,14 @@ for step in "${ALL_STEPS[@]}"; do
       else run_step "$step" "$logs/$step.log" "$OUT/visword-cuda-$preset.json" \
         "$BIN/visword" bench --backend cuda --preset $preset --json --runs "$RUNS" --decode-tokens "$DECODE_TOKENS"
       fi ;;
-    bench-cuda-eager | bench-cuda-simt-attn | bench-cuda-nofold | bench-cuda-fold-simt | bench-cuda-nofused)
+    bench-cuda-eager | bench-cuda-simt-attn | bench-cuda-nofold | bench-cuda-fold-simt | bench-cuda-nofused | bench-cuda-nolt)
       case $step in
         bench-cuda-eager) switch=VISWORD_CUDA_GRAPH=0 ;;
         bench-cuda-simt-attn) switch=VISWORD_CUDA_ATTN=simt ;;
         bench-cuda-nofold) switch=VISWORD_SAM_FOLD=0 ;;
         bench-cuda-fold-simt) switch=VISWORD_CUDA_TWO_WAY=simt ;;
         bench-cuda-nofused) switch=VISWORD_CUDA_GEMM_FUSED=0 ;;
+        bench-cuda-nolt) switch=VISWORD_CUDA_LT=0 ;;
       esac
       if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"
       elif ! have_bin visword; then skip "$step" "$BIN/visword missing"

@@ -457,8 +457,9 @@ fn cuda_timings() {
 /// two floors: the weight bytes at 4 TB/s and the multiply-adds at 600 TFLOP/s. SAM's mask
 /// decoder on a batch of 64 prompts, prefill of 80 and 616 tokens through Llama-7B, CLIP
 /// ViT-L/14-336 and SAM ViT-H's layers; each on the path the stack takes and on the other side
-/// of the fused kernel's size bound (one launch of kernels/gemm.cu, or x rounded to bf16,
-/// cuBLAS, then the epilogue), so the bound can be set from a run.
+/// of the fused kernel's size bound (one launch of kernels/gemm.cu, or x rounded to bf16 and
+/// the GEMM), so the bound can be set from a run; a residual on the bf16 path also with
+/// cuBLASLt off (cuBLAS, then the epilogue pass, against cuBLASLt applying it).
 fn stack_linear_timings(be: &visword::Backend, rng: &mut Rng) {
     let visword::Backend::Cuda(cb) = be else { return };
     let time = |f: &dyn Fn() -> visword::Result<Tensor>| time_per_call(be, f);
@@ -501,6 +502,14 @@ fn stack_linear_timings(be: &visword::Backend, rng: &mut Rng) {
         let s = time(&|| be.linear(&x, &w, None, act, r.as_ref()));
         report(&format!("{what} ({})", cb.linear_path(m, &w)), m, n, k, s);
         cb.set_fused_gemm(FusedGemm::Small);
+        // On the bf16 path a residual (or bias, ReLU) is applied by cuBLASLt in the GEMM; with
+        // cuBLASLt off, by the epilogue pass after a cuBLAS GEMM.
+        if res && cb.linear_path(m, &w).contains("bf16 GEMM") {
+            cb.set_lt_gemm(false);
+            let s = time(&|| be.linear(&x, &w, None, act, r.as_ref()));
+            report(&format!("{what} (bf16 GEMM + epilogue pass, cuBLASLt off)"), m, n, k, s);
+            cb.set_lt_gemm(true);
+        }
     }
     // Q, K and V of one Llama-7B layer on one rounded x (three cuBLAS calls).
     for m in [80, 616] {

@@ -366,26 +366,31 @@ fn linear_with_a_shared_residual_and_fused_epilogues() {
             let bound = cpu().linear(&abs(&x), &abs(&w), None, Activation::None, None).unwrap().to_f32_vec().unwrap();
             let (xg, wg, bg) = (up(&g, &x), g.backend.upload_weight(&w).unwrap(), up(&g, &bias));
             let (sg, fg) = (up(&g, &shared), up(&g, &full));
-            let lt_modes: &[bool] = if matches!(g.backend, Backend::Cuda(_)) { &[true, false] } else { &[true] };
-            for &lt in lt_modes {
+            // CUDA: cuBLASLt on and off, and the one-launch kernel off (so the bf16 path's
+            // cuBLASLt GEMM with the epilogue fused runs the small cases too).
+            let modes: &[(bool, FusedGemm)] = if matches!(g.backend, Backend::Cuda(_)) { &[(true, FusedGemm::Small), (false, FusedGemm::Small), (true, FusedGemm::Off)] } else { &[(true, FusedGemm::Small)] };
+            for &(lt, fused) in modes {
+                let mut path = "";
                 if let Backend::Cuda(cb) = &g.backend {
                     cb.set_lt_gemm(lt);
+                    cb.set_fused_gemm(fused);
+                    path = cb.linear_path(b * rows, &wg);
                 }
-                // Off, CUDA's M > 4 GEMM rounds x to bf16 (and adds the shared residual in its
-                // epilogue pass): the reference takes the same rounding.
-                let bf16_x = matches!(g.backend, Backend::Cuda(_)) && !lt && b * rows > 4;
+                // CUDA's bf16 paths (M > 4, not the TF32 one) round x to bf16: the reference
+                // takes the same rounding.
+                let bf16_x = path.contains("bf16");
                 let x_ref = if bf16_x { x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap() } else { x.clone() };
                 for act in [Activation::None, Activation::Relu, Activation::Gelu] {
                     for (res, rg, with_bias) in [(Some(&shared), Some(&sg), true), (Some(&full), Some(&fg), true), (None, None, false), (Some(&shared), Some(&sg), false)] {
                         let bias_c = with_bias.then_some(&bias);
                         let want = cpu().linear(&x_ref, &w, bias_c, act, res).unwrap();
                         let got = g.backend.linear(&xg, &wg, with_bias.then_some(&bg), act, rg).unwrap();
-                        let what = format!("linear [{b}, {rows}, {k}]·[{n}, {k}]ᵀ {act:?} bias {with_bias} residual {:?} cuBLASLt {lt} on {}", res.map(|t| t.shape().to_vec()), g.backend.name());
+                        let what = format!("linear [{b}, {rows}, {k}]·[{n}, {k}]ᵀ {act:?} bias {with_bias} residual {:?} cuBLASLt {lt} ({path}) on {}", res.map(|t| t.shape().to_vec()), g.backend.name());
                         assert_eq!(got.shape(), [b, rows, n], "{what}");
                         let (got, want) = (g.backend.to_vec_f32(&got).unwrap(), want.to_f32_vec().unwrap());
                         let t = tol_k(&g, k);
                         for (i, (&gv, &wv)) in got.iter().zip(&want).enumerate() {
-                            let tf32 = if bf16_x { 0.0 } else { 1.13 * bound[i] / 1024.0 };
+                            let tf32 = if path.contains("TF32") { 1.13 * bound[i] / 1024.0 } else { 0.0 };
                             let allowed = t.atol + t.rtol * wv.abs() + tf32;
                             assert!((gv - wv).abs() <= allowed, "{what}: element {i}: {gv} vs {wv} (allowed {allowed:.2e})");
                         }
@@ -394,6 +399,7 @@ fn linear_with_a_shared_residual_and_fused_epilogues() {
             }
             if let Backend::Cuda(cb) = &g.backend {
                 cb.set_lt_gemm(true);
+                cb.set_fused_gemm(FusedGemm::Small);
             }
             // A residual that is neither the output's shape nor shared by its first dim.
             let bad = up(&g, &r.tensor(&[2, rows, n]));

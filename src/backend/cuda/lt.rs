@@ -1,4 +1,5 @@
-//! cuBLASLt GEMMs on f32 activations with the epilogue fused: y = act(x · wᵀ + bias) + C.
+//! cuBLASLt GEMMs with the epilogue fused: y = act(x · wᵀ + bias) + C, on f32 activations read
+//! as TF32, or (`LtGemm::bf16`) on bf16 operands.
 //!
 //! For activation-dominated linears on bf16 weights (M ≥ `LT_MIN_M_PER_N` · N: SAM's mask
 //! decoder projects 64 prompts × 4096 image tokens through 256 × 128 weights) the bf16 path of
@@ -8,6 +9,10 @@
 //! (plus ReLU) and the residual are applied as the GEMM writes y: one read of x, one write of y.
 //! A residual shared by every batch entry (`linear`'s [1, ..] form) is a batched GEMM whose C
 //! has batch stride 0.
+//!
+//! The same call on bf16 x and w (matmul.rs's bf16 path, x rounded once) replaces that path's
+//! cuBLAS GEMM and epilogue pass for linears whose epilogue is a bias, ReLU and/or residual:
+//! one launch writes y.
 //!
 //! Column-major view, as in matmul.rs: yᵀ [n, m] (ld n) = w [n, k] (row-major = column-major
 //! [k, n], transposed) · xᵀ [k, m] (row-major x = column-major [k, m]).
@@ -75,6 +80,7 @@ impl Lt {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct LtKey {
+    bf16: bool,
     rows: usize,
     n: usize,
     k: usize,
@@ -84,10 +90,12 @@ struct LtKey {
     c: Option<bool>,
 }
 
-/// One fused GEMM: y [m, n] = act(x [m, k] · w [n, k]ᵀ + bias) + c, all f32 device pointers.
-/// `c` is (pointer, shared): y's size, or with `shared` `rows` × n repeated over the m / rows
-/// batch entries.
+/// One fused GEMM: y [m, n] = act(x [m, k] · w [n, k]ᵀ + bias) + c, all f32 device pointers
+/// but x and w with `bf16`. `c` is (pointer, shared): y's size, or with `shared` `rows` × n
+/// repeated over the m / rows batch entries.
 pub(super) struct LtGemm {
+    /// x and w are bf16 (f32 accumulation); else f32, multiplied as TF32.
+    pub bf16: bool,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -129,9 +137,10 @@ fn lt_err<'a>(op: &'static str, what: &'a str) -> impl Fn(lt::CublasError) -> Er
     move |e| Error::BackendUnavailable { backend: "cuda".into(), reason: format!("{op}: cuBLASLt {what} failed ({e:?})") }
 }
 
-/// A column-major f32 layout of `rows` × `cols` (ld `ld`), `batch` of them `stride` apart.
-fn layout(op: &'static str, rows: usize, cols: usize, ld: usize, batch: usize, stride: usize) -> Result<Layout> {
-    let l = Layout(lt::create_matrix_layout(sys::cudaDataType::CUDA_R_32F, rows as u64, cols as u64, ld as i64).map_err(lt_err(op, "layout"))?);
+/// A column-major layout of `rows` × `cols` (ld `ld`) elements of `dt`, `batch` of them
+/// `stride` apart.
+fn layout(op: &'static str, dt: sys::cudaDataType, rows: usize, cols: usize, ld: usize, batch: usize, stride: usize) -> Result<Layout> {
+    let l = Layout(lt::create_matrix_layout(dt, rows as u64, cols as u64, ld as i64).map_err(lt_err(op, "layout"))?);
     if batch > 1 {
         let (count, stride) = (batch as i32, stride as i64);
         // SAFETY: l is a live layout; the buffers are the attribute's documented types.
@@ -155,7 +164,8 @@ impl CudaBackend {
             return Ok(false);
         }
         self.stream().context().bind_to_thread().map_err(super::dev_err(op))?;
-        let desc = Desc(lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32, sys::cudaDataType::CUDA_R_32F).map_err(lt_err(op, "descriptor"))?);
+        let compute = if g.bf16 { sys::cublasComputeType_t::CUBLAS_COMPUTE_32F } else { sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 };
+        let desc = Desc(lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(lt_err(op, "descriptor"))?);
         let epilogue = match (g.bias.is_some(), g.relu) {
             (false, false) => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
             (false, true) => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_RELU,
@@ -175,16 +185,17 @@ impl CudaBackend {
             set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, b as *const u64 as *const c_void, 8)?;
         }
         let (n, k, rows) = (g.n, g.k, g.rows);
-        let a_l = layout(op, k, n, k, batch, 0)?;
-        let b_l = layout(op, k, rows, k, batch, rows * k)?;
+        let (f32t, ab) = (sys::cudaDataType::CUDA_R_32F, if g.bf16 { sys::cudaDataType::CUDA_R_16BF } else { sys::cudaDataType::CUDA_R_32F });
+        let a_l = layout(op, ab, k, n, k, batch, 0)?;
+        let b_l = layout(op, ab, k, rows, k, batch, rows * k)?;
         let c_stride = match g.c {
             Some((_, true)) => 0,
             _ => rows * n,
         };
-        let c_l = layout(op, n, rows, n, batch, c_stride)?;
-        let d_l = layout(op, n, rows, n, batch, rows * n)?;
+        let c_l = layout(op, f32t, n, rows, n, batch, c_stride)?;
+        let d_l = layout(op, f32t, n, rows, n, batch, rows * n)?;
 
-        let key = LtKey { rows, n, k, batch, bias: g.bias.is_some(), relu: g.relu, c: g.c.map(|c| c.1) };
+        let key = LtKey { bf16: g.bf16, rows, n, k, batch, bias: g.bias.is_some(), relu: g.relu, c: g.c.map(|c| c.1) };
         let cached = lt.algos.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
         let algo = match cached {
             Some(a) => a,
@@ -207,8 +218,8 @@ impl CudaBackend {
         let c_ptr = g.c.map_or(g.y, |c| c.0);
         let ws_ptr = self.ptr(&lt.workspace);
         let stream = self.stream().cu_stream() as sys::cudaStream_t;
-        // SAFETY: x [m, k], w [n, k], y [m, n], c (y's size, or rows × n when shared) and the
-        // bias [n] are live f32 device buffers of this context (the caller's shape checks); the
+        // SAFETY: x [m, k], w [n, k] (bf16 with g.bf16, else f32), y [m, n], c (y's size, or
+        // rows × n when shared) and the bias [n] (f32) are live device buffers of this context (the caller's shape checks); the
         // layouts describe exactly those extents; the workspace holds WORKSPACE_BYTES, the most
         // the heuristic was allowed; the call is queued on the backend's one stream.
         unsafe {

@@ -3,7 +3,9 @@
 //! * M ≤ `GEMV_MAX_M` rows (decode): kernels/gemv.cu streams each weight row once in its
 //!   stored dtype (f32/f16/bf16) with 128-bit loads, bias/activation/residual fused.
 //! * Larger M with bf16 weights (the default): the f32 activations are rounded to bf16 in one
-//!   pass and cuBLAS multiplies bf16 × bf16 on the tensor cores, accumulating and writing f32.
+//!   pass and cuBLAS multiplies bf16 × bf16 on the tensor cores, accumulating and writing f32;
+//!   a bias, ReLU or residual is applied by cuBLASLt in the same call (lt.rs), other
+//!   activations by the epilogue pass.
 //!   This is the precision of bf16 inference everywhere (PyTorch's bf16 `Linear` rounds its
 //!   output to bf16 as well; here only the operands are rounded), and it is what the 7B prefill
 //!   and the ViT encoders need: cuBLAS's f32 SGEMM runs at ~50 TFLOP/s on an H100, bf16 at ~600+.
@@ -56,6 +58,16 @@ impl GemvMany {
         }
     }
 }
+/// What cuBLASLt applies as it writes y (`lt_epilogue`): an f32 bias, ReLU, the residual as C
+/// (pointer, shared by the batch entries) and the rows per batch entry.
+#[derive(Clone, Copy)]
+struct LtEpilogue {
+    bias: Option<u64>,
+    relu: bool,
+    c: Option<(u64, bool)>,
+    rows: usize,
+}
+
 /// Most weight elements widened to f32 at once (128 MB of scratch).
 const WIDEN_CHUNK: usize = 1 << 25;
 
@@ -274,8 +286,7 @@ impl CudaBackend {
         } else if k == 0 {
             self.epilogue(OP, &y, m * n, n, bias, act, residual)?;
         } else if !self.lt_linear(OP, xp, w, bias, act, residual, &y, m)? && !self.fused_linear(OP, xp, w, &y, m, bias, act, residual)? {
-            self.gemm_nt(OP, xp, None, w, &y, m)?;
-            self.epilogue(OP, &y, m * n, n, bias, act, residual)?;
+            self.gemm_epilogue(OP, xp, w, &y, m, bias, act, residual)?;
         }
         Ok(self.wrap_f32(y, out_shape))
     }
@@ -312,28 +323,60 @@ impl CudaBackend {
             return Ok(false);
         }
         let Some(wide) = self.widen(op, w)? else { return Ok(false) };
-        // Fused: the bias (f32) and ReLU in cuBLASLt's epilogue, the residual as C (added
-        // before that epilogue, so only without an activation).
-        let bias_ok = bias.is_none_or(|b| b.dtype() == DType::F32);
-        let fuse = bias_ok && (act == Activation::None || (act == Activation::Relu && residual.is_none()));
-        let (mut rows, mut c) = (m, None);
-        let mut bp = None;
-        if fuse {
-            if let Some(r) = residual {
-                let shared = r.numel() < m * n;
-                rows = if shared { r.numel() / n.max(1) } else { m };
-                c = Some((self.f32_ptr(r, op)?, shared));
-            }
-            bp = bias.map(|b| self.f32_ptr(b, op)).transpose()?;
-        }
-        let g = LtGemm { m, n, k, x: xp, w: self.ptr(&wide), bias: bp, relu: fuse && act == Activation::Relu, c, rows, y: self.ptr(y) };
+        let epi = self.lt_epilogue(op, bias, act, residual, m, n)?;
+        let e = epi.unwrap_or(LtEpilogue { bias: None, relu: false, c: None, rows: m });
+        let g = LtGemm { bf16: false, m, n, k, x: xp, w: self.ptr(&wide), bias: e.bias, relu: e.relu, c: e.c, rows: e.rows, y: self.ptr(y) };
         if !self.run_lt(op, &g)? {
             return Ok(false);
         }
-        if !fuse {
+        if epi.is_none() {
             self.epilogue(op, y, m * n, n, bias, act, residual)?;
         }
         Ok(true)
+    }
+
+    /// The epilogue cuBLASLt applies itself: an f32 bias and ReLU, and the residual as C (added
+    /// before that epilogue, so only without an activation). None when the activation or the
+    /// bias's dtype rules it out.
+    fn lt_epilogue(&self, op: &'static str, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>, m: usize, n: usize) -> Result<Option<LtEpilogue>> {
+        let bias_ok = bias.is_none_or(|b| b.dtype() == DType::F32);
+        if !bias_ok || !(act == Activation::None || (act == Activation::Relu && residual.is_none())) {
+            return Ok(None);
+        }
+        let (mut rows, mut c) = (m, None);
+        if let Some(r) = residual {
+            let shared = r.numel() < m * n;
+            rows = if shared { r.numel() / n.max(1) } else { m };
+            c = Some((self.f32_ptr(r, op)?, shared));
+        }
+        let bias = bias.map(|b| self.f32_ptr(b, op)).transpose()?;
+        Ok(Some(LtEpilogue { bias, relu: act == Activation::Relu, c, rows }))
+    }
+
+    /// The GEMM and epilogue of a linear with M > 4 that neither cuBLASLt's TF32 path nor the
+    /// fused kernel took: on a bf16 weight in the bf16 mode, x rounded once and, when cuBLASLt
+    /// can apply the epilogue (a bias, ReLU, a residual), one cuBLASLt bf16 GEMM writing y;
+    /// otherwise cuBLAS (widening a half weight on the exact path) and the epilogue pass.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_epilogue(&self, op: &'static str, xp: u64, w: &Tensor, y: &CudaSlice<f32>, m: usize, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<()> {
+        let (n, k) = (w.dim(0), w.dim(1));
+        let mut xb = None;
+        if w.dtype() == DType::BF16 && self.bf16_gemm() {
+            let rounded = self.to_bf16(op, xp, m * k)?;
+            let something = bias.is_some() || residual.is_some() || act == Activation::Relu;
+            if something && self.lt_gemm() {
+                if let Some(e) = self.lt_epilogue(op, bias, act, residual, m, n)? {
+                    let (wp, _) = self.any_float(w, op)?;
+                    let g = LtGemm { bf16: true, m, n, k, x: self.ptr(&rounded), w: wp, bias: e.bias, relu: e.relu, c: e.c, rows: e.rows, y: self.ptr(y) };
+                    if self.run_lt(op, &g)? {
+                        return Ok(());
+                    }
+                }
+            }
+            xb = Some(rounded);
+        }
+        self.gemm_nt(op, xp, xb.as_ref().map(|b| self.ptr(b)), w, y, m)?;
+        self.epilogue(op, y, m * n, n, bias, act, residual)
     }
 
     /// Several weights on one x: one GEMV launch over all their rows for M ≤ 4 (up to three
