@@ -9,6 +9,7 @@
 // * f32_to_bf16_rn(_x4), to_f32: dtype conversions around cuBLAS (see src/backend/cuda/matmul.rs)
 // * epilogue_f32(x4): bias + activation + residual after a cuBLAS GEMM; the x4 variants move
 //   four elements per step when the sizes allow
+// * epilogue_bf16(x4): bias + activation written as bf16, the next bf16 GEMM's operand
 // * softmax_f32:       softmax over the last dim, one block per row; a row of all −∞ → zeros
 //
 // Launch: the 1-D kernels use grid-stride loops (any n); softmax uses a 2-D grid of rows
@@ -112,6 +113,34 @@ extern "C" __global__ void epilogue_f32x4(float4* __restrict__ y, unsigned total
             v = make_float4(v.x + r.x, v.y + r.y, v.z + r.z, v.w + r.w);
         }
         y[i] = v;
+    }
+}
+
+// The epilogue without a residual, written to a new bf16 buffer (round to nearest even):
+// out = bf16(act(y + bias[col])), the operand of the bf16 GEMM after it (an MLP's hidden
+// layer), in one pass where the epilogue and a rounding pass were two.
+extern "C" __global__ void epilogue_bf16(const float* __restrict__ y, u16* __restrict__ out, u64 total, unsigned n,
+                                         const void* bias, int bdt, int act) {
+    GRID_STRIDE(i, total) {
+        float v = y[i];
+        if (bias) v += load_any(bias, bdt, i % n);
+        out[i] = f32_to_bf16(act_apply(v, act));
+    }
+}
+
+// The same four columns at a time (n % 4 == 0, total / 4 < 2^31).
+extern "C" __global__ void epilogue_bf16x4(const float4* __restrict__ y, uint2* __restrict__ out, unsigned total4, unsigned n4,
+                                           const void* bias, int bdt, int act) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total4; i += blockDim.x * gridDim.x) {
+        float4 v = y[i];
+        if (bias) {
+            const unsigned c = (i % n4) * 4;
+            v.x += load_any(bias, bdt, c);
+            v.y += load_any(bias, bdt, c + 1);
+            v.z += load_any(bias, bdt, c + 2);
+            v.w += load_any(bias, bdt, c + 3);
+        }
+        out[i] = make_uint2(pack_bf16x2(act_apply(v.x, act), act_apply(v.y, act)), pack_bf16x2(act_apply(v.z, act), act_apply(v.w, act)));
     }
 }
 

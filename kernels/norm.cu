@@ -7,6 +7,10 @@
 //                             warp per row, 8 rows per block, the row held in registers as V
 //                             float4s per lane (read once, written once), both sums as warp
 //                             shuffles, no shared memory
+// * layer_norm_bf16, layer_norm_warp{V}_bf16: the same two, written as bf16 (round to nearest
+//                             even): the operand of a bf16 tensor-core GEMM after the norm
+//                             (`layer_norm_mlp`), in one pass where the norm and a rounding
+//                             pass were two
 // * rms_norm_f32:             rows of length d: w · (x · rsqrt(mean(x²) + eps))
 // * rms_norm_bf16:            the same, written as bf16 (round to nearest even): the input of
 //                             the bf16 tensor-core GEMMs after it (prefill's Q/K/V and gate/up),
@@ -27,13 +31,24 @@ __device__ __forceinline__ float wload(const void* p, int dt, u64 i) {
     return ((const float*)p)[i];
 }
 
-extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, float* __restrict__ y, u64 rows, unsigned d,
-                                          const void* w, int wdt, const void* b, int bdt, float eps) {
+// An f32 value stored as T (f32, or bf16 bits rounded to nearest even).
+template <typename T>
+__device__ __forceinline__ T store_as(float v) {
+    if constexpr (sizeof(T) == 2) {
+        return f32_to_bf16(v);
+    } else {
+        return v;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void layer_norm_row(const float* __restrict__ x, T* __restrict__ y, u64 rows, unsigned d,
+                                               const void* w, int wdt, const void* b, int bdt, float eps) {
     __shared__ float scratch[32];
     const u64 row = block_row();
     if (row >= rows) return;
     const float* xr = x + row * d;
-    float* yr = y + row * d;
+    T* yr = y + row * d;
     float s = 0.0f;
     for (unsigned j = threadIdx.x; j < d; j += blockDim.x) s += xr[j];
     const float mean = block_sum(s, scratch) / (float)d;
@@ -44,7 +59,16 @@ extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, float* __
     }
     const float var = block_sum(v, scratch) / (float)d;
     const float r = 1.0f / sqrtf(var + eps);
-    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = (xr[j] - mean) * r * wload(w, wdt, j) + wload(b, bdt, j);
+    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = store_as<T>((xr[j] - mean) * r * wload(w, wdt, j) + wload(b, bdt, j));
+}
+
+extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, float* __restrict__ y, u64 rows, unsigned d,
+                                          const void* w, int wdt, const void* b, int bdt, float eps) {
+    layer_norm_row(x, y, rows, d, w, wdt, b, bdt, eps);
+}
+extern "C" __global__ void layer_norm_bf16(const float* __restrict__ x, u16* __restrict__ y, u64 rows, unsigned d,
+                                           const void* w, int wdt, const void* b, int bdt, float eps) {
+    layer_norm_row(x, y, rows, d, w, wdt, b, bdt, eps);
 }
 
 constexpr int LN_WARP_ROWS = 8; // rows (warps) per block of layer_norm_warp*_f32
@@ -55,9 +79,16 @@ __device__ __forceinline__ float4 wload4(const void* p, int dt, u64 c0) {
     return make_float4(wload(p, dt, c0), wload(p, dt, c0 + 1), wload(p, dt, c0 + 2), wload(p, dt, c0 + 3));
 }
 
-// V float4s per lane: rows of d <= 128·V (d % 4 == 0).
-template <int V>
-__device__ __forceinline__ void layer_norm_warp(const float4* __restrict__ x, float4* __restrict__ y, u64 rows, unsigned d,
+// Four normalised values of a row as float4, or as four bf16 (uint2, lower columns in the lower
+// halves).
+__device__ __forceinline__ void store4(float4* p, float4 v) { *p = v; }
+__device__ __forceinline__ void store4(uint2* p, float4 v) {
+    *p = make_uint2((unsigned)f32_to_bf16(v.x) | (unsigned)f32_to_bf16(v.y) << 16, (unsigned)f32_to_bf16(v.z) | (unsigned)f32_to_bf16(v.w) << 16);
+}
+
+// V float4s per lane: rows of d <= 128·V (d % 4 == 0); y four columns per element of T4.
+template <int V, typename T4>
+__device__ __forceinline__ void layer_norm_warp(const float4* __restrict__ x, T4* __restrict__ y, u64 rows, unsigned d,
                                                 const void* w, int wdt, const void* b, int bdt, float eps) {
     const unsigned lane = threadIdx.x & 31;
     const u64 row = (u64)blockIdx.x * LN_WARP_ROWS + (threadIdx.x >> 5);
@@ -82,26 +113,30 @@ __device__ __forceinline__ void layer_norm_warp(const float4* __restrict__ x, fl
         }
     }
     const float r = 1.0f / sqrtf(warp_sum(q) / (float)d + eps);
-    float4* yr = y + row * d4;
+    T4* yr = y + row * d4;
 #pragma unroll
     for (int i = 0; i < V; ++i) {
         const unsigned j = lane + 32 * i;
         if (j < d4) {
             const float4 g = wload4(w, wdt, 4 * (u64)j), o = wload4(b, bdt, 4 * (u64)j);
-            yr[j] = make_float4((v[i].x - mean) * r * g.x + o.x, (v[i].y - mean) * r * g.y + o.y,
-                                (v[i].z - mean) * r * g.z + o.z, (v[i].w - mean) * r * g.w + o.w);
+            store4(&yr[j], make_float4((v[i].x - mean) * r * g.x + o.x, (v[i].y - mean) * r * g.y + o.y,
+                                       (v[i].z - mean) * r * g.z + o.z, (v[i].w - mean) * r * g.w + o.w));
         }
     }
 }
 
-#define LN_WARP_PARAMS                                                                                 \
-    const float4 *__restrict__ x, float4 *__restrict__ y, u64 rows, unsigned d, const void *w, int wdt, \
+#define LN_WARP_PARAMS(T4)                                                                         \
+    const float4 *__restrict__ x, T4 *__restrict__ y, u64 rows, unsigned d, const void *w, int wdt, \
         const void *b, int bdt, float eps
 #define LN_WARP_ARGS x, y, rows, d, w, wdt, b, bdt, eps
-extern "C" __global__ void layer_norm_warp1_f32(LN_WARP_PARAMS) { layer_norm_warp<1>(LN_WARP_ARGS); }
-extern "C" __global__ void layer_norm_warp2_f32(LN_WARP_PARAMS) { layer_norm_warp<2>(LN_WARP_ARGS); }
-extern "C" __global__ void layer_norm_warp4_f32(LN_WARP_PARAMS) { layer_norm_warp<4>(LN_WARP_ARGS); }
-extern "C" __global__ void layer_norm_warp8_f32(LN_WARP_PARAMS) { layer_norm_warp<8>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp1_f32(LN_WARP_PARAMS(float4)) { layer_norm_warp<1>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp2_f32(LN_WARP_PARAMS(float4)) { layer_norm_warp<2>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp4_f32(LN_WARP_PARAMS(float4)) { layer_norm_warp<4>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp8_f32(LN_WARP_PARAMS(float4)) { layer_norm_warp<8>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp1_bf16(LN_WARP_PARAMS(uint2)) { layer_norm_warp<1>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp2_bf16(LN_WARP_PARAMS(uint2)) { layer_norm_warp<2>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp4_bf16(LN_WARP_PARAMS(uint2)) { layer_norm_warp<4>(LN_WARP_ARGS); }
+extern "C" __global__ void layer_norm_warp8_bf16(LN_WARP_PARAMS(uint2)) { layer_norm_warp<8>(LN_WARP_ARGS); }
 
 template <typename T>
 __device__ __forceinline__ void rms_norm_row(const float* __restrict__ x, T* __restrict__ y, u64 rows, unsigned d, const void* w, int wdt,
@@ -115,14 +150,7 @@ __device__ __forceinline__ void rms_norm_row(const float* __restrict__ x, T* __r
     for (unsigned j = threadIdx.x; j < d; j += blockDim.x) s += xr[j] * xr[j];
     const float ms = block_sum(s, scratch) / (float)d;
     const float r = 1.0f / sqrtf(ms + eps);
-    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) {
-        const float v = wload(w, wdt, j) * (xr[j] * r);
-        if constexpr (sizeof(T) == 2) {
-            yr[j] = f32_to_bf16(v);
-        } else {
-            yr[j] = v;
-        }
-    }
+    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = store_as<T>(wload(w, wdt, j) * (xr[j] * r));
 }
 
 extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, float* __restrict__ y, u64 rows, unsigned d, const void* w, int wdt,

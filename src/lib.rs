@@ -18,7 +18,7 @@ pub mod superpixels;
 pub mod tensor;
 pub mod weights;
 
-pub use backend::{Activation, AttnBias, AttnParams, Backend, BackendKind, TwoWayParams, MASK_STATS_HEADER};
+pub use backend::{Activation, AttnBias, AttnParams, Backend, BackendKind, Mlp, TwoWayParams, MASK_STATS_HEADER};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -11,6 +11,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod mask_select;
+mod mlp;
 mod overlap;
 mod packed_attention;
 pub mod profile;
@@ -21,6 +22,7 @@ mod windows;
 
 pub use cpu::BinaryOp;
 pub use mask_select::{MaskCandidate, Selection};
+pub use mlp::Mlp;
 pub use overlap::Overlapped;
 
 use crate::error::{Error, Result};
@@ -603,6 +605,22 @@ impl Backend {
                 b.attention_packed(qkv, rel, low_precision, &s)
             }
             _ => packed_attention::composed(self, qkv, rel, low_precision, &s),
+        }
+    }
+
+    /// A pre-norm transformer layer's MLP half: x + fc2(act(fc1(LN(x)) + b1)) + b2, x [.., D]
+    /// f32, the LayerNorm (weight, bias, eps) over D, fc1 [H, D], fc2 [D, H] (mlp.rs). Returns
+    /// x's shape. CUDA on bf16 weights writes the norm and the hidden layer as bf16 (the
+    /// values its bf16 GEMMs would round them to anyway); elsewhere `layer_norm` and two
+    /// `linear`s.
+    pub fn layer_norm_mlp(&self, x: &Tensor, ln: (&Tensor, &Tensor, f32), m: Mlp) -> Result<Tensor> {
+        let (rows, _, h) = mlp::mlp_shape(x, ln, &m)?;
+        match self {
+            Backend::Cuda(b) if b.layer_norm_mlp_fits(x, &m, rows) => {
+                let _span = profile::Span::start(self, || "layer_norm_mlp".to_string());
+                b.layer_norm_mlp(x, ln, &m, rows, h)
+            }
+            _ => mlp::composed(self, x, ln, &m),
         }
     }
 

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use crate::backend::{Activation, Backend};
+use crate::backend::{Activation, Backend, Mlp};
 use crate::error::{Error, Result};
 use crate::models::vit::{self, Embeddings, LayerNorm, Linear, PatchEmbed, PositionTable, SelfAttention, VisionOutput};
 use crate::tensor::Tensor;
@@ -113,9 +113,9 @@ impl EncoderLayer {
     fn forward(&self, be: &Backend, x: &Tensor) -> Result<Tensor> {
         let h = self.layer_norm1.forward(be, x)?;
         let x = self.self_attn.forward(be, &h, Some(x))?;
-        let h = self.layer_norm2.forward(be, &x)?;
-        let h = self.fc1.forward(be, &h, self.act, None)?;
-        self.fc2.forward(be, &h, Activation::None, Some(&x))
+        let (ln, fc1, fc2) = (&self.layer_norm2, &self.fc1, &self.fc2);
+        let mlp = Mlp { fc1: &fc1.weight, b1: fc1.bias.as_ref(), act: self.act, fc2: &fc2.weight, b2: fc2.bias.as_ref() };
+        be.layer_norm_mlp(&x, (&ln.weight, &ln.bias, ln.eps), mlp)
     }
 }
 

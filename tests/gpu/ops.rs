@@ -1002,3 +1002,55 @@ fn window_partition_and_back() {
         assert!(g.backend.window_unpartition(&up(&g, &r.tensor(&[4, 9, 2])), 2, 4).is_err());
     }
 }
+
+/// `layer_norm_mlp` (x + fc2(act(fc1(LN(x))))) on every GPU backend against the CPU. CUDA on
+/// bf16 weights rounds the norm and the hidden layer to bf16 before each GEMM, on the fused
+/// path (the one-launch kernel off, so small sizes take it too: the norm and the epilogue
+/// writing bf16, cuBLASLt adding the residual) and on the composed one alike: the reference
+/// takes the same roundings. Rows of whole float4s (the warp-per-row norm) and not (the
+/// block-per-row one); f32 weights, which no GPU rounds.
+#[test]
+fn layer_norm_mlp_against_the_cpu() {
+    let mut r = rng("layer_norm_mlp");
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    for g in gpus("layer_norm_mlp") {
+        for (rows, d, h, act, dtype) in [(70usize, 64usize, 256usize, Activation::QuickGelu, DType::BF16), (9, 36, 100, Activation::Gelu, DType::BF16), (6, 30, 40, Activation::Gelu, DType::BF16), (12, 32, 64, Activation::Gelu, DType::F32)] {
+            let x = r.tensor(&[1, rows, d]);
+            let (lw, lb) = (r.tensor(&[d]), r.tensor(&[d]));
+            let s1 = 1.0 / (d as f32).sqrt();
+            let fc1 = Tensor::from_f32(r.vec(h * d).iter().map(|v| v * s1).collect(), vec![h, d]).unwrap().to_dtype(dtype).unwrap();
+            let fc2 = r.tensor(&[d, h]).to_dtype(dtype).unwrap();
+            let (b1, b2) = (r.tensor(&[h]), r.tensor(&[d]));
+            let bf16_path = matches!(&g.backend, Backend::Cuda(cb) if cb.bf16_gemm()) && dtype == DType::BF16;
+            // The reference: the CPU's ops, with CUDA's roundings where it takes them.
+            let c = cpu();
+            let n = c.layer_norm(&x, &lw, &lb, 1e-5).unwrap();
+            let n = if bf16_path { round(&n) } else { n };
+            let hid = c.linear(&n, &fc1, Some(&b1), act, None).unwrap();
+            let hid = if bf16_path { round(&hid) } else { hid };
+            let want = c.linear(&hid, &fc2, Some(&b2), Activation::None, Some(&x)).unwrap();
+            let (xg, lwg, lbg, b1g, b2g) = (up(&g, &x), up(&g, &lw), up(&g, &lb), up(&g, &b1), up(&g, &b2));
+            let (f1g, f2g) = (g.backend.upload_weight(&fc1).unwrap(), g.backend.upload_weight(&fc2).unwrap());
+            let mlp = visword::Mlp { fc1: &f1g, b1: Some(&b1g), act, fc2: &f2g, b2: Some(&b2g) };
+            let modes: &[FusedGemm] = if matches!(g.backend, Backend::Cuda(_)) { &[FusedGemm::Off, FusedGemm::Small] } else { &[FusedGemm::Small] };
+            for &mode in modes {
+                if let Backend::Cuda(cb) = &g.backend {
+                    cb.set_fused_gemm(mode);
+                }
+                let got = g.backend.layer_norm_mlp(&xg, (&lwg, &lbg, 1e-5), mlp);
+                if let Backend::Cuda(cb) = &g.backend {
+                    cb.set_fused_gemm(FusedGemm::Small);
+                }
+                let got = got.unwrap();
+                assert_eq!(got.shape(), x.shape());
+                // Rounding the hidden layer can flip a bf16 ulp of it where the two sides'
+                // f32 sums differ in the last bit: allow one such ulp through fc2 (2⁻⁸ of Σ|w2|).
+                let tol = if bf16_path { Tol { atol: tol_k(&g, h).atol + 4e-3, rtol: 4e-3 } } else { tol_k(&g, h) };
+                same(&format!("layer_norm_mlp {rows}×{d}→{h} {act:?} {dtype} ({mode:?})"), &g, &got, &want, tol);
+            }
+        }
+        let bad = r.tensor(&[3, 7]);
+        let w = up(&g, &r.tensor(&[4, 8]));
+        assert!(g.backend.layer_norm_mlp(&up(&g, &bad), (&up(&g, &r.tensor(&[7])), &up(&g, &r.tensor(&[7])), 1e-5), visword::Mlp { fc1: &w, b1: None, act: Activation::Gelu, fc2: &w, b2: None }).is_err());
+    }
+}

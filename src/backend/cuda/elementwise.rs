@@ -200,6 +200,28 @@ impl CudaBackend {
         launch!(self, op, self.function(&kernels::ELEMENTWISE, "epilogue_f32")?, grid_1d(total), yp, t64, n32, bp, bdt, a, rp, r64)
     }
 
+    /// bf16(act(y + bias)) into a new bf16 buffer (y [total / n, n] f32; no residual): the
+    /// operand of the bf16 GEMM after it, in one pass.
+    pub(crate) fn epilogue_bf16(&self, op: &'static str, y: &CudaSlice<f32>, total: usize, n: usize, bias: Option<&Tensor>, act: Activation) -> Result<CudaSlice<half::bf16>> {
+        let out = self.alloc::<half::bf16>(total, op)?;
+        if total == 0 {
+            return Ok(out);
+        }
+        let (bp, bdt) = match bias {
+            Some(b) => self.any_float(b, op)?,
+            None => (0u64, 0i32),
+        };
+        let (yp, op_, a) = (self.ptr(y), self.ptr(&out), act_code(act));
+        if n.is_multiple_of(4) && total.is_multiple_of(n) && total / 4 < 1 << 31 {
+            let (t4, n4) = ((total / 4) as u32, (n / 4) as u32);
+            launch!(self, op, self.function(&kernels::ELEMENTWISE, "epilogue_bf16x4")?, grid_1d(total / 4), yp, op_, t4, n4, bp, bdt, a)?;
+        } else {
+            let (t64, n32) = (total as u64, n as u32);
+            launch!(self, op, self.function(&kernels::ELEMENTWISE, "epilogue_bf16")?, grid_1d(total), yp, op_, t64, n32, bp, bdt, a)?;
+        }
+        Ok(out)
+    }
+
     /// y [outer, c, hw] += bias[c] over the first `total` elements.
     pub(crate) fn bias_channels(&self, op: &'static str, y: &CudaSlice<f32>, total: usize, c: usize, hw: usize, bias: &Tensor) -> Result<()> {
         if total == 0 {

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// Largest M that takes the GEMV path (kernels/gemv.cu GEMV_MAX_M; the CPU's bound too).
-const GEMV_MAX_M: usize = 4;
+pub(super) const GEMV_MAX_M: usize = 4;
 
 /// The multi-weight GEMV families of kernels/gemv.cu; `Norm*` carry the fused RMSNorm's
 /// weight pointer and eps.
@@ -196,7 +196,7 @@ impl CudaBackend {
     /// y [m, n] = x [m, k] · wᵀ with cuBLAS (k ≥ 1): bf16 tensor cores for a bf16 weight (unless
     /// switched off; `xb`, when given, is x already rounded to bf16), else f32 SGEMM, widening a
     /// half weight block by block.
-    fn gemm_nt(&self, op: &'static str, xp: u64, xb: Option<u64>, w: &Tensor, y: &CudaSlice<f32>, m: usize) -> Result<()> {
+    pub(super) fn gemm_nt(&self, op: &'static str, xp: u64, xb: Option<u64>, w: &Tensor, y: &CudaSlice<f32>, m: usize) -> Result<()> {
         let (n, k) = (w.dim(0), w.dim(1));
         if n == 0 || m == 0 {
             return Ok(());
@@ -354,28 +354,37 @@ impl CudaBackend {
     }
 
     /// The GEMM and epilogue of a linear with M > 4 that neither cuBLASLt's TF32 path nor the
-    /// fused kernel took: on a bf16 weight in the bf16 mode, x rounded once and, when cuBLASLt
-    /// can apply the epilogue (a bias, ReLU, a residual), one cuBLASLt bf16 GEMM writing y;
-    /// otherwise cuBLAS (widening a half weight on the exact path) and the epilogue pass.
+    /// fused kernel took: on a bf16 weight in the bf16 mode, x rounded once and
+    /// `bf16_gemm_epilogue`; otherwise cuBLAS (widening a half weight on the exact path) and the
+    /// epilogue pass.
     #[allow(clippy::too_many_arguments)]
     fn gemm_epilogue(&self, op: &'static str, xp: u64, w: &Tensor, y: &CudaSlice<f32>, m: usize, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<()> {
         let (n, k) = (w.dim(0), w.dim(1));
-        let mut xb = None;
         if w.dtype() == DType::BF16 && self.bf16_gemm() {
-            let rounded = self.to_bf16(op, xp, m * k)?;
-            let something = bias.is_some() || residual.is_some() || act == Activation::Relu;
-            if something && self.lt_gemm() {
-                if let Some(e) = self.lt_epilogue(op, bias, act, residual, m, n)? {
-                    let (wp, _) = self.any_float(w, op)?;
-                    let g = LtGemm { bf16: true, m, n, k, x: self.ptr(&rounded), w: wp, bias: e.bias, relu: e.relu, c: e.c, rows: e.rows, y: self.ptr(y) };
-                    if self.run_lt(op, &g)? {
-                        return Ok(());
-                    }
+            let xb = self.to_bf16(op, xp, m * k)?;
+            return self.bf16_gemm_epilogue(op, self.ptr(&xb), w, y, m, bias, act, residual);
+        }
+        self.gemm_nt(op, xp, None, w, y, m)?;
+        self.epilogue(op, y, m * n, n, bias, act, residual)
+    }
+
+    /// y = act(xb · wᵀ + bias) + residual for `m` rows of bf16 x at `xb` on a bf16 weight: one
+    /// cuBLASLt call when it can apply the epilogue (a bias, ReLU, a residual) and cuBLASLt is
+    /// on; otherwise cuBLAS and the epilogue pass.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bf16_gemm_epilogue(&self, op: &'static str, xb: u64, w: &Tensor, y: &CudaSlice<f32>, m: usize, bias: Option<&Tensor>, act: Activation, residual: Option<&Tensor>) -> Result<()> {
+        let (n, k) = (w.dim(0), w.dim(1));
+        let something = bias.is_some() || residual.is_some() || act == Activation::Relu;
+        if something && self.lt_gemm() {
+            if let Some(e) = self.lt_epilogue(op, bias, act, residual, m, n)? {
+                let (wp, _) = self.any_float(w, op)?;
+                let g = LtGemm { bf16: true, m, n, k, x: xb, w: wp, bias: e.bias, relu: e.relu, c: e.c, rows: e.rows, y: self.ptr(y) };
+                if self.run_lt(op, &g)? {
+                    return Ok(());
                 }
             }
-            xb = Some(rounded);
         }
-        self.gemm_nt(op, xp, xb.as_ref().map(|b| self.ptr(b)), w, y, m)?;
+        self.gemm_nt(op, xb, Some(xb), w, y, m)?;
         self.epilogue(op, y, m * n, n, bias, act, residual)
     }
 

@@ -24,6 +24,7 @@ mod lt;
 mod mask_select;
 mod masks;
 mod matmul;
+mod mlp;
 mod norm;
 mod rel_pos;
 mod rope;

@@ -24,6 +24,18 @@ fn last_dim(op: &'static str, x: &Tensor, w: &Tensor) -> Result<usize> {
 
 impl CudaBackend {
     pub fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        let out = self.layer_norm_into::<f32>(x, w, b, eps, "f32")?;
+        Ok(self.wrap_f32(out, x.shape().to_vec()))
+    }
+
+    /// `layer_norm` written as bf16 into a new buffer (x [rows, d] f32 → [rows·d] bf16): the
+    /// rounded operand of the bf16 tensor-core GEMM that follows it, in one launch.
+    pub(crate) fn layer_norm_bf16(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<CudaSlice<half::bf16>> {
+        self.layer_norm_into::<half::bf16>(x, w, b, eps, "bf16")
+    }
+
+    /// The LayerNorm of x into a new buffer of `T` by the kernels with `suffix` (f32, bf16).
+    fn layer_norm_into<T: DeviceRepr>(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32, suffix: &str) -> Result<CudaSlice<T>> {
         const OP: &str = "layer_norm";
         let d = last_dim(OP, x, w)?;
         if b.numel() != d {
@@ -31,7 +43,7 @@ impl CudaBackend {
         }
         let xp = self.f32_ptr(x, OP)?;
         let ((wp, wdt), (bp, bdt)) = (self.any_float(w, OP)?, self.any_float(b, OP)?);
-        let out = self.alloc_f32(x.shape())?;
+        let out = self.alloc::<T>(x.numel(), OP)?;
         let rows = x.numel().checked_div(d).unwrap_or(0);
         if rows > 0 {
             let (yp, r64, d32) = (self.ptr(&out), rows as u64, d as u32);
@@ -42,13 +54,13 @@ impl CudaBackend {
                 let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * LN_WARP_ROWS as u32, 1, 1), shared_mem_bytes: 0 };
                 // The fewest float4s per lane that hold a row: 1, 2, 4 or 8.
                 let v = (d / 4).div_ceil(32).next_power_of_two();
-                launch!(self, OP, self.function(&kernels::NORM, &format!("layer_norm_warp{v}_f32"))?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
+                launch!(self, OP, self.function(&kernels::NORM, &format!("layer_norm_warp{v}_{suffix}"))?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
             } else {
                 let cfg = grid_rows(rows, row_threads(d), 0);
-                launch!(self, OP, self.function(&kernels::NORM, "layer_norm_f32")?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
+                launch!(self, OP, self.function(&kernels::NORM, &format!("layer_norm_{suffix}"))?, cfg, xp, yp, r64, d32, wp, wdt, bp, bdt, eps)?;
             }
         }
-        Ok(self.wrap_f32(out, x.shape().to_vec()))
+        Ok(out)
     }
 
     pub fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {

@@ -9,7 +9,7 @@
 //! matrix is ever built: for the 64×64 global layers of a 1024 input that is 4096² floats per
 //! head avoided.
 
-use crate::backend::{Activation, Backend};
+use crate::backend::{Activation, Backend, Mlp};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::weights::VarView;
@@ -205,9 +205,8 @@ impl ImageEncoder {
         let attn = self.attention(be, l, &tokens)?;
         let attn = if l.window > 0 { be.window_unpartition(&attn, l.window, g)? } else { attn.reshape(&[g, g, d])? };
         let x = be.linear(&attn, &l.proj.0, Some(&l.proj.1), Activation::None, Some(x))?;
-        let h = be.layer_norm(&x, &l.ln2.0, &l.ln2.1, self.eps)?;
-        let h = be.linear(&h, &l.lin1.0, Some(&l.lin1.1), self.act, None)?;
-        be.linear(&h, &l.lin2.0, Some(&l.lin2.1), Activation::None, Some(&x))
+        let mlp = Mlp { fc1: &l.lin1.0, b1: Some(&l.lin1.1), act: self.act, fc2: &l.lin2.0, b2: Some(&l.lin2.1) };
+        be.layer_norm_mlp(&x, (&l.ln2.0, &l.ln2.1, self.eps), mlp)
     }
 
     /// Multi-head attention over `[B, side², D]` token blocks → `[B, side², D]` (before `proj`).
