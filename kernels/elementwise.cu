@@ -79,6 +79,14 @@ extern "C" __global__ void softmax_f32(const float* __restrict__ x, float* __res
     for (unsigned j = threadIdx.x; j < d; j += blockDim.x) yr[j] = expf(xr[j] - m) * inv;
 }
 
+// v += the four bias values from column c (dtype bdt).
+__device__ __forceinline__ void add_bias4(float4& v, const void* bias, int bdt, unsigned c) {
+    v.x += load_any(bias, bdt, c);
+    v.y += load_any(bias, bdt, c + 1);
+    v.z += load_any(bias, bdt, c + 2);
+    v.w += load_any(bias, bdt, c + 3);
+}
+
 // GEMM epilogue, in place on y [m, n]: y = act(y + bias[col]) + residual. bias (dtype bdt)
 // and residual may be null. The residual has res_n elements (a whole number of rows): when
 // fewer than y's, its rows repeat (one residual shared by every batch entry).
@@ -100,13 +108,7 @@ extern "C" __global__ void epilogue_f32x4(float4* __restrict__ y, unsigned total
                                           const float4* __restrict__ residual, unsigned res4) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total4; i += blockDim.x * gridDim.x) {
         float4 v = y[i];
-        if (bias) {
-            const unsigned c = (i % n4) * 4;
-            v.x += load_any(bias, bdt, c);
-            v.y += load_any(bias, bdt, c + 1);
-            v.z += load_any(bias, bdt, c + 2);
-            v.w += load_any(bias, bdt, c + 3);
-        }
+        if (bias) add_bias4(v, bias, bdt, (i % n4) * 4);
         v = make_float4(act_apply(v.x, act), act_apply(v.y, act), act_apply(v.z, act), act_apply(v.w, act));
         if (residual) {
             const float4 r = residual[i < res4 ? i : i % res4];
@@ -133,13 +135,7 @@ extern "C" __global__ void epilogue_bf16x4(const float4* __restrict__ y, uint2* 
                                            const void* bias, int bdt, int act) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total4; i += blockDim.x * gridDim.x) {
         float4 v = y[i];
-        if (bias) {
-            const unsigned c = (i % n4) * 4;
-            v.x += load_any(bias, bdt, c);
-            v.y += load_any(bias, bdt, c + 1);
-            v.z += load_any(bias, bdt, c + 2);
-            v.w += load_any(bias, bdt, c + 3);
-        }
+        if (bias) add_bias4(v, bias, bdt, (i % n4) * 4);
         out[i] = make_uint2(pack_bf16x2(act_apply(v.x, act), act_apply(v.y, act)), pack_bf16x2(act_apply(v.z, act), act_apply(v.w, act)));
     }
 }

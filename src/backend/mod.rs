@@ -45,7 +45,7 @@ pub enum Activation {
 
 impl Activation {
     /// The code the GPU kernels take (ACT_* in kernels/common.cuh and shaders/common.wgsl).
-    pub(crate) fn kernel_code(self) -> u32 {
+    pub fn kernel_code(self) -> u32 {
         match self {
             Activation::None => 0,
             Activation::Gelu => 1,

@@ -20,18 +20,6 @@ fn aligned(t: &Tensor) -> Vec<u128> {
     v
 }
 
-/// ACT_* of kernels/common.cuh.
-fn act_code(act: Activation) -> i32 {
-    match act {
-        Activation::None => 0,
-        Activation::Gelu => 1,
-        Activation::GeluTanh => 2,
-        Activation::QuickGelu => 3,
-        Activation::Relu => 4,
-        Activation::Silu => 5,
-    }
-}
-
 #[test]
 fn gemm_bf16_matches_the_cpu_on_rounded_operands() {
     let Some(emu) = emu::kernels("gemm") else { return };
@@ -80,7 +68,7 @@ fn gemm_bf16_matches_the_cpu_on_rounded_operands() {
         let rows = res_rows.max(1) as i32;
         // SAFETY: buffers of the sizes the kernel reads and writes, alive for the launch.
         emu.launch(grid, (128, 1, 1), || unsafe {
-            f(xp as *const f32, wp as *const u16, yp as *mut f32, m as i32, n as i32, k as i32, bp as *const u8, bdt, act_code(act), rp as *const f32, rows)
+            f(xp as *const f32, wp as *const u16, yp as *mut f32, m as i32, n as i32, k as i32, bp as *const u8, bdt, act.kernel_code() as i32, rp as *const f32, rows)
         });
         assert_close(&format!("gemm_bf16_f32 {m}×{k}·{n} {act:?} bias {bias_dt:?} residual rows {res_rows}"), &y, &want, tol(k));
     }
