@@ -627,26 +627,26 @@ impl Backend {
     /// SAM's window partition: x [G, G, D] zero-padded bottom/right to a multiple of `w` and cut
     /// into windows [n², w·w, D], n = ⌈G / w⌉ (windows and their tokens row-major).
     pub fn window_partition(&self, x: &Tensor, w: usize) -> Result<Tensor> {
-        windows::grid_shape(x, w)?;
+        let (g, d) = windows::grid_shape(x, w)?;
         match self {
             Backend::Cuda(b) => {
                 let _span = profile::Span::start(self, || "window_partition".to_string());
-                b.window_partition(x, w)
+                b.window_partition(x, w, g, d)
             }
-            _ => windows::composed_partition(self, x, w),
+            _ => windows::composed_partition(self, x, w, g, d),
         }
     }
 
     /// The inverse of `window_partition` for a grid of side `g`: [n², w·w, D] → [G, G, D], the
     /// padding dropped.
     pub fn window_unpartition(&self, x: &Tensor, w: usize, g: usize) -> Result<Tensor> {
-        windows::windows_shape(x, w, g)?;
+        let d = windows::windows_shape(x, w, g)?;
         match self {
             Backend::Cuda(b) => {
                 let _span = profile::Span::start(self, || "window_unpartition".to_string());
-                b.window_unpartition(x, w, g)
+                b.window_unpartition(x, w, g, d)
             }
-            _ => windows::composed_unpartition(self, x, w, g),
+            _ => windows::composed_unpartition(self, x, w, g, d),
         }
     }
 

@@ -28,9 +28,8 @@ pub(crate) fn windows_shape(x: &Tensor, w: usize, g: usize) -> Result<usize> {
     Ok(s[2])
 }
 
-/// `[G, G, D]` → `[n², w·w, D]` from pads and a permute.
-pub(crate) fn composed_partition(be: &Backend, x: &Tensor, w: usize) -> Result<Tensor> {
-    let (g, d) = grid_shape(x, w)?;
+/// `[G, G, D]` → `[n², w·w, D]` from pads and a permute (sizes checked by `grid_shape`).
+pub(crate) fn composed_partition(be: &Backend, x: &Tensor, w: usize, g: usize, d: usize) -> Result<Tensor> {
     let pad = (w - g % w) % w;
     let gp = g + pad;
     let x = if pad > 0 {
@@ -46,9 +45,8 @@ pub(crate) fn composed_partition(be: &Backend, x: &Tensor, w: usize) -> Result<T
     x.reshape(&[n * n, w * w, d])
 }
 
-/// `[n², w·w, D]` → `[G, G, D]` from a permute and narrows.
-pub(crate) fn composed_unpartition(be: &Backend, x: &Tensor, w: usize, g: usize) -> Result<Tensor> {
-    let d = windows_shape(x, w, g)?;
+/// `[n², w·w, D]` → `[G, G, D]` from a permute and narrows (sizes checked by `windows_shape`).
+pub(crate) fn composed_unpartition(be: &Backend, x: &Tensor, w: usize, g: usize, d: usize) -> Result<Tensor> {
     let gp = g.div_ceil(w) * w;
     let n = gp / w;
     let x = be.permute(&x.reshape(&[n, n, w, w, d])?, &[0, 2, 1, 3, 4])?.reshape(&[gp, gp, d])?;

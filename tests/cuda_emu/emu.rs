@@ -9,6 +9,8 @@ use std::sync::{Mutex, OnceLock};
 
 use libloading::Library;
 
+use visword::Tensor;
+
 use crate::common::backends;
 use crate::common::Tol;
 
@@ -89,6 +91,26 @@ impl Emu {
         let rc = unsafe { launch(grid.0, grid.1, grid.2, block.0, block.1, block.2, trampoline::<F>, &body as *const F as *mut c_void, err.as_mut_ptr(), err.len()) };
         // SAFETY: emu_launch writes a NUL-terminated message on failure.
         assert_eq!(rc, 0, "kernels/{}.cu: {}", self.file, unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy());
+    }
+}
+
+/// A tensor's bytes in a 16-byte aligned buffer, as device allocations are (the kernels load
+/// 16 bytes at a time).
+pub struct Dev(Vec<u128>);
+
+impl Dev {
+    pub fn new(t: &Tensor) -> Dev {
+        let bytes = t.raw_bytes().unwrap();
+        let mut v = vec![0u128; bytes.len().div_ceil(16).max(1)];
+        // SAFETY: v holds at least bytes.len() bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
+        Dev(v)
+    }
+    pub fn ptr(&self) -> *const u8 {
+        self.0.as_ptr() as *const u8
+    }
+    pub fn f32(&self) -> *const f32 {
+        self.0.as_ptr() as *const f32
     }
 }
 

@@ -7,18 +7,9 @@
 use visword::{Activation, Backend, DType, Tensor};
 
 use crate::common::{assert_close, Rng};
-use crate::emu::{self, tol};
+use crate::emu::{self, tol, Dev};
 
 type Gemm = unsafe extern "C" fn(*const f32, *const u16, *mut f32, i32, i32, i32, *const u8, i32, i32, *const f32, i32);
-
-/// 16-byte aligned copy of a tensor's bytes (the kernel loads 16 bytes at a time).
-fn aligned(t: &Tensor) -> Vec<u128> {
-    let bytes = t.raw_bytes().unwrap();
-    let mut v = vec![0u128; bytes.len().div_ceil(16).max(1)];
-    // SAFETY: v holds at least bytes.len() bytes.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
-    v
-}
 
 #[test]
 fn gemm_bf16_matches_the_cpu_on_rounded_operands() {
@@ -52,8 +43,8 @@ fn gemm_bf16_matches_the_cpu_on_rounded_operands() {
         };
         let want = cpu.linear(&x_shaped, &w.to_dtype(DType::F32).unwrap(), bias_ref.as_ref(), act, res_shaped.as_ref()).unwrap().to_f32_vec().unwrap();
 
-        let (xd, wd) = (aligned(&x), aligned(&w));
-        let bd = bias.as_ref().map(aligned);
+        let (xd, wd) = (Dev::new(&x), Dev::new(&w));
+        let bd = bias.as_ref().map(Dev::new);
         let bdt = match bias_dt {
             Some(DType::BF16) => 2,
             _ => 0,
@@ -61,8 +52,8 @@ fn gemm_bf16_matches_the_cpu_on_rounded_operands() {
         let rv = residual.as_ref().map(|t| t.to_f32_vec().unwrap());
         let mut y = vec![f32::NAN; m * n];
         let yp = y.as_mut_ptr() as usize;
-        let (xp, wp) = (xd.as_ptr() as usize, wd.as_ptr() as usize);
-        let bp = bd.as_ref().map_or(0, |b| b.as_ptr() as usize);
+        let (xp, wp) = (xd.ptr() as usize, wd.ptr() as usize);
+        let bp = bd.as_ref().map_or(0, |b| b.ptr() as usize);
         let rp = rv.as_ref().map_or(0, |v| v.as_ptr() as usize);
         let grid = (m.div_ceil(64) as u32, n.div_ceil(64) as u32, 1);
         let rows = res_rows.max(1) as i32;

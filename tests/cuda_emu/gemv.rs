@@ -7,7 +7,7 @@
 use visword::{Activation, Backend, DType, Tensor};
 
 use crate::common::{assert_close, Rng};
-use crate::emu::{self, tol};
+use crate::emu::{self, tol, Dev};
 
 /// Two blocks of 8 warps: fewer warps than the tests' rows.
 const GRID: (u32, u32, u32) = (2, 1, 1);
@@ -17,26 +17,6 @@ const KS: [usize; 3] = [2056, 40, 37];
 
 type Gemv = unsafe extern "C" fn(*const f32, *const u8, *mut f32, u32, u64, u32, *const u8, i32, i32, *const f32);
 type GemvMany = unsafe extern "C" fn(*const f32, *const f32, f32, *const u8, *const u8, *const u8, *mut f32, *mut f32, *mut f32, u32, u64, u64, u64, u32);
-
-/// A tensor's bytes in a 16-byte aligned buffer, as device allocations are (the kernels load
-/// 16 bytes at a time).
-struct Dev(Vec<u128>);
-
-impl Dev {
-    fn new(t: &Tensor) -> Dev {
-        let bytes = t.raw_bytes().unwrap();
-        let mut v = vec![0u128; bytes.len().div_ceil(16).max(1)];
-        // SAFETY: v holds at least bytes.len() bytes.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
-        Dev(v)
-    }
-    fn ptr(&self) -> *const u8 {
-        self.0.as_ptr() as *const u8
-    }
-    fn f32(&self) -> *const f32 {
-        self.0.as_ptr() as *const f32
-    }
-}
 
 fn suffix(dt: DType) -> &'static str {
     match dt {

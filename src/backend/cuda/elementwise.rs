@@ -181,10 +181,7 @@ impl CudaBackend {
         if total == 0 {
             return Ok(());
         }
-        let (bp, bdt) = match bias {
-            Some(b) => self.any_float(b, op)?,
-            None => (0u64, 0i32),
-        };
+        let (bp, bdt) = self.any_float_or_null(bias, op)?;
         let (rp, res_n) = match residual {
             Some(r) if r.numel() > 0 && r.numel().is_multiple_of(n) && total.is_multiple_of(r.numel()) => (self.f32_ptr(r, op)?, r.numel()),
             Some(r) => return Err(Error::shape(op, format!("residual of {} elements for an output of {total} in rows of {n}", r.numel()))),
@@ -207,10 +204,7 @@ impl CudaBackend {
         if total == 0 {
             return Ok(out);
         }
-        let (bp, bdt) = match bias {
-            Some(b) => self.any_float(b, op)?,
-            None => (0u64, 0i32),
-        };
+        let (bp, bdt) = self.any_float_or_null(bias, op)?;
         let (yp, op_, a) = (self.ptr(y), self.ptr(&out), act_code(act));
         if n.is_multiple_of(4) && total.is_multiple_of(n) && total / 4 < 1 << 31 {
             let (t4, n4) = ((total / 4) as u32, (n / 4) as u32);

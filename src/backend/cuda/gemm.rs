@@ -98,10 +98,7 @@ impl CudaBackend {
         if !xp.is_multiple_of(16) || !wp.is_multiple_of(16) {
             return Ok(false);
         }
-        let (bp, bdt) = match bias {
-            Some(b) => self.any_float(b, op)?,
-            None => (0u64, 0i32),
-        };
+        let (bp, bdt) = self.any_float_or_null(bias, op)?;
         let (rp, rows) = match residual {
             Some(r) if r.numel() > 0 && r.numel().is_multiple_of(n) && m.is_multiple_of(r.numel() / n) => (self.f32_ptr(r, op)?, r.numel() / n),
             Some(r) => return Err(Error::shape(op, format!("residual of {} elements for an output of {m} rows of {n}", r.numel()))),

@@ -204,16 +204,15 @@ impl CudaBackend {
         Ok(self.wrap_f32(out, shape))
     }
 
-    /// `Backend::window_partition` in one pass (kernels/layout.cu `windows_*`).
-    pub(crate) fn window_partition(&self, x: &Tensor, w: usize) -> Result<Tensor> {
-        let (g, d) = crate::backend::windows::grid_shape(x, w)?;
+    /// `Backend::window_partition` in one pass (kernels/layout.cu `windows_*`; grid side g and
+    /// channels d checked by the caller).
+    pub(crate) fn window_partition(&self, x: &Tensor, w: usize, g: usize, d: usize) -> Result<Tensor> {
         let n = g.div_ceil(w);
         self.windows(x, vec![n * n, w * w, d], g, w, true)
     }
 
-    /// `Backend::window_unpartition` in one pass.
-    pub(crate) fn window_unpartition(&self, x: &Tensor, w: usize, g: usize) -> Result<Tensor> {
-        let d = crate::backend::windows::windows_shape(x, w, g)?;
+    /// `Backend::window_unpartition` in one pass (sizes checked by the caller).
+    pub(crate) fn window_unpartition(&self, x: &Tensor, w: usize, g: usize, d: usize) -> Result<Tensor> {
         self.windows(x, vec![g, g, d], g, w, false)
     }
 

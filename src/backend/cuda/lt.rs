@@ -219,9 +219,10 @@ impl CudaBackend {
         let ws_ptr = self.ptr(&lt.workspace);
         let stream = self.stream().cu_stream() as sys::cudaStream_t;
         // SAFETY: x [m, k], w [n, k] (bf16 with g.bf16, else f32), y [m, n], c (y's size, or
-        // rows × n when shared) and the bias [n] (f32) are live device buffers of this context (the caller's shape checks); the
-        // layouts describe exactly those extents; the workspace holds WORKSPACE_BYTES, the most
-        // the heuristic was allowed; the call is queued on the backend's one stream.
+        // rows × n when shared) and the bias [n] (f32) are live device buffers of this context
+        // (the caller's shape checks); the layouts describe exactly those extents; the workspace
+        // holds WORKSPACE_BYTES, the most the heuristic was allowed; the call is queued on the
+        // backend's one stream.
         unsafe {
             lt::matmul(
                 lt.handle,

@@ -178,10 +178,7 @@ impl CudaBackend {
             (_, 1) => "gemv_f16",
             _ => "gemv_bf16",
         };
-        let (bp, bdt) = match bias {
-            Some(b) => self.any_float(b, op)?,
-            None => (0u64, 0i32),
-        };
+        let (bp, bdt) = self.any_float_or_null(bias, op)?;
         let rp = match residual {
             Some(r) => self.f32_ptr(r, op)?,
             None => 0u64,
@@ -384,6 +381,7 @@ impl CudaBackend {
                 }
             }
         }
+        // A bf16 weight in the bf16 mode: gemm_nt multiplies xb (its f32 x is never read).
         self.gemm_nt(op, xb, Some(xb), w, y, m)?;
         self.epilogue(op, y, m * n, n, bias, act, residual)
     }

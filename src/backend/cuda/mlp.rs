@@ -28,6 +28,7 @@ impl CudaBackend {
         let xb = self.layer_norm_bf16(x, ln.0, ln.1, ln.2)?;
         let hidden = self.alloc::<f32>(rows * h, OP)?;
         let xbp = self.ptr(&xb);
+        // bf16 weights in the bf16 mode (layer_norm_mlp_fits): gemm_nt multiplies xb alone.
         self.gemm_nt(OP, xbp, Some(xbp), m.fc1, &hidden, rows)?;
         drop(xb);
         let hb = self.epilogue_bf16(OP, &hidden, rows * h, h, m.b1, m.act)?;

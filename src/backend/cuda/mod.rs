@@ -312,6 +312,12 @@ impl CudaBackend {
         Ok((p, dtype_code(t.dtype(), op)?))
     }
 
+    /// `any_float` of an optional operand (a bias); None gives (0, 0), the null pointer the
+    /// kernels skip.
+    pub(crate) fn any_float_or_null(&self, t: Option<&Tensor>, op: &'static str) -> Result<(u64, i32)> {
+        t.map_or(Ok((0, 0)), |t| self.any_float(t, op))
+    }
+
     /// Device pointer of an f32 tensor.
     pub(crate) fn f32_ptr(&self, t: &Tensor, op: &'static str) -> Result<u64> {
         Ok(self.ptr(self.f32_slice(t, op)?))
