@@ -24,7 +24,8 @@
 #                  epilogue, not one launch of kernels/gemm.cu)
 #   bench-cuda-nolt  the same with VISWORD_CUDA_LT=0 (no cuBLASLt: bias and residual in an epilogue
 #                  pass after each bf16 GEMM, the mask decoder's image-side linears on the bf16 path)
-#   profile-cuda   the same with VISWORD_PROFILE=1 (one run): device time per op, in its log
+#   profile-cuda   the same with VISWORD_PROFILE=1 (one run): device time per op from timing events
+#                  (no syncs), per stage with its wall time, in its log
 #   torch-eager    tools/bench_torch.py, eager (same card, same run)
 #   bench-dinov2   visword bench --backend cuda --preset dinov2-lisa-7b --json
 #   bench-wgpu     visword bench --backend wgpu (lisa-7b on a hardware adapter, tiny on a software
@@ -34,7 +35,8 @@
 #   bench-wgpu-checked  the same with VISWORD_WGPU_CHECKS=1 (wgpu's injected shader checks), NVIDIA only
 #   bench-wgpu-gemv-batched  the same with VISWORD_WGPU_GEMV=batched (eight weight loads in flight
 #                  per GEMV lane), NVIDIA only
-#   profile-wgpu   visword bench --backend wgpu with VISWORD_PROFILE=1 (one run): time per op, in its log
+#   profile-wgpu   visword bench --backend wgpu with VISWORD_PROFILE=1 (one run): device time per op from
+#                  timestamp queries (synced where the driver lacks them), in its log
 #   torch-compile  tools/bench_torch.py, torch.compile
 #
 #   scripts/gpu-check.sh [STEP...]       # default: every step, in the order above

@@ -149,3 +149,23 @@ fn generate_and_embed_bad_inputs() {
     assert_user_error(&["embed", "--model", c, bad.to_str().unwrap(), "-o", o], &["bad.jpg"]);
     assert!(!out.exists());
 }
+
+#[test]
+fn profile_on_the_cpu_counts_each_op_once_in_wall_time() {
+    let llama = fixtures_dir().join("llama_tied");
+    let out = Command::new(env!("CARGO_BIN_EXE_visword"))
+        .args(["generate", "--model", llama.to_str().unwrap(), "--input-ids", "1,2,3", "--max-new-tokens", "3", "--backend", "cpu"])
+        .env("VISWORD_PROFILE", "1")
+        .output()
+        .expect("run visword");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let heading = err.lines().find(|l| l.starts_with("op ")).unwrap_or_else(|| panic!("no profile report in:\n{err}"));
+    assert!(heading.ends_with("(device time, synced)"), "the CPU has no device stamps: {heading}");
+    // One embedding lookup per forward pass: the prompt and two decode steps (the last token is
+    // sampled from the third pass's logits without another step).
+    let calls = |op: &str| {
+        err.lines().find(|l| l.split_whitespace().next() == Some(op)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    };
+    assert_eq!(calls("embedding"), Some(3), "{err}");
+}

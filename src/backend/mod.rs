@@ -847,6 +847,18 @@ impl Backend {
         }
     }
 
+    /// A device timestamp queued on this backend's stream now, for the profiler (profile.rs):
+    /// None on the CPU, on an adapter without timestamp queries inside compute passes, or when
+    /// the device refuses one.
+    /// `end`: the stamp closes an op.
+    pub(crate) fn profile_stamp(&self, end: bool) -> Option<profile::Stamp> {
+        match self {
+            Backend::Cpu(_) => None,
+            Backend::Cuda(b) => b.mark().ok().map(profile::Stamp::Cuda),
+            Backend::Wgpu(b) => b.profile_stamp(end),
+        }
+    }
+
     /// Block until every op queued so far has finished, so a host clock brackets real work
     /// (benchmarks). The CPU runs ops synchronously: nothing to wait for.
     pub fn synchronize(&self) -> Result<()> {

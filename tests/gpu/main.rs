@@ -12,3 +12,4 @@ mod common;
 mod attention;
 mod models;
 mod ops;
+mod profile;

@@ -60,13 +60,16 @@ mod matmul_wide;
 mod norm;
 mod runtime;
 mod scatter_pool;
+mod timestamps;
 mod two_way;
 
 pub use matmul_wide::GemmKernel;
+pub(crate) use runtime::Runtime;
 
 use crate::backend::{Activation, AttnParams, BinaryOp};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 /// A WGSL module: `name` keys the caches, `source` is the full text (usually `concat!` of
 /// common.wgsl and the family's file, both `include_str!`).
@@ -98,7 +101,7 @@ impl Drop for WgpuData {
 }
 
 pub struct WgpuBackend {
-    rt: runtime::Runtime,
+    rt: Arc<runtime::Runtime>,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -117,13 +120,13 @@ impl WgpuBackend {
     /// Open the best adapter there is (a discrete GPU first, lavapipe last), or say why there
     /// is none.
     pub fn new() -> Result<WgpuBackend> {
-        WgpuBackend { rt: runtime::Runtime::open(false)? }.checked()
+        WgpuBackend { rt: Arc::new(runtime::Runtime::open(false)?) }.checked()
     }
 
     /// Open a hardware GPU adapter only (not a software rasteriser such as lavapipe), for
     /// `--backend auto`.
     pub fn new_hardware() -> Result<WgpuBackend> {
-        WgpuBackend { rt: runtime::Runtime::open(true)? }.checked()
+        WgpuBackend { rt: Arc::new(runtime::Runtime::open(true)?) }.checked()
     }
 
     /// With the cooperative-matrix GEMM switched on (VISWORD_WGPU_COOP=1), check it against the

@@ -118,6 +118,11 @@ pub(crate) struct Runtime {
     /// Dispatches the open batch may take before it is submitted (FIRST_BATCH after a wait,
     /// doubling per submission up to MAX_BATCH).
     batch_limit: AtomicUsize,
+    /// The profiler's timestamp queries (timestamps.rs), when profiling with stamps and the
+    /// adapter offers timestamp queries inside compute passes.
+    pub(super) stamps: Option<Mutex<super::timestamps::Stamps>>,
+    /// The adapter offers timestamp queries inside compute passes (whether or not they are on).
+    pub(super) stamps_offered: bool,
 }
 
 /// Buffer sizes are rounded up to 16 bytes (never 0), so kernels can read any buffer as
@@ -179,7 +184,11 @@ impl Runtime {
         let gemm_kernel = GemmKernel::from_env(std::env::var("VISWORD_WGPU_GEMM").ok().as_deref())?;
         let gemv_batched = gemv_batched_from_env(std::env::var("VISWORD_WGPU_GEMV").ok().as_deref())?;
         let offered = adapter.features();
-        let base = offered & (::wgpu::Features::SHADER_F16 | ::wgpu::Features::SUBGROUP);
+        let mut base = offered & (::wgpu::Features::SHADER_F16 | ::wgpu::Features::SUBGROUP);
+        let stamp_features = ::wgpu::Features::TIMESTAMP_QUERY | ::wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        if crate::backend::profile::mode() == crate::backend::profile::Mode::Stamps && offered.contains(stamp_features) {
+            base |= stamp_features;
+        }
         let coop_env = std::env::var("VISWORD_WGPU_COOP").ok();
         let want_coop = coop_env.as_deref() != Some("0") && coop_gemm_config(&adapter, &info);
         // The adapter's own limits: weights need far more than the 128 MiB default binding.
@@ -214,6 +223,7 @@ impl Runtime {
         let lost = errors.clone();
         device.set_device_lost_callback(move |reason, msg| lock(&lost).push(format!("device lost ({reason:?}): {msg}")));
         let max_groups = limits.max_compute_workgroups_per_dimension.max(1);
+        let stamps = features.contains(stamp_features).then(|| Mutex::new(super::timestamps::Stamps::new(&device)));
         Ok(Runtime {
             device,
             queue,
@@ -236,6 +246,8 @@ impl Runtime {
             sync_each: std::env::var("VISWORD_WGPU_SYNC").is_ok_and(|v| v == "1"),
             trusted: !std::env::var("VISWORD_WGPU_CHECKS").is_ok_and(|v| v.trim() == "1"),
             batch_limit: AtomicUsize::new(FIRST_BATCH),
+            stamps,
+            stamps_offered: offered.contains(stamp_features),
         })
     }
 
@@ -265,7 +277,7 @@ impl Runtime {
     }
 
     /// Errors wgpu reported since the last check, as one `Error` naming `what`.
-    fn check(&self, what: &str) -> Result<()> {
+    pub(super) fn check(&self, what: &str) -> Result<()> {
         let mut e = lock(&self.errors);
         if e.is_empty() {
             return Ok(());
@@ -425,7 +437,10 @@ impl Runtime {
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         batch.dispatches += 1;
-        if batch.dispatches >= self.batch_limit.load(Ordering::Relaxed) || self.sync_each {
+        // With the profiler's stamps on, an op's closing stamp submits a full batch
+        // (`write_stamp`); this bound only catches dispatches made outside any op.
+        let limit = if self.stamps.is_some() { 4 * MAX_BATCH } else { self.batch_limit.load(Ordering::Relaxed) };
+        if batch.dispatches >= limit || self.sync_each {
             self.submit(&mut guard)?;
             if self.sync_each {
                 self.wait()?;
@@ -433,6 +448,31 @@ impl Runtime {
         }
         drop(guard);
         self.check(&format!("{}/{entry}", shader.name))
+    }
+
+    /// Write timestamp query `index` of `set` into the open batch's compute pass (opened if need
+    /// be), after the dispatches recorded so far. An op's closing stamp (`end`) is the point at
+    /// which a batch at its dispatch limit is submitted (`dispatch` leaves that to it while the
+    /// profiler's stamps are on, so an op's dispatches and its closing stamp go out together),
+    /// and goes out at once when it opened the batch (the op ended in a read-back): it is then
+    /// reached as soon as the device is done, not when the host has recorded the next batch.
+    pub(super) fn write_stamp(&self, set: &::wgpu::QuerySet, index: u32, end: bool) -> Result<()> {
+        let mut guard = lock(&self.batch);
+        let Batch { encoder, pass, dispatches, .. } = guard.get_or_insert_with(|| self.new_batch());
+        let n = *dispatches;
+        pass.get_or_insert_with(|| encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor::default()).forget_lifetime()).write_timestamp(set, index);
+        if end && (n == 0 || n >= self.batch_limit.load(Ordering::Relaxed)) {
+            self.submit(&mut guard)?;
+        }
+        Ok(())
+    }
+
+    /// Run `f` on the open batch's encoder after its compute pass (if any) is closed.
+    pub(super) fn with_encoder<R>(&self, f: impl FnOnce(&mut ::wgpu::CommandEncoder) -> R) -> R {
+        let mut guard = lock(&self.batch);
+        let batch = guard.get_or_insert_with(|| self.new_batch());
+        drop(batch.pass.take());
+        f(&mut batch.encoder)
     }
 
     /// Submit the recorded batch (if any) without waiting.
