@@ -174,6 +174,15 @@ def main():
         return ms_text(ms)
     rows.append(["vision ∥ SAM encoders, overlapped", overlapped_cell(cuda), overlapped_cell(wgpu), "", "", "—"])
 
+    # The superpixel stage's two parts (issue 5's 60% bar is on the post-processing: mask
+    # stats, NMS, level selection, painting and the host steps after the decoder).
+    def split_cell(rep, key):
+        runs = (rep or {}).get("runs", [])
+        return ms_text(next((r["stages_ms"].get(key) for r in runs if r["stages_ms"].get(key) is not None), None))
+
+    rows.append(["superpixels: prompt enc. + mask decoder", split_cell(cuda, "superpixels_decoder"), split_cell(wgpu, "superpixels_decoder"), "", "", "—"])
+    rows.append(["superpixels: post-processing", split_cell(cuda, "superpixels_postprocess"), split_cell(wgpu, "superpixels_postprocess"), "", "", "—"])
+
     # Benches with one switch changed, each a column after its backend's (wgpu's first, so
     # inserting CUDA's after them leaves both in place).
     def coop_state(rep):
