@@ -9,8 +9,8 @@ use common::files::TempDir;
 use common::vision::{check_run, edited_copy, get, PIXELS_EXACT};
 use common::{assert_close, assert_tensor_close, fixture, fixtures_dir, F32_MODEL};
 use visword::cli::embed;
-use visword::models::clip::ClipVisionModel;
-use visword::models::vit::VisionTower;
+use visword::models::clip::{ClipVisionConfig, ClipVisionModel};
+use visword::models::vit::{self, VisionTower};
 use visword::preprocess::{Flavor, ImageProcessor};
 use visword::weights::save_safetensors;
 use visword::{Backend, Error, Tensor, Weights};
@@ -26,6 +26,21 @@ fn clip_quick_gelu_matches_transformers() {
     let model = ClipVisionModel::load(&dir, &be).unwrap();
     assert_eq!(model.config.hidden_act, visword::Activation::QuickGelu);
     check_run(&model, &fixture("clip_quick/reference.safetensors"), "native");
+}
+
+#[test]
+fn clip_with_q_k_v_packed_matches_transformers() {
+    // The one-projection form the CUDA backend loads (vit::Projections::Packed), here on the CPU
+    // through the composed `attention_packed`.
+    let be = Backend::cpu();
+    let dir = fixtures_dir().join("clip_gelu");
+    let (path, json) = vit::read_config(&dir).unwrap();
+    let cfg = ClipVisionConfig::from_model_config(&path, &json).unwrap();
+    let mut model = vit::with_weights(&dir, &be, "vision_model", "embeddings.class_embedding", |vv| ClipVisionModel::with_qkv_packing(cfg, vv, true)).unwrap();
+    let reference = fixture("clip_gelu/reference.safetensors");
+    check_run(&model, &reference, "native");
+    model.interpolate_pos_encoding = true;
+    check_run(&model, &reference, "interp");
 }
 
 #[test]

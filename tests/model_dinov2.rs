@@ -8,8 +8,8 @@ use common::files::TempDir;
 use common::vision::{check_run, edited_copy, get, PIXELS_EXACT};
 use common::{assert_close, assert_tensor_close, fixture, fixtures_dir, F32_MODEL};
 use visword::cli::embed;
-use visword::models::dinov2::Dinov2Model;
-use visword::models::vit::VisionTower;
+use visword::models::dinov2::{Dinov2Config, Dinov2Model};
+use visword::models::vit::{self, VisionTower};
 use visword::preprocess::{Flavor, ImageProcessor};
 use visword::weights::save_safetensors;
 use visword::{Backend, Error, Tensor, Weights};
@@ -22,6 +22,19 @@ fn check_native_and_interpolated(name: &str) -> Dinov2Model {
     check_run(&model, &reference, "native");
     check_run(&model, &reference, "interp");
     model
+}
+
+#[test]
+fn dinov2_with_q_k_v_packed_matches_transformers() {
+    // The one-projection form the CUDA backend loads (vit::Projections::Packed), here on the CPU
+    // through the composed `attention_packed`.
+    let dir = fixtures_dir().join("dinov2_small");
+    let (path, json) = vit::read_config(&dir).unwrap();
+    let cfg = Dinov2Config::from_json(&path, &json).unwrap();
+    let model = vit::with_weights(&dir, &Backend::cpu(), "dinov2", "embeddings.cls_token", |vv| Dinov2Model::with_qkv_packing(cfg, vv, true)).unwrap();
+    let reference = fixture("dinov2_small/reference.safetensors");
+    check_run(&model, &reference, "native");
+    check_run(&model, &reference, "interp");
 }
 
 #[test]

@@ -608,6 +608,17 @@ impl Backend {
         }
     }
 
+    /// Whether models should project q, k and v with one packed linear for `attention_packed`
+    /// (heads of `head_dim`, no relative positions): where it reads q, k and v in place (CUDA);
+    /// elsewhere it is composed from copies, and three linears into `attention_tokens` are
+    /// cheaper.
+    pub fn packs_qkv(&self, head_dim: usize) -> bool {
+        match self {
+            Backend::Cuda(b) => b.packed_attention_fits(&packed_attention::PackedShape { b: 1, n: 1, heads: 1, head_dim, side: None }),
+            _ => false,
+        }
+    }
+
     /// A pre-norm transformer layer's MLP half: x + fc2(act(fc1(LN(x)) + b1)) + b2, x [.., D]
     /// f32, the LayerNorm (weight, bias, eps) over D, fc1 [H, D], fc2 [D, H] (mlp.rs). Returns
     /// x's shape. CUDA on bf16 weights writes the norm and the hidden layer as bf16 (the

@@ -90,19 +90,12 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(vv: &VarView, cfg: &ClipVisionConfig) -> Result<EncoderLayer> {
+    fn load(vv: &VarView, cfg: &ClipVisionConfig, pack: bool) -> Result<EncoderLayer> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let attn = vv.pp("self_attn");
         Ok(EncoderLayer {
             layer_norm1: LayerNorm::load(vv, "layer_norm1", d, eps)?,
-            self_attn: SelfAttention {
-                q: Linear::load(&attn, "q_proj", d, d, true)?,
-                k: Linear::load(&attn, "k_proj", d, d, true)?,
-                v: Linear::load(&attn, "v_proj", d, d, true)?,
-                out: Linear::load(&attn, "out_proj", d, d, true)?,
-                heads: cfg.num_attention_heads,
-                head_dim: cfg.head_dim(),
-            },
+            self_attn: SelfAttention::load(&attn, ["q_proj", "k_proj", "v_proj", "out_proj"], d, cfg.num_attention_heads, true, pack)?,
             layer_norm2: LayerNorm::load(vv, "layer_norm2", d, eps)?,
             fc1: Linear::load(&vv.pp("mlp"), "fc1", cfg.intermediate_size, d, true)?,
             fc2: Linear::load(&vv.pp("mlp"), "fc2", d, cfg.intermediate_size, true)?,
@@ -141,6 +134,13 @@ impl ClipVisionModel {
 
     /// Build from weights scoped at the tower's root (the level holding `embeddings`).
     pub fn new(cfg: ClipVisionConfig, vv: &VarView) -> Result<ClipVisionModel> {
+        let pack = vv.backend().packs_qkv(cfg.head_dim());
+        Self::with_qkv_packing(cfg, vv, pack)
+    }
+
+    /// `new` with q, k and v stacked into one projection or not, whatever the backend prefers
+    /// (`vit::Projections`; tests compare the two).
+    pub fn with_qkv_packing(cfg: ClipVisionConfig, vv: &VarView, pack: bool) -> Result<ClipVisionModel> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let emb = vv.pp("embeddings");
         let g = cfg.grid();
@@ -156,7 +156,7 @@ impl ClipVisionModel {
             image_size: cfg.image_size,
         };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&vv.pp("encoder.layers").pp(i), &cfg))
+            .map(|i| EncoderLayer::load(&vv.pp("encoder.layers").pp(i), &cfg, pack))
             .collect::<Result<Vec<_>>>()?;
         Ok(ClipVisionModel {
             pre_layrnorm: LayerNorm::load(vv, "pre_layrnorm", d, eps)?,

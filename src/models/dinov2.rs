@@ -183,20 +183,13 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(vv: &VarView, cfg: &Dinov2Config) -> Result<Layer> {
+    fn load(vv: &VarView, cfg: &Dinov2Config, pack: bool) -> Result<Layer> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let attn = vv.pp("attention");
         let n = AttentionNames::of(&attn);
         Ok(Layer {
             norm1: LayerNorm::load(vv, "norm1", d, eps)?,
-            attention: SelfAttention {
-                q: Linear::load(&attn, n.q, d, d, cfg.qkv_bias)?,
-                k: Linear::load(&attn, n.k, d, d, cfg.qkv_bias)?,
-                v: Linear::load(&attn, n.v, d, d, cfg.qkv_bias)?,
-                out: Linear::load(&attn, n.o, d, d, true)?,
-                heads: cfg.num_attention_heads,
-                head_dim: d / cfg.num_attention_heads,
-            },
+            attention: SelfAttention::load(&attn, [n.q, n.k, n.v, n.o], d, cfg.num_attention_heads, cfg.qkv_bias, pack)?,
             lambda1: vv.get_f32("layer_scale1.lambda1", &[d])?,
             norm2: LayerNorm::load(vv, "norm2", d, eps)?,
             mlp: load_ffn(&vv.pp("mlp"), cfg)?,
@@ -233,12 +226,19 @@ impl Dinov2Model {
 
     /// Build from weights scoped at the model's root (the level holding `embeddings`).
     pub fn new(cfg: Dinov2Config, vv: &VarView) -> Result<Dinov2Model> {
+        let pack = vv.backend().packs_qkv(cfg.hidden_size / cfg.num_attention_heads.max(1));
+        Self::with_qkv_packing(cfg, vv, pack)
+    }
+
+    /// `new` with q, k and v stacked into one projection or not, whatever the backend prefers
+    /// (`vit::Projections`; tests compare the two).
+    pub fn with_qkv_packing(cfg: Dinov2Config, vv: &VarView, pack: bool) -> Result<Dinov2Model> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let (g, p) = (cfg.grid(), cfg.patch_size);
         let emb = vv.pp("embeddings");
         let proj = emb.pp("patch_embeddings.projection");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(&vv.pp("encoder.layer").pp(i), &cfg))
+            .map(|i| Layer::load(&vv.pp("encoder.layer").pp(i), &cfg, pack))
             .collect::<Result<Vec<_>>>()?;
         Ok(Dinov2Model {
             embeddings: Embeddings {

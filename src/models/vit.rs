@@ -10,7 +10,8 @@ use std::path::Path;
 
 use crate::backend::{Activation, AttnParams, Backend};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::dtype::DType;
+use crate::tensor::{CpuData, Tensor};
 use crate::weights::{VarView, Weights};
 
 /// `y = act(x·Wᵀ + b) (+ residual)`, weights in their stored dtype, bias in f32.
@@ -185,27 +186,83 @@ pub fn check_pixel_values(pixel_values: &Tensor, channels: usize, patch: usize) 
     Ok(())
 }
 
+/// The q, k and v projections of a `SelfAttention`.
+#[derive(Debug)]
+pub enum Projections {
+    Separate { q: Linear, k: Linear, v: Linear },
+    /// One linear with the three weights (and biases) stacked at load, [3·D, D]: its output
+    /// [B, N, 3·D] goes to `Backend::attention_packed`, which reads q, k and v in place on the
+    /// backends where `Backend::packs_qkv` holds (one GEMM and its input pass instead of three).
+    Packed(Linear),
+}
+
 /// Multi-head self-attention without masking: q/k/v projections, attention, output projection
 /// (with the residual fused into it when given).
 #[derive(Debug)]
 pub struct SelfAttention {
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    pub proj: Projections,
     pub out: Linear,
     pub heads: usize,
     pub head_dim: usize,
 }
 
 impl SelfAttention {
+    /// The projections `names` = [q, k, v, out] under `attn`, each [D, D] (q, k and v with
+    /// biases when `qkv_bias`, out always), `heads` heads of D / heads. With `pack`, q, k and v
+    /// are stacked into one linear on the host before they reach the backend.
+    pub fn load(attn: &VarView, names: [&str; 4], d: usize, heads: usize, qkv_bias: bool, pack: bool) -> Result<SelfAttention> {
+        let [q, k, v, o] = names;
+        let proj = if pack {
+            let w = stack_rows(&[q, k, v].map(|n| attn.pp(n).get_host("weight", &[d, d])).into_iter().collect::<Result<Vec<_>>>()?)?;
+            let b = if qkv_bias {
+                let parts = [q, k, v].map(|n| attn.pp(n).get_host("bias", &[d]).and_then(|t| t.to_f32()));
+                Some(attn.backend().upload(&stack_rows(&parts.into_iter().collect::<Result<Vec<_>>>()?)?)?)
+            } else {
+                None
+            };
+            Projections::Packed(Linear { weight: attn.backend().upload_weight(&w)?, bias: b })
+        } else {
+            Projections::Separate {
+                q: Linear::load(attn, q, d, d, qkv_bias)?,
+                k: Linear::load(attn, k, d, d, qkv_bias)?,
+                v: Linear::load(attn, v, d, d, qkv_bias)?,
+            }
+        };
+        Ok(SelfAttention { proj, out: Linear::load(attn, o, d, d, true)?, heads, head_dim: d / heads.max(1) })
+    }
+
     pub fn forward(&self, be: &Backend, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let q = self.q.forward(be, x, Activation::None, None)?;
-        let k = self.k.forward(be, x, Activation::None, None)?;
-        let v = self.v.forward(be, x, Activation::None, None)?;
-        let params = AttnParams { low_precision: self.q.weight.dtype().is_half(), ..AttnParams::new(self.head_dim) };
-        let o = be.attention_tokens(&q, &k, &v, self.heads, &params)?;
+        let o = match &self.proj {
+            Projections::Separate { q, k, v } => {
+                let (qt, kt, vt) = (q.forward(be, x, Activation::None, None)?, k.forward(be, x, Activation::None, None)?, v.forward(be, x, Activation::None, None)?);
+                let params = AttnParams { low_precision: q.weight.dtype().is_half(), ..AttnParams::new(self.head_dim) };
+                be.attention_tokens(&qt, &kt, &vt, self.heads, &params)?
+            }
+            Projections::Packed(qkv) => {
+                let p = qkv.forward(be, x, Activation::None, None)?;
+                be.attention_packed(&p, self.heads, None, qkv.weight.dtype().is_half())?
+            }
+        };
         self.out.forward(be, &o, Activation::None, residual)
     }
+}
+
+/// Host tensors of one dtype stacked along their first dim (their other dims equal).
+fn stack_rows(parts: &[Tensor]) -> Result<Tensor> {
+    let first = parts.first().ok_or_else(|| Error::shape("stack", "nothing to stack"))?;
+    let (dtype, tail) = (first.dtype(), &first.shape()[1..]);
+    if let Some(p) = parts.iter().find(|p| p.dtype() != dtype || &p.shape()[1..] != tail) {
+        return Err(Error::shape("stack", format!("a {} {:?} tensor does not stack with a {dtype} {:?} one", p.dtype(), p.shape(), first.shape())));
+    }
+    let mut shape = first.shape().to_vec();
+    shape[0] = parts.iter().map(|p| p.dim(0)).sum();
+    let data = match dtype {
+        DType::F32 => CpuData::F32(parts.iter().map(|p| p.as_f32()).collect::<Result<Vec<_>>>()?.concat()),
+        DType::F16 => CpuData::F16(parts.iter().map(|p| p.as_f16()).collect::<Result<Vec<_>>>()?.concat()),
+        DType::BF16 => CpuData::BF16(parts.iter().map(|p| p.as_bf16()).collect::<Result<Vec<_>>>()?.concat()),
+        other => return Err(Error::shape("stack", format!("{other} weights cannot be stacked (expected f32, f16 or bf16)"))),
+    };
+    Tensor::from_cpu(data, dtype, shape)
 }
 
 /// Everything a vision encoder returns, named as HF's `BaseModelOutputWithPooling`.
