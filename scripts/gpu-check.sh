@@ -123,7 +123,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local def
   case $1 in
     tests-cuda) def=120 ;; kernels) def=60 ;; timings-cuda) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; bench-cuda-simt-attn) def=150 ;; bench-cuda-nofold) def=150 ;; bench-cuda-fold-simt) def=150 ;; bench-cuda-nofused) def=150 ;; bench-cuda-nolt) def=150 ;; profile-cuda) def=90 ;;
-    torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=150 ;; bench-wgpu-coop) def=150 ;; bench-wgpu-tile64) def=150 ;; bench-wgpu-checked) def=150 ;; bench-wgpu-gemv-batched) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
+    torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=170 ;; bench-wgpu-coop) def=150 ;; bench-wgpu-tile64) def=150 ;; bench-wgpu-checked) def=150 ;; bench-wgpu-gemv-batched) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
 }

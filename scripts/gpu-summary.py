@@ -183,6 +183,12 @@ def main():
     rows.append(["superpixels: prompt enc. + mask decoder", split_cell(cuda, "superpixels_decoder"), split_cell(wgpu, "superpixels_decoder"), "", "", "—"])
     rows.append(["superpixels: post-processing", split_cell(cuda, "superpixels_postprocess"), split_cell(wgpu, "superpixels_postprocess"), "", "", "—"])
 
+    def batches_cell(rep):
+        t = (rep or {}).get("superpixel_batches") or []
+        return " · ".join(f"{b['points_per_batch']}: {ms_text(b['ms']) if b.get('ms') is not None else 'failed'}" for b in t) or "—"
+
+    rows.append(["superpixels by points per batch", batches_cell(cuda), batches_cell(wgpu), "", "", "—"])
+
     # Benches with one switch changed, each a column after its backend's (wgpu's first, so
     # inserting CUDA's after them leaves both in place).
     def coop_state(rep):

@@ -13,6 +13,7 @@
 //! card's copy bandwidth and the engine's GEMM rate; `perf` puts them in the performance table
 //! with their rooflines (`roofline`) and targets.
 
+pub mod batches;
 pub mod machine;
 pub mod perf;
 pub mod photos;
@@ -104,7 +105,7 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
     let dtype = opts.weight_dtype.unwrap_or(preset.weight_dtype);
     let kinds = ProjectorKind::ALL;
     let iterations = 1 + opts.runs;
-    let bar = progress_bar(opts.progress, (3 + iterations * (2 + kinds.len()) + 2) as u64);
+    let bar = progress_bar(opts.progress, (4 + iterations * (2 + kinds.len()) + 2) as u64);
 
     let mut stack = Stack::build(&preset, be, dtype, SEED, &|part| {
         bar.set_message(format!("random weights: {part}"));
@@ -179,6 +180,17 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
             bar.suspend(|| eprintln!("decode: the host issues a step's ops in {host:.2} ms of its {total:.2} ms"));
         }
     }
+    // On a GPU: what larger prompt batches buy the superpixel stage (same photo, same embeddings).
+    let superpixel_batches = if be.name() == "cpu" {
+        Vec::new()
+    } else {
+        bar.set_message("superpixels by points per batch");
+        let enc = stack.encode(be, 0)?;
+        let cfg = stack.superpixel_config();
+        let sizes = batches::sizes(cfg.points_per_batch, cfg.points_per_side * cfg.points_per_side);
+        batches::sweep(be, &stack, &enc, &sizes, opts.runs.clamp(1, 2))
+    };
+    bar.inc(1);
     bar.set_message("scatter-mean pooling");
     let grid = stack.grid;
     let pool_us = stages::scatter_pool_us(be, POOL_SUPERPIXELS, grid * grid, stack.vision_width())?;
@@ -267,6 +279,7 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
         runs,
         device_peaks: peaks,
         performance,
+        superpixel_batches,
     })
 }
 

@@ -102,6 +102,8 @@ pub struct BenchReport {
     /// Measured on GPU backends only.
     pub device_peaks: Option<DevicePeaks>,
     pub performance: Vec<PerfRow>,
+    /// The superpixel stage at several points per batch (GPU backends only; batches.rs).
+    pub superpixel_batches: Vec<super::batches::BatchTiming>,
 }
 
 impl StagesMs {
@@ -217,6 +219,9 @@ impl BenchReport {
         if !self.performance.is_empty() {
             out.push('\n');
             out.push_str(&self.render_performance());
+        }
+        if !self.superpixel_batches.is_empty() {
+            out.push_str(&format!("\nsuperpixels by points per batch: {}\n", super::batches::render(&self.superpixel_batches)));
         }
         out
     }

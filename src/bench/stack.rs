@@ -249,6 +249,11 @@ impl Stack {
         &self.superpixels
     }
 
+    /// The superpixel stage alone on `enc`'s image embeddings with `cfg`, wall time in ms.
+    pub fn time_superpixels(&self, be: &Backend, enc: &Encoded, cfg: &SuperpixelConfig) -> Result<f64> {
+        Ok(timed(be, || generate_with_stats(be, &self.sam, &enc.image_embeddings, &enc.frame, self.grid, cfg))?.1)
+    }
+
     /// Set the superpixel generator's options (the preset's by default).
     pub fn set_superpixel_config(&mut self, cfg: SuperpixelConfig) {
         self.superpixels = cfg;
