@@ -17,6 +17,7 @@ mod emu;
 mod gemm;
 mod gemv;
 mod layout;
+mod mask_select;
 mod masks;
 mod norm;
 mod rel_pos;
