@@ -29,7 +29,7 @@ __device__ __forceinline__ bool boxes_clash(int4 a, int4 b, unsigned nms) {
 // per candidate). Level selection: the union of accepted masks is a bitmap in shared memory;
 // each thread counts the overlap of its share of the candidate's box words, an atomicAdd on a
 // double-buffered counter sums them, and the accepted mask's words are OR-ed in (two barriers
-// per candidate). Integer arithmetic only: the verdicts equal the CPU's.
+// per NMS survivor; the suppressed are skipped). Integer arithmetic only: the verdicts equal the CPU's.
 extern "C" __global__ void __launch_bounds__(SELECT_THREADS) mask_select(const int* __restrict__ stats, const int* __restrict__ cands,
                                                                         int* __restrict__ out, int4* __restrict__ kept, unsigned n, u64 row,
                                                                         unsigned words, unsigned h, unsigned nms, unsigned overlap) {
@@ -53,23 +53,28 @@ extern "C" __global__ void __launch_bounds__(SELECT_THREADS) mask_select(const i
     for (unsigned k = tid; k < h * words; k += SELECT_THREADS) covered[k] = 0;
     if (tid == 0) s_shared[0] = s_shared[1] = 0;
     __syncthreads();
+    // Suppressed candidates are skipped by every thread alike (out[] was written before the
+    // barrier above), so only the survivors cost barriers; the overlap counter's two buffers
+    // alternate over the survivors (j).
+    unsigned j = 0;
     for (unsigned i = 0; i < n; ++i) {
+        if (out[i] != 1) continue;
         const int* c = cands + 7 * (u64)i;
-        const bool live = out[i] == 1, whole = c[1] != 0;
+        const bool whole = c[1] != 0;
         const unsigned area = (unsigned)c[2], y0 = (unsigned)c[4], w0 = (unsigned)c[3] / 32;
         const unsigned nw = (unsigned)c[5] / 32 - w0 + 1, items = ((unsigned)c[6] - y0 + 1) * nw;
         const unsigned* bits = (const unsigned*)(stats + (u64)c[0] * row + MASK_HEADER);
-        if (live && !whole) {
+        if (!whole) {
             unsigned part = 0;
             for (unsigned t = tid; t < items; t += SELECT_THREADS) {
                 const unsigned idx = (y0 + t / nw) * words + w0 + t % nw;
                 part += __popc(bits[idx] & covered[idx]);
             }
-            if (part) atomicAdd(&s_shared[i & 1], part);
+            if (part) atomicAdd(&s_shared[j & 1], part);
         }
-        if (tid == 0) s_shared[(i + 1) & 1] = 0;
+        if (tid == 0) s_shared[(j + 1) & 1] = 0;
         __syncthreads();
-        if (live && (whole || 1000u * s_shared[i & 1] < overlap * area)) {
+        if (whole || 1000u * s_shared[j & 1] < overlap * area) {
             for (unsigned t = tid; t < items; t += SELECT_THREADS) {
                 const unsigned idx = (y0 + t / nw) * words + w0 + t % nw;
                 covered[idx] |= bits[idx];
@@ -77,6 +82,7 @@ extern "C" __global__ void __launch_bounds__(SELECT_THREADS) mask_select(const i
             if (tid == 0) out[i] = 2;
         }
         __syncthreads();
+        ++j;
     }
 }
 
