@@ -21,5 +21,6 @@ mod mask_select;
 mod masks;
 mod norm;
 mod rel_pos;
+mod rope;
 mod scatter_pool;
 mod two_way;

@@ -1,0 +1,75 @@
+//! kernels/rope.cu against the CPU backend's `rope`: `rope_f32` on [B, H, N, D] at a position
+//! offset, and `rope_qk_write_kv_f32` (q roped; k roped and v copied into the caches at rows
+//! pos + t; the rest of the caches untouched).
+
+use visword::{Backend, Tensor};
+
+use crate::common::{assert_close, Rng, Tol};
+use crate::emu::{self, grid_rows};
+
+type Rope = unsafe extern "C" fn(*const f32, *mut f32, *const f32, *const f32, u64, u32, u32, u64);
+type RopeQkv = unsafe extern "C" fn(*const f32, *mut f32, *const f32, *const f32, *mut f32, *mut f32, *const f32, *const f32, u64, u64, u32, u32, u64, u64, *const i32);
+
+/// Two products and a difference per output: within a rounding of the CPU's.
+const TOL: Tol = Tol { atol: 1e-6, rtol: 1e-6 };
+
+#[test]
+fn rope_matches_the_cpu() {
+    let Some(emu) = emu::kernels("rope") else { return };
+    let cpu = Backend::cpu();
+    let mut r = Rng::new(0x2075_0001);
+    // (B, H, N, D, max_pos, offset): one token, odd head counts, the table's last rows.
+    for (b, h, n, d, max_pos, offset) in [(1usize, 3usize, 5usize, 8usize, 12usize, 2usize), (2, 1, 1, 4, 3, 2), (1, 2, 7, 16, 7, 0)] {
+        let x = r.tensor(&[b, h, n, d]);
+        let (cos, sin) = (r.tensor(&[max_pos, d / 2]), r.tensor(&[max_pos, d / 2]));
+        let want = cpu.rope(&x, &cos, &sin, offset).unwrap().to_f32_vec().unwrap();
+        let v = |t: &Tensor| t.to_f32_vec().unwrap();
+        let (xv, cv, sv) = (v(&x), v(&cos), v(&sin));
+        let mut out = vec![f32::NAN; xv.len()];
+        let o = out.as_mut_ptr() as usize;
+        let pairs = (b * h * n * d / 2) as u64;
+        // SAFETY: rope_f32's parameter list. Two blocks of 32: the grid-stride loop covers the rest.
+        let f: Rope = unsafe { emu.kernel("rope_f32") };
+        emu.launch(grid_rows(2), (32, 1, 1), || unsafe { f(xv.as_ptr(), o as *mut f32, cv.as_ptr(), sv.as_ptr(), pairs, n as u32, (d / 2) as u32, offset as u64) });
+        assert_close(&format!("rope_f32 B{b} H{h} N{n} D{d} offset {offset}"), &out, &want, TOL);
+    }
+}
+
+#[test]
+fn rope_qk_write_kv_matches_the_cpu_and_fills_only_its_rows() {
+    let Some(emu) = emu::kernels("rope") else { return };
+    let cpu = Backend::cpu();
+    let mut r = Rng::new(0x2075_0002);
+    // (B, H, Hkv, n new tokens, D, cache rows, pos): a decode step, a prefill chunk after a
+    // past, grouped KV heads.
+    for (b, h, hkv, n, d, max, pos) in [(1usize, 4usize, 2usize, 1usize, 8usize, 6usize, 3usize), (2, 2, 2, 4, 4, 9, 5), (1, 3, 1, 3, 16, 3, 0)] {
+        let q = r.tensor(&[b, h, n, d]);
+        let (k, v) = (r.tensor(&[b, hkv, n, d]), r.tensor(&[b, hkv, n, d]));
+        let (cos, sin) = (r.tensor(&[max, d / 2]), r.tensor(&[max, d / 2]));
+        let q_want = cpu.rope(&q, &cos, &sin, pos).unwrap().to_f32_vec().unwrap();
+        let k_roped = cpu.rope(&k, &cos, &sin, pos).unwrap().to_f32_vec().unwrap();
+        let vv = |t: &Tensor| t.to_f32_vec().unwrap();
+        let (qv, kv, v_in, cv, sv) = (vv(&q), vv(&k), vv(&v), vv(&cos), vv(&sin));
+        // The caches hold earlier values (−7) that the step must leave alone outside its rows.
+        let (mut k_want, mut v_want) = (vec![-7.0f32; b * hkv * max * d], vec![-7.0f32; b * hkv * max * d]);
+        for head in 0..b * hkv {
+            for t in 0..n {
+                let (src, dst) = ((head * n + t) * d, (head * max + pos + t) * d);
+                k_want[dst..dst + d].copy_from_slice(&k_roped[src..src + d]);
+                v_want[dst..dst + d].copy_from_slice(&v_in[src..src + d]);
+            }
+        }
+        let (mut q_out, mut k_cache, mut v_cache) = (vec![f32::NAN; qv.len()], vec![-7.0f32; k_want.len()], vec![-7.0f32; v_want.len()]);
+        let (qo, kc, vc) = (q_out.as_mut_ptr() as usize, k_cache.as_mut_ptr() as usize, v_cache.as_mut_ptr() as usize);
+        let (q_pairs, kv_pairs) = ((b * h * n * d / 2) as u64, (b * hkv * n * d / 2) as u64);
+        // SAFETY: rope_qk_write_kv_f32's parameter list; no step buffer (pos from the argument).
+        let f: RopeQkv = unsafe { emu.kernel("rope_qk_write_kv_f32") };
+        emu.launch(grid_rows(2), (32, 1, 1), || unsafe {
+            f(qv.as_ptr(), qo as *mut f32, kv.as_ptr(), v_in.as_ptr(), kc as *mut f32, vc as *mut f32, cv.as_ptr(), sv.as_ptr(), q_pairs, kv_pairs, n as u32, (d / 2) as u32, pos as u64, max as u64, std::ptr::null())
+        });
+        let what = format!("rope_qk_write_kv_f32 B{b} H{h} Hkv{hkv} n{n} D{d} max {max} pos {pos}");
+        assert_close(&format!("{what}: q"), &q_out, &q_want, TOL);
+        assert_close(&format!("{what}: k cache"), &k_cache, &k_want, TOL);
+        assert_eq!(v_cache, v_want, "{what}: v cache");
+    }
+}
