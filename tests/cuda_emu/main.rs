@@ -12,6 +12,7 @@
 mod common;
 
 mod attention;
+mod conv;
 mod elementwise;
 mod emu;
 mod gemm;
