@@ -858,10 +858,9 @@ impl Backend {
         }
     }
 
-    /// A device timestamp queued on this backend's stream now, for the profiler (profile.rs):
-    /// None on the CPU, on an adapter without timestamp queries inside compute passes, or when
-    /// the device refuses one.
-    /// `end`: the stamp closes an op.
+    /// A device timestamp queued on this backend's stream now, for the profiler (profile.rs);
+    /// `end` when it closes an op. None on the CPU, on an adapter without timestamp queries
+    /// inside compute passes, or when the device refuses one.
     pub(crate) fn profile_stamp(&self, end: bool) -> Option<profile::Stamp> {
         match self {
             Backend::Cpu(_) => None,

@@ -41,7 +41,7 @@ pub fn sweep(be: &Backend, stack: &Stack, enc: &Encoded, sizes: &[usize], runs: 
         .iter()
         .map(|&points_per_batch| {
             let cfg = crate::superpixels::SuperpixelConfig { points_per_batch, ..stack.superpixel_config().clone() };
-            let timed: Result<Vec<f64>> = (0..=runs).map(|_| stack.time_superpixels(be, enc, &cfg)).collect();
+            let timed: Result<Vec<f64>> = (0..=runs).map(|_| Ok(stack.superpixels_timed(be, enc, &cfg)?.1)).collect();
             match timed {
                 Ok(ms) => BatchTiming { points_per_batch, ms: median(&ms[1..]).map(|x| (x * 1e3).round() / 1e3), error: None },
                 Err(e) => BatchTiming { points_per_batch, ms: None, error: Some(e.to_string()) },

@@ -23,7 +23,7 @@ use crate::models::llama::{Input, KvCache, Llama, LlamaConfig, Logits};
 use crate::models::sam::preprocess::preprocess as sam_preprocess;
 use crate::models::sam::{PointPrompt, Prompts, Sam, SamConfig};
 use crate::preprocess::ImageProcessor;
-use crate::superpixels::{generate_with_stats, Frame, SuperpixelConfig};
+use crate::superpixels::{generate_with_stats, Frame, Stats as SuperpixelStats, SuperpixelConfig, Superpixels};
 use crate::models::vit::{self, VisionTower};
 use crate::tensor::Tensor;
 use crate::weights::{VarView, Weights};
@@ -249,9 +249,10 @@ impl Stack {
         &self.superpixels
     }
 
-    /// The superpixel stage alone on `enc`'s image embeddings with `cfg`, wall time in ms.
-    pub fn time_superpixels(&self, be: &Backend, enc: &Encoded, cfg: &SuperpixelConfig) -> Result<f64> {
-        Ok(timed(be, || generate_with_stats(be, &self.sam, &enc.image_embeddings, &enc.frame, self.grid, cfg))?.1)
+    /// The superpixel stage alone on `enc`'s image embeddings with `cfg`: its superpixels and
+    /// stats, and its wall time in ms.
+    pub fn superpixels_timed(&self, be: &Backend, enc: &Encoded, cfg: &SuperpixelConfig) -> Result<((Superpixels, SuperpixelStats), f64)> {
+        timed(be, || generate_with_stats(be, &self.sam, &enc.image_embeddings, &enc.frame, self.grid, cfg))
     }
 
     /// Set the superpixel generator's options (the preset's by default).
@@ -299,7 +300,7 @@ impl Stack {
     pub fn run_path(&self, be: &Backend, enc: &Encoded, projector: &Projector, decode_tokens: usize, cache: &mut Option<KvCache>) -> Result<PathTimes> {
         let (superpixels, superpixels_ms, superpixels_split_ms) = if projector.kind == ProjectorKind::Svp {
             let _section = crate::backend::profile::Section::start("superpixels");
-            let ((sp, stats), ms) = timed(be, || generate_with_stats(be, &self.sam, &enc.image_embeddings, &enc.frame, self.grid, &self.superpixels))?;
+            let ((sp, stats), ms) = self.superpixels_timed(be, enc, &self.superpixels)?;
             (Some(sp), Some(ms), Some((stats.decoder_ms, stats.postprocess_ms)))
         } else {
             (None, None, None)

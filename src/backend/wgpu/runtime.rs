@@ -50,6 +50,20 @@ struct Batch {
     dispatches: usize,
 }
 
+impl Batch {
+    /// The batch's compute pass, opened if need be.
+    fn pass(&mut self) -> &mut ::wgpu::ComputePass<'static> {
+        let Batch { encoder, pass, .. } = self;
+        pass.get_or_insert_with(|| encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor::default()).forget_lifetime())
+    }
+
+    /// The batch's encoder, with its compute pass (if any) closed first.
+    fn encoder(&mut self) -> &mut ::wgpu::CommandEncoder {
+        drop(self.pass.take());
+        &mut self.encoder
+    }
+}
+
 /// Idle buffers of dropped tensors, by size, for the next `alloc` of that size: steady-state
 /// model runs (a decode step repeats the same shapes) then allocate nothing, and a reused buffer
 /// needs no zero-fill. Safe on one queue: commands recorded before a buffer was returned run
@@ -431,8 +445,7 @@ impl Runtime {
             entries.push(::wgpu::BindGroupEntry { binding: b, resource });
         }
         let bind_group = self.device.create_bind_group(&::wgpu::BindGroupDescriptor { label: Some(entry), layout: &pipe.layout, entries: &entries });
-        let Batch { encoder, pass, .. } = batch;
-        let pass = pass.get_or_insert_with(|| encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor::default()).forget_lifetime());
+        let pass = batch.pass();
         pass.set_pipeline(&pipe.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -458,9 +471,9 @@ impl Runtime {
     /// reached as soon as the device is done, not when the host has recorded the next batch.
     pub(super) fn write_stamp(&self, set: &::wgpu::QuerySet, index: u32, end: bool) -> Result<()> {
         let mut guard = lock(&self.batch);
-        let Batch { encoder, pass, dispatches, .. } = guard.get_or_insert_with(|| self.new_batch());
-        let n = *dispatches;
-        pass.get_or_insert_with(|| encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor::default()).forget_lifetime()).write_timestamp(set, index);
+        let batch = guard.get_or_insert_with(|| self.new_batch());
+        let n = batch.dispatches;
+        batch.pass().write_timestamp(set, index);
         if end && (n == 0 || n >= self.batch_limit.load(Ordering::Relaxed)) {
             self.submit(&mut guard)?;
         }
@@ -470,9 +483,7 @@ impl Runtime {
     /// Run `f` on the open batch's encoder after its compute pass (if any) is closed.
     pub(super) fn with_encoder<R>(&self, f: impl FnOnce(&mut ::wgpu::CommandEncoder) -> R) -> R {
         let mut guard = lock(&self.batch);
-        let batch = guard.get_or_insert_with(|| self.new_batch());
-        drop(batch.pass.take());
-        f(&mut batch.encoder)
+        f(guard.get_or_insert_with(|| self.new_batch()).encoder())
     }
 
     /// Submit the recorded batch (if any) without waiting.
@@ -581,9 +592,7 @@ impl Runtime {
         });
         {
             let mut guard = lock(&self.batch);
-            let batch = guard.get_or_insert_with(|| self.new_batch());
-            drop(batch.pass.take());
-            batch.encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+            guard.get_or_insert_with(|| self.new_batch()).encoder().copy_buffer_to_buffer(src, 0, &staging, 0, size);
             self.submit(&mut guard)?;
         }
         let (tx, rx) = std::sync::mpsc::channel();

@@ -3,9 +3,10 @@
 //! dispatches recorded before it are done. Stamps in one submission time the device's work
 //! alone; the device's waits between submissions (for the host to record the next batch) fall
 //! between ops and show as the gap between a section's wall time and its ops' sum
-//! (`Runtime::write_stamp` keeps each op and its closing stamp in one submission). Queries come in sets of `CHUNK`; a set is resolved and
-//! read back when it is full or when the profiler asks for a stamp not yet read, and stamps are
-//! numbered across sets so the profiler can hold them as plain numbers.
+//! (`Runtime::write_stamp` keeps each op and its closing stamp in one submission). Queries come
+//! in sets of `CHUNK`; a set is resolved and read back when it is full or when the profiler asks
+//! for a stamp not yet read, and stamps are numbered across sets so the profiler can hold them
+//! as plain numbers.
 
 use super::runtime::Runtime;
 use super::WgpuBackend;
@@ -116,12 +117,6 @@ impl WgpuBackend {
             Ok(Some(id)) => Some(Stamp::Wgpu(self.rt.clone(), id)),
             _ => None,
         }
-    }
-
-    /// Whether this device writes the profiler's stamps (`VISWORD_PROFILE=1` and an adapter with
-    /// timestamp queries inside compute passes).
-    pub fn has_profile_stamps(&self) -> bool {
-        self.rt.stamps.is_some()
     }
 
     /// Whether the adapter offers what the profiler's stamps need (so `VISWORD_PROFILE=1` would
