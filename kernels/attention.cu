@@ -5,7 +5,10 @@
 //   q   [B, H, Nq, d]        f32, rows of d contiguous, placed by AttnStrides (below)
 //   k,v [B, Hkv, nk_all, d]  f32 likewise; H a multiple of Hkv (GQA: head h reads kv head
 //                            h / (H / Hkv)); only the first `nk` keys are valid (nk <= nk_all,
-//                            a KV cache larger than the sequence)
+//                            a KV cache larger than the sequence). The `_bf16kv` entry points
+//                            of the forward and decode kernels take k and v as bf16 (a bf16 KV
+//                            cache), widened exactly as they are read (kv_load): the same
+//                            arithmetic as the f32 kernel on those values, at half the bytes.
 //   out [B, H, Nq, d]
 //   Element (b, h, i, c) of q sits at q[b·q_b + h·q_h + i·q_r + c] (k and v share kv_*, out has
 //   o_*): head-major tensors ([B, H, N, d]) and token-major ones ([B, N, H·d], no permutes) are
@@ -47,7 +50,7 @@
 // Napkin math: forward does 4·Nq·nk·d flops per head and reads K/V once per 32 queries
 // (8·nk·d / 32 bytes per query); it is bound by the FMA pipe and shared-memory loads (per 4
 // head-dim steps of the score tile: 6 float4 loads for 32 FMAs; per 4 keys of the P·V product:
-// 4 float4 + 4·DP/16 scalar loads for 16·DP/16 FMAs). Decode reads 8·nk·d bytes per head
+// 4 float4 + 4·DP/16 scalar loads for 16·DP/16 FMAs). Decode reads 8·nk·d bytes per head (4·nk·d from a bf16 cache)
 // (K and V once) for 4·nk·d flops: bandwidth-bound, which the splits exist to saturate.
 // Measured on an H100 SXM (median of 20): SAM-H global layer (16 heads, 4096², d 80, bias)
 // 5.1 ms = 16.8 TFLOP/s, about a quarter of the FP32 FMA peak (PyTorch's f32 SDPA: 3.4 ms);
@@ -84,9 +87,9 @@ __device__ __forceinline__ float half_warp_sum(float x) {
     return x;
 }
 
-template <int DP, int BQ>
-__device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const float* __restrict__ k,
-                                              const float* __restrict__ v, const float* __restrict__ rel_h,
+template <int DP, int BQ, typename KV>
+__device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const KV* __restrict__ k,
+                                              const KV* __restrict__ v, const float* __restrict__ rel_h,
                                               const float* __restrict__ rel_w, float* __restrict__ out,
                                               AttnStrides st, int H, int Hkv, int nq, int nk, int d,
                                               float scale, int causal, int k_h, int k_w) {
@@ -108,8 +111,8 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
     const int h = (int)(bh % H), kvh = h / (H / Hkv);
     const int q0 = blockIdx.y * BQ;
     const float* qh = q + b * st.q_b + h * st.q_h + q0 * st.q_r;
-    const float* kh = k + b * st.kv_b + kvh * st.kv_h;
-    const float* vh = v + b * st.kv_b + kvh * st.kv_h;
+    const KV* kh = k + b * st.kv_b + kvh * st.kv_h;
+    const KV* vh = v + b * st.kv_b + kvh * st.kv_h;
     const int bq = min(BQ, nq - q0);
     // Keys any query of this block sees: causally, up to the last query's position.
     const int kend = causal ? nk - nq + q0 + bq : nk;
@@ -133,7 +136,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 #pragma unroll 4 // fully unrolled, the 32 loads of a tile pin 32+ registers
         for (int t = 0; t < FWD_BK * DP / FWD_THREADS; ++t) {
             const int idx = tid + t * FWD_THREADS, r = idx / DP, c = idx % DP;
-            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? kh[(k0 + r) * st.kv_r + c] : 0.0f;
+            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? kv_load(kh, (k0 + r) * st.kv_r + c) : 0.0f;
         }
         __syncthreads(); // K tile (and, on the first pass, the Q tile) in place
 
@@ -200,7 +203,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 #pragma unroll 4 // fully unrolled, the 32 loads of a tile pin 32+ registers
         for (int t = 0; t < FWD_BK * DP / FWD_THREADS; ++t) {
             const int idx = tid + t * FWD_THREADS, r = idx / DP, c = idx % DP;
-            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? vh[(k0 + r) * st.kv_r + c] : 0.0f;
+            sKV[r * STRIDE + c] = (k0 + r < kend && c < d) ? kv_load(vh, (k0 + r) * st.kv_r + c) : 0.0f;
         }
         __syncthreads(); // V tile in place
 
@@ -240,9 +243,9 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
     }
 }
 
-template <int DP>
-__device__ __forceinline__ void attention_decode(const float* __restrict__ q, const float* __restrict__ k,
-                                                 const float* __restrict__ v, const float* __restrict__ rel_h,
+template <int DP, typename KV>
+__device__ __forceinline__ void attention_decode(const float* __restrict__ q, const KV* __restrict__ k,
+                                                 const KV* __restrict__ v, const float* __restrict__ rel_h,
                                                  const float* __restrict__ rel_w, float* __restrict__ out,
                                                  AttnStrides st, int H, int Hkv, int nq, int nk, int d,
                                                  float scale, int causal, int k_h, int k_w, float* __restrict__ part_o,
@@ -266,8 +269,8 @@ __device__ __forceinline__ void attention_decode(const float* __restrict__ q, co
     const long long bh = row / nq, b = bh / H;
     const int qi = (int)(row % nq), h = (int)(bh % H), kvh = h / (H / Hkv);
     const float* qrow = q + b * st.q_b + h * st.q_h + qi * st.q_r;
-    const float* kh = k + b * st.kv_b + kvh * st.kv_h;
-    const float* vh = v + b * st.kv_b + kvh * st.kv_h;
+    const KV* kh = k + b * st.kv_b + kvh * st.kv_h;
+    const KV* vh = v + b * st.kv_b + kvh * st.kv_h;
     const int kend = causal ? nk - nq + qi + 1 : nk;
     const int start = split * chunk;
     const int stop = min(start + chunk, kend);
@@ -292,8 +295,8 @@ __device__ __forceinline__ void attention_decode(const float* __restrict__ q, co
             for (int i = 0; i < CPL; ++i) {
                 const int c = lane + 32 * i;
                 const bool ok = key < stop && c < d;
-                s[u] = ok ? fmaf(qr[i], kh[key * st.kv_r + c], s[u]) : s[u];
-                vv[u][i] = ok ? vh[key * st.kv_r + c] : 0.0f;
+                s[u] = ok ? fmaf(qr[i], kv_load(kh, (long long)key * st.kv_r + c), s[u]) : s[u];
+                vv[u][i] = ok ? kv_load(vh, (long long)key * st.kv_r + c) : 0.0f;
             }
         }
         // Butterfly sums: every lane ends with the same bits (each step adds the same pair).
@@ -452,19 +455,33 @@ extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d80_f32(
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d96_f32(FWD_PARAMS) { attention_fwd<96, FWD_BQ>(FWD_ARGS); }
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d112_f32(FWD_PARAMS) { attention_fwd<112, FWD_BQ>(FWD_ARGS); }
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d128_f32(FWD_PARAMS) { attention_fwd<128, FWD_BQ>(FWD_ARGS); }
+// The same on a bf16 KV cache (K and V u16 bf16 bits; q, bias and out f32).
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d16_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd<16, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d32_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd<32, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d48_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd<48, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d64_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd<64, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d80_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd<80, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d96_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd<96, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d112_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd<112, FWD_BQ>(FWD_ARGS); }
+extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_d128_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd<128, FWD_BQ>(FWD_ARGS); }
 // A few queries (SAM's token-to-image attention: 7 prompt tokens over 4096 image keys per
 // head): blocks of 8 queries, one row per thread, where a 32-query tile would be 78% padding.
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_q8_d16_f32(FWD_PARAMS) { attention_fwd<16, 8>(FWD_ARGS); }
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_q8_d32_f32(FWD_PARAMS) { attention_fwd<32, 8>(FWD_ARGS); }
 extern "C" __launch_bounds__(FWD_THREADS) __global__ void attention_fwd_q8_d64_f32(FWD_PARAMS) { attention_fwd<64, 8>(FWD_ARGS); }
 
-#define DEC_PARAMS FWD_PARAMS, float *__restrict__ part_o, float *__restrict__ part_ml, int chunk, const int *__restrict__ step
+#define DEC_PARAMS_KV(KV) FWD_PARAMS_KV(KV), float *__restrict__ part_o, float *__restrict__ part_ml, int chunk, const int *__restrict__ step
+#define DEC_PARAMS DEC_PARAMS_KV(float)
 #define DEC_ARGS FWD_ARGS, part_o, part_ml, chunk, step
 
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d32_f32(DEC_PARAMS) { attention_decode<32>(DEC_ARGS); }
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d64_f32(DEC_PARAMS) { attention_decode<64>(DEC_ARGS); }
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d96_f32(DEC_PARAMS) { attention_decode<96>(DEC_ARGS); }
 extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d128_f32(DEC_PARAMS) { attention_decode<128>(DEC_ARGS); }
+extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d32_bf16kv(DEC_PARAMS_KV(u16)) { attention_decode<32>(DEC_ARGS); }
+extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d64_bf16kv(DEC_PARAMS_KV(u16)) { attention_decode<64>(DEC_ARGS); }
+extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d96_bf16kv(DEC_PARAMS_KV(u16)) { attention_decode<96>(DEC_ARGS); }
+extern "C" __launch_bounds__(DEC_THREADS) __global__ void attention_decode_d128_bf16kv(DEC_PARAMS_KV(u16)) { attention_decode<128>(DEC_ARGS); }
 
 #define FEW_PARAMS                                                                                       \
     const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ out, \

@@ -5,8 +5,9 @@
 // P·V. Scores, the running max / sum, the bias and the output stay in f32.
 //
 // Entry points: attention_fwd_mma_d{16,32,...,128}_f32 (DP = d rounded up to 16; columns d..DP
-// are zero-filled). Grid (B·H, ceil(Nq / 64)), block 128 = 4 warps; static shared memory
-// 2·(64·(DP + 8) + DP·72) bytes (35.8 KB at DP = 128).
+// are zero-filled), and `_bf16kv` twins reading K and V from a bf16 KV cache. Grid (B·H,
+// ceil(Nq / 64)), block 128 = 4 warps; static shared memory 2·(64·(DP + 8) + DP·72) bytes
+// (35.8 KB at DP = 128).
 //
 // A block owns 64 queries, warp w rows 16w..16w+15, as mma A fragments of q·scale held in
 // registers for the whole pass (DP/16 k-steps × 4 registers). Per tile of 64 keys the block
@@ -33,9 +34,9 @@ constexpr int MMA_BK = 64;      // keys per tile
 constexpr int MMA_THREADS = 128;
 constexpr int MMA_VLD = MMA_BK + 8; // Vᵀ row stride in halves (36 words: 4g + t distinct)
 
-template <int DP>
-__device__ __forceinline__ void attention_fwd_mma(const float* __restrict__ q, const float* __restrict__ k,
-                                                  const float* __restrict__ v, const float* __restrict__ rel_h,
+template <int DP, typename KV>
+__device__ __forceinline__ void attention_fwd_mma(const float* __restrict__ q, const KV* __restrict__ k,
+                                                  const KV* __restrict__ v, const float* __restrict__ rel_h,
                                                   const float* __restrict__ rel_w, float* __restrict__ out,
                                                   AttnStrides st, int H, int Hkv, int nq, int nk, int d,
                                                   float scale, int causal, int k_h, int k_w) {
@@ -53,8 +54,8 @@ __device__ __forceinline__ void attention_fwd_mma(const float* __restrict__ q, c
     const int h = (int)(bh % H), kvh = h / (H / Hkv);
     const int q0 = blockIdx.y * MMA_BQ;
     const int bq = min(MMA_BQ, nq - q0);
-    const float* kh = k + b * st.kv_b + kvh * st.kv_h;
-    const float* vh = v + b * st.kv_b + kvh * st.kv_h;
+    const KV* kh = k + b * st.kv_b + kvh * st.kv_h;
+    const KV* vh = v + b * st.kv_b + kvh * st.kv_h;
     // Keys any query of this block sees: causally, up to the last query's position.
     const int kend = causal ? nk - nq + q0 + bq : nk;
 
@@ -95,15 +96,15 @@ __device__ __forceinline__ void attention_fwd_mma(const float* __restrict__ q, c
             const int r = idx / (DP / 2), c = 2 * (idx % (DP / 2));
             float k0v = 0.0f, k1v = 0.0f, v0 = 0.0f, v1 = 0.0f;
             if (k0 + r < kend) {
-                const float* kr = kh + (long long)(k0 + r) * st.kv_r;
-                const float* vr = vh + (long long)(k0 + r) * st.kv_r;
+                const KV* kr = kh + (long long)(k0 + r) * st.kv_r;
+                const KV* vr = vh + (long long)(k0 + r) * st.kv_r;
                 if (c < d) {
-                    k0v = kr[c];
-                    v0 = vr[c];
+                    k0v = kv_load(kr, c);
+                    v0 = kv_load(vr, c);
                 }
                 if (c + 1 < d) {
-                    k1v = kr[c + 1];
-                    v1 = vr[c + 1];
+                    k1v = kv_load(kr, c + 1);
+                    v1 = kv_load(vr, c + 1);
                 }
             }
             *reinterpret_cast<unsigned*>(sK + r * KLD + c) = pack_f16x2(k0v, k1v);
@@ -221,3 +222,12 @@ extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d80_
 extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d96_f32(FWD_PARAMS) { attention_fwd_mma<96>(FWD_ARGS); }
 extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d112_f32(FWD_PARAMS) { attention_fwd_mma<112>(FWD_ARGS); }
 extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d128_f32(FWD_PARAMS) { attention_fwd_mma<128>(FWD_ARGS); }
+// The same on a bf16 KV cache (K and V u16 bf16 bits, widened and rounded to f16 as staged).
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d16_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd_mma<16>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d32_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd_mma<32>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d48_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd_mma<48>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d64_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd_mma<64>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d80_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd_mma<80>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d96_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd_mma<96>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d112_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd_mma<112>(FWD_ARGS); }
+extern "C" __launch_bounds__(MMA_THREADS) __global__ void attention_fwd_mma_d128_bf16kv(FWD_PARAMS_KV(u16)) { attention_fwd_mma<128>(FWD_ARGS); }

@@ -24,6 +24,7 @@
 #                  epilogue, not one launch of kernels/gemm.cu)
 #   bench-cuda-nolt  the same with VISWORD_CUDA_LT=0 (no cuBLASLt: bias and residual in an epilogue
 #                  pass after each bf16 GEMM, the mask decoder's image-side linears on the bf16 path)
+#   bench-cuda-kvf32  the same with VISWORD_CUDA_KV=f32 (the LLM's KV cache in f32, not bf16)
 #   profile-cuda   the same with VISWORD_PROFILE=1 (one run): device time per op from timing events
 #                  (no syncs), per stage with its wall time, in its log
 #   torch-eager    tools/bench_torch.py, eager (same card, same run)
@@ -58,7 +59,7 @@ BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-3}
 DECODE_TOKENS=${DECODE_TOKENS:-8}
 TEST_THREADS=${TEST_THREADS:-4}
-ALL_STEPS=(tests-cuda kernels timings-cuda tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager bench-cuda-simt-attn bench-cuda-nofold bench-cuda-fold-simt bench-cuda-nofused bench-cuda-nolt profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked bench-wgpu-gemv-batched profile-wgpu torch-compile)
+ALL_STEPS=(tests-cuda kernels timings-cuda tests-wgpu tests-wgpu-coop timings-wgpu bench-cuda bench-cuda-eager bench-cuda-simt-attn bench-cuda-nofold bench-cuda-fold-simt bench-cuda-nofused bench-cuda-nolt bench-cuda-kvf32 profile-cuda torch-eager bench-dinov2 bench-wgpu bench-wgpu-coop bench-wgpu-tile64 bench-wgpu-checked bench-wgpu-gemv-batched profile-wgpu torch-compile)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
@@ -122,7 +123,7 @@ cap_of() { # default cap of a step, overridable by T_<STEP>
   local var="T_$(echo "$1" | tr 'a-z-' 'A-Z_')"
   local def
   case $1 in
-    tests-cuda) def=120 ;; kernels) def=60 ;; timings-cuda) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; bench-cuda-simt-attn) def=150 ;; bench-cuda-nofold) def=150 ;; bench-cuda-fold-simt) def=150 ;; bench-cuda-nofused) def=150 ;; bench-cuda-nolt) def=150 ;; profile-cuda) def=90 ;;
+    tests-cuda) def=120 ;; kernels) def=60 ;; timings-cuda) def=60 ;; tests-wgpu) def=120 ;; tests-wgpu-coop) def=40 ;; timings-wgpu) def=60 ;; bench-cuda) def=150 ;; bench-cuda-eager) def=150 ;; bench-cuda-simt-attn) def=150 ;; bench-cuda-nofold) def=150 ;; bench-cuda-fold-simt) def=150 ;; bench-cuda-nofused) def=150 ;; bench-cuda-nolt) def=150 ;; bench-cuda-kvf32) def=150 ;; profile-cuda) def=90 ;;
     torch-eager) def=120 ;; bench-dinov2) def=110 ;; bench-wgpu) def=170 ;; bench-wgpu-coop) def=150 ;; bench-wgpu-tile64) def=150 ;; bench-wgpu-checked) def=150 ;; bench-wgpu-gemv-batched) def=150 ;; profile-wgpu) def=150 ;; torch-compile) def=200 ;;
   esac
   echo "${!var:-$def}"
@@ -202,7 +203,7 @@ for step in "${ALL_STEPS[@]}"; do
       else run_step "$step" "$logs/$step.log" "$OUT/visword-cuda-$preset.json" \
         "$BIN/visword" bench --backend cuda --preset $preset --json --runs "$RUNS" --decode-tokens "$DECODE_TOKENS"
       fi ;;
-    bench-cuda-eager | bench-cuda-simt-attn | bench-cuda-nofold | bench-cuda-fold-simt | bench-cuda-nofused | bench-cuda-nolt)
+    bench-cuda-eager | bench-cuda-simt-attn | bench-cuda-nofold | bench-cuda-fold-simt | bench-cuda-nofused | bench-cuda-nolt | bench-cuda-kvf32)
       case $step in
         bench-cuda-eager) switch=VISWORD_CUDA_GRAPH=0 ;;
         bench-cuda-simt-attn) switch=VISWORD_CUDA_ATTN=simt ;;
@@ -210,6 +211,7 @@ for step in "${ALL_STEPS[@]}"; do
         bench-cuda-fold-simt) switch=VISWORD_CUDA_TWO_WAY=simt ;;
         bench-cuda-nofused) switch=VISWORD_CUDA_GEMM_FUSED=0 ;;
         bench-cuda-nolt) switch=VISWORD_CUDA_LT=0 ;;
+        bench-cuda-kvf32) switch=VISWORD_CUDA_KV=f32 ;;
       esac
       if [ $have_nvidia = 0 ]; then skip "$step" "no NVIDIA GPU"
       elif ! have_bin visword; then skip "$step" "$BIN/visword missing"

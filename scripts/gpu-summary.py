@@ -122,6 +122,7 @@ def main():
     fold_simt, _ = first("visword-cuda-fold-simt-lisa-7b.json")
     nofused, _ = first("visword-cuda-nofused-lisa-7b.json")
     nolt, _ = first("visword-cuda-nolt-lisa-7b.json")
+    kvf32, _ = first("visword-cuda-kvf32-lisa-7b.json")
     eager, eager_name = first("torch-eager.json", "torch-eager-tiny-cpu.json")
     comp, _ = first("torch-compile.json")
 
@@ -201,6 +202,7 @@ def main():
         (fold_simt, "cuda, two-way f32 kernels", None, 2),
         (nofused, "cuda, small linears on cuBLAS", None, 2),
         (nolt, "cuda, no cuBLASLt", None, 2),
+        (kvf32, "cuda, f32 KV cache", None, 2),
         (coop, "wgpu coop-matrix", coop_state, 3),
         (tile64, "wgpu 64-tile GEMM only", None, 3),
         (checked, "wgpu, wgpu's shader checks", None, 3),

@@ -117,7 +117,7 @@ fn weight_dtype_and_prefill_only() {
 fn table_marks_absent_stages() {
     let (code, out, err) = visword(&["bench", "--preset", "tiny", "--runs", "1", "--decode-tokens", "2", "--points-per-side", "4"]);
     assert_eq!(code, 0, "{err}");
-    for needle in ["backend:", "device:   cpu", "of roofline", "LLM prefill 576 + 40 tokens", "preset:   tiny", "threads:", "cpu:", "weights:  f32", "superpixels", "pool3"] {
+    for needle in ["backend:", "device:   cpu", "of roofline", "LLM prefill 576 + 40 tokens", "preset:   tiny", "threads:", "cpu:", "weights:  f32 (KV cache f32)", "superpixels", "pool3"] {
         assert!(out.contains(needle), "table lacks `{needle}`:\n{out}");
     }
     let mlp = out.lines().find(|l| l.starts_with("mlp ")).expect("an mlp row");

@@ -25,6 +25,7 @@ pub use mask_select::{MaskCandidate, Selection};
 pub use mlp::Mlp;
 pub use overlap::Overlapped;
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -209,7 +210,7 @@ pub const MASK_STATS_HEADER: usize = 8;
 pub(crate) fn mask_stats_shape(logits: &Tensor, rect: [usize; 4]) -> Result<(usize, usize, usize, usize)> {
     let s = logits.shape();
     let [y0, x0, h, w] = rect;
-    if s.len() < 2 || logits.dtype() != crate::dtype::DType::F32 {
+    if s.len() < 2 || logits.dtype() != DType::F32 {
         return Err(Error::shape("mask_stats", format!("logits {s:?} {}: expected f32 [..., H, W]", logits.dtype())));
     }
     let (ph, pw) = (s[s.len() - 2], s[s.len() - 1]);
@@ -232,9 +233,10 @@ pub(crate) struct RopeKvShape {
 }
 
 /// Check `rope_qk_write_kv`'s operands: q [B, H, n, D], k = v [B, Hkv, n, D] (D even), caches
-/// [B, Hkv, max, D] with pos + n ≤ max, tables [max_pos, D/2] covering pos + n, all f32.
+/// [B, Hkv, max, D] with pos + n ≤ max, tables [max_pos, D/2] covering pos + n, all f32 but the
+/// caches, which may both be `cache_dtype` instead (a backend's bf16 KV cache).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rope_kv_shape(q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, cos: &Tensor, sin: &Tensor, pos: usize) -> Result<RopeKvShape> {
+pub(crate) fn rope_kv_shape(q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, cos: &Tensor, sin: &Tensor, pos: usize, cache_dtype: DType) -> Result<RopeKvShape> {
     const OP: &str = "rope_qk_write_kv";
     let (qs, ks, cs) = (q.shape(), k.shape(), k_cache.shape());
     let bad = |what: String| Err(Error::shape(OP, what));
@@ -249,10 +251,15 @@ pub(crate) fn rope_kv_shape(q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor
     if cos.dims() != 2 || cos.dim(1) != h || cos.shape() != sin.shape() || pos + n > cos.dim(0) {
         return bad(format!("cos/sin {:?} / {:?}: expected [≥ {}, {h}]", cos.shape(), sin.shape(), pos + n));
     }
-    for (t, what) in [(q, "q"), (k, "k"), (v, "v"), (k_cache, "k cache"), (v_cache, "v cache"), (cos, "cos"), (sin, "sin")] {
-        if t.dtype() != crate::dtype::DType::F32 {
+    for (t, what) in [(q, "q"), (k, "k"), (v, "v"), (cos, "cos"), (sin, "sin")] {
+        if t.dtype() != DType::F32 {
             return bad(format!("{what} is {}, expected f32", t.dtype()));
         }
+    }
+    let (kc, vc) = (k_cache.dtype(), v_cache.dtype());
+    if kc != vc || (kc != DType::F32 && kc != cache_dtype) {
+        let allowed = if cache_dtype == DType::F32 { "f32".to_string() } else { format!("both f32 or both {cache_dtype}") };
+        return bad(format!("caches are {kc} and {vc}, expected {allowed}"));
     }
     Ok(RopeKvShape { n, h, q_pairs: q.numel() / 2, kv_pairs: k.numel() / 2, max: cs[2] })
 }
@@ -275,7 +282,7 @@ pub(crate) struct UpscaleShape {
 /// b2 [C2], hyper [P, M, C2] f32.
 pub(crate) fn upscale_masks_shape(y: &Tensor, ln_w: &Tensor, ln_b: &Tensor, w2: &Tensor, b2: &Tensor, hyper: &Tensor) -> Result<UpscaleShape> {
     let (ys, ws, hs) = (y.shape(), w2.shape(), hyper.shape());
-    let f32s = [y, ln_w, ln_b, w2, b2, hyper].iter().all(|t| t.dtype() == crate::dtype::DType::F32);
+    let f32s = [y, ln_w, ln_b, w2, b2, hyper].iter().all(|t| t.dtype() == DType::F32);
     let ok = f32s
         && ys.len() == 4
         && ys[1] == ys[2]
@@ -570,7 +577,7 @@ impl Backend {
     /// Returns [B, H, Nq, D]. Never materialises more than a block of scores.
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttnParams) -> Result<Tensor> {
         let _span = profile::Span::start(self, || match (self, attention_shape(q, k, v, p)) {
-            (Backend::Cuda(b), Ok(s)) => format!("attention, {}", b.attention_family(&s, p).label()),
+            (Backend::Cuda(b), Ok(s)) => format!("attention, {}", b.attention_family(&s, p, k.dtype()).label()),
             _ => (if q.dims() == 4 && q.dim(2) <= 8 { "attention, Nq ≤ 8" } else { "attention" }).to_string(),
         });
         dispatch!(self, be => be.attention(q, k, v, p))
@@ -584,7 +591,7 @@ impl Backend {
     pub fn attention_tokens(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, p: &AttnParams) -> Result<Tensor> {
         let t = attention_tokens_shape(q, k, v, heads, p)?;
         let _span = profile::Span::start(self, || match self {
-            Backend::Cuda(b) => format!("attention_tokens, {}", b.attention_family(&t.s, p).label()),
+            Backend::Cuda(b) => format!("attention_tokens, {}", b.attention_family(&t.s, p, k.dtype()).label()),
             _ => format!("attention_tokens, Nq {} 8", if t.s.nq <= 8 { "≤" } else { ">" }),
         });
         dispatch!(self, be => be.attention_tokens(q, k, v, &t, p))
@@ -710,7 +717,8 @@ impl Backend {
     /// WebGPU's eight), those ops on the CPU.
     #[allow(clippy::too_many_arguments)]
     pub fn rope_qk_write_kv(&self, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, cos: &Tensor, sin: &Tensor, pos: usize) -> Result<Tensor> {
-        let s = rope_kv_shape(q, k, v, k_cache, v_cache, cos, sin, pos)?;
+        let cache_dtype = if matches!(self, Backend::Cuda(_)) { DType::BF16 } else { DType::F32 };
+        let s = rope_kv_shape(q, k, v, k_cache, v_cache, cos, sin, pos, cache_dtype)?;
         let _span = profile::Span::start(self, || "rope_qk_write_kv".to_string());
         match self {
             Backend::Cuda(b) => b.rope_qk_write_kv(q, k, v, k_cache, v_cache, cos, sin, pos, s),
@@ -833,6 +841,18 @@ impl Backend {
     /// run every step eagerly.
     pub fn step_graphs(&self) -> bool {
         matches!(self, Backend::Cuda(b) if b.step_graphs())
+    }
+
+    /// The dtype a model's KV cache is kept in here, for a model whose weights are half
+    /// precision (`half_weights`) or not. CUDA keeps half-precision models' keys and values as
+    /// bf16 (what a bf16 model's k_proj and v_proj would round them to; decode attention then
+    /// reads half the bytes) unless `VISWORD_CUDA_KV=f32` at start-up or `set_kv_bf16(false)`;
+    /// everything else is f32. `rope_qk_write_kv` and `attention` take caches of this dtype.
+    pub fn kv_cache_dtype(&self, half_weights: bool) -> DType {
+        match self {
+            Backend::Cuda(b) if half_weights && b.kv_bf16() => DType::BF16,
+            _ => DType::F32,
+        }
     }
 
     /// Record `step`, the ops of one decode step for token `id` at position `pos` (whose kernels

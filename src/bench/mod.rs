@@ -271,6 +271,7 @@ fn run_with(opts: &Options, be: &Backend) -> Result<BenchReport> {
         threads: rayon::current_num_threads(),
         cpu_model: machine::cpu_model(),
         weight_dtype: dtype.to_string(),
+        kv_cache_dtype: be.kv_cache_dtype(dtype.is_half()).to_string(),
         text_tokens: stack.text_tokens(),
         photos: stack.photo_count(),
         decode_tokens: opts.decode_tokens,

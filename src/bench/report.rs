@@ -91,6 +91,8 @@ pub struct BenchReport {
     pub threads: usize,
     pub cpu_model: Option<String>,
     pub weight_dtype: String,
+    /// The LLM's KV cache (`Backend::kv_cache_dtype`: bf16 on CUDA for half-precision weights).
+    pub kv_cache_dtype: String,
     pub text_tokens: usize,
     /// Photos the timed runs cycle through.
     pub photos: usize,
@@ -182,7 +184,7 @@ impl BenchReport {
         out.push_str(&format!("preset:   {} ({}, random weights)\n", self.preset, self.models));
         out.push_str(&format!("threads:  {}\n", self.threads));
         out.push_str(&format!("cpu:      {}\n", self.cpu_model.as_deref().unwrap_or("unknown")));
-        out.push_str(&format!("weights:  {}\n", self.weight_dtype));
+        out.push_str(&format!("weights:  {} (KV cache {})\n", self.weight_dtype, self.kv_cache_dtype));
         out.push_str(&format!(
             "timing:   median of {} run(s) after {} warm-up over {} photo(s); {} text tokens; {} decode tokens; times in ms\n\n",
             self.timed_runs, self.warmup_runs, self.photos, self.text_tokens, self.decode_tokens

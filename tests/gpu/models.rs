@@ -21,6 +21,9 @@
 //! * SAM: mask logits reach |x| ≈ 10 after the two-way transformer and the upscaler, so the rtol
 //!   term dominates: `model_tol`. The 1024² geometry runs a global attention over 4096 keys, the
 //!   longest reduction here: still `model_tol`.
+//! * Llama with bf16 weights and (on CUDA) a bf16 KV cache, against the CPU on the same weights:
+//!   5e-2 + 5e-2·|x| as SAM's below, and on CUDA the bf16 cache within 1e-2 + 1e-2·|x| of an
+//!   f32 one (the test's own comment).
 //! * SAM with bf16 weights, against the CPU on the same weights (no transformers reference):
 //!   CUDA rounds GEMM operands to bf16 / TF32, so 5e-2 + 5e-2·|x| and the masks the same on 99%
 //!   of the pixels away from the threshold (the test's own comment).
@@ -243,6 +246,71 @@ fn recorded_decode_steps_match_eager_ones() {
             }
         }
         cb.set_step_graphs(true);
+    }
+}
+
+/// Llama with bf16 weights (llama_gqa converted), on each GPU against the CPU on the same weights,
+/// through the KV cache as the stack runs it: a 6-token prefill, a 5-token chunk, then one token
+/// at a time (recorded and replayed on CUDA). CUDA keeps a half-precision model's cache as bf16
+/// (`Backend::kv_cache_dtype`), rounds GEMM operands to bf16 and the prefill's attention operands
+/// to f16, so the tolerance is the bf16 one of the SAM test below (5e-2 + 5e-2·|x| on logits of
+/// order 1–10). On CUDA the same steps through an f32 cache differ from the bf16 cache's by the
+/// rounding of K and V alone (relative 2⁻⁹ per element): within 1e-2 + 1e-2·|x|, where reading
+/// the wrong rows or unrounded bits would move the logits by O(1).
+#[test]
+fn llama_with_bf16_weights_and_cache_matches_the_cpu() {
+    let g = gpus("models::llama_bf16");
+    if g.is_empty() {
+        return;
+    }
+    let tmp = crate::common::files::TempDir::new_in(&std::env::temp_dir(), "llama-bf16");
+    std::fs::copy(dir("llama_gqa").join("config.json"), tmp.join("config.json")).unwrap();
+    let w = fixture("llama_gqa/model.safetensors");
+    let bf16: Vec<(String, Tensor)> = w
+        .names()
+        .map(|n| {
+            let t = w.get(n).unwrap();
+            let t = if t.dtype().is_float() { t.to_dtype(visword::DType::BF16).unwrap() } else { t };
+            (n.to_string(), t)
+        })
+        .collect();
+    visword::weights::save_safetensors(&tmp.join("model.safetensors"), &bf16, None).unwrap();
+    let input = ids(&fixture("llama_gqa/reference.safetensors"), "input_ids");
+    let run = |be: &visword::Backend| -> (Vec<f32>, visword::DType) {
+        let model = Llama::load(&tmp, be).unwrap();
+        let mut cache = model.new_cache(be, input.len() + 3).unwrap();
+        let mut got = Vec::new();
+        for chunk in [&input[..6], &input[6..11]] {
+            let out = model.forward(be, Input::Ids(chunk), &mut cache, Logits::All, false).unwrap();
+            got.extend(be.to_vec_f32(&out.logits.unwrap()).unwrap());
+        }
+        for i in 11..input.len() {
+            let out = model.forward(be, Input::Ids(&input[i..i + 1]), &mut cache, Logits::Last, false).unwrap();
+            got.extend(be.to_vec_f32(&out.logits.unwrap()).unwrap());
+        }
+        assert_eq!(cache.replays_steps(), be.step_graphs(), "{}: {:?}", be.name(), cache.graph_note());
+        (got, cache.dtype())
+    };
+    let (want, cpu_dtype) = run(&visword::Backend::cpu());
+    assert_eq!(cpu_dtype, visword::DType::F32);
+    for gpu in &g {
+        let be = &gpu.backend;
+        let (got, dtype) = run(be);
+        assert_eq!(dtype, be.kv_cache_dtype(true), "{}", be.name());
+        assert_close(&format!("llama_gqa bf16 weights, {dtype} cache, on {}", be.name()), &got, &want, Tol { atol: 5e-2, rtol: 5e-2 });
+        if let visword::Backend::Cuda(cb) = be {
+            assert_eq!(dtype, visword::DType::BF16, "CUDA keeps a bf16 model's cache as bf16 by default");
+            cb.set_kv_bf16(false);
+            let (f32_cache, f32_dtype) = run(be);
+            cb.set_kv_bf16(true);
+            assert_eq!(f32_dtype, visword::DType::F32);
+            assert_close("llama_gqa bf16 weights on CUDA: bf16 cache against an f32 cache", &got, &f32_cache, Tol { atol: 1e-2, rtol: 1e-2 });
+            // Steps replayed from a graph on the bf16 cache against eager ones.
+            cb.set_step_graphs(false);
+            let (eager, _) = run(be);
+            cb.set_step_graphs(true);
+            assert_close("llama_gqa bf16 weights on CUDA: recorded steps against eager ones", &got, &eager, gpu.op_tol);
+        }
     }
 }
 

@@ -20,12 +20,18 @@
 //!   and key split, then `attention_combine_f32` merges the splits when there is more than one.
 //!   The split count depends only on the shapes (never on the card), so results are the same
 //!   on every device and every run.
+//!
+//! K and V may also be bf16 (a bf16 KV cache, `Backend::kv_cache_dtype`): the forward,
+//! tensor-core and decode kernels have `_bf16kv` twins that widen them as they read (the same
+//! arithmetic on the same values at half the bytes); the few-keys and 8-query kernels have
+//! none, so such calls take the forward or decode kernels.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::{dev_err, kernels, CudaBackend};
+use super::{dev_err, kernels, CudaBackend, CudaData};
 use crate::backend::packed_attention::PackedShape;
 use crate::backend::{attention_shape, AttnBias, AttnParams, AttnShape, TokenAttnShape};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -100,15 +106,17 @@ impl Family {
 
 impl CudaBackend {
     /// Which kernels a call of shape `s` takes (see the module doc).
-    pub(crate) fn attention_family(&self, s: &AttnShape, p: &AttnParams) -> Family {
+    /// `kv` is the dtype of k and v (f32, or bf16 from a bf16 KV cache).
+    pub(crate) fn attention_family(&self, s: &AttnShape, p: &AttnParams, kv: DType) -> Family {
         // A decode step being recorded reads its key count on the device, so it takes the decode
         // kernel whatever the count is now.
         let recording = self.recorded_step(s, p).is_some();
         let bias = !matches!(p.bias, AttnBias::None);
-        if !recording && !bias && s.nk <= FEW_MAX_KEYS && s.d <= FEW_MAX_D {
+        let f32_kv = kv == DType::F32;
+        if f32_kv && !recording && !bias && s.nk <= FEW_MAX_KEYS && s.d <= FEW_MAX_D {
             Family::FewKeys
         } else if !recording && (s.nq > DECODE_MAX_NQ || (s.nq > 1 && s.b * s.h >= DEC_TARGET_BLOCKS)) {
-            if s.nq <= FWD_Q8 && s.d.next_multiple_of(16) <= FWD_Q8_MAX_DP {
+            if f32_kv && s.nq <= FWD_Q8 && s.d.next_multiple_of(16) <= FWD_Q8_MAX_DP {
                 Family::ForwardQ8
             } else if p.low_precision && self.mma_attention() {
                 Family::ForwardMma
@@ -184,9 +192,17 @@ impl CudaBackend {
         Ok(self.wrap_f32(out, shape))
     }
 
-    /// The device pointers of three f32 operands.
+    /// The device pointers of f32 q and of k and v, both f32 or both bf16 (a bf16 KV cache).
     fn operands(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Operands> {
-        Ok(Operands { q: self.f32_ptr(q, OP)?, k: self.f32_ptr(k, OP)?, v: self.f32_ptr(v, OP)? })
+        let kv_ptr = |t: &Tensor| match self.data(t, OP)? {
+            CudaData::F32(s) => Ok(self.ptr(s)),
+            CudaData::BF16(s) => Ok(self.ptr(s)),
+            _ => Err(Error::shape(OP, format!("k and v must be f32 or bf16, got {} {:?}", t.dtype(), t.shape()))),
+        };
+        if k.dtype() != v.dtype() {
+            return Err(Error::shape(OP, format!("k is {} but v is {}: they must share a dtype", k.dtype(), v.dtype())));
+        }
+        Ok(Operands { q: self.f32_ptr(q, OP)?, k: kv_ptr(k)?, v: kv_ptr(v)?, kv: k.dtype() })
     }
 
     /// Whether `Backend::attention_packed` runs here as `attention_packed` (head dims the
@@ -215,7 +231,7 @@ impl CudaBackend {
         let st = Strides { q: [n64 * row64, d64, row64], kv: [n64 * row64, d64, row64], o: [n64 * hd64, d64, hd64] };
         let shape = vec![b, n, h * d];
         let mut out = self.alloc_f32(&shape)?;
-        let ops = Operands { q: base, k: base + 4 * (h * d) as u64, v: base + 8 * (h * d) as u64 };
+        let ops = Operands { q: base, k: base + 4 * (h * d) as u64, v: base + 8 * (h * d) as u64, kv: DType::F32 };
         self.run_attention(ops, &mut out, &s, &st, &p)?;
         Ok(self.wrap_f32(out, shape))
     }
@@ -243,7 +259,9 @@ impl CudaBackend {
         if b * h * nq * d == 0 {
             return Ok(());
         }
-        let Operands { q: qd, k: kd, v: vd } = ops;
+        let Operands { q: qd, k: kd, v: vd, kv } = ops;
+        // The kernels' name suffix: f32 operands, or bf16 K and V.
+        let suffix = if kv == DType::BF16 { "bf16kv" } else { "f32" };
         // Without a bias the kernels never read rel_h / rel_w (k_w = 0): q stands in.
         let (rh, rw) = rel.unwrap_or((qd, qd));
         let (bh, rows) = (b * h, b * h * nq);
@@ -259,7 +277,7 @@ impl CudaBackend {
             k_w: i32_arg("k_w", k_w)?,
         };
         let stream = self.stream();
-        let family = self.attention_family(s, p);
+        let family = self.attention_family(s, p, kv);
 
         // A handful of keys: one thread per query row (kernels/attention.cu attention_fewkeys).
         if family == Family::FewKeys {
@@ -291,8 +309,8 @@ impl CudaBackend {
             // the same arguments).
             let (kernel, bq, name) = match family {
                 Family::ForwardQ8 => (&kernels::ATTENTION, FWD_Q8, format!("attention_fwd_q8_d{dp}_f32")),
-                Family::ForwardMma => (&kernels::ATTENTION_MMA, MMA_BQ, format!("attention_fwd_mma_d{dp}_f32")),
-                _ => (&kernels::ATTENTION, FWD_BQ, format!("attention_fwd_d{dp}_f32")),
+                Family::ForwardMma => (&kernels::ATTENTION_MMA, MMA_BQ, format!("attention_fwd_mma_d{dp}_{suffix}")),
+                _ => (&kernels::ATTENTION, FWD_BQ, format!("attention_fwd_d{dp}_{suffix}")),
             };
             let tiles = nq.div_ceil(bq);
             if bh > GRID_X_MAX || tiles > GRID_Y_MAX {
@@ -303,7 +321,8 @@ impl CudaBackend {
             let mut l = stream.launch_builder(&f);
             l.arg(&qd).arg(&kd).arg(&vd).arg(&rh).arg(&rw).arg(&mut *out).arg(st);
             args.push(&mut l);
-            // SAFETY: argument list matches FWD_PARAMS in kernels/attention.cu; the strides place
+            // SAFETY: argument list matches FWD_PARAMS_KV in kernels/attention.cu, k and v of the
+            // element type the suffix names (`operands` checked both are); the strides place
             // q [b, h, nq, d], k/v [b, hkv, nk_all, d] (nk <= nk_all) and out [b, h, nq, d]
             // inside their buffers (the callers' shape checks; a batch stride of 0 reads one
             // shared batch entry); rel_h/rel_w are [bh, nq, k_h/k_w] when k_w > 0; the kernel
@@ -324,7 +343,7 @@ impl CudaBackend {
         }
         let chunk_arg = i32_arg("decode chunk", chunk)?;
         let dp = d.next_multiple_of(32);
-        let f = self.function(&kernels::ATTENTION, &format!("attention_decode_d{dp}_f32"))?;
+        let f = self.function(&kernels::ATTENTION, &format!("attention_decode_d{dp}_{suffix}"))?;
         let cfg = LaunchConfig { grid_dim: (rows as u32, nsplit as u32, 1), block_dim: (DEC_THREADS, 1, 1), shared_mem_bytes: 0 };
         // Partial results: per row and split, the unnormalised output (d floats) and its max and
         // sum. With one split the kernel writes `out` itself and never touches these (q stands in).
@@ -341,7 +360,7 @@ impl CudaBackend {
                 None => l.arg(&qd).arg(&qd),
             };
             l.arg(&chunk_arg).arg(&step);
-            // SAFETY: argument list matches DEC_PARAMS in kernels/attention.cu; operands as for
+            // SAFETY: argument list matches DEC_PARAMS_KV in kernels/attention.cu; operands as for
             // the forward launch; grid (rows, nsplit) with nsplit · chunk >= nk, so block
             // (row, s) reads keys [s·chunk, min((s + 1)·chunk, nk)) only; with nsplit > 1 it
             // writes part_o[(row·nsplit + s)·d ..][..d] and part_ml[(row·nsplit + s)·2 ..][..2],
@@ -368,12 +387,14 @@ impl CudaBackend {
     }
 }
 
-/// Device pointers of q, k and v, each placed by the strides from there.
+/// Device pointers of q, k and v, each placed by the strides from there, and the dtype of k
+/// and v (f32 or bf16; q is f32).
 #[derive(Clone, Copy)]
 struct Operands {
     q: u64,
     k: u64,
     v: u64,
+    kv: DType,
 }
 
 /// The scalar arguments shared by both kernels, in FWD_PARAMS order after the pointers.

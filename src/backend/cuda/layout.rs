@@ -257,7 +257,15 @@ impl CudaBackend {
     /// other tensors is copied first (they keep the old values), so `t` alone sees the writes.
     pub(crate) fn with_unique_f32(&self, t: &mut Tensor, op: &'static str, f: impl FnOnce(u64) -> Result<()>) -> Result<()> {
         self.f32_slice(t, op)?;
-        let shape = t.shape().to_vec();
+        self.with_unique(t, op, f)
+    }
+
+    /// `with_unique_f32` for an f32 or bf16 tensor (a KV cache of either dtype).
+    pub(crate) fn with_unique(&self, t: &mut Tensor, op: &'static str, f: impl FnOnce(u64) -> Result<()>) -> Result<()> {
+        let (shape, dtype) = (t.shape().to_vec(), t.dtype());
+        if !matches!(self.data(t, op)?, CudaData::F32(_) | CudaData::BF16(_)) {
+            return Err(Error::shape(op, format!("expected an f32 or bf16 tensor, got {dtype} {shape:?}")));
+        }
         // Take the storage out so the Arc count says whether anyone else holds it.
         let old = std::mem::replace(t, Tensor::from_storage(Storage::Cpu(Arc::new(crate::tensor::CpuData::F32(Vec::new()))), DType::F32, vec![0]));
         let Storage::Cuda(mut arc) = old.storage().clone() else {
@@ -270,22 +278,24 @@ impl CudaBackend {
             // capture would be the graph's own memory.
             let copy = match &*arc {
                 _ if self.step_args().is_some() => Err(Error::shape(op, "a KV cache shared with another tensor cannot be written by a recorded decode step")),
-                CudaData::F32(s) => self.dtod_copy(s, op),
-                _ => Err(Error::shape(op, "tensor is not f32")),
+                CudaData::F32(s) => self.stream().clone_dtod(s).map(CudaData::F32).map_err(super::dev_err(op)),
+                CudaData::BF16(s) => self.stream().clone_dtod(s).map(CudaData::BF16).map_err(super::dev_err(op)),
+                _ => Err(Error::shape(op, "expected an f32 or bf16 tensor")),
             };
             match copy {
-                Ok(c) => arc = Arc::new(CudaData::F32(c)),
+                Ok(c) => arc = Arc::new(c),
                 Err(e) => {
-                    *t = Tensor::from_storage(Storage::Cuda(arc), DType::F32, shape);
+                    *t = Tensor::from_storage(Storage::Cuda(arc), dtype, shape);
                     return Err(e);
                 }
             }
         }
         let result = match &*arc {
             CudaData::F32(s) => f(self.ptr(s)),
-            _ => Err(Error::shape(op, "tensor is not f32")),
+            CudaData::BF16(s) => f(self.ptr(s)),
+            _ => Err(Error::shape(op, "expected an f32 or bf16 tensor")),
         };
-        *t = Tensor::from_storage(Storage::Cuda(arc), DType::F32, shape);
+        *t = Tensor::from_storage(Storage::Cuda(arc), dtype, shape);
         result
     }
 

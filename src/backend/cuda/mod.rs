@@ -81,6 +81,8 @@ struct Core {
     mma_attention: std::sync::atomic::AtomicBool,
     /// Decode steps are recorded as graphs and replayed (graph.rs).
     step_graphs: std::sync::atomic::AtomicBool,
+    /// Half-precision models keep their KV caches as bf16 (`Backend::kv_cache_dtype`).
+    kv_bf16: std::sync::atomic::AtomicBool,
     /// Which bf16 linears run as one fused launch (gemm.rs, `FusedGemm::code`).
     fused_gemm: std::sync::atomic::AtomicU8,
 }
@@ -196,6 +198,7 @@ impl CudaBackend {
         let mma_upscale = std::env::var("VISWORD_CUDA_UPSCALE").map(|v| v.trim() != "simt").unwrap_or(true);
         let mma_attention = std::env::var("VISWORD_CUDA_ATTN").map(|v| v.trim() != "simt").unwrap_or(true);
         let step_graphs = std::env::var("VISWORD_CUDA_GRAPH").map(|v| v.trim() != "0").unwrap_or(true);
+        let kv_bf16 = std::env::var("VISWORD_CUDA_KV").map(|v| v.trim() != "f32").unwrap_or(true);
         let core = Core {
             ctx,
             modules: Default::default(),
@@ -206,6 +209,7 @@ impl CudaBackend {
             mma_upscale: mma_upscale.into(),
             mma_attention: mma_attention.into(),
             step_graphs: step_graphs.into(),
+            kv_bf16: kv_bf16.into(),
             fused_gemm: gemm::FusedGemm::from_env().code().into(),
         };
         Ok(CudaBackend::with_stream(Arc::new(core), stream, blas))
@@ -242,6 +246,17 @@ impl CudaBackend {
 
     pub fn set_bf16_gemm(&self, on: bool) {
         self.core.bf16_gemm.store(on, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether half-precision models' KV caches are bf16 (the default) or f32
+    /// (`VISWORD_CUDA_KV=f32` at start-up, or `set_kv_bf16(false)`; caches made before keep
+    /// their dtype).
+    pub fn kv_bf16(&self) -> bool {
+        self.core.kv_bf16.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_kv_bf16(&self, on: bool) {
+        self.core.kv_bf16.store(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn device_name(&self) -> String {

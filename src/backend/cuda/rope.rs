@@ -3,6 +3,7 @@
 
 use super::{grid_1d, kernels, launch, CudaBackend};
 use crate::backend::RopeKvShape;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -40,13 +41,15 @@ impl CudaBackend {
         let out = self.alloc_f32(q.shape())?;
         let yp = self.ptr(&out);
         let pairs = s.q_pairs + s.kv_pairs;
+        // f32 caches, or bf16 ones (`rope_kv_shape` checked both share the dtype).
+        let name = if k_cache.dtype() == DType::BF16 { "rope_qk_write_kv_bf16kv" } else { "rope_qk_write_kv_f32" };
         if pairs > 0 {
             let (qn, kvn, n32, h32, p64, max) = (s.q_pairs as u64, s.kv_pairs as u64, s.n as u32, s.h as u32, pos as u64, s.max as u64);
             // A decode step being recorded reads its position on the device (graph.rs).
             let step = self.step_args().filter(|_| s.n == 1).unwrap_or(0);
-            self.with_unique_f32(k_cache, OP, |kc| {
-                self.with_unique_f32(v_cache, OP, |vc| {
-                    launch!(self, OP, self.function(&kernels::ROPE, "rope_qk_write_kv_f32")?, grid_1d(pairs), qp, yp, kp, vp, kc, vc, cp, sp, qn, kvn, n32, h32, p64, max, step)
+            self.with_unique(k_cache, OP, |kc| {
+                self.with_unique(v_cache, OP, |vc| {
+                    launch!(self, OP, self.function(&kernels::ROPE, name)?, grid_1d(pairs), qp, yp, kp, vp, kc, vc, cp, sp, qn, kvn, n32, h32, p64, max, step)
                 })
             })?;
         }

@@ -103,6 +103,11 @@ impl KvCache {
         }
         Ok(())
     }
+    /// The dtype keys and values are kept in (`Backend::kv_cache_dtype`: bf16 on CUDA for
+    /// half-precision models, else f32).
+    pub fn dtype(&self) -> crate::dtype::DType {
+        self.k.first().map_or(crate::dtype::DType::F32, |t| t.dtype())
+    }
     /// Whether single-token steps on this cache replay a recorded graph (CUDA).
     pub fn replays_steps(&self) -> bool {
         self.graph.is_some()
@@ -218,13 +223,23 @@ impl Llama {
             ));
         }
         let shape = [1, c.num_key_value_heads, max_ctx, c.head_dim];
+        // bf16 on CUDA for half-precision weights (`Backend::kv_cache_dtype`), else f32.
+        let dtype = be.kv_cache_dtype(self.half_weights());
+        // A buffer per tensor (on the CPU an upload shares the host buffer).
+        let zeros = || -> Result<Tensor> { be.upload(&Tensor::zeros(shape).to_dtype(dtype)?) };
         let mut k = Vec::with_capacity(c.num_hidden_layers);
         let mut v = Vec::with_capacity(c.num_hidden_layers);
         for _ in 0..c.num_hidden_layers {
-            k.push(be.upload(&Tensor::zeros(shape))?);
-            v.push(be.upload(&Tensor::zeros(shape))?);
+            k.push(zeros()?);
+            v.push(zeros()?);
         }
         Ok(KvCache { k, v, len: 0, capacity: max_ctx, eager_steps: 0, graph: None, graph_off: None })
+    }
+
+    /// Whether the attention projections are half precision (f16 or bf16), which lets the
+    /// attention round its operands (`AttnParams::low_precision`) and CUDA keep a bf16 cache.
+    fn half_weights(&self) -> bool {
+        self.layers.first().is_some_and(|l| l.self_attn.q_proj.weight.dtype().is_half())
     }
 
     /// Token embeddings `[n, hidden]` f32; every id must be below the vocabulary size.
