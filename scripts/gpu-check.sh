@@ -69,6 +69,18 @@ done
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 logs=$(mktemp -d /tmp/gpu-check-logs.XXXXXX)
+# gpu-pack.sh gzips the binaries to fit what a run can carry: unpack them into a folder of
+# their own (the carried one may be read-only), next to links to the rest of $BIN.
+if ls "$BIN"/*.gz >/dev/null 2>&1; then
+  unpacked=$(mktemp -d /tmp/gpu-check-bin.XXXXXX)
+  for f in "$BIN"/*; do
+    case $f in
+      *.gz) gzip -dc "$f" >"$unpacked/$(basename "$f" .gz)" && chmod +x "$unpacked/$(basename "$f" .gz)" ;;
+      *) ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$unpacked/$(basename "$f")" ;;
+    esac
+  done
+  BIN=$unpacked
+fi
 status="$logs/status.tsv"
 : >"$status"
 t0=$(date +%s)

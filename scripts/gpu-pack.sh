@@ -8,8 +8,9 @@
 #   vulkan/*.deb   the Vulkan loader (libvulkan1) and GLVND, for a machine whose image lacks them
 #   manifest.txt   commit, build date, file sizes
 #
-# Binaries are stripped; the folder must stay under 64 MiB (what a device run may carry with the
-# tree), and the total is printed. gpu-bin/ is listed in .git/info/exclude, so it travels only
+# Binaries are stripped and gzipped (visword.gz, ...: the embedded PTX is text, so a 27 MB binary
+# packs to ~8 MB; gpu-check.sh unpacks them); the folder must stay under 64 MiB (what a device
+# run may carry with the tree), and the total is printed. gpu-bin/ is listed in .git/info/exclude, so it travels only
 # when a run names it in `carry`.
 #
 #   scripts/gpu-pack.sh [OUT_DIR]        # then: run scripts/gpu-check.sh there, carrying gpu-bin
@@ -61,6 +62,7 @@ else
   echo "note: no cuda_kernels test target in this tree; gpu-check.sh will skip it" >&2
 fi
 strip "$out"/visword "$out"/gpu ${kernels:+"$out"/cuda_kernels}
+gzip -9 "$out"/visword "$out"/gpu ${kernels:+"$out"/cuda_kernels}
 
 # The Vulkan loader, for GPU images without one (gpu-check.sh unpacks it only when needed), and
 # the GLVND libraries NVIDIA's Vulkan driver (libGLX_nvidia) links against: without them the
