@@ -80,9 +80,9 @@ fn entry_points(src: &str) -> Vec<String> {
 mod common;
 
 use common::{compare, Rng, Tol};
-use visword::backend::cuda::{CudaBackend, FusedGemm};
+use visword::backend::cuda::{CudaBackend, DecodeSplits, FusedGemm};
 use visword::backend::cpu::CpuBackend;
-use visword::{Activation, DType, Tensor, TwoWayParams};
+use visword::{Activation, AttnParams, DType, Tensor, TwoWayParams};
 
 const TOL: Tol = Tol { atol: 1e-4, rtol: 1e-4 };
 
@@ -451,6 +451,33 @@ fn cuda_timings() {
     }
     stack_linear_timings(&gpu, &mut rng);
     two_way_timings(&gpu, &mut rng);
+    decode_attention_timings(&gpu, &mut rng);
+}
+
+/// A Llama-7B decode step's attention (32 heads, d 128, one query, causal over the first `nk`
+/// rows of a 4096-row cache) per call, with f32 and bf16 K/V, at the default key splits and at
+/// others (how many blocks to aim for, fewest keys per split), each as µs and TB/s of K/V read:
+/// the data to set `DecodeSplits::default()` from.
+fn decode_attention_timings(be: &visword::Backend, rng: &mut Rng) {
+    let visword::Backend::Cuda(cb) = be else { return };
+    let (h, d, cap) = (32, 128, 4096);
+    let q = be.upload(&rng.tensor(&[1, h, 1, d])).expect("upload");
+    let kv32 = [rng.tensor(&[1, h, cap, d]), rng.tensor(&[1, h, cap, d])];
+    let default = cb.decode_split_config();
+    for dt in [DType::F32, DType::BF16] {
+        let k = be.upload(&kv32[0].to_dtype(dt).expect("dtype")).expect("upload");
+        let v = be.upload(&kv32[1].to_dtype(dt).expect("dtype")).expect("upload");
+        for nk in [80, 616, 4096] {
+            let p = AttnParams { causal: true, kv_len: Some(nk), ..AttnParams::new(d) };
+            for (target_blocks, min_chunk) in [(default.target_blocks, default.min_chunk), (256, 64), (1024, 32), (2048, 16), (1024, 64)] {
+                cb.set_decode_split_config(DecodeSplits { target_blocks, min_chunk }).expect("splits");
+                let s = time_per_call(be, &|| be.attention(&q, &k, &v, &p));
+                let bytes = (2 * h * nk * d * dt.size()) as f64;
+                eprintln!("decode attention {dt:?} K/V, {nk} keys, splits aiming at {target_blocks} blocks of ≥ {min_chunk} keys: {:.1} µs, {:.2} TB/s of K/V", s * 1e6, bytes / s / 1e12);
+            }
+        }
+    }
+    cb.set_decode_split_config(default).expect("splits");
 }
 
 /// The linears of the benchmark's stages at their own sizes (bf16 weights), each against its

@@ -58,11 +58,11 @@ const FEW_MAX_D: usize = 32;
 /// Threads per decode block (DEC_THREADS): 4 warps taking 4 keys each per step.
 const DEC_THREADS: u32 = 128;
 const DEC_KEYS_PER_STEP: usize = 16;
-/// A decode split covers at least this many keys: fewer would make the partial results (one
-/// row of D floats per split) cost more traffic than the keys they cover.
+/// A decode split covers at least this many keys by default: fewer would make the partial
+/// results (one row of D floats per split) cost more traffic than the keys they cover.
 const DEC_MIN_CHUNK: usize = 64;
-/// Decode blocks to aim for: about 4 per SM of an H100/H200 (132 SMs), enough to keep
-/// bandwidth-bound warps in flight. A constant, not the device's SM count, for determinism.
+/// Decode blocks to aim for by default: about 4 per SM of an H100/H200 (132 SMs), enough to
+/// keep bandwidth-bound warps in flight. A constant, not the device's SM count, for determinism.
 const DEC_TARGET_BLOCKS: usize = 512;
 /// Grid limits: x up to 2^31 − 1, y up to 65535.
 const GRID_X_MAX: usize = i32::MAX as usize;
@@ -71,11 +71,36 @@ const GRID_Y_MAX: usize = 65_535;
 /// cannot overflow (element offsets are 64-bit in the kernels).
 const DIM_MAX: usize = 1 << 30;
 
+/// How the decode kernel splits its keys: aim for `target_blocks` blocks in all, each split
+/// covering at least `min_chunk` keys. Shapes alone decide the splits (never the card), so
+/// results are the same on every device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeSplits {
+    pub target_blocks: usize,
+    pub min_chunk: usize,
+}
+
+impl Default for DecodeSplits {
+    fn default() -> Self {
+        DecodeSplits { target_blocks: DEC_TARGET_BLOCKS, min_chunk: DEC_MIN_CHUNK }
+    }
+}
+
+impl DecodeSplits {
+    /// Packed into one word for the backend's atomic (target in the high half).
+    pub(crate) fn to_bits(self) -> u64 {
+        ((self.target_blocks as u64) << 32) | self.min_chunk as u64
+    }
+    pub(crate) fn from_bits(b: u64) -> DecodeSplits {
+        DecodeSplits { target_blocks: (b >> 32) as usize, min_chunk: (b & 0xffff_ffff) as usize }
+    }
+}
+
 /// How the keys of a decode row are split: (number of splits, keys per split). Every split is
 /// non-empty for the last row; chunk is a multiple of the keys one block takes per step.
-fn decode_splits(rows: usize, nk: usize) -> (usize, usize) {
-    let wanted = DEC_TARGET_BLOCKS.div_ceil(rows.max(1));
-    let most = (nk / DEC_MIN_CHUNK).max(1);
+fn decode_splits(rows: usize, nk: usize, cfg: DecodeSplits) -> (usize, usize) {
+    let wanted = cfg.target_blocks.div_ceil(rows.max(1));
+    let most = (nk / cfg.min_chunk).max(1);
     let n = wanted.clamp(1, most);
     let chunk = nk.div_ceil(n).next_multiple_of(DEC_KEYS_PER_STEP).max(DEC_KEYS_PER_STEP);
     (nk.div_ceil(chunk).max(1), chunk)
@@ -142,6 +167,22 @@ impl CudaBackend {
 
     pub fn set_mma_attention(&self, on: bool) {
         self.core.mma_attention.store(on, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How decode attention splits its keys (`DecodeSplits::default()` unless set).
+    pub fn decode_split_config(&self) -> DecodeSplits {
+        DecodeSplits::from_bits(self.core.decode_splits.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Change how decode attention splits its keys (for measuring the choice: the kernels'
+    /// timings sweep it). `target_blocks` in 1..=65535, `min_chunk` a positive multiple of the 16
+    /// keys a block takes per step. Steps recorded before keep their splits.
+    pub fn set_decode_split_config(&self, cfg: DecodeSplits) -> Result<()> {
+        if cfg.target_blocks == 0 || cfg.target_blocks > GRID_Y_MAX || cfg.min_chunk == 0 || !cfg.min_chunk.is_multiple_of(DEC_KEYS_PER_STEP) || cfg.min_chunk > DIM_MAX {
+            return Err(Error::arg("decode splits", format!("{cfg:?}: target_blocks must be 1..={GRID_Y_MAX} and min_chunk a positive multiple of {DEC_KEYS_PER_STEP}")));
+        }
+        self.core.decode_splits.store(cfg.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -336,7 +377,7 @@ impl CudaBackend {
 
         // A recorded step spreads its keys over splits of the cache's capacity.
         let step = self.recorded_step(s, p);
-        let (nsplit, chunk) = decode_splits(rows, if step.is_some() { s.nk_all } else { nk });
+        let (nsplit, chunk) = decode_splits(rows, if step.is_some() { s.nk_all } else { nk }, self.decode_split_config());
         let step = step.unwrap_or(0);
         if rows > GRID_X_MAX || nsplit > GRID_Y_MAX {
             return Err(Error::shape(OP, format!("{rows} query rows × {nsplit} splits exceed the CUDA grid")));
@@ -425,15 +466,22 @@ mod tests {
         const _: () = assert!(DEC_TARGET_BLOCKS <= GRID_Y_MAX);
         for rows in [1, 7, 32, 100, 512, 5000] {
             for nk in [0, 1, 15, 16, 17, 63, 64, 65, 700, 4096, 100_000] {
-                let (n, chunk) = decode_splits(rows, nk);
-                assert!(n >= 1 && chunk % DEC_KEYS_PER_STEP == 0, "rows {rows} nk {nk}: {n} × {chunk}");
-                assert!(n * chunk >= nk && (n - 1) * chunk < nk.max(1), "rows {rows} nk {nk}: {n} × {chunk}");
-                // n ≤ DEC_TARGET_BLOCKS ≤ GRID_Y_MAX (the second checked at compile time below).
-                assert!(n <= DEC_TARGET_BLOCKS);
-                assert!(n == 1 || chunk >= DEC_MIN_CHUNK, "rows {rows} nk {nk}: {n} × {chunk}");
+                for cfg in [DecodeSplits::default(), DecodeSplits { target_blocks: 2048, min_chunk: 16 }, DecodeSplits { target_blocks: GRID_Y_MAX, min_chunk: 32 }] {
+                    let (n, chunk) = decode_splits(rows, nk, cfg);
+                    assert!(n >= 1 && chunk % DEC_KEYS_PER_STEP == 0, "rows {rows} nk {nk}: {n} × {chunk}");
+                    assert!(n * chunk >= nk && (n - 1) * chunk < nk.max(1), "rows {rows} nk {nk}: {n} × {chunk}");
+                    // n ≤ target_blocks ≤ GRID_Y_MAX (the setter's bound).
+                    assert!(n <= cfg.target_blocks && n <= GRID_Y_MAX);
+                    assert!(n == 1 || chunk >= cfg.min_chunk, "rows {rows} nk {nk} {cfg:?}: {n} × {chunk}");
+                }
             }
         }
         // A 7B decode step (32 heads, 4096 cached keys) gets 16 splits of 256 keys: 512 blocks.
-        assert_eq!(decode_splits(32, 4096), (16, 256));
+        assert_eq!(decode_splits(32, 4096, DecodeSplits::default()), (16, 256));
+        // 616 keys: 8 splits of 80 by default; 1024 blocks of at least 32 keys give 13 of 48.
+        assert_eq!(decode_splits(32, 616, DecodeSplits::default()), (8, 80));
+        assert_eq!(decode_splits(32, 616, DecodeSplits { target_blocks: 1024, min_chunk: 32 }), (13, 48));
+        let bits = DecodeSplits { target_blocks: 65535, min_chunk: 48 };
+        assert_eq!(DecodeSplits::from_bits(bits.to_bits()), bits);
     }
 }

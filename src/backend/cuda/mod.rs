@@ -39,6 +39,7 @@ pub mod kernels {
 
 pub use compile::{nvrtc_available, nvrtc_compile, Kernel};
 pub use gemm::FusedGemm;
+pub use attention::DecodeSplits;
 pub use graph::DecodeGraph;
 pub use two_way::TwoWayMode;
 
@@ -83,6 +84,8 @@ struct Core {
     step_graphs: std::sync::atomic::AtomicBool,
     /// Half-precision models keep their KV caches as bf16 (`Backend::kv_cache_dtype`).
     kv_bf16: std::sync::atomic::AtomicBool,
+    /// How decode attention splits its keys (attention.rs `DecodeSplits::to_bits`).
+    decode_splits: std::sync::atomic::AtomicU64,
     /// Which bf16 linears run as one fused launch (gemm.rs, `FusedGemm::code`).
     fused_gemm: std::sync::atomic::AtomicU8,
 }
@@ -210,6 +213,7 @@ impl CudaBackend {
             mma_attention: mma_attention.into(),
             step_graphs: step_graphs.into(),
             kv_bf16: kv_bf16.into(),
+            decode_splits: attention::DecodeSplits::default().to_bits().into(),
             fused_gemm: gemm::FusedGemm::from_env().code().into(),
         };
         Ok(CudaBackend::with_stream(Arc::new(core), stream, blas))
