@@ -156,6 +156,25 @@ fn vision_tower_beside_sam_matches_each_alone() {
 
 // ---- Llama ---------------------------------------------------------------------------------------
 
+/// A copy of fixture model `name` (its config.json and model.safetensors) with every float
+/// tensor converted to bf16, in the system temp dir (this binary also runs prebuilt on GPU
+/// machines without cargo's).
+fn bf16_copy(name: &str) -> crate::common::files::TempDir {
+    let tmp = crate::common::files::TempDir::new_in(&std::env::temp_dir(), &format!("{name}-bf16"));
+    std::fs::copy(dir(name).join("config.json"), tmp.join("config.json")).unwrap();
+    let w = fixture(&format!("{name}/model.safetensors"));
+    let bf16: Vec<(String, Tensor)> = w
+        .names()
+        .map(|n| {
+            let t = w.get(n).unwrap();
+            let t = if t.dtype().is_float() { t.to_dtype(visword::DType::BF16).unwrap() } else { t };
+            (n.to_string(), t)
+        })
+        .collect();
+    visword::weights::save_safetensors(&tmp.join("model.safetensors"), &bf16, None).unwrap();
+    tmp
+}
+
 fn ids(w: &Weights, name: &str) -> Vec<u32> {
     w.get(name).unwrap().as_i64().unwrap().iter().map(|&x| x as u32).collect()
 }
@@ -263,18 +282,7 @@ fn llama_with_bf16_weights_and_cache_matches_the_cpu() {
     if g.is_empty() {
         return;
     }
-    let tmp = crate::common::files::TempDir::new_in(&std::env::temp_dir(), "llama-bf16");
-    std::fs::copy(dir("llama_gqa").join("config.json"), tmp.join("config.json")).unwrap();
-    let w = fixture("llama_gqa/model.safetensors");
-    let bf16: Vec<(String, Tensor)> = w
-        .names()
-        .map(|n| {
-            let t = w.get(n).unwrap();
-            let t = if t.dtype().is_float() { t.to_dtype(visword::DType::BF16).unwrap() } else { t };
-            (n.to_string(), t)
-        })
-        .collect();
-    visword::weights::save_safetensors(&tmp.join("model.safetensors"), &bf16, None).unwrap();
+    let tmp = bf16_copy("llama_gqa");
     let input = ids(&fixture("llama_gqa/reference.safetensors"), "input_ids");
     let run = |be: &visword::Backend| -> (Vec<f32>, visword::DType) {
         let model = Llama::load(&tmp, be).unwrap();
@@ -366,19 +374,7 @@ fn sam_with_bf16_weights_matches_the_cpu() {
     if g.is_empty() {
         return;
     }
-    // The system temp dir: this binary also runs prebuilt on GPU machines without cargo's.
-    let tmp = crate::common::files::TempDir::new_in(&std::env::temp_dir(), "sam-bf16");
-    std::fs::copy(dir("sam_tiny").join("config.json"), tmp.join("config.json")).unwrap();
-    let w = fixture("sam_tiny/model.safetensors");
-    let bf16: Vec<(String, Tensor)> = w
-        .names()
-        .map(|n| {
-            let t = w.get(n).unwrap();
-            let t = if t.dtype().is_float() { t.to_dtype(visword::DType::BF16).unwrap() } else { t };
-            (n.to_string(), t)
-        })
-        .collect();
-    visword::weights::save_safetensors(&tmp.join("model.safetensors"), &bf16, None).unwrap();
+    let tmp = bf16_copy("sam_tiny");
     let r = fixture("sam_tiny/reference.safetensors");
     let cpu = visword::Backend::cpu();
     let run = |be: &visword::Backend| {
