@@ -8,7 +8,7 @@ use visword::backend::BinaryOp;
 use visword::{Activation, Backend, DType, Tensor, TwoWayParams};
 
 use crate::common::backends::{gpus, Gpu};
-use crate::common::{assert_close, tf32_round, upscale_masks_f16_operands, Rng, Tol, TwoWayInputs, LOW_PRECISION_TOL};
+use crate::common::{assert_close, f16_round, tf32_round, upscale_masks_f16_operands, Rng, Tol, TwoWayInputs, LOW_PRECISION_TOL};
 
 const SEED: u64 = 0x5EED_0005;
 
@@ -187,6 +187,68 @@ fn rope_qk_write_kv_matches_rope_then_write_kv() {
             let v1 = up(&g, &r.tensor(&[2, 3, 1, d]));
             assert!(g.backend.rope_qk_write_kv(&q, &k, &v1, &mut kcg, &mut vcg, &cg, &sg, 0).is_err(), "k and v of different shapes must be an error");
             assert!(g.backend.rope_qk_write_kv(&q, &k, &v, &mut kcg, &mut vcg, &cg, &sg, 19).is_err(), "positions past the tables must be an error");
+        }
+    }
+}
+
+/// The KV cache in the dtype the backend keeps a half-precision model's (`kv_cache_dtype`): on
+/// CUDA bf16 caches, which `rope_qk_write_kv` must fill with the CPU's rows rounded to bf16 (a
+/// relative 2⁻⁸ at most) and which `attention` must read as the CPU reads those rounded values
+/// (decode, f32 flash and, for half-precision callers, tensor-core kernels). Caches of two
+/// dtypes, and bf16 caches on a backend that keeps f32 ones (the CPU too), are errors.
+#[test]
+fn rope_qk_write_kv_and_attention_on_the_kv_cache_dtype() {
+    let mut r = rng("kv_cache_dtype");
+    let d = 64;
+    let (cos, sin) = (r.tensor(&[16, d / 2]), r.tensor(&[16, d / 2]));
+    let bf16 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let (q1, k1, v1) = (r.tensor(&[1, 4, 1, d]), r.tensor(&[1, 2, 1, d]), r.tensor(&[1, 2, 1, d]));
+    let zeros = Tensor::zeros(vec![1, 2, 16, d]);
+    let refused = cpu().rope_qk_write_kv(&q1, &k1, &v1, &mut bf16(&zeros), &mut bf16(&zeros), &cos, &sin, 0);
+    assert!(refused.is_err(), "the CPU keeps f32 caches: bf16 ones must be an error");
+    assert_eq!(cpu().kv_cache_dtype(true), DType::F32);
+    for g in gpus("kv_cache_dtype") {
+        let be = &g.backend;
+        let (cg, sg) = (up(&g, &cos), up(&g, &sin));
+        let (q1g, k1g, v1g) = (up(&g, &q1), up(&g, &k1), up(&g, &v1));
+        let mixed = be.rope_qk_write_kv(&q1g, &k1g, &v1g, &mut up(&g, &zeros), &mut up(&g, &bf16(&zeros)), &cg, &sg, 0);
+        assert!(mixed.is_err(), "{}: caches of two dtypes must be an error", be.name());
+        let dt = be.kv_cache_dtype(true);
+        if dt == DType::F32 {
+            let r = be.rope_qk_write_kv(&q1g, &k1g, &v1g, &mut up(&g, &bf16(&zeros)), &mut up(&g, &bf16(&zeros)), &cg, &sg, 0);
+            assert!(r.is_err(), "{} keeps f32 caches: bf16 ones must be an error", be.name());
+            continue;
+        }
+        assert_eq!(dt, DType::BF16, "{}", be.name());
+        let (mut kc, mut vc) = (zeros.clone(), zeros.clone());
+        let (mut kcg, mut vcg) = (up(&g, &bf16(&zeros)), up(&g, &bf16(&zeros)));
+        for (pos, n) in [(0usize, 5usize), (5, 1), (6, 10)] {
+            let (q, k, v) = (r.tensor(&[1, 4, n, d]), r.tensor(&[1, 2, n, d]), r.tensor(&[1, 2, n, d]));
+            cpu().write_kv(&mut kc, &cpu().rope(&k, &cos, &sin, pos).unwrap(), pos).unwrap();
+            cpu().write_kv(&mut vc, &v, pos).unwrap();
+            let want = cpu().rope(&q, &cos, &sin, pos).unwrap();
+            let got = be.rope_qk_write_kv(&up(&g, &q), &up(&g, &k), &up(&g, &v), &mut kcg, &mut vcg, &cg, &sg, pos).unwrap();
+            same(&format!("bf16-cache rope_qk_write_kv q after {pos}+{n}"), &g, &got, &want, g.op_tol);
+        }
+        assert_eq!((kcg.dtype(), vcg.dtype()), (DType::BF16, DType::BF16));
+        let rounding = Tol { atol: 1e-6, rtol: 1.0 / 256.0 };
+        same("bf16 k cache", &g, &kcg, &kc, rounding);
+        same("bf16 v cache", &g, &vcg, &vc, rounding);
+        // Attention over the cache as written, against the CPU on the values it holds.
+        let (kr, vr) = (be.to_host(&kcg).unwrap().to_f32().unwrap(), be.to_host(&vcg).unwrap().to_f32().unwrap());
+        for (nq, kv_len, low_precision) in [(1usize, 6usize, false), (4, 16, false), (12, 16, false), (12, 16, true)] {
+            let q = r.tensor(&[1, 4, nq, d]);
+            let p = visword::AttnParams { causal: true, kv_len: Some(kv_len), low_precision, ..visword::AttnParams::new(d) };
+            // A half-precision caller's kernel rounds q·scale, k and v to f16 (the policy of
+            // tests/gpu/attention.rs): the CPU sees them so.
+            let want = if low_precision {
+                cpu().attention(&f16_round(&cpu(), &q, p.scale), &f16_round(&cpu(), &kr, 1.0), &f16_round(&cpu(), &vr, 1.0), &p).unwrap()
+            } else {
+                cpu().attention(&q, &kr, &vr, &p).unwrap()
+            };
+            let got = be.attention(&up(&g, &q), &kcg, &vcg, &p).unwrap();
+            let tol = if low_precision { LOW_PRECISION_TOL } else { g.op_tol };
+            same(&format!("attention over a bf16 cache, {nq} queries, {kv_len} keys, low precision {low_precision}"), &g, &got, &want, tol);
         }
     }
 }
