@@ -278,8 +278,8 @@ impl CudaBackend {
             // capture would be the graph's own memory.
             let copy = match &*arc {
                 _ if self.step_args().is_some() => Err(Error::shape(op, "a KV cache shared with another tensor cannot be written by a recorded decode step")),
-                CudaData::F32(s) => self.stream().clone_dtod(s).map(CudaData::F32).map_err(super::dev_err(op)),
-                CudaData::BF16(s) => self.stream().clone_dtod(s).map(CudaData::BF16).map_err(super::dev_err(op)),
+                CudaData::F32(s) => self.dtod_copy(s, op).map(CudaData::F32),
+                CudaData::BF16(s) => self.dtod_copy(s, op).map(CudaData::BF16),
                 _ => Err(Error::shape(op, "expected an f32 or bf16 tensor")),
             };
             match copy {
@@ -299,7 +299,7 @@ impl CudaBackend {
         result
     }
 
-    pub(super) fn dtod_copy(&self, s: &CudaSlice<f32>, op: &'static str) -> Result<CudaSlice<f32>> {
+    pub(super) fn dtod_copy<T: DeviceRepr>(&self, s: &CudaSlice<T>, op: &'static str) -> Result<CudaSlice<T>> {
         self.stream().clone_dtod(s).map_err(super::dev_err(op))
     }
 }

@@ -225,8 +225,15 @@ impl Llama {
         let shape = [1, c.num_key_value_heads, max_ctx, c.head_dim];
         // bf16 on CUDA for half-precision weights (`Backend::kv_cache_dtype`), else f32.
         let dtype = be.kv_cache_dtype(self.half_weights());
-        // A buffer per tensor (on the CPU an upload shares the host buffer).
-        let zeros = || -> Result<Tensor> { be.upload(&Tensor::zeros(shape).to_dtype(dtype)?) };
+        // A device copies one host tensor of zeros for every buffer (converted once, not per
+        // layer); on the CPU an upload shares the host buffer, so each tensor gets its own.
+        let host = if matches!(be, Backend::Cpu(_)) { None } else { Some(Tensor::zeros(shape).to_dtype(dtype)?) };
+        let zeros = || -> Result<Tensor> {
+            match &host {
+                Some(h) => be.upload(h),
+                None => Tensor::zeros(shape).to_dtype(dtype),
+            }
+        };
         let mut k = Vec::with_capacity(c.num_hidden_layers);
         let mut v = Vec::with_capacity(c.num_hidden_layers);
         for _ in 0..c.num_hidden_layers {
